@@ -1,0 +1,3 @@
+from lorakiln.cli import main
+
+raise SystemExit(main())
