@@ -1,0 +1,109 @@
+"""The `lorakiln` command: verbs and dispatch only, no logic; heavy imports stay lazy so
+`lorakiln --help` is instant (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lorakiln import __version__
+from lorakiln.errors import LorakilnError
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lorakiln.config.load import load_config
+
+    overrides = list(args.set or [])
+    if args.preset:
+        overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
+    cfg = load_config(args.config, overrides)
+    if args.dry_run:
+        from lorakiln.training.prepare import describe_plan
+
+        describe_plan(cfg, log=print)
+        return 0
+    from lorakiln.training.loop import TrainingInterrupted, train
+
+    try:
+        result = train(cfg)
+    except TrainingInterrupted as stop:
+        print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
+              f"  resume: lorakiln train {args.config} --set train.resume={stop.state}")
+        return 130
+    name = result.lora_path.stem
+    print(f"\nLoRA written: {result.lora_path}\n"
+          f"  AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt\n"
+          f"  ComfyUI: copy it to models/loras and use a LoraLoader node\n"
+          f"  diffusers: pipe.load_lora_weights(\"{result.lora_path}\")")
+    if result.state_path:
+        print(f"  state for resume: {result.state_path}")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from lorakiln.config.presets import PRESET_DESCRIPTIONS
+
+    for name, text in PRESET_DESCRIPTIONS.items():
+        print(f"{name:18} {text}")
+    return 0
+
+
+def _cmd_config_doc(args: argparse.Namespace) -> int:
+    from lorakiln.config.docs import render_markdown
+
+    text = render_markdown()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from lorakiln.config.load import dump_config, load_config
+
+    sys.stdout.write(dump_config(load_config(args.config, list(args.set or []))))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorakiln", description="Train LoRAs for Stable Diffusion "
+                                     "1.x that load in AUTOMATIC1111, ComfyUI and diffusers.")
+    parser.add_argument("--version", action="version", version=f"lorakiln {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("train", help="train a LoRA from a run TOML")
+    p.add_argument("config", help="run TOML (see examples/quickstart/config.toml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.unet_lr=2e-4 (repeatable)")
+    p.add_argument("--preset", help="apply a preset under the file's values (see `lorakiln presets`)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config and dataset and print the step arithmetic; load no model")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("presets", help="list the config presets")
+    p.set_defaults(func=_cmd_presets)
+
+    p = sub.add_parser("config", help="config tools")
+    csub = p.add_subparsers(dest="config_verb", required=True)
+    c = csub.add_parser("doc", help="print the documentation of every config key (Markdown)")
+    c.add_argument("--output", help="write to this file instead of stdout")
+    c.set_defaults(func=_cmd_config_doc)
+    c = csub.add_parser("show", help="print a config as resolved (preset, overrides, absolute paths)")
+    c.add_argument("config")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(func=_cmd_config_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LorakilnError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,70 @@
+"""Named presets: partial configs applied before a run file's own values.
+
+`kohya-character` is the table `../shared/seeds/000_c94283c4d94b173f.txt` recommends after its
+experiments ("To recap, here are the hyperparameters I finally settled on"): batch 1, 15
+repeats (set by the folder name `15_<token>`), 5 epochs, text encoder lr 5e-5, U-Net lr 1e-4,
+polynomial schedule, AdamW8bit, dim 128, alpha 128.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lorakiln.errors import ConfigError
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "kohya-character": {
+        "train": {
+            "train_batch_size": 1,
+            "max_train_epochs": 5,
+            "text_encoder_lr": 5e-5,
+            "unet_lr": 1e-4,
+            "lr_scheduler": "polynomial",
+            "optimizer_type": "AdamW8bit",
+        },
+        "network": {"network_dim": 128, "network_alpha": 128},
+        "output": {"save_every_n_epochs": 1},
+    },
+    # The seed's DAdaptation advice: lr 1 (U-Net), 0.5 (text encoder), constant, decouple=True.
+    "dadaptation": {
+        "train": {
+            "optimizer_type": "DAdaptation",
+            "optimizer_args": ["decouple=True", "weight_decay=0.05"],
+            "learning_rate": 1.0,
+            "unet_lr": 1.0,
+            "text_encoder_lr": 0.5,
+            "lr_scheduler": "constant",
+        },
+        "network": {"network_dim": 128, "network_alpha": 128},
+    },
+    # The seed's Adafactor advice: its own schedule, relative steps, lr 1 / 0.5.
+    "adafactor": {
+        "train": {
+            "optimizer_type": "Adafactor",
+            "optimizer_args": ["relative_step=True", "scale_parameter=True", "warmup_init=False"],
+            "learning_rate": 1.0,
+            "unet_lr": 1.0,
+            "text_encoder_lr": 0.5,
+            "lr_scheduler": "adafactor",
+        },
+        "network": {"network_dim": 128, "network_alpha": 128},
+    },
+}
+
+#: The preset the 000 seed ends on (the `kohya-character` table).
+PRESET_DESCRIPTIONS: dict[str, str] = {
+    "kohya-character": "seed 000's recommended table: batch 1, 5 epochs, TE 5e-5, U-Net 1e-4, "
+    "polynomial, AdamW8bit, dim 128 / alpha 128 (name the folder 15_<token>)",
+    "dadaptation": "DAdaptAdam with decouple, lr 1 / TE 0.5, constant schedule",
+    "adafactor": "Adafactor with relative steps and its own schedule, lr 1 / TE 0.5",
+}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    """Return a deep copy of preset `name`, or raise an error listing the valid names."""
+    import copy
+
+    try:
+        return copy.deepcopy(PRESETS[name])
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}") from None

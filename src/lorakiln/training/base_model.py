@@ -1,0 +1,58 @@
+"""Resolve the config's `pretrained_model` into a loaded `ModelBundle`.
+
+`tiny:sd1` names the tiny SD-1.x-shaped model (tests, quickstart): it is built once from
+config with a fixed seed into the user cache and then loaded through the ordinary folder
+loader, so it exercises exactly the code path a real model takes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from lorakiln.models.bundle import ModelBundle
+
+TINY_PREFIX = "tiny:"
+
+
+def cache_home() -> Path:
+    """`$LORAKILN_HOME`, else `~/.cache/lorakiln`."""
+    return Path(os.environ.get("LORAKILN_HOME") or Path.home() / ".cache" / "lorakiln")
+
+
+def ensure_tiny_model(name: str) -> Path:
+    """Build the named tiny model into the cache on first use (atomically) and return its folder."""
+    from lorakiln.errors import ModelLoadError
+    from lorakiln.models.tiny import save_tiny_sd1_diffusers
+
+    builders = {"sd1": save_tiny_sd1_diffusers}
+    if name not in builders:
+        raise ModelLoadError(f"unknown tiny model 'tiny:{name}'; valid: "
+                             + ", ".join(f"tiny:{n}" for n in builders))
+    folder = cache_home() / "models" / f"tiny-{name}-seed0"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        builders[name](tmp, seed=0)
+        if not folder.exists():
+            tmp.rename(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_configured_model(source: str, *, vae: str | None = None, config_dir: str | None = None,
+                          allow_pickle: bool = False) -> ModelBundle:
+    """Load the base model a run config names."""
+    from lorakiln.models.loading import load_base_model
+
+    if source.startswith(TINY_PREFIX):
+        folder = ensure_tiny_model(source[len(TINY_PREFIX):])
+        bundle = load_base_model(str(folder), vae=vae)
+        bundle.name = source.replace(":", "-")
+        return bundle
+    return load_base_model(source, vae=vae, config_dir=config_dir, allow_pickle=allow_pickle)

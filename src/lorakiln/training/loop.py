@@ -1,0 +1,155 @@
+"""The training loop, readable top to bottom.
+
+1. `prepare` checks everything and builds the run (setup.py).
+2. For each epoch, for each group of `gradient_accumulation_steps` batches (one bucket each):
+   forward + backward, clip, optimizer and LR step.
+3. Every `detect_anomaly_every` steps the loss and gradient norm are checked for NaN/inf.
+4. LoRAs (and optionally states) are saved per epoch / per N steps, and at the end.
+5. SIGINT/SIGTERM stop the loop after the current step with a saved state and LoRA.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakiln.config.schema import RunConfig
+from lorakiln.errors import LorakilnError, TrainingError
+from lorakiln.training import outputs
+from lorakiln.training.progress import TrainLogger
+from lorakiln.training.signals import StopFlag, stop_on_signals
+from lorakiln.training.step import compute_loss
+
+Callback = Callable[[str, dict[str, Any]], None]
+
+
+class TrainingInterrupted(LorakilnError):
+    """Raised after a signal stopped training and the state and LoRA were saved."""
+
+    def __init__(self, message: str, lora: Path, state: Path):
+        super().__init__(message)
+        self.lora, self.state = lora, state
+
+
+@dataclass
+class TrainResult:
+    lora_path: Path
+    state_path: Path | None
+    steps: int
+    epochs: int
+    last_loss: float | None
+
+
+def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: bool = True) -> TrainResult:
+    """Run a whole training as the config says; the CLI and the UI both call this."""
+    from lorakiln.training.prepare import prepare
+
+    ctx = prepare(cfg, log=print if progress else None)
+    flag = StopFlag()
+    with stop_on_signals(flag):
+        return run_loop(ctx, flag, callbacks or [], progress=progress)
+
+
+def _emit(callbacks: list[Callback], event: str, **info: Any) -> None:
+    for cb in callbacks:
+        cb(event, info)
+
+
+def _non_finite_error(ctx: Any, step: int, paths: list[str], what: str) -> TrainingError:
+    files = "\n".join(f"    {p}" for p in paths)
+    kept = f"The last good checkpoint is {ctx.last_saved}." if ctx.last_saved else "No checkpoint was saved yet."
+    return TrainingError(
+        f"training stopped at step {step}: the {what} is not finite (NaN or inf).\n"
+        f"  batch images:\n{files}\n"
+        "  likely causes: a learning rate too high for this optimizer (lower unet_lr / text_encoder_lr), "
+        "fp16 overflow (use mixed_precision = 'bf16' or 'no'), a large noise_offset, or a corrupt image "
+        f"above.\n  {kept}"
+    )
+
+
+def _optimizer_step(ctx: Any, group: list[Any], epoch: int, step: int, check: bool) -> float | None:
+    """Accumulate gradients over `group` batches, clip, step. Returns the loss when checked."""
+    params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+    total = torch.zeros((), device=ctx.device)
+    paths: list[str] = []
+    for micro, refs in enumerate(group):
+        batch = ctx.data.load_batch(refs, epoch=epoch, step=step, cache=ctx.cache,
+                                    encode_fn=ctx.encode_fn)
+        paths += [str(p) for p in batch.paths]
+        loss = compute_loss(ctx, batch, step, micro) / len(group)
+        ctx.scaler.scale(loss).backward()
+        total += loss.detach()
+    ctx.scaler.unscale_(ctx.optimizer)
+    max_norm = ctx.cfg.train.max_grad_norm or math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    value = None
+    if check:
+        value = float(total)
+        fp16 = ctx.scaler.is_enabled()  # with loss scaling an inf gradient is a skipped step, not an error
+        if not math.isfinite(value):
+            raise _non_finite_error(ctx, step + 1, paths, "loss")
+        if not fp16 and not torch.isfinite(grad_norm):
+            raise _non_finite_error(ctx, step + 1, paths, "gradient")
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    ctx.schedule.step()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def run_loop(ctx: Any, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
+    cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
+    accum = cfg.train.gradient_accumulation_steps
+    logger = TrainLogger(plan.total_steps, pos.global_step, outputs.logging_dir(ctx), enabled=progress)
+    last_loss: float | None = None
+    ctx.network.train()
+    try:
+        while pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
+            batches = ctx.data.epoch_batches(pos.epoch)
+            epoch_losses: list[float] = []
+            while pos.batch_in_epoch < len(batches) and pos.global_step < plan.total_steps:
+                group = batches[pos.batch_in_epoch: pos.batch_in_epoch + accum]
+                check = (pos.global_step + 1) % cfg.train.detect_anomaly_every == 0
+                loss = _optimizer_step(ctx, group, pos.epoch, pos.global_step, check)
+                pos.global_step += 1
+                pos.batch_in_epoch += len(group)
+                if loss is not None:
+                    last_loss = loss
+                    epoch_losses.append(loss)
+                logger.step(pos.global_step, pos.epoch, loss, outputs.current_lrs(ctx))
+                _emit(callbacks, "step", step=pos.global_step, epoch=pos.epoch, loss=loss,
+                      total_steps=plan.total_steps)
+                if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
+                    path = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
+                    _emit(callbacks, "save", path=path)
+                if flag.requested:
+                    lora = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
+                    state = outputs.save_training_state(ctx)
+                    logger.write(f"{flag.name}: saved {lora} and state {state}; continue with "
+                                 f"--set train.resume={state}")
+                    raise TrainingInterrupted(f"training interrupted by {flag.name} at step "
+                                              f"{pos.global_step}", lora, state)
+            if pos.batch_in_epoch >= len(batches):
+                logger.epoch_end(pos.epoch, pos.global_step,
+                                 sum(epoch_losses) / len(epoch_losses) if epoch_losses else None)
+                pos.epoch += 1
+                pos.batch_in_epoch = 0
+                _emit(callbacks, "epoch", epoch=pos.epoch, step=pos.global_step)
+                every = cfg.output.save_every_n_epochs
+                if every and pos.epoch % every == 0 and pos.epoch < plan.num_epochs:
+                    path = outputs.save_lora(ctx, outputs.epoch_name(ctx, pos.epoch))
+                    pos.saved_epochs.append(pos.epoch)
+                    if cfg.output.save_state:
+                        outputs.save_training_state(ctx)
+                    _emit(callbacks, "save", path=path)
+        final = outputs.save_lora(ctx, outputs.final_name(ctx), final=True)
+        state = outputs.save_training_state(ctx) if cfg.output.save_state else None
+        _emit(callbacks, "done", path=final, step=pos.global_step)
+        return TrainResult(final, state, pos.global_step, pos.epoch, last_loss)
+    finally:
+        logger.close()

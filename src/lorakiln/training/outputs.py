@@ -1,0 +1,132 @@
+"""What a run writes: LoRA files (kohya format), the diffusers file, states, names, logs.
+
+Names follow kohya so AUTOMATIC1111 users find what the seed shows: `last.safetensors` at the
+end, `last-000001.safetensors` per saved epoch, `last-step00000100.safetensors` per N steps,
+and `last-state/` for resume.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakiln.atomic import write_text_atomic
+from lorakiln.config.load import dump_config
+from lorakiln.training.state import save_state
+
+SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
+
+
+def final_name(ctx: Any) -> str:
+    return ctx.cfg.output.output_name
+
+
+def epoch_name(ctx: Any, epoch: int) -> str:
+    return f"{ctx.cfg.output.output_name}-{epoch:06d}"
+
+
+def step_name(ctx: Any, step: int) -> str:
+    return f"{ctx.cfg.output.output_name}-step{step:08d}"
+
+
+def state_dir(ctx: Any) -> Path:
+    return ctx.output_dir / f"{ctx.cfg.output.output_name}-state"
+
+
+def logging_dir(ctx: Any) -> Path:
+    cfg = ctx.cfg.output
+    return Path(cfg.logging_dir) if cfg.logging_dir else ctx.output_dir / "logs"
+
+
+def current_lrs(ctx: Any) -> dict[str, float]:
+    """Learning rate per parameter group (adaptive optimizers report lr × d)."""
+    out = {}
+    for i, group in enumerate(ctx.optimizer.param_groups):
+        lr = group.get("lr") or 0.0
+        if "d" in group:  # DAdaptation / Prodigy: the effective rate is d·lr
+            lr = lr * group["d"]
+        out[group.get("name", f"group{i}")] = float(lr)
+    return out
+
+
+def write_resolved_config(ctx: Any) -> Path:
+    """The config as resolved (preset, overrides, absolute paths) beside the outputs."""
+    path = ctx.output_dir / f"{ctx.cfg.output.output_name}_config.toml"
+    write_text_atomic(path, "# resolved by lorakiln: preset + file + --set overrides\n" + dump_config(ctx.cfg))
+    return path
+
+
+def training_info(ctx: Any, *, final: bool) -> Any:
+    """Fill the networks package's `TrainingInfo` from the run (metadata.py turns it into ss_*)."""
+    from lorakiln.networks.metadata import TrainingInfo
+
+    cfg, pos = ctx.cfg, ctx.position
+    unet_lr, te_lr = ctx.lrs
+    return TrainingInfo(
+        family=ctx.bundle.family,
+        output_name=cfg.output.output_name,
+        session_id=ctx.session_id,
+        training_started_at=ctx.started_at,
+        training_finished_at=time.time() if final else None,
+        network_dim=cfg.network.network_dim,
+        network_alpha=cfg.network.network_alpha or cfg.network.network_dim,
+        network_args={},
+        num_train_images=ctx.dataset.num_repeated_images,
+        num_epochs=ctx.plan.num_epochs,
+        epoch=pos.epoch,
+        steps=pos.global_step,
+        max_train_steps=ctx.plan.total_steps,
+        learning_rate=cfg.train.learning_rate,
+        unet_lr=unet_lr,
+        text_encoder_lr=te_lr,
+        optimizer=ctx.optimizer_desc,
+        lr_scheduler=cfg.train.lr_scheduler,
+        seed=cfg.train.seed,
+        resolution=cfg.data.resolution,
+        clip_skip=cfg.model.clip_skip,
+        mixed_precision=cfg.train.mixed_precision,
+        tag_frequency=ctx.dataset.tag_frequency(),
+        dataset_dirs=ctx.dataset.dataset_dirs_info(),
+        bucket_info=ctx.data.bucket_info() if hasattr(ctx.data, "bucket_info") else None,
+        sd_model_name=ctx.bundle.name,
+        sd_model_hash=ctx.bundle.sha256,
+        prediction_type=ctx.bundle.prediction_type,
+        caption_dropout_rate=cfg.data.caption_dropout_rate,
+        noise_offset=cfg.train.noise_offset,
+        min_snr_gamma=cfg.train.min_snr_gamma,
+        train_batch_size=cfg.train.train_batch_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        max_grad_norm=cfg.train.max_grad_norm,
+        trigger_phrase=cfg.output.trigger_phrase,
+        minimal=cfg.output.no_metadata,
+    )
+
+
+def save_lora(ctx: Any, stem: str, *, final: bool = False) -> Path:
+    """Write `<output_dir>/<stem>.safetensors` in kohya format (and the diffusers file at the end)."""
+    from lorakiln.networks.export import save_diffusers_lora, save_kohya_lora
+    from lorakiln.networks.metadata import build_metadata
+
+    path = ctx.output_dir / f"{stem}.safetensors"
+    metadata = build_metadata(training_info(ctx, final=final))
+    save_kohya_lora(ctx.network, path, metadata, SAVE_DTYPES[ctx.cfg.output.save_precision])
+    if final and ctx.cfg.output.save_diffusers:
+        save_diffusers_lora(ctx.network, ctx.output_dir / "pytorch_lora_weights.safetensors")
+    ctx.last_saved = path
+    return path
+
+
+def save_training_state(ctx: Any) -> Path:
+    """Write `<output_name>-state/` (adapter, optimizer, schedule, RNGs, loop position)."""
+    return save_state(
+        state_dir(ctx),
+        network_state=ctx.network.state_dict(),
+        optimizer=ctx.optimizer,
+        schedule=ctx.schedule,
+        scaler=ctx.scaler,
+        position=ctx.position,
+        config=ctx.cfg.model_dump(mode="json"),
+    )

@@ -1,0 +1,61 @@
+"""Console progress bar and TensorBoard logging for the training loop.
+
+Loss values reach the host only every `log_every` steps (one device sync per log, not per
+step; performance.md "avoid host syncs").
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+class TrainLogger:
+    """Owns the tqdm bar and the TensorBoard writer of one run."""
+
+    def __init__(self, total_steps: int, initial_step: int, logging_dir: Path | None, enabled: bool = True):
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="steps", unit="step",
+                        dynamic_ncols=True, disable=not enabled)
+        self.writer = None
+        if logging_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            logging_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(logging_dir))
+        self.loss_sum = 0.0
+        self.loss_count = 0
+        self.started = time.perf_counter()
+
+    def step(self, step: int, epoch: int, loss: float | None, lrs: dict[str, float]) -> None:
+        """Advance the bar by one optimizer step; log scalars when a loss value is given."""
+        self.bar.update(1)
+        if loss is None:
+            return
+        self.loss_sum += loss
+        self.loss_count += 1
+        avg = self.loss_sum / self.loss_count
+        self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.4f}", avg=f"{avg:.4f}")
+        if self.writer is not None:
+            self.writer.add_scalar("loss/current", loss, step)
+            self.writer.add_scalar("loss/average", avg, step)
+            self.writer.add_scalar("epoch", epoch + 1, step)
+            for name, lr in lrs.items():
+                self.writer.add_scalar(f"lr/{name}", lr, step)
+
+    def epoch_end(self, epoch: int, step: int, epoch_loss: float | None) -> None:
+        if self.writer is not None and epoch_loss is not None:
+            self.writer.add_scalar("loss/epoch", epoch_loss, epoch + 1)
+
+    def write(self, text: str) -> None:
+        """Print a line without breaking the bar."""
+        self.bar.write(text)
+
+    def close(self) -> dict[str, Any]:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+        return {"seconds": time.perf_counter() - self.started}

@@ -1,0 +1,95 @@
+"""Everything before the first step: checks, dataset, model, adapter, optimizer, caches.
+
+Order matters for the user: every check that needs no model (config, dataset folder, image
+files, captions, optimizer and scheduler names) runs before the base model is loaded, so
+bad input fails in seconds, not after a multi-GB load.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakiln.config.schema import RunConfig
+from lorakiln.errors import ConfigError
+from lorakiln.training.state import LoopPosition
+
+
+@dataclass
+class StepPlan:
+    """How many steps the run takes and why (printed before training)."""
+
+    batches_per_epoch: int
+    steps_per_epoch: int
+    num_epochs: int
+    total_steps: int
+
+
+@dataclass
+class TrainContext:
+    """All objects of one run; the loop reads this and nothing global."""
+
+    cfg: RunConfig
+    plan: StepPlan
+    dataset: Any
+    data: Any
+    bundle: Any
+    network: Any
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: torch.amp.GradScaler
+    cache: Any
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    train_text_encoder: bool
+    output_dir: Path
+    position: LoopPosition = field(default_factory=LoopPosition)
+    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: float = field(default_factory=time.time)
+    last_saved: Path | None = None
+
+
+def plan_steps(cfg: RunConfig, batches_per_epoch: int) -> StepPlan:
+    """Total steps = batches per epoch ÷ accumulation × epochs, unless max_train_steps is set."""
+    accum = cfg.train.gradient_accumulation_steps
+    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accum))
+    if cfg.train.max_train_steps:
+        total = cfg.train.max_train_steps
+        epochs = math.ceil(total / steps_per_epoch)
+    else:
+        epochs = cfg.train.max_train_epochs
+        total = steps_per_epoch * epochs
+    return StepPlan(batches_per_epoch, steps_per_epoch, epochs, total)
+
+
+def resolve_lrs(cfg: RunConfig, train_te: bool) -> tuple[float, float | None]:
+    """(unet_lr, text_encoder_lr): each part's own rate, else the global `learning_rate` —
+    which is therefore ignored when both are set (seed 000, "Learning rates")."""
+    unet_lr = cfg.train.unet_lr if cfg.train.unet_lr is not None else cfg.train.learning_rate
+    if not train_te:
+        return unet_lr, None
+    te_lr = cfg.train.text_encoder_lr if cfg.train.text_encoder_lr is not None else cfg.train.learning_rate
+    return unet_lr, te_lr
+
+
+def wants_text_encoder(cfg: RunConfig) -> bool:
+    """The text-encoder LoRA is trained unless U-Net-only or its learning rate is 0."""
+    return not cfg.network.network_train_unet_only and cfg.train.text_encoder_lr != 0
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_dtype_for(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    if mixed_precision == "no":
+        return None
+    if mixed_precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.mixed_precision = 'bf16' but this GPU has no bf16 support; use 'fp16'")
+    return torch.bfloat16 if mixed_precision == "bf16" else torch.float16

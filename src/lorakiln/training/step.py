@@ -1,0 +1,34 @@
+"""One training micro-step: latents + captions → denoising loss (and its backward)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from lorakiln.training.conditioning import encode_captions
+from lorakiln.training.noise import diffusion_loss, sample_noise, sample_timesteps, step_generator, target_for
+
+
+def compute_loss(ctx: Any, batch: Any, step: int, micro: int) -> torch.Tensor:
+    """Denoising loss of one batch. Randomness comes only from (seed, step, micro), so a resumed
+    run draws the same noise and timesteps as an uninterrupted one."""
+    cfg, bundle = ctx.cfg, ctx.bundle
+    scheduler = bundle.noise_scheduler
+    latents = batch.latents.to(ctx.device, torch.float32)
+    gen = step_generator(cfg.train.seed, step, stream=micro)
+    noise = sample_noise(latents, gen, cfg.train.noise_offset)
+    timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, gen, ctx.device)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = target_for(scheduler, latents, noise, timesteps)
+
+    autocast = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
+                if ctx.autocast_dtype is not None else contextlib.nullcontext())
+    grad_te = torch.enable_grad() if ctx.train_text_encoder else torch.no_grad()
+    with autocast:
+        with grad_te:
+            hidden = encode_captions(bundle.tokenizers[0], bundle.text_encoders[0], batch.captions,
+                                     cfg.model.clip_skip)
+        pred = bundle.unet(noisy, timesteps, hidden).sample
+    return diffusion_loss(pred, target, timesteps, scheduler, cfg.train.min_snr_gamma)
