@@ -115,7 +115,7 @@ def test_invalid_toml_names_file(tmp_path: Path) -> None:
 
 def test_cache_latents_with_flip_is_an_error() -> None:
     with pytest.raises(ConfigError, match="cache_latents"):
-        _build({"data": {"flip_aug": True}})
+        _build({"data": {"random_crop": True}})
 
 
 def test_dump_roundtrip(tmp_path: Path) -> None:

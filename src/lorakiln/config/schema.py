@@ -61,8 +61,8 @@ class DataConfig(Section):
                                             "each non-kept tag.")
     caption_dropout_every_n_epochs: int = Field(0, ge=0, description="Drop all captions every N-th "
                                                 "epoch (0 = never).")
-    flip_aug: bool = Field(False, description="Random horizontal flips (not with cached latents; avoid "
-                           "for asymmetric subjects such as faces with a parting).")
+    flip_aug: bool = Field(False, description="Random horizontal flips (with cached latents both "
+                           "orientations are cached). Avoid for asymmetric subjects, e.g. a hair parting.")
     random_crop: bool = Field(False, description="Random instead of centre crop (not with cached latents).")
     cache_latents: bool = Field(True, description="Encode every image with the VAE once before "
                                 "training (removes the VAE from each step: ~+65% speed at 512 px).")
@@ -194,9 +194,10 @@ class RunConfig(BaseModel):
         if self.data.min_bucket_reso > self.data.max_bucket_reso:
             raise ValueError(f"data.min_bucket_reso ({self.data.min_bucket_reso}) is larger than "
                              f"data.max_bucket_reso ({self.data.max_bucket_reso})")
-        if self.data.cache_latents and (self.data.flip_aug or self.data.random_crop):
-            raise ValueError("data.cache_latents cannot be combined with data.flip_aug or data.random_crop "
-                             "(each step would need a new latent); set cache_latents = false")
+        if self.data.cache_latents and self.data.random_crop:
+            # flip_aug is fine: both orientations are cached (kohya does the same).
+            raise ValueError("data.cache_latents cannot be combined with data.random_crop (each step "
+                             "would need a new latent); set cache_latents = false or random_crop = false")
         return self
 
     def resolved_paths(self, base: Path) -> RunConfig:

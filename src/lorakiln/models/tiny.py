@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from lorakiln.models.clip_tokenizer import bytes_to_unicode, make_clip_tokenizer
+
 #: Words that get their own whole-word token in the synthetic vocabulary, so captions used in
 #: tests and the quickstart tokenize to short sequences; anything else falls back to bytes.
 TINY_WORDS: tuple[str, ...] = (
@@ -68,50 +70,56 @@ SD1_SCHEDULER_CONFIG: dict[str, Any] = {
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
     "clip_sample": False,
+    "steps_offset": 1,
     "prediction_type": "epsilon",
 }
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte→printable-unicode table, the alphabet CLIP's BPE works over."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs), strict=True))
+    """GPT-2/CLIP byte→printable-unicode table (kept as an alias of the shared one)."""
+    return bytes_to_unicode()
 
 
-def write_tiny_tokenizer(folder: str | Path, words: tuple[str, ...] = TINY_WORDS) -> Path:
-    """Write `vocab.json` + `merges.txt` for a small CLIP BPE tokenizer into `folder`.
+def tiny_vocab_and_merges(words: tuple[str, ...] = TINY_WORDS) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The synthetic tokenizer's vocabulary and merges, in memory.
 
     The vocabulary follows CLIP's construction: every byte symbol, every byte symbol with the
     end-of-word marker `</w>`, one merge chain per word in `words`, then the two special tokens.
+    Deterministic, so a tiny single file can rebuild its tokenizer from a name alone.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())
     vocab: list[str] = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
+    merges: list[tuple[str, str]] = []
     seen = set(vocab)
     for word in words:
         parts = list(word[:-1]) + [word[-1] + "</w>"]
         while len(parts) > 1:
             a, b = parts[0], parts[1]
             merged = a + b
-            if f"{a} {b}" not in merges:
-                merges.append(f"{a} {b}")
+            if (a, b) not in merges:
+                merges.append((a, b))
             if merged not in seen:
                 seen.add(merged)
                 vocab.append(merged)
             parts = [merged] + parts[2:]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return {t: i for i, t in enumerate(vocab)}, merges
+
+
+def tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
+    """The synthetic `CLIPTokenizer` built in memory (same ids as `write_tiny_tokenizer`)."""
+    vocab, merges = tiny_vocab_and_merges(words)
+    return make_clip_tokenizer(vocab, merges)
+
+
+def write_tiny_tokenizer(folder: str | Path, words: tuple[str, ...] = TINY_WORDS) -> Path:
+    """Write `vocab.json` + `merges.txt` for a small CLIP BPE tokenizer into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab, merges = tiny_vocab_and_merges(words)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    lines = "\n".join(f"{a} {b}" for a, b in merges)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + lines + "\n", encoding="utf-8")
     return folder
 
 
@@ -126,17 +134,20 @@ class TinyComponents:
     scheduler: Any
 
 
-def build_tiny_sd1(tokenizer_dir: str | Path, seed: int = 0) -> TinyComponents:
+def build_tiny_sd1(tokenizer_dir: str | Path | None, seed: int = 0) -> TinyComponents:
     """Build a tiny SD-1.x-shaped pipeline's components with fixed seeds.
 
-    `tokenizer_dir` receives the synthetic tokenizer files (a tokenizer cannot be built
-    without files on disk).
+    `tokenizer_dir` receives the synthetic tokenizer files; `None` builds the same tokenizer in
+    memory (no files), e.g. for the `tiny:sd1` base model.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    write_tiny_tokenizer(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
+    if tokenizer_dir is None:
+        tokenizer = tiny_tokenizer()
+    else:
+        write_tiny_tokenizer(tokenizer_dir)
+        tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
     torch.manual_seed(seed + 1)
@@ -174,3 +185,42 @@ def save_tiny_sd1_diffusers(folder: str | Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+#: `lorakiln.configs` tokenizer name marking single files whose tokenizer is `tiny_tokenizer()`.
+TINY_TOKENIZER_NAME = "tiny-sd1"
+
+
+def save_tiny_sd1_single_file(path: str | Path, seed: int = 0) -> Path:
+    """Build the tiny SD 1.x model and write it as one LDM-layout `.safetensors` (formats.md §7).
+
+    Same weights as `save_tiny_sd1_diffusers(folder, seed)`; the file's metadata names the
+    tiny tokenizer so `load_base_model(path)` needs no config folder.
+    """
+    from lorakiln.models.ldm_export import save_ldm_single_file
+
+    parts = build_tiny_sd1(None, seed=seed)
+    return save_ldm_single_file(
+        path, parts.unet, parts.vae, parts.text_encoder, scheduler=parts.scheduler,
+        tokenizer_name=TINY_TOKENIZER_NAME,
+    )
+
+
+def build_tiny_sd1_bundle(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """The tiny SD 1.x model as a `ModelBundle`, built in memory (the `tiny:sd1` base model)."""
+    from lorakiln.models.bundle import ModelBundle
+    from lorakiln.models.family import SD1
+    from lorakiln.models.single_file import cast_module
+
+    parts = build_tiny_sd1(None, seed=seed)
+    return ModelBundle(
+        family=SD1,
+        unet=cast_module(parts.unet, dtype),
+        vae=cast_module(parts.vae, dtype),
+        text_encoders=[cast_module(parts.text_encoder, dtype)],
+        tokenizers=[parts.tokenizer],
+        noise_scheduler=parts.scheduler,
+        source=f"tiny:sd1:{seed}" if seed else "tiny:sd1",
+        name="tiny-sd1",
+        extra={"format": "tiny", "seed": seed},
+    )

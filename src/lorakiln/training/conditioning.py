@@ -31,7 +31,7 @@ def encode_tokens(text_encoder: Any, input_ids: torch.Tensor, clip_skip: int = 1
     out = text_encoder(input_ids, output_hidden_states=True)
     hidden = out.hidden_states[-clip_skip]
     # A1111 "CLIP stop at last layers": the penultimate state still goes through final_layer_norm.
-    final_norm = getattr(getattr(text_encoder, "text_model", text_encoder), "final_layer_norm")
+    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
     return final_norm(hidden)
 
 

@@ -27,7 +27,7 @@ import torch
 from lorakiln.errors import ConfigError
 from lorakiln.training.optim_args import OptimArgs, accepted_args, check_known_args, parse_optim_args
 
-__all__ = ["build_optimizer", "is_adaptive", "lr_warning", "optimizer_names"]
+__all__ = ["build_optimizer", "is_adaptive", "lr_warning", "optimizer_names", "validate_optimizer_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -191,6 +191,11 @@ def _lookup(name: str) -> _Spec:
     close = difflib.get_close_matches(_key(name), list(_REGISTRY), n=1, cutoff=0.5)
     hint = f" Did you mean '{_REGISTRY[close[0]].name}'?" if close else ""
     raise ConfigError(f"Unknown optimizer '{name}'.{hint} Valid optimizers: {', '.join(optimizer_names())}.")
+
+
+def validate_optimizer_name(name: str) -> str:
+    """The canonical name for `name`, or a ConfigError listing valid ones (no import, no params)."""
+    return _lookup(name).name
 
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "xpu": "XPU", "mps": "MPS", "hpu": "HPU"}

@@ -63,45 +63,49 @@ def training_info(ctx: Any, *, final: bool) -> Any:
     """Fill the networks package's `TrainingInfo` from the run (metadata.py turns it into ss_*)."""
     from lorakiln.networks.metadata import TrainingInfo
 
-    cfg, pos = ctx.cfg, ctx.position
+    cfg, pos, d = ctx.cfg, ctx.position, ctx.cfg.data
     unet_lr, te_lr = ctx.lrs
     return TrainingInfo(
-        family=ctx.bundle.family,
         output_name=cfg.output.output_name,
-        session_id=ctx.session_id,
         training_started_at=ctx.started_at,
         training_finished_at=time.time() if final else None,
-        network_dim=cfg.network.network_dim,
-        network_alpha=cfg.network.network_alpha or cfg.network.network_dim,
-        network_args={},
-        num_train_images=ctx.dataset.num_repeated_images,
-        num_epochs=ctx.plan.num_epochs,
+        session_id=ctx.session_id,
         epoch=pos.epoch,
+        num_epochs=ctx.plan.num_epochs,
         steps=pos.global_step,
         max_train_steps=ctx.plan.total_steps,
+        num_train_images=ctx.dataset.num_repeated_images,
+        num_batches_per_epoch=ctx.plan.batches_per_epoch,
+        batch_size=cfg.train.train_batch_size,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        resolution=tuple(d.resolution),
+        tag_frequency=ctx.dataset.tag_frequency(),
+        dataset_dirs=ctx.dataset.dataset_dirs_info(),
+        bucket_info=ctx.data.bucket_info(),
+        enable_bucket=d.enable_bucket,
+        caption_dropout_rate=d.caption_dropout_rate,
+        caption_tag_dropout_rate=d.caption_tag_dropout_rate,
+        shuffle_caption=d.shuffle_caption,
+        keep_tokens=d.keep_tokens,
+        flip_aug=d.flip_aug,
         learning_rate=cfg.train.learning_rate,
         unet_lr=unet_lr,
         text_encoder_lr=te_lr,
         optimizer=ctx.optimizer_desc,
         lr_scheduler=cfg.train.lr_scheduler,
+        lr_warmup_steps=int(ctx.warmup_steps),
+        max_grad_norm=cfg.train.max_grad_norm,
+        noise_offset=cfg.train.noise_offset or None,
+        min_snr_gamma=cfg.train.min_snr_gamma,
         seed=cfg.train.seed,
-        resolution=cfg.data.resolution,
-        clip_skip=cfg.model.clip_skip,
         mixed_precision=cfg.train.mixed_precision,
-        tag_frequency=ctx.dataset.tag_frequency(),
-        dataset_dirs=ctx.dataset.dataset_dirs_info(),
-        bucket_info=ctx.data.bucket_info() if hasattr(ctx.data, "bucket_info") else None,
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        clip_skip=cfg.model.clip_skip,
         sd_model_name=ctx.bundle.name,
         sd_model_hash=ctx.bundle.sha256,
+        vae_name=Path(cfg.model.vae).name if cfg.model.vae else None,
         prediction_type=ctx.bundle.prediction_type,
-        caption_dropout_rate=cfg.data.caption_dropout_rate,
-        noise_offset=cfg.train.noise_offset,
-        min_snr_gamma=cfg.train.min_snr_gamma,
-        train_batch_size=cfg.train.train_batch_size,
-        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
-        max_grad_norm=cfg.train.max_grad_norm,
         trigger_phrase=cfg.output.trigger_phrase,
-        minimal=cfg.output.no_metadata,
     )
 
 
@@ -111,7 +115,8 @@ def save_lora(ctx: Any, stem: str, *, final: bool = False) -> Path:
     from lorakiln.networks.metadata import build_metadata
 
     path = ctx.output_dir / f"{stem}.safetensors"
-    metadata = build_metadata(training_info(ctx, final=final))
+    metadata = build_metadata(training_info(ctx, final=final), ctx.network,
+                              minimal=ctx.cfg.output.no_metadata)
     save_kohya_lora(ctx.network, path, metadata, SAVE_DTYPES[ctx.cfg.output.save_precision])
     if final and ctx.cfg.output.save_diffusers:
         save_diffusers_lora(ctx.network, ctx.output_dir / "pytorch_lora_weights.safetensors")

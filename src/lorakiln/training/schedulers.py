@@ -32,7 +32,7 @@ from lorakiln.training.optim_args import (
     parse_value,
 )
 
-__all__ = ["build_scheduler", "resolve_warmup_steps", "scheduler_names"]
+__all__ = ["build_scheduler", "resolve_warmup_steps", "scheduler_names", "validate_scheduler_name"]
 
 _DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 _NAMES = (*_DIFFUSERS, "adafactor")
@@ -77,6 +77,11 @@ def _normalise(name: str) -> tuple[str, float | None]:
     if not isinstance(initial, int | float) or isinstance(initial, bool):
         raise ConfigError(f"lr_scheduler '{name}': '{value}' is not a number.")
     return key, float(initial)
+
+
+def validate_scheduler_name(name: str) -> str:
+    """The canonical scheduler name, or a ConfigError listing valid ones (cheap: no optimizer)."""
+    return _normalise(name)[0]
 
 
 def _adafactor_relative(optimizer: torch.optim.Optimizer) -> bool | None:

@@ -50,9 +50,13 @@ class TrainContext:
     train_text_encoder: bool
     output_dir: Path
     position: LoopPosition = field(default_factory=LoopPosition)
-    session_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    session_id: int = field(default_factory=lambda: uuid.uuid4().int % 2**31)
     started_at: float = field(default_factory=time.time)
     last_saved: Path | None = None
+    encode_fn: Any = None
+    lrs: tuple[float, float | None] = (0.0, None)
+    optimizer_desc: str = ""
+    warmup_steps: int = 0
 
 
 def plan_steps(cfg: RunConfig, batches_per_epoch: int) -> StepPlan:

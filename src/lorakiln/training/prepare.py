@@ -1,0 +1,204 @@
+"""Build a `TrainContext` from a config: cheap checks first, then the model.
+
+1. Dataset scan and checks (names, images, captions) and the step arithmetic — no model yet.
+2. Optimizer and scheduler names are validated.
+3. Base model loaded, frozen, moved to the device; LoRA injected with a seeded init.
+4. Optimizer, LR schedule, grad scaler; latents cached; a resume state restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakiln.config.schema import RunConfig
+from lorakiln.training.setup import (
+    StepPlan,
+    TrainContext,
+    autocast_dtype_for,
+    pick_device,
+    plan_steps,
+    resolve_lrs,
+    wants_text_encoder,
+)
+
+Log = Callable[[str], None] | None
+
+
+def build_data(cfg: RunConfig) -> tuple[Any, Any]:
+    """Scan and check the dataset (raises DatasetError listing every problem) and plan batches."""
+    from lorakiln.data import BucketManager, scan_kohya_dataset
+    from lorakiln.data.loader import AugmentOptions, CaptionOptions, TrainData
+
+    d = cfg.data
+    dataset = scan_kohya_dataset(d.train_data_dir, d.caption_extension)
+    buckets = BucketManager(d.resolution, d.enable_bucket, d.min_bucket_reso, d.max_bucket_reso,
+                            d.bucket_reso_steps, d.bucket_no_upscale)
+    data = TrainData(
+        dataset, buckets=buckets, batch_size=cfg.train.train_batch_size, seed=cfg.train.seed,
+        captions=CaptionOptions(d.shuffle_caption, d.keep_tokens, d.caption_dropout_rate,
+                                d.caption_tag_dropout_rate, d.caption_dropout_every_n_epochs),
+        augment=AugmentOptions(flip_aug=d.flip_aug, random_crop=d.random_crop),
+    )
+    return dataset, data
+
+
+def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Any, Any, StepPlan]:
+    """Dataset checks and the printed step breakdown; used by `--dry-run` and by `prepare`."""
+    from lorakiln.training.optimizers import validate_optimizer_name
+    from lorakiln.training.schedulers import validate_scheduler_name
+
+    validate_optimizer_name(cfg.train.optimizer_type)
+    validate_scheduler_name(cfg.train.lr_scheduler)
+    dataset, data = build_data(cfg)
+    plan = plan_steps(cfg, data.num_batches_per_epoch)
+    if log:
+        log(data.steps_breakdown().format(plan.num_epochs))
+        accum = cfg.train.gradient_accumulation_steps
+        if accum > 1:
+            log(f"gradient accumulation {accum}: {plan.steps_per_epoch} optimizer steps per epoch")
+        if cfg.train.max_train_steps:
+            log(f"max_train_steps = {plan.total_steps} overrides the epoch count ({plan.num_epochs} epochs)")
+        log(f"optimizer steps: {plan.total_steps}")
+    return dataset, data, plan
+
+
+def _freeze(bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> None:
+    for module in (bundle.unet, *bundle.text_encoders):
+        module.requires_grad_(False)
+        # Only cast when needed: diffusers warns on any `.to(dtype)` of a loaded model.
+        module.to(device) if weight_dtype == torch.float32 else module.to(device, dtype=weight_dtype)
+        module.eval()
+    bundle.vae.requires_grad_(False)
+    bundle.vae.to(device)  # kept fp32: the SD VAE overflows in fp16
+    bundle.vae.eval()
+
+
+def _encode_fn(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """VAE encode → scaled latents. The distribution's mode (mean) is used, so a cached latent is
+    a pure function of the image (the SD VAE's std is tiny; kohya samples instead)."""
+    @torch.no_grad()
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+        return (dist.mode() * vae.config.scaling_factor).float().cpu()
+    return encode
+
+
+def _enable_memory_options(cfg: RunConfig, bundle: Any, train_te: bool) -> None:
+    if not cfg.train.sdpa:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        bundle.unet.set_attn_processor(AttnProcessor())
+    if cfg.train.gradient_checkpointing:
+        bundle.unet.enable_gradient_checkpointing()
+        bundle.unet.train()  # diffusers only checkpoints in training mode
+        if train_te:
+            for te in bundle.text_encoders:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                te.train()
+
+
+def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
+    """Everything before the first step (see the module docstring for the order)."""
+    from lorakiln.data.latent_cache import LatentCache, vae_fingerprint
+    from lorakiln.networks.network import create_lora_network
+    from lorakiln.training.base_model import load_configured_model
+    from lorakiln.training.optimizers import build_optimizer, lr_warning
+    from lorakiln.training.outputs import write_resolved_config
+    from lorakiln.training.schedulers import build_scheduler, resolve_warmup_steps
+
+    dataset, data, plan = describe_plan(cfg, log)
+    device = pick_device()
+    autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
+    # Frozen weights in half precision only on GPU; CPU keeps fp32 weights under autocast.
+    weight_dtype = autocast_dtype if (autocast_dtype and device.type == "cuda") else torch.float32
+
+    m = cfg.model
+    bundle = load_configured_model(m.pretrained_model, vae=m.vae, config_dir=m.config_dir,
+                                   allow_pickle=m.allow_pickle)
+    _freeze(bundle, device, weight_dtype)
+    train_te = wants_text_encoder(cfg)
+    torch.manual_seed(cfg.train.seed)  # LoRA init (kaiming down, zero up) is seeded
+    network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,
+                                  dim=cfg.network.network_dim, alpha=cfg.network.network_alpha,
+                                  dropout=cfg.network.network_dropout, train_text_encoder=train_te)
+    if cfg.network.network_weights:
+        from lorakiln.networks.export import read_lora_file
+
+        network.load_kohya_state_dict(read_lora_file(cfg.network.network_weights)[0])
+    network.to(device)
+    _enable_memory_options(cfg, bundle, train_te)
+
+    lrs = resolve_lrs(cfg, train_te)
+    groups = network.param_groups(unet_lr=lrs[0], text_encoder_lr=lrs[1], default_lr=cfg.train.learning_rate)
+    optimizer = build_optimizer(cfg.train.optimizer_type, groups, lr=cfg.train.learning_rate,
+                                args=cfg.train.optimizer_args)
+    warmup = resolve_warmup_steps(cfg.train.lr_warmup_steps, plan.total_steps)
+    if log and (hint := lr_warning(cfg.train.optimizer_type, [lr for lr in lrs if lr is not None],
+                                   cfg.train.optimizer_args)):
+        log(f"warning: {hint}")
+    schedule = build_scheduler(cfg.train.lr_scheduler, optimizer, num_training_steps=plan.total_steps,
+                               num_warmup_steps=warmup, num_cycles=cfg.train.lr_scheduler_num_cycles,
+                               power=cfg.train.lr_scheduler_power)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.mixed_precision == "fp16")
+
+    output_dir = Path(cfg.output.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = output_dir / ".cache" / "latents" if cfg.data.cache_latents_to_disk else None
+    encode = _encode_fn(bundle.vae)
+    cache = LatentCache(vae_fingerprint(bundle.vae) + ":mode-scaled", cache_dir)
+    ctx = TrainContext(cfg=cfg, plan=plan, dataset=dataset, data=data, bundle=bundle, network=network,
+                       optimizer=optimizer, schedule=schedule, scaler=scaler, cache=cache, device=device,
+                       autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir)
+    ctx.encode_fn = encode
+    ctx.lrs = lrs
+    ctx.warmup_steps = warmup
+    ctx.optimizer_desc = f"{type(optimizer).__module__}.{type(optimizer).__name__}" + (
+        f"({','.join(cfg.train.optimizer_args)})" if cfg.train.optimizer_args else "")
+    if cfg.data.cache_latents:
+        if log:
+            log("caching latents")
+        data.cache_all(encode, cache, progress=log is not None)
+    if cfg.train.resume:
+        _resume(ctx, log)
+    write_resolved_config(ctx)
+    return ctx
+
+
+def _resume(ctx: TrainContext, log: Log) -> None:
+    """Restore adapter, optimizer, schedule, scaler, RNGs and loop position from a state folder."""
+    from lorakiln.training.state import load_state, restore_rng
+
+    state = load_state(ctx.cfg.train.resume or "")
+    ctx.network.load_kohya_state_dict(state.network_state)
+    ctx.optimizer.load_state_dict(state.optimizer_state)
+    ctx.schedule.load_state_dict(state.schedule_state)
+    if state.scaler_state:
+        ctx.scaler.load_state_dict(state.scaler_state)
+    restore_rng(state)
+    ctx.position = state.position
+    changed = _changed_keys(state.config, ctx.cfg.model_dump(mode="json"))
+    if log:
+        log(f"resumed from {state.folder} at step {state.position.global_step} "
+            f"(epoch {state.position.epoch + 1}, batch {state.position.batch_in_epoch})")
+        if changed:
+            log("warning: these settings differ from the saved run, so the result will not match an "
+                "uninterrupted run exactly: " + ", ".join(changed))
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    ignore = {"train.resume", "train.max_train_epochs", "train.max_train_steps", "output"}
+    out = []
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if dotted in ignore or prefix.rstrip(".") in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, dotted + ".")
+        elif a != b:
+            out.append(dotted)
+    return out
