@@ -1,0 +1,71 @@
+"""Fixtures for training tests: a small kohya dataset and run configs on the tiny SD1 model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from lorakiln.config.load import build_config
+from lorakiln.config.schema import RunConfig
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lorakiln_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build `tiny:sd1` once per session into a private cache (never the user's)."""
+    home = tmp_path_factory.mktemp("lorakiln-home")
+    old = os.environ.get("LORAKILN_HOME")
+    os.environ["LORAKILN_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("LORAKILN_HOME", None)
+    else:
+        os.environ["LORAKILN_HOME"] = old
+
+
+def draw_dataset(root: Path, count: int = 4, folder: str = "5_zwx toy") -> Path:
+    """`count` 64-px images of a purple disc on coloured grounds, captioned, in one kohya folder."""
+    sub = root / folder
+    sub.mkdir(parents=True, exist_ok=True)
+    colours = [(200, 60, 60), (60, 160, 80), (60, 90, 200), (220, 200, 60), (120, 120, 120)]
+    for i in range(count):
+        img = Image.new("RGB", (64, 64), colours[i % len(colours)])
+        d = ImageDraw.Draw(img)
+        x = 12 + 8 * i
+        d.ellipse([x, 14, x + 30, 44], fill=(130, 60, 170))
+        img.save(sub / f"img{i}.png")
+        (sub / f"img{i}.txt").write_text(f"photo of zwx, a toy, picture {i}", encoding="utf-8")
+    return root
+
+
+@pytest.fixture
+def run_config(tmp_path: Path) -> Callable[..., RunConfig]:
+    """Factory: a RunConfig over a fresh 4-image dataset; keyword args are dotted overrides."""
+    def make(**overrides: Any) -> RunConfig:
+        draw_dataset(tmp_path / "train")
+        raw = {
+            "model": {"pretrained_model": "tiny:sd1"},
+            "data": {"train_data_dir": "train", "resolution": 64, "min_bucket_reso": 64,
+                     "max_bucket_reso": 128},
+            "network": {"network_dim": 4, "network_alpha": 2},
+            "train": {"train_batch_size": 2, "max_train_epochs": 1, "unet_lr": 1e-3,
+                      "text_encoder_lr": 5e-4, "seed": 1},
+            "output": {"output_dir": "out", "output_name": "last"},
+        }
+        sets = [f"{k.replace('__', '.')}={_toml(v)}" for k, v in overrides.items()]
+        return build_config(raw, base_dir=tmp_path, overrides=sets)
+    return make
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
