@@ -26,7 +26,8 @@ class ModelConfig(Section):
         description="Base model: a diffusers folder, a single-file .safetensors checkpoint "
         "(LDM layout, as downloaded from model sites) or a hub id such as "
         "`stable-diffusion-v1-5/stable-diffusion-v1-5` (needs network). `tiny:sd1` builds the "
-        "tiny test model on first use.",
+        "tiny test model on first use; `random:sd15` is SD 1.5's architecture with random weights "
+        "(benchmarks).",
     )
     vae: str | None = Field(None, description="Optional VAE to use instead of the base model's "
                             "(a diffusers VAE folder or a single-file .safetensors).")
@@ -203,7 +204,7 @@ class RunConfig(BaseModel):
     def resolved_paths(self, base: Path) -> RunConfig:
         """Return a copy whose relative paths are made absolute against `base` (the TOML's folder)."""
         def fix(p: str | None, hub_ok: bool = False) -> str | None:
-            if p is None or p.startswith("tiny:") or (hub_ok and _looks_like_hub_id(p)):
+            if p is None or p.startswith(("tiny:", "random:")) or (hub_ok and _looks_like_hub_id(p)):
                 return p
             path = Path(p).expanduser()
             return str(path if path.is_absolute() else (base / path).resolve())

@@ -1,5 +1,6 @@
 """Resolve the config's `pretrained_model` into a loaded `ModelBundle`.
 
+`random:sd15` is the full SD 1.5 architecture with random weights, for benchmarks.
 `tiny:sd1` names the tiny SD-1.x-shaped model (tests, quickstart): it is built once from
 config with a fixed seed into the user cache and then loaded through the ordinary folder
 loader, so it exercises exactly the code path a real model takes.
@@ -12,9 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+
 from lorakiln.models.bundle import ModelBundle
 
 TINY_PREFIX = "tiny:"
+#: SD 1.5's full architecture with random weights: real op counts without a download (bench/).
+RANDOM_SD15 = "random:sd15"
 
 
 def cache_home() -> Path:
@@ -50,6 +55,10 @@ def load_configured_model(source: str, *, vae: str | None = None, config_dir: st
     """Load the base model a run config names."""
     from lorakiln.models.loading import load_base_model
 
+    if source == RANDOM_SD15:
+        from lorakiln.models.sd15_random import build_sd15_random
+
+        return build_sd15_random(device="cuda" if torch.cuda.is_available() else "cpu")
     if source.startswith(TINY_PREFIX):
         folder = ensure_tiny_model(source[len(TINY_PREFIX):])
         bundle = load_base_model(str(folder), vae=vae)

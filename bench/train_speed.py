@@ -1,0 +1,115 @@
+"""Training speed benchmark: median s/step, time to first step and peak RSS.
+
+Runs each case in its own process (so peak RSS and start-up time are that case's alone) on
+(a) the tiny SD-1.x model (`tiny:sd1`: framework overhead) and (b) the full SD 1.5
+architecture with random weights (`random:sd15`: real op counts), with and without latent
+caching, on the quickstart images. Prints one table; figures are measurements, not tests.
+
+    python bench/train_speed.py                       # all four cases, 12 steps each
+    python bench/train_speed.py --cases tiny --steps 40
+    python bench/train_speed.py --resolution 128 --batch 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T0 = time.perf_counter()
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "examples" / "quickstart" / "train"
+CASES = {
+    "tiny": "tiny:sd1",
+    "sd15": "random:sd15",
+}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One case: train `--steps` steps and print a JSON line of timings."""
+    import resource
+
+    from lorakiln.config.load import build_config
+    from lorakiln.training.loop import train
+
+    stamps: list[float] = []
+    first: list[float] = []
+
+    def on_event(event: str, info: dict) -> None:
+        if event == "step":
+            now = time.perf_counter()
+            stamps.append(now)
+            if not first:
+                first.append(now - T0)
+
+    with tempfile.TemporaryDirectory() as out:
+        raw = {
+            "model": {"pretrained_model": CASES[args.case]},
+            "data": {"train_data_dir": str(DATA), "resolution": args.resolution,
+                     "min_bucket_reso": 64, "max_bucket_reso": max(128, args.resolution),
+                     "cache_latents": args.cache == "on"},
+            "network": {"network_dim": args.dim, "network_alpha": args.dim},
+            "train": {"train_batch_size": args.batch, "max_train_steps": args.steps,
+                      "unet_lr": 1e-4, "text_encoder_lr": 5e-5, "seed": 0,
+                      "detect_anomaly_every": args.steps},
+            "output": {"output_dir": out, "output_name": "bench"},
+        }
+        train(build_config(raw), callbacks=[on_event], progress=False)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup:]
+    print(json.dumps({
+        "case": args.case, "cache": args.cache,
+        "median_s_per_step": statistics.median(gaps) if gaps else float("nan"),
+        "time_to_first_step_s": first[0] if first else float("nan"),
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "steps_timed": len(gaps),
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=["tiny", "sd15"], choices=list(CASES))
+    parser.add_argument("--cache", nargs="+", default=["on", "off"], choices=["on", "off"])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=2, help="step intervals dropped before the median")
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--worker", metavar="CASE", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.case, args.cache = args.worker, args.cache[0]
+        worker(args)
+        return
+    env = dict(os.environ, LORAKILN_HOME=os.environ.get("LORAKILN_HOME", tempfile.mkdtemp()))
+    rows = []
+    for case in args.cases:
+        for cache in args.cache:
+            cmd = [sys.executable, __file__, "--worker", case, "--cache", cache, "--steps", str(args.steps),
+                   "--warmup", str(args.warmup), "--resolution", str(args.resolution),
+                   "--batch", str(args.batch), "--dim", str(args.dim)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode or not lines:
+                print(f"{case}/{cache}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                continue
+            rows.append(json.loads(lines[-1]))
+    print(f"\nresolution {args.resolution}px, batch {args.batch}, rank {args.dim}, {args.steps} steps "
+          f"(first {args.warmup} intervals dropped), torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    print(f"{'model':8} {'latent cache':13} {'median s/step':>14} {'first step s':>13} {'peak RSS MiB':>13}")
+    for r in rows:
+        print(f"{r['case']:8} {r['cache']:13} {r['median_s_per_step']:14.4f} {r['time_to_first_step_s']:13.1f} "
+              f"{r['peak_rss_mib']:13.0f}")
+    by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows}
+    for case in args.cases:
+        if (case, "on") in by and (case, "off") in by:
+            print(f"{case}: caching latents makes a step {by[(case, 'off')] / by[(case, 'on')]:.2f}x faster")
+
+
+if __name__ == "__main__":
+    main()
