@@ -47,6 +47,10 @@ class ModelFamily:
     unet_target_blocks: tuple[str, ...] = ("Transformer2DModel",)
     #: Modules (by class name) whose Linear children get LoRA in each text encoder.
     te_target_blocks: tuple[str, ...] = ("CLIPAttention", "CLIPSdpaAttention", "CLIPMLP")
+    #: U-Net config values that a diffusers folder of this family must have (a missing key
+    #: counts as the `UNet2DConditionModel` default). SD 2.x shares SD1's pipeline class and
+    #: block layout but uses linear projections; SDXL adds `text_time` embeddings.
+    unet_config_match: tuple[tuple[str, object], ...] = ()
 
 
 SD1 = ModelFamily(
@@ -62,6 +66,7 @@ SD1 = ModelFamily(
     single_file_marker="model.diffusion_model.output_blocks.11.0.skip_connection.weight",
     te_single_file_prefixes=("cond_stage_model.transformer.",),
     pipeline_class="StableDiffusionPipeline",
+    unet_config_match=(("use_linear_projection", False), ("addition_embed_type", None)),
 )
 
 FAMILIES: dict[str, ModelFamily] = {SD1.name: SD1}

@@ -1,0 +1,317 @@
+"""`load_base_model`: one entry point from whatever the user names to a `ModelBundle`.
+
+Accepted sources, checked in this order:
+1. `tiny:sd1` — the tiny test model, built in memory (config docs, quickstart);
+2. an existing folder — a diffusers model (`model_index.json` or `unet/`);
+3. an existing file — a single-file LDM checkpoint, `.safetensors` (pickles only on opt-in);
+4. `org/name` — a hub repo, fetched to the HF cache unless offline, then loaded as a folder.
+Anything else is a "not found" error that names the path.
+
+Training always gets a `DDPMScheduler` with the model's betas and prediction type, whatever
+scheduler class the folder saved (PNDM for SD 1.5): training adds noise, it does not sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakiln.errors import ModelLoadError
+from lorakiln.models.bundle import ModelBundle
+from lorakiln.models.clip_tokenizer import CLIP_VOCAB_SIZE, load_sd1_clip_tokenizer
+from lorakiln.models.detect import detect_family, detect_family_from_config
+from lorakiln.models.single_file import (
+    PICKLE_SUFFIXES,
+    VAE_PREFIXES,
+    cast_module,
+    file_configs,
+    file_hints,
+    pickle_refusal,
+    read_checkpoint,
+    text_encoder_from_ldm,
+    unet_from_ldm,
+    vae_from_ldm,
+)
+
+__all__ = ["load_base_model", "load_vae", "detect_family", "sha256_file", "make_noise_scheduler"]
+
+#: What a diffusers SD repo download needs; the rest (root single files, safety checker,
+#: fp16/EMA variants, flax/onnx weights) is gigabytes the trainer never reads.
+HUB_ALLOW = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
+HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TINY_SOURCE = re.compile(r"^tiny:sd1(?::(\d+))?$")
+
+
+def load_base_model(
+    source: str | os.PathLike[str],
+    *,
+    config_dir: str | os.PathLike[str] | None = None,
+    vae: str | os.PathLike[str] | None = None,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+    tokenizer: str | os.PathLike[str] | None = None,
+) -> ModelBundle:
+    """Load an SD 1.x base model from a diffusers folder, a single file, a hub id or `tiny:sd1`.
+
+    `config_dir` (single files only): a diffusers folder whose configs/tokenizer describe the
+    file, instead of inferring them from tensor shapes. `vae`: a VAE to use instead of the
+    model's (diffusers VAE folder, single-file VAE, or hub id). `tokenizer`: a tokenizer folder,
+    for checkpoints whose vocabulary is not CLIP's. `local_files_only=None` follows
+    `HF_HUB_OFFLINE`. Every failure is a `ModelLoadError` naming the source.
+    """
+    src = os.fspath(source)
+    path = Path(src).expanduser()
+    if m := _TINY_SOURCE.match(src):
+        from lorakiln.models.tiny import build_tiny_sd1_bundle
+
+        bundle = build_tiny_sd1_bundle(seed=int(m[1] or 0), dtype=dtype)
+    elif path.is_dir():
+        bundle = _load_folder(path, source=src, name=path.resolve().name, allow_pickle=allow_pickle,
+                              dtype=dtype, tokenizer=tokenizer)
+    elif path.is_file():
+        bundle = _load_single_file(path, config_dir=config_dir, allow_pickle=allow_pickle, dtype=dtype,
+                                   tokenizer=tokenizer)
+    elif looks_like_hub_id(src):
+        folder = _hub_snapshot(src, HUB_ALLOW, allow_pickle=allow_pickle, local_files_only=local_files_only)
+        bundle = _load_folder(folder, source=src, name=src, allow_pickle=allow_pickle, dtype=dtype,
+                              tokenizer=tokenizer)
+    else:
+        raise ModelLoadError(
+            f"base model {src!r} not found: no such file or folder (a hub id looks like `org/name`)"
+        )
+    if vae is not None:
+        bundle.vae = load_vae(vae, base_config=bundle.vae.config, allow_pickle=allow_pickle, dtype=dtype,
+                              local_files_only=local_files_only)
+        bundle.extra["vae"] = os.fspath(vae)
+    return bundle
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """`org/name` that is not a file name (same rule as the config's path resolution)."""
+    return bool(_HUB_ID.match(value)) and not value.endswith((".safetensors", *PICKLE_SUFFIXES))
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:
+    """Hex sha256 of a file, streamed (SD files are 2–7 GB): A1111's `ss_new_sd_model_hash`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_noise_scheduler(config: dict[str, Any]) -> Any:
+    """A `DDPMScheduler` from any SD scheduler config (keys DDPM does not take are dropped)."""
+    from diffusers import DDPMScheduler
+
+    from lorakiln.models.tiny import SD1_SCHEDULER_CONFIG
+
+    accepted = inspect.signature(DDPMScheduler.__init__).parameters
+    merged = {**SD1_SCHEDULER_CONFIG, **config}
+    return DDPMScheduler(**{k: v for k, v in merged.items() if k in accepted})
+
+
+def _offline(local_files_only: bool | None) -> bool:
+    if local_files_only is not None:
+        return local_files_only
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _hub_snapshot(repo_id: str, allow: list[str], *, allow_pickle: bool, local_files_only: bool | None) -> Path:
+    """Download (or find in the HF cache) the files of `repo_id` the loader needs."""
+    from huggingface_hub import snapshot_download
+
+    offline = _offline(local_files_only)
+    ignore = HUB_IGNORE + ([] if allow_pickle else ["*.bin"])
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore,
+                                      local_files_only=offline))
+    except Exception as exc:  # network, auth, missing repo, offline cache miss: all the user's to fix
+        mode = " (offline: only the local Hugging Face cache was searched)" if offline else ""
+        raise ModelLoadError(
+            f"could not get {repo_id!r} from the Hugging Face hub{mode}: {type(exc).__name__}: {exc}. "
+            f"No local file or folder named {repo_id!r} exists either; pass a local diffusers folder "
+            "or a single-file .safetensors checkpoint instead, or download the model while online."
+        ) from exc
+
+
+def _weights_kwargs(folder: Path, weights: str, allow_pickle: bool, what: str) -> dict[str, Any]:
+    """`from_pretrained` kwargs for a component folder, refusing pickle-only folders by default."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"{what}: folder {folder} is missing")
+    names = {p.name for p in folder.iterdir()}
+    if f"{weights}.safetensors" in names or f"{weights}.safetensors.index.json" in names:
+        return {"use_safetensors": True}
+    if f"{weights}.fp16.safetensors" in names:
+        return {"use_safetensors": True, "variant": "fp16"}
+    pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+    if pickles:
+        if not allow_pickle:
+            raise pickle_refusal(folder / pickles[0])
+        return {"use_safetensors": False}
+    raise ModelLoadError(f"{what}: no weights file ({weights}.safetensors) in {folder}")
+
+
+def _load_folder(
+    folder: Path, *, source: str, name: str, allow_pickle: bool, dtype: torch.dtype,
+    tokenizer: str | os.PathLike[str] | None,
+) -> ModelBundle:
+    """Load a diffusers-layout SD 1.x folder component by component."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    index_path = folder / "model_index.json"
+    if not index_path.is_file() and not (folder / "unet").is_dir():
+        raise ModelLoadError(
+            f"{folder} is a folder but not a diffusers model (no model_index.json or unet/); "
+            "pass the model's folder, or a single-file checkpoint"
+        )
+    model_index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else {}
+    unet_cfg_path = folder / "unet" / "config.json"
+    if not unet_cfg_path.is_file():
+        raise ModelLoadError(f"diffusers folder {folder}: unet/config.json is missing")
+    family = detect_family_from_config(json.loads(unet_cfg_path.read_text(encoding="utf-8")),
+                                       pipeline_class=model_index.get("_class_name"), source=str(folder))
+    kw = {c: _weights_kwargs(folder / c, w, allow_pickle, f"diffusers folder {folder}")
+          for c, w in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
+                       ("text_encoder", "model"))}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw["unet"])
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw["vae"])
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw["text_encoder"])
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load diffusers folder {folder}: {exc}") from exc
+    sched_path = folder / "scheduler" / "scheduler_config.json"
+    sched_cfg = json.loads(sched_path.read_text(encoding="utf-8")) if sched_path.is_file() else {}
+    tok_dir = folder / "tokenizer"
+    tok = _resolve_tokenizer(
+        tokenizer if tokenizer is not None else (tok_dir if tok_dir.is_dir() else None),
+        vocab_size=text_encoder.config.vocab_size, tiny=False, source=str(folder),
+    )
+    return ModelBundle(
+        family=family,
+        unet=cast_module(unet, dtype).eval(),
+        vae=cast_module(vae, dtype).eval(),
+        text_encoders=[cast_module(text_encoder, dtype).eval()],
+        tokenizers=[tok],
+        noise_scheduler=make_noise_scheduler(sched_cfg),
+        source=source,
+        name=name,
+        extra={"format": "diffusers", "folder": str(folder)},
+    )
+
+
+def _load_single_file(
+    path: Path, *, config_dir: str | os.PathLike[str] | None, allow_pickle: bool, dtype: torch.dtype,
+    tokenizer: str | os.PathLike[str] | None,
+) -> ModelBundle:
+    """Load an LDM-layout single file (formats.md §7) without any network access."""
+    from lorakiln.models.tiny import TINY_TOKENIZER_NAME
+
+    sd, metadata = read_checkpoint(path, allow_pickle=allow_pickle)
+    family = detect_family(sd.keys(), source=str(path))
+    configs = file_configs(sd, metadata, config_dir, str(path))
+    unet = unet_from_ldm(sd, configs.unet, dtype, f"U-Net of {path}")
+    vae = vae_from_ldm(sd, configs.vae, dtype, f"VAE of {path}")
+    text_encoder = text_encoder_from_ldm(sd, configs.text_encoder, dtype, f"text encoder of {path}")
+    del sd
+    tok_source = tokenizer if tokenizer is not None else configs.tokenizer_dir
+    tok = _resolve_tokenizer(
+        tok_source, vocab_size=text_encoder.config.vocab_size,
+        tiny=file_hints(metadata).get("tokenizer") == TINY_TOKENIZER_NAME, source=str(path),
+    )
+    return ModelBundle(
+        family=family,
+        unet=unet,
+        vae=vae,
+        text_encoders=[text_encoder],
+        tokenizers=[tok],
+        noise_scheduler=make_noise_scheduler(configs.scheduler),
+        source=os.fspath(path),
+        name=path.stem,
+        sha256=sha256_file(path),
+        extra={"format": "single_file", "configs": configs.origin},
+    )
+
+
+def _resolve_tokenizer(
+    folder: str | os.PathLike[str] | None, *, vocab_size: int, tiny: bool, source: str
+) -> Any:
+    """The tokenizer for a text encoder: an explicit folder, the tiny one, or bundled CLIP."""
+    if folder is not None:
+        from transformers import CLIPTokenizer
+
+        try:
+            tok = CLIPTokenizer.from_pretrained(os.fspath(folder))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+    elif tiny:
+        from lorakiln.models.tiny import tiny_tokenizer
+
+        tok = tiny_tokenizer()
+    elif vocab_size == CLIP_VOCAB_SIZE:
+        tok = load_sd1_clip_tokenizer()
+    else:
+        raise ModelLoadError(
+            f"{source}: its text encoder has a {vocab_size}-token vocabulary, not CLIP's "
+            f"{CLIP_VOCAB_SIZE}, so the bundled SD 1.x tokenizer does not fit; pass tokenizer=<folder "
+            "with vocab.json and merges.txt> or config_dir=<diffusers folder with a tokenizer/>"
+        )
+    if len(tok) > vocab_size:
+        raise ModelLoadError(
+            f"{source}: the tokenizer has {len(tok)} tokens but the text encoder only {vocab_size}"
+        )
+    return tok
+
+
+def load_vae(
+    source: str | os.PathLike[str],
+    *,
+    base_config: Any = None,
+    allow_pickle: bool = False,
+    dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+) -> Any:
+    """An `AutoencoderKL` from a diffusers VAE folder, a single-file VAE or a hub id.
+
+    Single files may use LDM names (`encoder.down.0.block.0...`, optionally under
+    `first_stage_model.`) or diffusers names; what shapes cannot tell (GroupNorm groups,
+    scaling factor) is taken from `base_config`, the base model's VAE config.
+    """
+    from diffusers import AutoencoderKL
+
+    from lorakiln.models.arch import infer_vae_config, sd15_configs
+    from lorakiln.models.single_file import empty_model, load_strict, strip_prefix
+
+    src = os.fspath(source)
+    path = Path(src).expanduser()
+    base = dict(base_config) if base_config is not None else sd15_configs().vae
+    if not path.exists() and looks_like_hub_id(src):
+        path = _hub_snapshot(src, ["config.json", "diffusion_pytorch_model.*", "vae/*"],
+                             allow_pickle=allow_pickle, local_files_only=local_files_only)
+    if path.is_dir():
+        sub = "" if (path / "config.json").is_file() else "vae"
+        kw = _weights_kwargs(path / sub if sub else path, "diffusion_pytorch_model", allow_pickle, f"VAE {src}")
+        try:
+            vae = AutoencoderKL.from_pretrained(path, subfolder=sub or None, torch_dtype=dtype, **kw)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"cannot load the VAE folder {path}: {exc}") from exc
+        return cast_module(vae, dtype).eval()
+    if not path.is_file():
+        raise ModelLoadError(f"VAE {src!r} not found: no such file or folder")
+    sd, _ = read_checkpoint(path, allow_pickle=allow_pickle)
+    what = f"VAE {path}"
+    if any(".down_blocks." in k for k in sd):  # already diffusers names
+        diff = strip_prefix(sd, VAE_PREFIXES) or sd
+        return load_strict(empty_model(lambda: AutoencoderKL.from_config(base)), diff, dtype, what)
+    config = infer_vae_config(strip_prefix(sd, VAE_PREFIXES) or sd, base, what)
+    return vae_from_ldm(sd, config, dtype, what)

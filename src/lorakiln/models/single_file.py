@@ -1,0 +1,211 @@
+"""Build SD 1.x components from a single-file checkpoint (original LDM layout), offline.
+
+Name conversion is diffusers' own (`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
+`convert_ldm_clip_checkpoint` in `diffusers.loaders.single_file_utils`, formats.md §7); what
+lorakiln adds is the config — inferred from tensor shapes (`arch.py`) instead of fetched
+from the hub — and strict loading: every weight the model expects must be in the file with
+the right shape, or the error says which are not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorakiln.errors import ModelLoadError
+from lorakiln.models.arch import (
+    ComponentConfigs,
+    infer_text_config,
+    infer_unet_config,
+    infer_vae_config,
+    read_config_dir,
+    sd15_configs,
+)
+from lorakiln.models.ldm_export import CONFIGS_METADATA_KEY, UNET_PREFIX
+
+#: Formats that are Python pickles: loading one can execute arbitrary code.
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+#: LDM prefixes a VAE may carry (a full checkpoint, or some standalone VAE files).
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+TEXT_PREFIXES = ("cond_stage_model.transformer.",)
+
+
+def pickle_refusal(path: Path) -> ModelLoadError:
+    """The error for a pickle file loaded without `allow_pickle` (names the file and the opt-in)."""
+    return ModelLoadError(
+        f"{path} is a pickle checkpoint ({path.suffix}); unpickling runs any Python code stored in "
+        "the file, so lorakiln does not load it by default. Prefer a .safetensors version of the "
+        "model; if you trust this file's source, set `model.allow_pickle = true` in the config "
+        "(or pass allow_pickle=True to load_base_model)."
+    )
+
+
+def read_checkpoint(path: Path, *, allow_pickle: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Return `(state_dict, metadata)` of a `.safetensors` file, or of a pickle when allowed."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = dict(fh.metadata() or {})
+            return load_file(str(path)), metadata
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ModelLoadError(f"cannot read {path} as safetensors: {exc}") from exc
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise pickle_refusal(path)
+        try:
+            obj: Any = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read {path} as a torch pickle: {exc}") from exc
+        while isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoints nest it
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
+    raise ModelLoadError(
+        f"{path}: unknown checkpoint format {suffix!r}; expected .safetensors "
+        f"(or {', '.join(PICKLE_SUFFIXES)} with allow_pickle)"
+    )
+
+
+def file_hints(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """The component configs a lorakiln-exported file carries in its metadata ({} if none)."""
+    raw = metadata.get(CONFIGS_METADATA_KEY)
+    if not raw:
+        return {}
+    try:
+        hints = json.loads(raw)
+    except json.JSONDecodeError:
+        return {}
+    return hints if isinstance(hints, dict) else {}
+
+
+def strip_prefix(sd: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
+    """Keys under the first of `prefixes` present in `sd`, with it removed ({} if none)."""
+    for prefix in prefixes:
+        sub = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return {}
+
+
+def text_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
+    """The CLIP text weights with HF names and no `text_model.` level (both LDM forms, §7)."""
+    sub = strip_prefix(sd, TEXT_PREFIXES)
+    out = {k.removeprefix("text_model."): v for k, v in sub.items()}
+    out.pop("embeddings.position_ids", None)  # a buffer in old checkpoints, not a weight
+    return out
+
+
+def file_configs(
+    sd: Mapping[str, Any], metadata: Mapping[str, str], config_dir: str | Path | None, source: str
+) -> ComponentConfigs:
+    """Configs for a single file: `config_dir` if given, else inferred from shapes (see `arch.py`)."""
+    if config_dir is not None:
+        return read_config_dir(config_dir)
+    hints = file_hints(metadata)
+    base = sd15_configs()
+    configs = ComponentConfigs(
+        unet=infer_unet_config(strip_prefix(sd, (UNET_PREFIX,)), {**base.unet, **hints.get("unet", {})},
+                               f"U-Net of {source}"),
+        vae=infer_vae_config(strip_prefix(sd, VAE_PREFIXES), {**base.vae, **hints.get("vae", {})},
+                             f"VAE of {source}"),
+        text_encoder=infer_text_config(text_state_dict(sd), base.text_encoder, hints.get("text_encoder", {}),
+                                       f"text encoder of {source}"),
+        scheduler={**base.scheduler, **hints.get("scheduler", {})},
+        origin="inferred from tensor shapes" + (" and lorakiln metadata" if hints else " (SD 1.5 defaults)"),
+    )
+    return configs
+
+
+def _sample(label: str, keys: list[str]) -> str:
+    more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+    return f"{len(keys)} {label}: {', '.join(keys[:3])}{more}"
+
+
+def empty_model(factory: Callable[[], torch.nn.Module]) -> Any:
+    """`factory()` with parameters on the meta device: no memory, no random init (fast for SD 1.5)."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return factory()
+
+
+def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype, what: str) -> Any:
+    """Load `state_dict` into an `empty_model` strictly, cast to `dtype`, and set eval mode.
+
+    Strict on purpose: a silently half-loaded model trains garbage (diffusers: loud errors).
+    """
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        parts = [_sample(lbl, ks) for lbl, ks in (("missing", missing), ("unexpected", unexpected)) if ks]
+        raise ModelLoadError(
+            f"{what}: the weights do not fit a {type(model).__name__} ({'; '.join(parts)}); "
+            "if this is an SD 1.x variant with another architecture, pass config_dir=<diffusers folder>"
+        )
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state_dict.items()
+           if tuple(v.shape) != tuple(expected[k].shape)]
+    if bad:
+        raise ModelLoadError(f"{what}: tensor shapes do not match the config: {_sample('mismatched', bad)}")
+    tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return cast_module(model, dtype).eval()
+
+
+def cast_module(model: torch.nn.Module, dtype: torch.dtype) -> Any:
+    """Cast floating parameters/buffers to `dtype`, skipping the no-op case.
+
+    Uses `torch.nn.Module.to` directly: diffusers' `ModelMixin.to` logs a "kept in float32"
+    warning on every dtype cast, even when no module is meant to stay in float32.
+    """
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
+        return model
+    return torch.nn.Module.to(model, dtype)
+
+
+def unet_from_ldm(sd: Mapping[str, torch.Tensor], config: dict[str, Any], dtype: torch.dtype, what: str) -> Any:
+    """UNet2DConditionModel from a checkpoint's `model.diffusion_model.*` tensors."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
+
+    converted = convert_ldm_unet_checkpoint(dict(sd), config)
+    return load_strict(empty_model(lambda: UNet2DConditionModel.from_config(config)), converted, dtype, what)
+
+
+def vae_from_ldm(sd: Mapping[str, torch.Tensor], config: dict[str, Any], dtype: torch.dtype, what: str) -> Any:
+    """AutoencoderKL from LDM VAE tensors (`first_stage_model.*`, or unprefixed in a VAE file)."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    converted = convert_ldm_vae_checkpoint(dict(sd), config)
+    return load_strict(empty_model(lambda: AutoencoderKL.from_config(config)), converted, dtype, what)
+
+
+def text_encoder_from_ldm(
+    sd: Mapping[str, torch.Tensor], config: dict[str, Any], dtype: torch.dtype, what: str
+) -> Any:
+    """CLIPTextModel from `cond_stage_model.transformer.[text_model.]*` tensors.
+
+    `convert_ldm_clip_checkpoint` strips the LDM prefix; the `text_model.` level is then
+    matched to the installed transformers (gone in ≥ 5.6, formats.md §8), as diffusers does.
+    """
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    converted = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(dict(sd)).items()}
+    converted.pop("embeddings.position_ids", None)
+    text_config = CLIPTextConfig.from_dict(config)
+    model = empty_model(lambda: CLIPTextModel(text_config))
+    if hasattr(model, "text_model"):  # transformers < 5.6
+        converted = {f"text_model.{k}": v for k, v in converted.items()}
+    return load_strict(model, converted, dtype, what)

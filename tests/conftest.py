@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny SD 1.x models built once per test session (no network, fixed seeds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD 1.x diffusers folder (`model_index.json` layout), seed 0. Treat as read-only."""
+    from lorakiln.models.tiny import save_tiny_sd1_diffusers
+
+    return save_tiny_sd1_diffusers(tmp_path_factory.mktemp("tiny_sd1") / "tiny-sd1", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny model (seed 0) as one LDM-layout `.safetensors` file. Treat as read-only."""
+    from lorakiln.models.tiny import save_tiny_sd1_single_file
+
+    return save_tiny_sd1_single_file(tmp_path_factory.mktemp("tiny_sd1_file") / "tiny-sd1.safetensors", seed=0)
