@@ -87,12 +87,41 @@ def test_training_lowers_loss_and_loads_in_diffusers(run_config, caplog) -> None
     assert not [r for r in caplog.records if "key" in r.getMessage().lower()], caplog.text
     after = _pipeline_loss(pipe, latents, captions)
     assert after < 0.8 * before, (before, after)
+    _assert_fused_deltas(pipe, result.lora_path)
 
 
-def _interrupt_at(step: int):
+def _module(pipe, component: str, path: str) -> torch.nn.Module:
+    root = getattr(pipe, component)
+    try:
+        module = root.get_submodule(path)
+    except AttributeError:  # transformers >= 5 has no `text_model.` level (formats.md §8)
+        module = root.get_submodule(path.removeprefix("text_model."))
+    return getattr(module, "base_layer", module)
+
+
+def _assert_fused_deltas(pipe, lora_path: Path) -> None:
+    """After fuse_lora(1), every patched weight moved by (alpha/dim)·up@down of the file."""
+    from lorakiln.models.family import SD1
+    from lorakiln.networks.keymap import kohya_to_diffusers_module
+
+    tensors = _tensors(lora_path)
+    names = sorted({k.split(".")[0] for k in tensors})
+    assert len(names) == 192 + 72
+    targets = {n: _module(pipe, *kohya_to_diffusers_module(n, SD1)) for n in names}
+    before = {n: m.weight.detach().clone() for n, m in targets.items()}
+    pipe.fuse_lora(lora_scale=1.0)
+    for n, m in targets.items():
+        down, up = tensors[f"{n}.lora_down.weight"].float(), tensors[f"{n}.lora_up.weight"].float()
+        scale = tensors[f"{n}.alpha"].float() / down.shape[0]
+        expected = (scale * (up.flatten(1) @ down.flatten(1))).reshape(before[n].shape)
+        torch.testing.assert_close(m.weight.detach() - before[n], expected, rtol=2e-3,
+                                   atol=2e-3 * expected.abs().max().item() + 1e-7, msg=n)
+
+
+def _interrupt_at(step: int, signum: int = signal.SIGINT):
     def callback(event: str, info: dict) -> None:
         if event == "step" and info["step"] == step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
     return callback
 
 
@@ -138,15 +167,17 @@ def test_non_finite_loss_stops_with_files_named(run_config, monkeypatch) -> None
     assert all(torch.isfinite(t.float()).all() for t in _tensors(out / "last-step00000002.safetensors").values())
 
 
-def test_sigint_leaves_loadable_lora_and_state(run_config) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_leaves_loadable_lora_and_state(run_config, signum) -> None:
     from lorakiln.networks.export import read_lora_file
     from lorakiln.training.state import load_state
 
-    cfg = run_config(train__max_train_epochs=3)
+    cfg = run_config()
     with pytest.raises(TrainingInterrupted) as stop:
-        train(cfg, callbacks=[_interrupt_at(4)], progress=False)
+        train(cfg, callbacks=[_interrupt_at(4, signum)], progress=False)
     tensors, meta = read_lora_file(stop.value.lora)
     assert meta["ss_steps"] == "4" and tensors
     state = load_state(stop.value.state)
     assert state.position.global_step == 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

@@ -1,0 +1,294 @@
+"""Key-name translation — the ONLY place module names are rewritten (ARCHITECTURE.md).
+
+Four naming schemes meet here (formats.md §1, §3, §5, §7):
+
+* **diffusers module paths** of the live model (``down_blocks.0.attentions.0.proj_in``,
+  ``encoder.layers.0.self_attn.q_proj`` — transformers ≥ 5.6 has no ``text_model.`` level, §8);
+* **kohya keys** written to files: ``lora_unet_`` + path with ``.``→``_`` (SD1: diffusers path;
+  SDXL: SGM/LDM path, §0/§1), ``lora_te*_`` + the *classic* ``text_model.`` path;
+* **diffusers/PEFT names** (``unet.<path>`` / ``text_encoder.text_model.<path>``) for the
+  second-class diffusers export (§5);
+* **LDM/CompVis names** that A1111 resolves kohya keys to (§3), used by the spec tests to prove
+  our names land on real LDM modules.
+
+The A1111 rule table and the diffusers→LDM table are written from the rules in formats.md, not
+from any client's code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+from lorakiln.models.family import ModelFamily
+
+UNET_PREFIX = "lora_unet"
+#: Classic HF CLIP root that kohya/A1111/ComfyUI/diffusers all expect in TE keys (§1, §8).
+CLASSIC_TE_ROOT = "text_model."
+
+#: Multi-word tokens of diffusers, SGM and CLIP module paths. Turning a kohya key back into a
+#: dotted path is ambiguous (``to_q`` vs ``to.q``) without knowing these.
+_COMPOUND_TOKENS: tuple[str, ...] = (
+    # diffusers UNet
+    "down_blocks", "up_blocks", "mid_block", "transformer_blocks", "proj_in", "proj_out",
+    "to_q", "to_k", "to_v", "to_out", "conv_shortcut", "time_emb_proj", "conv_in", "conv_out",
+    "conv_norm_out", "time_embedding", "add_embedding", "linear_1", "linear_2",
+    # SGM / LDM UNet
+    "input_blocks", "middle_block", "output_blocks", "in_layers", "out_layers", "emb_layers",
+    "skip_connection", "time_embed", "label_emb",
+    # CLIP text encoder
+    "text_model", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj", "layer_norm1",
+    "layer_norm2", "final_layer_norm", "token_embedding", "position_embedding", "text_projection",
+)  # fmt: skip
+_COMPOUNDS_BY_LEN: list[tuple[int, frozenset[str]]] = sorted(
+    (
+        (n, frozenset(c for c in _COMPOUND_TOKENS if c.count("_") + 1 == n))
+        for n in {c.count("_") + 1 for c in _COMPOUND_TOKENS}
+    ),
+    reverse=True,
+)  # longest first, so `conv_norm_out` wins over `conv`
+
+
+def _underscores_to_path(flat: str) -> str:
+    """Inverse of ``path.replace(".", "_")`` for SD module paths, using `_COMPOUND_TOKENS`."""
+    tokens = flat.split("_")
+    parts: list[str] = []
+    i = 0
+    while i < len(tokens):
+        for n, compounds in _COMPOUNDS_BY_LEN:
+            if "_".join(tokens[i : i + n]) in compounds:
+                parts.append("_".join(tokens[i : i + n]))
+                i += n
+                break
+        else:
+            parts.append(tokens[i])
+            i += 1
+    return ".".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# diffusers ⇄ SGM/LDM U-Net paths (formats.md §7 table). Both SD1 and SDXL use 2 resnets per
+# level, hence 3 LDM input blocks per level and 3 output blocks per level.
+# --------------------------------------------------------------------------------------------
+
+#: Up levels whose upsampler sits after an attention (LDM index 2) rather than a resnet (index 1).
+#: SD1: up_blocks 1-3 have attentions; SDXL: up_blocks 0-1 (§7 "Structure").
+UP_ATTENTION_LEVELS: dict[str, frozenset[int]] = {
+    "sd1": frozenset({1, 2, 3}),
+    "sdxl": frozenset({0, 1}),
+}
+_RESNET_TO_LDM = {
+    "norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
+    "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection",
+}  # fmt: skip
+_LDM_TO_RESNET = {v: k for k, v in _RESNET_TO_LDM.items()}
+_TOP_LEVEL_TO_LDM = {
+    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+    "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
+}  # fmt: skip
+_LDM_TO_TOP_LEVEL = {v: k for k, v in _TOP_LEVEL_TO_LDM.items()}
+
+
+def _resnet_suffix(rest: str, table: dict[str, str]) -> str:
+    """Rename a resnet child (`conv1` ⇄ `in_layers.2`, …), keeping any deeper path."""
+    for src, dst in table.items():  # prefix match: LDM names have two parts (`in_layers.2`)
+        if rest == src or rest.startswith(src + "."):
+            return dst + rest[len(src) :]
+    return rest
+
+
+def diffusers_to_ldm_path(path: str, up_attention_levels: frozenset[int]) -> str:
+    """Map a diffusers U-Net module path to its LDM/SGM path (formats.md §7)."""
+    for src, dst in _TOP_LEVEL_TO_LDM.items():
+        if path == src or path.startswith(src + "."):
+            return dst + path[len(src) :]
+    m = re.fullmatch(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)(?:\.(.+))?", path)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4] or ""
+        return _ldm_block(f"input_blocks.{3 * i + j + 1}", kind, rest)
+    m = re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", path)
+    if m:
+        return f"input_blocks.{3 * (int(m[1]) + 1)}.0.op{m[2]}"
+    m = re.fullmatch(r"mid_block\.(attentions|resnets)\.(\d+)(?:\.(.+))?", path)
+    if m:
+        # middle_block is a flat Sequential (resnet, attention, resnet): no inner index.
+        idx = 1 if m[1] == "attentions" else 2 * int(m[2])
+        rest = m[3] or ""
+        if m[1] == "resnets":
+            rest = _resnet_suffix(rest, _RESNET_TO_LDM)
+        return f"middle_block.{idx}" + (f".{rest}" if rest else "")
+    m = re.fullmatch(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)(?:\.(.+))?", path)
+    if m:
+        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4] or ""
+        return _ldm_block(f"output_blocks.{3 * i + j}", kind, rest)
+    m = re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0(.*)", path)
+    if m:
+        i = int(m[1])
+        return f"output_blocks.{3 * i + 2}.{2 if i in up_attention_levels else 1}{m[2]}"
+    raise KeyError(f"no LDM equivalent known for U-Net module {path!r}")
+
+
+def _ldm_block(block: str, kind: str, rest: str) -> str:
+    if kind == "attentions":  # names inside attention blocks are identical (§7)
+        return f"{block}.1" + (f".{rest}" if rest else "")
+    return f"{block}.0" + (f".{_resnet_suffix(rest, _RESNET_TO_LDM)}" if rest else "")
+
+
+def ldm_to_diffusers_path(path: str, up_attention_levels: frozenset[int]) -> str:
+    """Inverse of `diffusers_to_ldm_path` (used to read SGM-named SDXL kohya keys)."""
+    for src, dst in _LDM_TO_TOP_LEVEL.items():
+        if path == src or path.startswith(src + "."):
+            return dst + path[len(src) :]
+    m = re.fullmatch(r"input_blocks\.(\d+)\.0\.op(.*)", path)
+    if m:
+        return f"down_blocks.{int(m[1]) // 3 - 1}.downsamplers.0.conv{m[2]}"
+    m = re.fullmatch(r"middle_block\.(\d+)(?:\.(.+))?", path)
+    if m:
+        n, rest = int(m[1]), m[2] or ""
+        if n == 1:
+            return "mid_block.attentions.0" + (f".{rest}" if rest else "")
+        rest = _resnet_suffix(rest, _LDM_TO_RESNET)
+        return f"mid_block.resnets.{n // 2}" + (f".{rest}" if rest else "")
+    m = re.fullmatch(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?", path)
+    if not m:
+        raise KeyError(f"no diffusers equivalent known for LDM module {path!r}")
+    block, n, sub, rest = m[1], int(m[2]), int(m[3]), m[4] or ""
+    if (
+        block == "output_blocks"
+        and n % 3 == 2
+        and (sub == 2 or (sub == 1 and n // 3 not in up_attention_levels))
+    ):
+        return f"up_blocks.{n // 3}.upsamplers.0" + (f".{rest}" if rest else "")
+    kind = "attentions" if sub == 1 else "resnets"
+    tail = rest if kind == "attentions" else _resnet_suffix(rest, _LDM_TO_RESNET)
+    if block == "input_blocks":
+        head = f"down_blocks.{(n - 1) // 3}.{kind}.{(n - 1) % 3}"
+    else:
+        head = f"up_blocks.{n // 3}.{kind}.{n % 3}"
+    return head + (f".{tail}" if tail else "")
+
+
+# --------------------------------------------------------------------------------------------
+# kohya keys (formats.md §1)
+# --------------------------------------------------------------------------------------------
+
+
+def _unet_levels(family: ModelFamily) -> frozenset[int]:
+    return UP_ATTENTION_LEVELS["sdxl" if family.unet_key_style == "sgm" else "sd1"]
+
+
+def unet_kohya_name(diffusers_path: str, family: ModelFamily) -> str:
+    """``lora_unet_`` + module path with ``.``→``_``; SGM path for SGM-style families (§0)."""
+    path = diffusers_path
+    if family.unet_key_style == "sgm":
+        path = diffusers_to_ldm_path(path, _unet_levels(family))
+    return f"{UNET_PREFIX}_{path.replace('.', '_')}"
+
+
+def classic_text_model_path(hf_path: str) -> str:
+    """The pre-transformers-5.6 module path (``text_model.encoder…``), whatever is installed (§8)."""
+    return hf_path if hf_path.startswith(CLASSIC_TE_ROOT) else CLASSIC_TE_ROOT + hf_path
+
+
+def text_encoder_kohya_name(hf_path: str, te_index: int, family: ModelFamily) -> str:
+    """``lora_te[12]_`` + classic ``text_model.`` path with ``.``→``_`` (§1, §8)."""
+    prefix = family.te_lora_prefixes[te_index]
+    return f"{prefix}_{classic_text_model_path(hf_path).replace('.', '_')}"
+
+
+def kohya_to_diffusers_module(kohya_name: str, family: ModelFamily) -> tuple[str, str]:
+    """Split a kohya module key into ``(component, module path)``.
+
+    component is ``"unet"`` or one of ``family.te_diffusers_prefixes``; the path is the diffusers
+    U-Net path or the classic ``text_model.`` CLIP path. Raises ``KeyError`` for foreign prefixes.
+    """
+    unet_head = UNET_PREFIX + "_"
+    if kohya_name.startswith(unet_head):
+        path = _underscores_to_path(kohya_name[len(unet_head) :])
+        if family.unet_key_style == "sgm":
+            path = ldm_to_diffusers_path(path, _unet_levels(family))
+        return "unet", path
+    # Longest prefix first: "lora_te1_" must not be read as "lora_te" + "1_…".
+    pairs = sorted(
+        zip(family.te_lora_prefixes, family.te_diffusers_prefixes, strict=True), key=lambda p: -len(p[0])
+    )
+    for kohya_prefix, component in pairs:
+        if kohya_name.startswith(kohya_prefix + "_text_model_"):
+            return component, _underscores_to_path(kohya_name[len(kohya_prefix) + 1 :])
+    raise KeyError(f"{kohya_name!r} is not a {family.name} kohya LoRA module key")
+
+
+def peft_module_name(kohya_name: str, family: ModelFamily) -> str:
+    """diffusers/PEFT module name (``unet.<path>``, ``text_encoder.text_model.<path>``, §5)."""
+    component, path = kohya_to_diffusers_module(kohya_name, family)
+    return f"{component}.{path}"
+
+
+# --------------------------------------------------------------------------------------------
+# A1111 `convert_diffusers_name_to_compvis` rules (formats.md §3 step 2) — for the spec tests.
+# --------------------------------------------------------------------------------------------
+
+_A1111_RESNET_SUFFIX = {k: v.replace(".", "_") for k, v in _RESNET_TO_LDM.items()}
+
+
+def _a1111_block_suffix(kind: str, rest: str) -> str:
+    if kind == "attentions":
+        return rest
+    for src, dst in _A1111_RESNET_SUFFIX.items():
+        if rest == src or rest.startswith(src + "_"):
+            return dst + rest[len(src) :]
+    return rest
+
+
+_A1111_RULES: list[tuple[str, Callable[[re.Match[str]], str]]] = [
+    (r"lora_unet_down_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)",
+     lambda m: f"diffusion_model_input_blocks_{1 + 3 * int(m[1]) + int(m[3])}_"
+     f"{1 if m[2] == 'attentions' else 0}_{_a1111_block_suffix(m[2], m[4])}"),
+    (r"lora_unet_mid_block_(attentions|resnets)_(\d+)_(.+)",
+     lambda m: f"diffusion_model_middle_block_{1 if m[1] == 'attentions' else 2 * int(m[2])}_"
+     f"{_a1111_block_suffix(m[1], m[3])}"),
+    (r"lora_unet_up_blocks_(\d+)_(attentions|resnets)_(\d+)_(.+)",
+     lambda m: f"diffusion_model_output_blocks_{3 * int(m[1]) + int(m[3])}_"
+     f"{1 if m[2] == 'attentions' else 0}_{_a1111_block_suffix(m[2], m[4])}"),
+    (r"lora_unet_down_blocks_(\d+)_downsamplers_0_conv",
+     lambda m: f"diffusion_model_input_blocks_{3 + 3 * int(m[1])}_0_op"),
+    (r"lora_unet_up_blocks_(\d+)_upsamplers_0_conv",
+     lambda m: f"diffusion_model_output_blocks_{2 + 3 * int(m[1])}_{2 if int(m[1]) > 0 else 1}_conv"),
+    (r"lora_te_text_model_encoder_layers_(\d+)_(.+)",
+     lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
+]  # fmt: skip
+
+
+def a1111_compvis_name(kohya_module_key: str) -> str:
+    """What A1111 looks up in its LDM layer map for a kohya module key (§3 steps 2 and 4).
+
+    Keys no rule matches fall back to ``lora_unet``→``diffusion_model`` (SGM-named keys), as
+    A1111 does; anything else is returned unchanged (A1111 then ignores it silently).
+    """
+    for pattern, build in _A1111_RULES:
+        m = re.fullmatch(pattern, kohya_module_key)
+        if m:
+            return build(m)
+    if kohya_module_key.startswith(UNET_PREFIX + "_"):
+        return "diffusion_model_" + kohya_module_key[len(UNET_PREFIX) + 1 :]
+    return kohya_module_key
+
+
+def sd1_ldm_module_names(unet_module_names: Iterable[str], te_module_names: Iterable[str]) -> set[str]:
+    """A1111's SD1 ``network_layer_mapping`` keys, derived from diffusers module names via §7.
+
+    U-Net modules that have an LDM equivalent become ``diffusion_model_<ldm path _>``; text encoder
+    modules become ``transformer_<classic path _>`` (``cond_stage_model.`` is stripped by A1111).
+    """
+    names: set[str] = set()
+    for path in unet_module_names:
+        try:
+            ldm = diffusers_to_ldm_path(path, UP_ATTENTION_LEVELS["sd1"])
+        except KeyError:
+            continue  # containers such as `down_blocks` have no single LDM module
+        names.add("diffusion_model_" + ldm.replace(".", "_"))
+    for path in te_module_names:
+        if path:
+            names.add("transformer_" + classic_text_model_path(path).replace(".", "_"))
+    return names

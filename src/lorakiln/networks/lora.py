@@ -1,0 +1,169 @@
+"""The LoRA adapter: pure delta maths plus a thin module that hooks it onto a base layer.
+
+Semantics follow kohya sd-scripts exactly (formats.md §1 "Alpha, scale, dtype" and "Default
+targets, LoCon, shapes"), because the files we export are read by clients that assume them:
+
+* rank ``r`` = ``network_dim``; ``alpha`` None/0 means ``alpha = r``; ``scale = alpha / r``;
+* Linear target: ``lora_down`` ``[r, in]`` (kaiming-uniform, a=√5), ``lora_up`` ``[out, r]`` (zeros,
+  so a fresh network is an exact no-op);
+* Conv2d target: ``lora_down`` is a conv with the target's kernel/stride/padding ``[r, in, kh, kw]``,
+  ``lora_up`` a 1×1 conv ``[out, r, 1, 1]``;
+* ``out = org(x) + up(down(x)) · multiplier · scale``.
+
+**Why a forward hook and not a wrapper module.** The adapter is attached with
+``register_forward_hook`` on the *original* module, which stays where it is in the model:
+
+* module names, ``state_dict`` keys and ``named_modules()`` of the base model do not change, so
+  diffusers/transformers code (attention processors, gradient checkpointing, saving the base) keeps
+  working and the key map never has to strip a wrapper level;
+* the hook runs inside the module's ``__call__``, so activation checkpointing recomputes it exactly
+  like the base layer;
+* ``handle.remove()`` restores the untouched base model (used by ``LoRANetwork.remove``).
+
+The cost is that the LoRA branch recomputes ``down(x)`` from the layer input rather than sharing a
+kernel with the base matmul — identical to what kohya's ``forward`` replacement does.
+
+LoRA parameters are kept in fp32 even when the base model is fp16/bf16: low-rank updates are small
+relative to the weights and lose most of their precision in half types. The hook casts the input up
+and the result back to the base output dtype (under autocast, autocast decides the matmul dtype).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def resolve_alpha(dim: int, alpha: float | None) -> float:
+    """kohya rule: ``network_alpha`` None or 0 means alpha = rank (scale 1) — formats.md §1."""
+    if dim <= 0:
+        raise ValueError(f"LoRA rank (network_dim) must be a positive integer, got {dim}")
+    if alpha is None or alpha == 0:
+        return float(dim)
+    return float(alpha)
+
+
+def delta_weight(
+    up: torch.Tensor, down: torch.Tensor, scale: float, target_shape: torch.Size | tuple[int, ...]
+) -> torch.Tensor:
+    """ΔW = scale · up @ down, reshaped to the target layer's weight shape.
+
+    One function shared by merging, export checks and tests, so "what the adapter adds" is
+    defined once (ARCHITECTURE.md, peft's ``delta_weight`` idea). For a conv target
+    ``up`` is ``[out, r, 1, 1]`` and ``down`` ``[r, in, kh, kw]``: a 1×1 conv after a kh×kw conv is
+    itself a kh×kw conv whose kernel is the flattened product — the same formula ComfyUI and
+    A1111 use when they patch weights (formats.md §3 "Scale", §4 "load_lora").
+    """
+    product = up.flatten(1).float() @ down.flatten(1).float()
+    return (product * scale).reshape(target_shape)
+
+
+class LoRAModule(nn.Module):
+    """Low-rank adapter for one Linear or Conv2d of the base model.
+
+    Its own ``state_dict`` is ``{"lora_down.weight", "lora_up.weight", "alpha"}`` — exactly the
+    kohya per-module keys, so a network registered under kohya names serialises 1:1 to the file.
+    The base module is *not* a submodule (that would drag its weights into ``state_dict``); it is
+    held as a plain attribute and touched only through the forward hook.
+    """
+
+    def __init__(
+        self,
+        target: nn.Module,
+        dim: int,
+        alpha: float | None = None,
+        dropout: float = 0.0,
+        multiplier: float = 1.0,
+    ) -> None:
+        super().__init__()
+        alpha = resolve_alpha(dim, alpha)
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
+        weight = target.weight
+        device = weight.device
+        if isinstance(target, nn.Linear):
+            self.lora_down: nn.Module = nn.Linear(target.in_features, dim, bias=False, device=device)
+            self.lora_up: nn.Module = nn.Linear(dim, target.out_features, bias=False, device=device)
+        elif isinstance(target, nn.Conv2d):
+            if target.groups != 1 or target.dilation != (1, 1):
+                raise ValueError(
+                    "LoRA on grouped or dilated convolutions is not supported "
+                    f"(groups={target.groups}, dilation={target.dilation})"
+                )
+            if isinstance(target.padding, str):
+                raise ValueError(f"LoRA needs numeric conv padding, got padding={target.padding!r}")
+            self.lora_down = nn.Conv2d(
+                target.in_channels, dim, target.kernel_size, target.stride, target.padding,
+                bias=False, device=device,
+            )  # fmt: skip
+            self.lora_up = nn.Conv2d(dim, target.out_channels, 1, 1, bias=False, device=device)
+        else:
+            raise TypeError(f"LoRA supports nn.Linear and nn.Conv2d targets, got {type(target).__name__}")
+        # kohya init: kaiming-uniform down (what nn.Linear/Conv2d default to), zero up so the
+        # freshly injected network leaves the base output unchanged.
+        nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_up.weight)
+        # 0-dim buffer like kohya's `register_buffer("alpha", torch.tensor(alpha))` (§1).
+        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32, device=device))
+        self.dim = dim
+        self.scale = alpha / dim
+        self.multiplier = float(multiplier)
+        # Dropout on the LoRA branch input (PEFT's `lora_dropout` placement). kohya's
+        # `network_dropout` instead drops the `down` output; both regularise the branch only.
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.target_shape = tuple(weight.shape)
+        object.__setattr__(self, "_target", target)  # plain attribute: not a submodule
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    # -- attachment -------------------------------------------------------------------------
+
+    @property
+    def target(self) -> nn.Module:
+        """The base module this adapter patches."""
+        return self._target  # type: ignore[no-any-return]
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+    def attach(self) -> None:
+        """Start adding the LoRA branch to the target's output (idempotent)."""
+        if self._handle is None:
+            self._handle = self.target.register_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        """Stop patching the target; its output is the base output again (idempotent)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    # -- maths ------------------------------------------------------------------------------
+
+    def set_alpha(self, alpha: float | None) -> None:
+        """Change alpha (e.g. from a loaded file) and the cached python-float scale with it."""
+        alpha = resolve_alpha(self.dim, alpha)
+        self.alpha.fill_(alpha)
+        self.scale = alpha / self.dim
+
+    def lora_output(self, x: torch.Tensor) -> torch.Tensor:
+        """The unscaled-by-multiplier branch ``up(down(dropout(x))) · scale`` in LoRA dtype."""
+        x = x.to(self.lora_down.weight.dtype)
+        return self.lora_up(self.lora_down(self.dropout(x))) * self.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``multiplier · scale · up(down(x))`` — the amount added to the target's output."""
+        return self.lora_output(x) * self.multiplier
+
+    def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if self.multiplier == 0.0:
+            return output  # exact base output, and no wasted compute (strength 0 in generation)
+        return output + self(args[0]).to(output.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW of this adapter at multiplier 1 (see module-level `delta_weight`)."""
+        return delta_weight(self.lora_up.weight, self.lora_down.weight, self.scale, self.target_shape)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, alpha={float(self.alpha):g}, multiplier={self.multiplier:g}"

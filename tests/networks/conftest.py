@@ -1,0 +1,95 @@
+"""Fixtures for the LoRA network tests: tiny SD1-shaped models and helpers.
+
+Every model is built from config with fixed seeds (ARCHITECTURE.md: no network, no GPU).
+The shared `tiny_sd1_dir` / `tiny_sd1_file` fixtures come from `tests/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakiln.models.family import SD1, ModelFamily
+from lorakiln.models.tiny import TinyComponents, build_tiny_sd1
+from lorakiln.networks.network import LoRANetwork, create_lora_network
+
+#: dim ≠ alpha so every numeric check also proves the alpha/dim scale (formats.md §6a.2).
+DIM, ALPHA = 8, 4.0
+
+#: An SDXL-like family (SGM U-Net names, two text encoders) for key-map tests, until the
+#: models package defines the real SDXL family.
+SGM_FAMILY: ModelFamily = dataclasses.replace(
+    SD1,
+    name="sgm_test",
+    base_model_version="sdxl_base_v1-0",
+    unet_key_style="sgm",
+    te_lora_prefixes=("lora_te1", "lora_te2"),
+    te_diffusers_prefixes=("text_encoder", "text_encoder_2"),
+)
+
+
+@pytest.fixture
+def tiny_sd1(tmp_path: Path) -> TinyComponents:
+    """Fresh tiny SD1 components (hooks mutate modules, so no sharing between tests)."""
+    return build_tiny_sd1(tmp_path / "tokenizer", seed=0)
+
+
+def randomize_up(network: LoRANetwork, seed: int = 0) -> None:
+    """Give every `lora_up` non-zero weights (fresh LoRAs are exact no-ops: up = 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, module in network.loras():
+            w = module.lora_up.weight
+            w.copy_(torch.randn(w.shape, generator=gen) * 0.5)
+
+
+@pytest.fixture
+def network(tiny_sd1: TinyComponents) -> LoRANetwork:
+    """A LoRA network (dim 8, alpha 4) over the tiny SD1 U-Net and text encoder, random up."""
+    net = create_lora_network(tiny_sd1.unet, [tiny_sd1.text_encoder], SD1, dim=DIM, alpha=ALPHA)
+    randomize_up(net)
+    return net
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def library_warnings() -> Iterator[list[logging.LogRecord]]:
+    """WARNING+ records from the diffusers / peft / transformers loggers during the test.
+
+    Handlers go on the library root loggers directly because diffusers does not propagate to
+    the Python root logger.
+    """
+    handler = _Collect()
+    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread_torch() -> Iterator[None]:
+    """Tiny models run faster on one thread, and the 2-core CI box is shared: OpenMP threads
+    spin-waiting for a busy core made PEFT's merge of 32×8 matrices take ~16 ms each."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
