@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and OpenMP threads that outnumber free cores
+# (another process busy on a 2-core machine) slow tiny ops down by orders of magnitude.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
