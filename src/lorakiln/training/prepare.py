@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from lorakiln.config.schema import RunConfig
-from lorakiln.training.setup import (
+from lorakiln.training.context import (
     StepPlan,
     TrainContext,
     autocast_dtype_for,

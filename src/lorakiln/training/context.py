@@ -1,9 +1,5 @@
-"""Everything before the first step: checks, dataset, model, adapter, optimizer, caches.
-
-Order matters for the user: every check that needs no model (config, dataset folder, image
-files, captions, optimizer and scheduler names) runs before the base model is loaded, so
-bad input fails in seconds, not after a multi-GB load.
-"""
+"""The run context: step plan, learning-rate resolution, device and precision choices, and the
+objects of one run that the loop reads (`TrainContext`). `prepare.py` fills it."""
 
 from __future__ import annotations
 
