@@ -30,59 +30,25 @@ TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 #: safetensors metadata key holding the component configs as JSON.
 CONFIGS_METADATA_KEY = "lorakiln.configs"
 
-# formats.md §7: resnet sub-module names, diffusers → LDM.
-_UNET_RESNET = {
-    "norm1": "in_layers.0",
-    "conv1": "in_layers.2",
-    "norm2": "out_layers.0",
-    "conv2": "out_layers.3",
-    "time_emb_proj": "emb_layers.1",
-    "conv_shortcut": "skip_connection",
-}
-_UNET_STATIC = {
-    "conv_in": "input_blocks.0.0",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
 # LDM VAE mid-block attention names (`AttnBlock`: norm, q, k, v, proj_out).
 _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
 
-def _resnet(rest: str) -> str:
-    head, _, tail = rest.partition(".")
-    return f"{_UNET_RESNET[head]}.{tail}"
-
-
 def unet_ldm_name(key: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
-    """The LDM name (without `model.diffusion_model.`) of one diffusers U-Net key (formats.md §7)."""
-    step = layers_per_block + 1
-    for src, dst in _UNET_STATIC.items():
-        if key.startswith(src + "."):
-            return dst + key[len(src) :]
-    if m := re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        if kind == "resnets":
-            return f"input_blocks.{step * i + j + 1}.0.{_resnet(rest)}"
-        return f"input_blocks.{step * i + j + 1}.1.{rest}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-        return f"input_blocks.{step * (int(m[1]) + 1)}.0.op.{m[2]}"
-    if m := re.match(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-        return f"middle_block.{2 * int(m[1])}.{_resnet(m[2])}"
-    if m := re.match(r"mid_block\.attentions\.0\.(.+)", key):
-        return f"middle_block.1.{m[1]}"
-    if m := re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-        if kind == "resnets":
-            return f"output_blocks.{step * i + j}.0.{_resnet(rest)}"
-        return f"output_blocks.{step * i + j}.1.{rest}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", key):
-        # The upsampler follows the last resnet, or the last resnet + attention pair.
-        i = int(m[1])
-        slot = 2 if up_has_attention[i] else 1
-        return f"output_blocks.{step * i + layers_per_block}.{slot}.{m[2]}"
-    raise ValueError(f"no LDM name for diffusers U-Net key {key!r}")
+    """The LDM name (without `model.diffusion_model.`) of one diffusers U-Net key (formats.md §7).
+
+    The table itself lives in `lorakiln.networks.keymap`, the one place names are translated;
+    it assumes SD's two resnets per level (three LDM blocks per level).
+    """
+    from lorakiln.networks.keymap import diffusers_to_ldm_path
+
+    if layers_per_block != 2:
+        raise ValueError(f"LDM export supports SD's layers_per_block=2, not {layers_per_block}")
+    levels = frozenset(i for i, has in enumerate(up_has_attention) if has)
+    try:
+        return diffusers_to_ldm_path(key, levels)
+    except KeyError:
+        raise ValueError(f"no LDM name for diffusers U-Net key {key!r}") from None
 
 
 def unet_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
