@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +28,30 @@ def tiny_sd1_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lorakiln.models.tiny import save_tiny_sd1_single_file
 
     return save_tiny_sd1_single_file(tmp_path_factory.mktemp("tiny_sd1_file") / "tiny-sd1.safetensors", seed=0)
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def library_warnings() -> Iterator[list[logging.LogRecord]]:
+    """WARNING+ records from the diffusers / peft / transformers loggers during the test.
+
+    Handlers go on the library root loggers directly because diffusers does not propagate to
+    the Python root logger.
+    """
+    handler = _Collect()
+    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)

@@ -7,8 +7,6 @@ The shared `tiny_sd1_dir` / `tiny_sd1_file` fixtures come from `tests/conftest.p
 from __future__ import annotations
 
 import dataclasses
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,42 +52,3 @@ def network(tiny_sd1: TinyComponents) -> LoRANetwork:
     net = create_lora_network(tiny_sd1.unet, [tiny_sd1.text_encoder], SD1, dim=DIM, alpha=ALPHA)
     randomize_up(net)
     return net
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def library_warnings() -> Iterator[list[logging.LogRecord]]:
-    """WARNING+ records from the diffusers / peft / transformers loggers during the test.
-
-    Handlers go on the library root loggers directly because diffusers does not propagate to
-    the Python root logger.
-    """
-    handler = _Collect()
-    loggers = [logging.getLogger(n) for n in ("diffusers", "peft", "transformers")]
-    for lg in loggers:
-        lg.addHandler(handler)
-    try:
-        yield handler.records
-    finally:
-        for lg in loggers:
-            lg.removeHandler(handler)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread_torch() -> Iterator[None]:
-    """Tiny models run faster on one thread, and the 2-core CI box is shared: OpenMP threads
-    spin-waiting for a busy core made PEFT's merge of 32×8 matrices take ~16 ms each."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

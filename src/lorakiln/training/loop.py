@@ -38,6 +38,8 @@ class TrainingInterrupted(LorakilnError):
 
 @dataclass
 class TrainResult:
+    """What a finished run produced. `epochs` counts completed epochs."""
+
     lora_path: Path
     state_path: Path | None
     steps: int

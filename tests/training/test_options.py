@@ -1,0 +1,59 @@
+"""Training options run end to end on the tiny model (two steps each) and do what they say."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorakiln.training.loop import train
+
+
+@pytest.mark.parametrize("opts", [
+    {"train__mixed_precision": "bf16", "train__gradient_checkpointing": True},
+    {"train__mixed_precision": "fp16", "train__gradient_accumulation_steps": 2},
+    {"train__min_snr_gamma": 5.0, "train__noise_offset": 0.1, "model__clip_skip": 2, "train__sdpa": False},
+    {"train__optimizer_type": "Prodigy", "train__learning_rate": 1.0, "train__unet_lr": 1.0,
+     "train__text_encoder_lr": 1.0, "train__optimizer_args": ["safeguard_warmup=True", "use_bias_correction=True"]},
+    {"train__optimizer_type": "Adafactor", "train__lr_scheduler": "adafactor",
+     "train__optimizer_args": ["relative_step=True", "scale_parameter=True", "warmup_init=False"]},
+    {"train__optimizer_type": "AdamW8bit", "train__lr_scheduler": "polynomial", "train__lr_warmup_steps": 1},
+    {"data__shuffle_caption": True, "data__keep_tokens": 1, "data__flip_aug": True,
+     "data__cache_latents_to_disk": True},
+], ids=["bf16-gc", "fp16-accum", "snr-offset-clipskip-nosdpa", "prodigy", "adafactor", "adamw8bit", "captions-flip-disk"])
+def test_option_combinations_train(run_config, opts) -> None:
+    result = train(run_config(train__max_train_steps=2, **opts), progress=False)
+    assert result.steps == 2 and result.last_loss is not None and math.isfinite(result.last_loss)
+    tensors = load_file(str(result.lora_path))
+    ups = [t for k, t in tensors.items() if k.endswith("lora_up.weight")]
+    assert any(t.abs().sum() > 0 for t in ups), "no LoRA weight moved"
+
+
+def test_unet_only_has_no_text_encoder_keys(run_config) -> None:
+    result = train(run_config(train__max_train_steps=1, network__network_train_unet_only=True), progress=False)
+    keys = load_file(str(result.lora_path)).keys()
+    assert keys and all(k.startswith("lora_unet_") for k in keys)
+
+
+def test_text_encoder_lr_zero_freezes_text_encoder(run_config) -> None:
+    result = train(run_config(train__max_train_steps=1, train__text_encoder_lr=0.0), progress=False)
+    assert all(k.startswith("lora_unet_") for k in load_file(str(result.lora_path)))
+
+
+def test_network_weights_continue_from_file(run_config, tmp_path: Path) -> None:
+    first = train(run_config(train__max_train_steps=2, output__save_precision="float"), progress=False)
+    start = load_file(str(first.lora_path))
+    second = train(run_config(train__max_train_steps=1, output__output_dir=str(tmp_path / "again"),
+                              output__save_precision="float", network__network_weights=str(first.lora_path),
+                              train__unet_lr=1e-12, train__text_encoder_lr=1e-12), progress=False)
+    again = load_file(str(second.lora_path))
+    for key, tensor in start.items():  # a ~zero learning rate keeps the loaded weights
+        torch.testing.assert_close(again[key], tensor, atol=1e-6, rtol=0)
+
+
+def test_max_train_steps_overrides_epochs(run_config) -> None:
+    result = train(run_config(train__max_train_steps=13, train__max_train_epochs=1), progress=False)
+    assert result.steps == 13 and result.epochs == 1  # 10 steps per epoch: 1 complete, 1 partial
