@@ -57,3 +57,14 @@ def test_network_weights_continue_from_file(run_config, tmp_path: Path) -> None:
 def test_max_train_steps_overrides_epochs(run_config) -> None:
     result = train(run_config(train__max_train_steps=13, train__max_train_epochs=1), progress=False)
     assert result.steps == 13 and result.epochs == 1  # 10 steps per epoch: 1 complete, 1 partial
+
+
+def test_overlong_captions_are_reported(run_config, tmp_path: Path, capsys) -> None:
+    from lorakiln.training.prepare import prepare
+
+    cfg = run_config()
+    long_caption = ", ".join(["photo of zwx"] * 40)
+    (Path(cfg.data.train_data_dir) / "5_zwx toy" / "img1.txt").write_text(long_caption, encoding="utf-8")
+    prepare(cfg, log=print)
+    out = capsys.readouterr().out
+    assert "1 caption(s) exceed the 75-token window" in out and "img1.png" in out

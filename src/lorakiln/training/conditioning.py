@@ -38,3 +38,15 @@ def encode_tokens(text_encoder: Any, input_ids: torch.Tensor, clip_skip: int = 1
 def encode_captions(tokenizer: Any, text_encoder: Any, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
     """Tokenize and encode captions in one call."""
     return encode_tokens(text_encoder, tokenize(tokenizer, captions), clip_skip)
+
+
+def overlong_captions(tokenizer: Any, captions: dict[str, str]) -> list[tuple[str, int]]:
+    """(file, token count) of captions longer than the 75-token window; their tail is cut off
+    (CLIP's 77 positions minus start/end), so words at the end never reach the model."""
+    limit = tokenizer.model_max_length - 2
+    out = []
+    for name, caption in captions.items():
+        n = len(tokenizer(caption, truncation=False).input_ids) - 2
+        if n > limit:
+            out.append((name, n))
+    return out

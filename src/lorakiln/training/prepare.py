@@ -77,6 +77,16 @@ def _freeze(bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> Non
     bundle.vae.eval()
 
 
+def _warn_long_captions(dataset: Any, bundle: Any, log: Log) -> None:
+    from lorakiln.training.conditioning import overlong_captions
+
+    long = overlong_captions(bundle.tokenizers[0], {str(i.path): i.caption for i in dataset.items})
+    if long and log:
+        shown = ", ".join(f"{Path(p).name} ({n} tokens)" for p, n in long[:3])
+        log(f"warning: {len(long)} caption(s) exceed the 75-token window and will be cut: {shown}"
+            + (" …" if len(long) > 3 else "") + "; shorten them or move key words to the front")
+
+
 def _encode_fn(vae: Any) -> Callable[[torch.Tensor], torch.Tensor]:
     """VAE encode → scaled latents. The distribution's mode (mean) is used, so a cached latent is
     a pure function of the image (the SD VAE's std is tiny; kohya samples instead)."""
@@ -120,6 +130,7 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     bundle = load_configured_model(m.pretrained_model, vae=m.vae, config_dir=m.config_dir,
                                    allow_pickle=m.allow_pickle)
     _freeze(bundle, device, weight_dtype)
+    _warn_long_captions(dataset, bundle, log)
     train_te = wants_text_encoder(cfg)
     torch.manual_seed(cfg.train.seed)  # LoRA init (kaiming down, zero up) is seeded
     network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,

@@ -1,8 +1,9 @@
 """Full training state for exact resume, saved as a folder that appears atomically.
 
 A state folder holds the adapter (`network.safetensors`), the optimizer, LR-schedule and
-grad-scaler states (`optimizer.pt`, `schedule.pt`), every RNG state (`rng.pt`) and the loop
-position plus the resolved config (`state.json`). It is written to a temporary sibling and
+grad-scaler states (`optimizer.pt`, `schedule.pt`, read back with `weights_only=True`), every
+RNG state (`rng.safetensors` + `state.json`; no pickles, so a state folder cannot run code) and
+the loop position plus the resolved config (`state.json`). It is written to a temporary sibling and
 renamed into place, so an interruption mid-save leaves the previous state intact.
 """
 
@@ -36,23 +37,31 @@ class LoopPosition:
     saved_epochs: list[int] = field(default_factory=list)
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    """torch CPU/CUDA generator states as uint8 tensors (stored as safetensors, not pickles)."""
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return out
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _rng_json() -> dict[str, Any]:
+    """Python and NumPy generator states as JSON (both are tuples of ints)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> None:
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_state(
@@ -75,8 +84,8 @@ def save_state(
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"schedule": schedule.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "schedule.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        meta = {"version": STATE_VERSION, "position": asdict(position), "config": config}
+        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
+        meta = {"version": STATE_VERSION, "position": asdict(position), "config": config, "rng": _rng_json()}
         (tmp / "state.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         old = None
         if folder.exists():
@@ -102,7 +111,8 @@ class LoadedState:
     optimizer_state: dict[str, Any]
     schedule_state: dict[str, Any]
     scaler_state: dict[str, Any] | None
-    rng: dict[str, Any]
+    rng_tensors: dict[str, torch.Tensor]
+    rng_states: dict[str, Any]
     position: LoopPosition
     config: dict[str, Any]
 
@@ -115,7 +125,7 @@ def load_state(folder: str | Path) -> LoadedState:
         hint = f" (an interrupted save left {old}; rename it to {folder.name})" if old.is_dir() else ""
         raise TrainingError(f"resume state {folder} does not exist{hint}; pass a folder written by "
                             "save_state, such as <output_dir>/<output_name>-state")
-    needed = ["state.json", "network.safetensors", "optimizer.pt", "schedule.pt", "rng.pt"]
+    needed = ["state.json", "network.safetensors", "optimizer.pt", "schedule.pt", "rng.safetensors"]
     missing = [n for n in needed if not (folder / n).is_file()]
     if missing:
         raise TrainingError(f"resume state {folder} is incomplete: missing {', '.join(missing)}")
@@ -130,7 +140,8 @@ def load_state(folder: str | Path) -> LoadedState:
         optimizer_state=torch.load(folder / "optimizer.pt", weights_only=True),
         schedule_state=sched["schedule"],
         scaler_state=sched["scaler"],
-        rng=torch.load(folder / "rng.pt", weights_only=False),
+        rng_tensors=load_file(str(folder / "rng.safetensors")),
+        rng_states=meta["rng"],
         position=LoopPosition(**meta["position"]),
         config=meta["config"],
     )
@@ -138,4 +149,4 @@ def load_state(folder: str | Path) -> LoadedState:
 
 def restore_rng(state: LoadedState) -> None:
     """Put every RNG back where it was when the state was saved."""
-    _set_rng_state(state.rng)
+    _set_rng_state(state.rng_tensors, state.rng_states)
