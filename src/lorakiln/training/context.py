@@ -6,15 +6,23 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import ConfigError
 from lorakiln.training.state import LoopPosition
+
+if TYPE_CHECKING:
+    from lorakiln.data.dataset import Dataset
+    from lorakiln.data.latent_cache import LatentCache
+    from lorakiln.data.loader import TrainData
+    from lorakiln.models.bundle import ModelBundle
+    from lorakiln.networks.network import LoRANetwork
 
 
 @dataclass
@@ -33,14 +41,14 @@ class TrainContext:
 
     cfg: RunConfig
     plan: StepPlan
-    dataset: Any
-    data: Any
-    bundle: Any
-    network: Any
+    dataset: Dataset
+    data: TrainData
+    bundle: ModelBundle
+    network: LoRANetwork
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: torch.amp.GradScaler
-    cache: Any
+    cache: LatentCache
     device: torch.device
     autocast_dtype: torch.dtype | None
     train_text_encoder: bool
@@ -49,7 +57,7 @@ class TrainContext:
     session_id: int = field(default_factory=lambda: uuid.uuid4().int % 2**31)
     started_at: float = field(default_factory=time.time)
     last_saved: Path | None = None
-    encode_fn: Any = None
+    encode_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     lrs: tuple[float, float | None] = (0.0, None)
     optimizer_desc: str = ""
     warmup_steps: int = 0

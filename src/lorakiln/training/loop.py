@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from lorakiln.training import outputs
 from lorakiln.training.progress import TrainLogger
 from lorakiln.training.signals import StopFlag, stop_on_signals
 from lorakiln.training.step import compute_loss
+
+if TYPE_CHECKING:
+    from lorakiln.training.context import TrainContext
 
 Callback = Callable[[str, dict[str, Any]], None]
 
@@ -62,7 +65,7 @@ def _emit(callbacks: list[Callback], event: str, **info: Any) -> None:
         cb(event, info)
 
 
-def _non_finite_error(ctx: Any, step: int, paths: list[str], what: str) -> TrainingError:
+def _non_finite_error(ctx: TrainContext, step: int, paths: list[str], what: str) -> TrainingError:
     files = "\n".join(f"    {p}" for p in paths)
     kept = f"The last good checkpoint is {ctx.last_saved}." if ctx.last_saved else "No checkpoint was saved yet."
     return TrainingError(
@@ -74,7 +77,7 @@ def _non_finite_error(ctx: Any, step: int, paths: list[str], what: str) -> Train
     )
 
 
-def _optimizer_step(ctx: Any, group: list[Any], epoch: int, step: int, check: bool) -> float | None:
+def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, check: bool) -> float | None:
     """Accumulate gradients over `group` batches, clip, step. Returns the loss when checked."""
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
     total = torch.zeros((), device=ctx.device)
@@ -104,7 +107,7 @@ def _optimizer_step(ctx: Any, group: list[Any], epoch: int, step: int, check: bo
     return value
 
 
-def run_loop(ctx: Any, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
+def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
     cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
     accum = cfg.train.gradient_accumulation_steps
     logger = TrainLogger(plan.total_steps, pos.global_step, outputs.logging_dir(ctx), enabled=progress)

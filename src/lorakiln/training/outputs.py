@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,31 +17,35 @@ from lorakiln.atomic import write_text_atomic
 from lorakiln.config.load import dump_config
 from lorakiln.training.state import save_state
 
+if TYPE_CHECKING:
+    from lorakiln.networks.metadata import TrainingInfo
+    from lorakiln.training.context import TrainContext
+
 SAVE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "float": torch.float32}
 
 
-def final_name(ctx: Any) -> str:
+def final_name(ctx: TrainContext) -> str:
     return ctx.cfg.output.output_name
 
 
-def epoch_name(ctx: Any, epoch: int) -> str:
+def epoch_name(ctx: TrainContext, epoch: int) -> str:
     return f"{ctx.cfg.output.output_name}-{epoch:06d}"
 
 
-def step_name(ctx: Any, step: int) -> str:
+def step_name(ctx: TrainContext, step: int) -> str:
     return f"{ctx.cfg.output.output_name}-step{step:08d}"
 
 
-def state_dir(ctx: Any) -> Path:
+def state_dir(ctx: TrainContext) -> Path:
     return ctx.output_dir / f"{ctx.cfg.output.output_name}-state"
 
 
-def logging_dir(ctx: Any) -> Path:
+def logging_dir(ctx: TrainContext) -> Path:
     cfg = ctx.cfg.output
     return Path(cfg.logging_dir) if cfg.logging_dir else ctx.output_dir / "logs"
 
 
-def current_lrs(ctx: Any) -> dict[str, float]:
+def current_lrs(ctx: TrainContext) -> dict[str, float]:
     """Learning rate per parameter group (adaptive optimizers report lr × d)."""
     out = {}
     for i, group in enumerate(ctx.optimizer.param_groups):
@@ -52,14 +56,14 @@ def current_lrs(ctx: Any) -> dict[str, float]:
     return out
 
 
-def write_resolved_config(ctx: Any) -> Path:
+def write_resolved_config(ctx: TrainContext) -> Path:
     """The config as resolved (preset, overrides, absolute paths) beside the outputs."""
     path = ctx.output_dir / f"{ctx.cfg.output.output_name}_config.toml"
     write_text_atomic(path, "# resolved by lorakiln: preset + file + --set overrides\n" + dump_config(ctx.cfg))
     return path
 
 
-def training_info(ctx: Any, *, final: bool) -> Any:
+def training_info(ctx: TrainContext, *, final: bool) -> TrainingInfo:
     """Fill the networks package's `TrainingInfo` from the run (metadata.py turns it into ss_*)."""
     from lorakiln.networks.metadata import TrainingInfo
 
@@ -109,7 +113,7 @@ def training_info(ctx: Any, *, final: bool) -> Any:
     )
 
 
-def save_lora(ctx: Any, stem: str, *, final: bool = False) -> Path:
+def save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
     """Write `<output_dir>/<stem>.safetensors` in kohya format (and the diffusers file at the end)."""
     from lorakiln.networks.export import save_diffusers_lora, save_kohya_lora
     from lorakiln.networks.metadata import build_metadata
@@ -124,7 +128,7 @@ def save_lora(ctx: Any, stem: str, *, final: bool = False) -> Path:
     return path
 
 
-def save_training_state(ctx: Any) -> Path:
+def save_training_state(ctx: TrainContext) -> Path:
     """Write `<output_name>-state/` (adapter, optimizer, schedule, RNGs, loop position)."""
     return save_state(
         state_dir(ctx),

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from lorakiln.training.conditioning import encode_captions
 from lorakiln.training.noise import diffusion_loss, sample_noise, sample_timesteps, step_generator, target_for
 
+if TYPE_CHECKING:
+    from lorakiln.data.loader import Batch
+    from lorakiln.training.context import TrainContext
 
-def compute_loss(ctx: Any, batch: Any, step: int, micro: int) -> torch.Tensor:
+def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torch.Tensor:
     """Denoising loss of one batch. Randomness comes only from (seed, step, micro), so a resumed
     run draws the same noise and timesteps as an uninterrupted one."""
     cfg, bundle = ctx.cfg, ctx.bundle
