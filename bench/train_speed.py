@@ -3,7 +3,9 @@
 Runs each case in its own process (so peak RSS and start-up time are that case's alone) on
 (a) the tiny SD-1.x model (`tiny:sd1`: framework overhead) and (b) the full SD 1.5
 architecture with random weights (`random:sd15`: real op counts), with and without latent
-caching, on the quickstart images. Prints one table; figures are measurements, not tests.
+caching, on the quickstart images. Prints one table with the FLOPs of a step (counted by torch's
+`FlopCounterMode`; the VAE encode is included when latents are not cached) and the achieved
+FLOP/s; figures are measurements, not tests.
 
     python bench/train_speed.py                       # all four cases, 12 steps each
     python bench/train_speed.py --cases tiny --steps 40
@@ -36,7 +38,9 @@ def worker(args: argparse.Namespace) -> None:
     import resource
 
     from lorakiln.config.load import build_config
-    from lorakiln.training.loop import train
+    from lorakiln.training.loop import run_loop
+    from lorakiln.training.prepare import prepare
+    from lorakiln.training.signals import StopFlag
 
     stamps: list[float] = []
     first: list[float] = []
@@ -60,7 +64,9 @@ def worker(args: argparse.Namespace) -> None:
                       "detect_anomaly_every": args.steps},
             "output": {"output_dir": out, "output_name": "bench"},
         }
-        train(build_config(raw), callbacks=[on_event], progress=False)
+        ctx = prepare(build_config(raw), log=None)
+        run_loop(ctx, StopFlag(), [on_event], progress=False)
+        flops = step_flops(ctx)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup:]
     print(json.dumps({
         "case": args.case, "cache": args.cache,
@@ -68,7 +74,24 @@ def worker(args: argparse.Namespace) -> None:
         "time_to_first_step_s": first[0] if first else float("nan"),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "steps_timed": len(gaps),
+        "gflop_per_step": flops / 1e9,
     }))
+
+
+def step_flops(ctx) -> float:  # type: ignore[no-untyped-def]
+    """FLOPs of one training micro-step (forward + backward), counted once with
+    `FlopCounterMode` (performance.md: report achieved FLOP/s, not just seconds)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lorakiln.training.step import compute_loss
+
+    refs = ctx.data.epoch_batches(0)[0]
+    counter = FlopCounterMode(display=False)
+    with counter:  # loading inside: without a latent cache the batch is VAE-encoded here
+        batch = ctx.data.load_batch(refs, epoch=0, step=0, cache=ctx.cache, encode_fn=ctx.encode_fn)
+        compute_loss(ctx, batch, 0, 0).backward()
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def main() -> None:
@@ -101,10 +124,12 @@ def main() -> None:
             rows.append(json.loads(lines[-1]))
     print(f"\nresolution {args.resolution}px, batch {args.batch}, rank {args.dim}, {args.steps} steps "
           f"(first {args.warmup} intervals dropped), torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'model':8} {'latent cache':13} {'median s/step':>14} {'first step s':>13} {'peak RSS MiB':>13}")
+    print(f"{'model':8} {'latent cache':13} {'median s/step':>14} {'first step s':>13} {'peak RSS MiB':>13} "
+          f"{'GFLOP/step':>11} {'GFLOP/s':>8}")
     for r in rows:
+        rate = r["gflop_per_step"] / r["median_s_per_step"]
         print(f"{r['case']:8} {r['cache']:13} {r['median_s_per_step']:14.4f} {r['time_to_first_step_s']:13.1f} "
-              f"{r['peak_rss_mib']:13.0f}")
+              f"{r['peak_rss_mib']:13.0f} {r['gflop_per_step']:11.1f} {rate:8.1f}")
     by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows}
     for case in args.cases:
         if (case, "on") in by and (case, "off") in by:

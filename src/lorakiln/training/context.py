@@ -48,7 +48,7 @@ class TrainContext:
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: torch.amp.GradScaler
-    cache: LatentCache
+    cache: LatentCache | None
     device: torch.device
     autocast_dtype: torch.dtype | None
     train_text_encoder: bool

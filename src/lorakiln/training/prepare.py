@@ -160,14 +160,16 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = output_dir / ".cache" / "latents" if cfg.data.cache_latents_to_disk else None
     encode = _encode_fn(bundle.vae)
-    cache = LatentCache(vae_fingerprint(bundle.vae) + ":mode-scaled", cache_dir)
+    # Without cache_latents every step encodes its images (needed for random_crop; less memory).
+    cache = (LatentCache(vae_fingerprint(bundle.vae) + ":mode-scaled", cache_dir)
+             if cfg.data.cache_latents else None)
     optimizer_desc = f"{type(optimizer).__module__}.{type(optimizer).__name__}" + (
         f"({','.join(cfg.train.optimizer_args)})" if cfg.train.optimizer_args else "")
     ctx = TrainContext(cfg=cfg, plan=plan, dataset=dataset, data=data, bundle=bundle, network=network,
                        optimizer=optimizer, schedule=schedule, scaler=scaler, cache=cache, device=device,
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
                        encode_fn=encode, lrs=lrs, optimizer_desc=optimizer_desc, warmup_steps=warmup)
-    if cfg.data.cache_latents:
+    if cache is not None:
         if log:
             log("caching latents")
         data.cache_all(encode, cache, progress=log is not None)
