@@ -177,6 +177,29 @@ class OutputConfig(Section):
         return value
 
 
+class ValidationConfig(Section):
+    validation_prompt: list[str] = Field(default_factory=list, description="Prompts to render while "
+                                         "training (a string or a list); empty disables validation.")
+    num_validation_images: int = Field(4, ge=1, le=64, description="Images per validation prompt.")
+    validation_epochs: int = Field(1, ge=1, description="Render every N epochs (and at the end).")
+    validation_steps: int | None = Field(None, ge=1, description="Also render every N optimizer steps.")
+    validation_negative_prompt: str = Field("", description="Negative prompt for validation images.")
+    validation_inference_steps: int = Field(25, ge=1, le=500, description="Sampling steps (Euler).")
+    validation_guidance_scale: float = Field(7.0, ge=0.0, le=50.0, description="CFG scale.")
+    validation_resolution: tuple[int, int] | None = Field(None, description="`W,H` of validation images "
+                                                          "(default: the training resolution).")
+    validation_seed: int = Field(0, description="Seed of the first validation image (then +1 each), the "
+                                 "same at every validation so images are comparable across epochs.")
+
+    @field_validator("validation_prompt", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    _parse_resolution = field_validator("validation_resolution", mode="before")(
+        DataConfig._parse_resolution.__func__)  # type: ignore[attr-defined]
+
+
 class RunConfig(BaseModel):
     """A whole run. `preset` names defaults applied before the file's own values."""
 
@@ -189,6 +212,7 @@ class RunConfig(BaseModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -239,4 +263,5 @@ SECTIONS: dict[str, type[Section]] = {
     "network": NetworkConfig,
     "train": TrainConfig,
     "output": OutputConfig,
+    "validation": ValidationConfig,
 }

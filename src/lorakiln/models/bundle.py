@@ -37,3 +37,12 @@ class ModelBundle:
     def prediction_type(self) -> str:
         """`epsilon` or `v_prediction`, from the scheduler config."""
         return str(self.noise_scheduler.config.prediction_type)
+
+    @property
+    def vae_needs_fp32(self) -> bool:
+        """Whether the VAE must run in float32 even when training in half precision.
+
+        True for a family whose stock VAE overflows in fp16 (SDXL), unless the loaded VAE's config
+        opts out with `force_upcast: false` (fp16-fix VAEs, e.g. passed as `vae=`).
+        """
+        return self.family.vae_fp16_unsafe and bool(getattr(self.vae.config, "force_upcast", True))

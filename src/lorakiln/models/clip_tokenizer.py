@@ -65,11 +65,20 @@ def make_clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], **
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), **kwargs)
 
 
+def load_clip_tokenizer(pad_token: str = EOS_TOKEN) -> Any:
+    """The CLIP ViT-L/14 BPE tokenizer (49,408 tokens, max length 77) with the given pad token.
+
+    SD 1.x and SDXL's first tokenizer pad with `<|endoftext|>`; SDXL's `tokenizer_2` has the same
+    vocabulary and merges but pads with "!" (id 0) — `ModelFamily.tokenizer_pad_tokens`.
+    """
+    merges = list(bundled_clip_merges())
+    return make_clip_tokenizer(vocab_from_merges(merges), merges, pad_token=pad_token)
+
+
 def load_sd1_clip_tokenizer() -> Any:
     """The SD 1.x tokenizer (CLIP ViT-L/14, 49,408 tokens, max length 77, pad = `<|endoftext|>`).
 
     Equals `openai/clip-vit-large-patch14` / the `tokenizer/` of SD 1.5 repos: "a photo of a
     cat" → [49406, 320, 1125, 539, 320, 2368, 49407].
     """
-    merges = list(bundled_clip_merges())
-    return make_clip_tokenizer(vocab_from_merges(merges), merges)
+    return load_clip_tokenizer()

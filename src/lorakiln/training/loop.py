@@ -20,7 +20,7 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import outputs
+from lorakiln.training import outputs, validation
 from lorakiln.training.progress import TrainLogger
 from lorakiln.training.signals import StopFlag, stop_on_signals
 from lorakiln.training.step import compute_loss
@@ -107,6 +107,17 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     return value
 
 
+def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], *, epoch_end: bool = False,
+              final: bool = False) -> None:
+    if not validation.is_due(ctx, epoch_end=epoch_end, final=final):
+        return
+    rendered = validation.render(ctx)
+    paths = validation.save(ctx, rendered)
+    for i, (prompt, images) in enumerate(rendered):
+        logger.images(f"validation/{i}: {prompt[:60]}", validation.as_batch(images), ctx.position.global_step)
+    _emit(callbacks, "validation", paths=paths, step=ctx.position.global_step)
+
+
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
     cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
     accum = cfg.train.gradient_accumulation_steps
@@ -129,6 +140,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 logger.step(pos.global_step, pos.epoch, loss, outputs.current_lrs(ctx))
                 _emit(callbacks, "step", step=pos.global_step, epoch=pos.epoch, loss=loss,
                       total_steps=plan.total_steps)
+                _validate(ctx, logger, callbacks)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
                     path = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
                     _emit(callbacks, "save", path=path)
@@ -145,6 +157,8 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 pos.epoch += 1
                 pos.batch_in_epoch = 0
                 _emit(callbacks, "epoch", epoch=pos.epoch, step=pos.global_step)
+                if pos.epoch < plan.num_epochs:
+                    _validate(ctx, logger, callbacks, epoch_end=True)
                 every = cfg.output.save_every_n_epochs
                 if every and pos.epoch % every == 0 and pos.epoch < plan.num_epochs:
                     path = outputs.save_lora(ctx, outputs.epoch_name(ctx, pos.epoch))
@@ -152,6 +166,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                     if cfg.output.save_state:
                         outputs.save_training_state(ctx)
                     _emit(callbacks, "save", path=path)
+        _validate(ctx, logger, callbacks, final=True)
         final = outputs.save_lora(ctx, outputs.final_name(ctx), final=True)
         state = outputs.save_training_state(ctx) if cfg.output.save_state else None
         _emit(callbacks, "done", path=final, step=pos.global_step)

@@ -49,6 +49,11 @@ class TrainLogger:
         if self.writer is not None and epoch_loss is not None:
             self.writer.add_scalar("loss/epoch", epoch_loss, epoch + 1)
 
+    def images(self, tag: str, batch: Any, step: int) -> None:
+        """Log `[N, H, W, 3]` uint8 images (validation renders)."""
+        if self.writer is not None:
+            self.writer.add_images(tag, batch, step, dataformats="NHWC")
+
     def write(self, text: str) -> None:
         """Print a line without breaking the bar."""
         self.bar.write(text)
