@@ -22,6 +22,7 @@ from lorakiln.networks.pivotal.tokens import (
     add_new_tokens,
     parse_abstractions,
     plan_tokens,
+    pool_at_eos,
 )
 
 __all__ = [
@@ -35,5 +36,6 @@ __all__ = [
     "load_into_pipeline",
     "parse_abstractions",
     "plan_tokens",
+    "pool_at_eos",
     "save_embeddings",
 ]

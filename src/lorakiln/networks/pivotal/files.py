@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save
 
 from lorakiln.atomic import atomic_path
 from lorakiln.models.family import ModelFamily
-from lorakiln.networks.pivotal.tokens import TOKEN_FORMAT, PivotalEmbeddings
+from lorakiln.networks.pivotal.tokens import TOKEN_FORMAT, PivotalEmbeddings, pool_at_eos
 
 #: File key of encoder i (kohya `sdxl_train_textual_inversion.py`, diffusers advanced script).
 EMBEDDING_KEYS: tuple[str, ...] = ("clip_l", "clip_g")
@@ -169,17 +169,24 @@ def load_into_pipeline(
     pipe: Any,
     file: EmbeddingsFile | str | Path,
     text_encoder_names: Sequence[str] = ("text_encoder", "text_encoder_2"),
+    *,
+    fix_pooling: bool = True,
 ) -> list[str]:
     """Load the file into a diffusers pipeline as the seed's "Inference" section does: the
     tensor of encoder i with ``token=[<s0>, …]`` into ``text_encoder_names[i]`` and its
     tokenizer (``text_encoder_2`` → ``tokenizer_2``). Pass ``family.te_diffusers_prefixes``.
-    Returns the tokens, which prompts then use as ``<s0><s1>``."""
+
+    ``fix_pooling`` applies `pool_at_eos` as training did, so SDXL's pooled embedding of a
+    prompt with the new tokens matches training (and A1111/ComfyUI). Returns the tokens,
+    which prompts then use as ``<s0><s1>``."""
     if not isinstance(file, EmbeddingsFile):
         file = load_embeddings(file)
     if len(file.tensors) > len(text_encoder_names):
         raise ValueError(f"file has {len(file.tensors)} encoders, pipeline names {tuple(text_encoder_names)}")
     for tensor, name in zip(file.tensors.values(), text_encoder_names, strict=False):
         tokenizer = getattr(pipe, name.replace("text_encoder", "tokenizer"))
-        pipe.load_textual_inversion(tensor, token=list(file.tokens), text_encoder=getattr(pipe, name),
-                                    tokenizer=tokenizer)
+        encoder = getattr(pipe, name)
+        pipe.load_textual_inversion(tensor, token=list(file.tokens), text_encoder=encoder, tokenizer=tokenizer)
+        if fix_pooling:
+            pool_at_eos(encoder, tokenizer)
     return list(file.tokens)

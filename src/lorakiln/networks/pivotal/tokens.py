@@ -11,7 +11,7 @@ How only the new rows can change (the design choice, and why)
 The script makes the whole token-embedding table trainable and, after every optimizer step,
 copies the saved original rows back over the old ones ("retract"). That works with AdamW weight
 decay, but per step it costs a gradient, two Adam moments and an update for the *whole* table
-(49,408 × 768 for CLIP-L, × 1,280 for CLIP-G: ~0.6 GB extra fp32 for SD1, ~1.6 GB for SDXL) plus
+(49,408 × 768 for CLIP-L, × 1,280 for CLIP-G: ~0.6 GiB extra fp32 for SD1, ~1.5 GiB for SDXL) plus
 a full-table restore copy. Zeroing the old rows' gradient with a hook is cheaper but wrong:
 AdamW's decoupled weight decay shrinks every row whatever its gradient.
 
@@ -22,12 +22,26 @@ new id appears (``torch.where`` over ``[B, 77, dim]``). So no optimizer — Adam
 Prodigy, 8-bit — ever sees an old row: they are bit-identical by construction, with no per-step
 copy at all, and the optimizer state is ``n_new × dim`` floats. ``after_optimizer_step()`` writes
 the ``n_new`` rows back into the table (so anything reading the table sees current values) and
-applies the script's optional std pull. Measured (CPU, 1 thread, 49,408 × 768 table, AdamW): the
-full-table step + restore takes ~0.4 s and the small-parameter step ~0.1 ms.
+applies the script's std pull. Measured (CPU, 1 thread, AdamW, one 77-token caption, embedding
+forward + backward + step + restore/sync): full table + restore ~390 ms (CLIP-L 49,408 × 768) and
+~690 ms (CLIP-G × 1,280); small parameter ~0.4 ms for either.
 
 ``freeze()`` (after ``train_text_encoder_ti_frac`` of the steps) writes the rows into the table
 and removes the hook: from then on the encoder is a plain encoder whose table holds the final
 vectors, and nothing an optimizer later does to the detached parameter can reach the model.
+
+Pooled output and new ids (SDXL)
+--------------------------------
+transformers' CLIP pools the hidden state at ``input_ids.argmax()`` when the config says
+``eos_token_id == 2`` — which the real SD 1.x and SDXL text-encoder configs do (the value predates
+transformers PR #24773). That is the EOS position only while EOS (49407) is the largest id; the new
+tokens get ids 49408+, so the pooled output would move to ``<s1>``. SD 1.x ignores the pooled
+output, but SDXL's second encoder feeds it to the U-Net (``text_embeds``). A1111 and ComfyUI pool
+at the EOS token whatever the embedding (formats.md §3/§4 clients), so by default `pool_at_eos`
+points such encoders at the tokenizer's real EOS id: identical output for every prompt without
+new tokens (the first EOS is the first maximum), and the clients' pooling for prompts with them.
+The diffusers script does not do this; stock diffusers inference (seed 003's recipe) therefore
+pools at ``<s1>`` — `load_into_pipeline` applies the same fix to a pipeline.
 """
 
 from __future__ import annotations
@@ -242,7 +256,8 @@ def add_new_tokens(
     *,
     init: str | Sequence[str] = "random",
     seed: int = 0,
-    std_pull: float = 0.0,
+    std_pull: float = 0.1,
+    fix_pooling: bool = True,
 ) -> PivotalEmbeddings:
     """Add ``<s0>…`` for each abstraction to every tokenizer/encoder pair; return the handle.
 
@@ -255,18 +270,48 @@ def add_new_tokens(
       (or one word per abstraction) copies that word's token rows: cyclically when it has
       fewer tokens than ``n_per`` (the script's ``initializer_concept``), otherwise each new
       token takes the mean of one contiguous chunk, so no part of the word is dropped.
-    * ``std_pull``: the script's per-step regulariser exponent (0.1 there); 0 turns it off.
-      Call the encoders' device/dtype moves *before* this function.
+    * ``std_pull``: exponent of the script's per-step std regulariser (``retract_embeddings``
+      uses 0.1, the default here); 0 turns it off.
+    * ``fix_pooling``: call `pool_at_eos` on every encoder (module docstring, "Pooled output").
+
+    Move/cast the encoders to their device and dtype *before* calling this.
     """
     if len(tokenizers) != len(text_encoders) or not tokenizers:
         raise ValueError(f"need one tokenizer per text encoder, got {len(tokenizers)} and "
                          f"{len(text_encoders)}")
+    if std_pull < 0:
+        raise ConfigError(f"std_pull must be >= 0, got {std_pull}")
     tokens = plan_tokens(parse_abstractions(abstractions), n_per)
     inits = _resolve_init(init, len(tokens))
+    flat = [t for toks in tokens.values() for t in toks]
+    for i, tokenizer in enumerate(tokenizers):  # check all before changing any
+        taken = [t for t in flat if t in tokenizer.get_vocab()]
+        if taken:
+            raise ConfigError(f"tokens {', '.join(taken)} already exist in tokenizer {i + 1}: the base "
+                              "model already has pivotal-tuning tokens; start from a model without them")
     gen = torch.Generator().manual_seed(seed)
     slots = [_add_to_encoder(tok, enc, tokens, inits, n_per, gen)
              for tok, enc in zip(tokenizers, text_encoders, strict=True)]
+    if fix_pooling:
+        for tok, enc in zip(tokenizers, text_encoders, strict=True):
+            pool_at_eos(enc, tok)
     return PivotalEmbeddings(tokens, slots, std_pull)
+
+
+def pool_at_eos(encoder: Any, tokenizer: Any) -> bool:
+    """Make a legacy-config CLIP encoder pool at the tokenizer's EOS id instead of the largest id.
+
+    Only changes encoders whose pooling uses the legacy ``eos_token_id == 2`` switch (module
+    docstring); returns whether it changed anything. Outputs for prompts made of original
+    tokens are unchanged.
+    """
+    text_model = getattr(encoder, "text_model", encoder)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if getattr(text_model, "eos_token_id", None) != 2 or eos is None or eos == 2:
+        return False
+    text_model.eos_token_id = eos
+    encoder.config.eos_token_id = eos
+    return True
 
 
 def _resolve_init(init: str | Sequence[str], n_abstractions: int) -> list[str]:
@@ -282,10 +327,6 @@ def _add_to_encoder(tokenizer: Any, encoder: Any, tokens: dict[str, tuple[str, .
     from tokenizers import AddedToken
 
     flat = [t for toks in tokens.values() for t in toks]
-    taken = [t for t in flat if t in tokenizer.get_vocab()]
-    if taken:
-        raise ConfigError(f"tokens {', '.join(taken)} already exist in the tokenizer: the base model "
-                          "already has pivotal-tuning tokens; start from a model without them")
     added = tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in flat],
                                  special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids(flat)
