@@ -177,6 +177,29 @@ class OutputConfig(Section):
         return value
 
 
+class PivotalConfig(Section):
+    """Pivotal tuning (seed 003): new tokens trained as textual inversion, then the LoRA."""
+
+    train_text_encoder_ti: bool = Field(False, description="Insert new tokens for `token_abstraction` "
+                                        "in every text encoder and train their embeddings.")
+    train_text_encoder_ti_frac: float = Field(0.5, gt=0.0, le=1.0, description="Fraction of the "
+                                              "steps after which the new embeddings stop training (the pivot).")
+    token_abstraction: str = Field("TOK", description="The word used in captions and prompts for the "
+                                   "concept; replaced by the new tokens `<s0><s1>`. Comma-separate "
+                                   "several concepts.")
+    num_new_tokens_per_abstraction: int = Field(2, ge=1, le=16, description="New tokens per abstraction.")
+    initializer_concept: str | None = Field(None, description="Initialise the new embeddings from "
+                                            "this word's tokens instead of random vectors.")
+    text_encoder_ti_lr: float | None = Field(None, gt=0, description="Learning rate of the new "
+                                             "embeddings (default: text_encoder_lr, else learning_rate).")
+    adam_weight_decay_text_encoder: float | None = Field(None, ge=0, description="Weight decay of the "
+                                                         "new embeddings (default: the optimizer's).")
+    ti_std_pull: float = Field(0.1, ge=0.0, description="Per-step pull of the new embeddings' std "
+                               "toward the table's (the diffusers script's rule); 0 disables.")
+    ti_fix_pooling: bool = Field(True, description="Pool encoders at the end-of-text token as "
+                                 "A1111/ComfyUI do, even with new tokens present.")
+
+
 class ValidationConfig(Section):
     validation_prompt: list[str] = Field(default_factory=list, description="Prompts to render while "
                                          "training (a string or a list); empty disables validation.")
@@ -212,6 +235,7 @@ class RunConfig(BaseModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    pivotal: PivotalConfig = Field(default_factory=PivotalConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @model_validator(mode="after")
@@ -263,5 +287,6 @@ SECTIONS: dict[str, type[Section]] = {
     "network": NetworkConfig,
     "train": TrainConfig,
     "output": OutputConfig,
+    "pivotal": PivotalConfig,
     "validation": ValidationConfig,
 }

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from lorakiln.data.loader import TrainData
     from lorakiln.models.bundle import ModelBundle
     from lorakiln.networks.network import LoRANetwork
+    from lorakiln.networks.pivotal import PivotalEmbeddings
 
 
 @dataclass
@@ -61,6 +62,17 @@ class TrainContext:
     lrs: tuple[float, float | None] = (0.0, None)
     optimizer_desc: str = ""
     warmup_steps: int = 0
+    #: Pivotal-tuning embeddings (new tokens), when `pivotal.train_text_encoder_ti`.
+    pivotal: PivotalEmbeddings | None = None
+
+    def prompt(self, text: str) -> str:
+        """A caption or prompt with each token abstraction replaced by its new tokens."""
+        return self.pivotal.replace_abstractions(text) if self.pivotal is not None else text
+
+    @property
+    def text_encoder_needs_grad(self) -> bool:
+        """The text-encoder forward needs gradients for its LoRA or for training embeddings."""
+        return self.train_text_encoder or (self.pivotal is not None and self.pivotal.is_training)
 
 
 def plan_steps(cfg: RunConfig, batches_per_epoch: int) -> StepPlan:

@@ -83,7 +83,9 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     total = torch.zeros((), device=ctx.device)
     paths: list[str] = []
     for micro, refs in enumerate(group):
-        batch = ctx.data.load_batch(refs, epoch=epoch, step=step, cache=ctx.cache,
+        # A distinct data step per micro-batch, so caption shuffle/dropout differ between them.
+        data_step = step * ctx.cfg.train.gradient_accumulation_steps + micro
+        batch = ctx.data.load_batch(refs, epoch=epoch, step=data_step, cache=ctx.cache,
                                     encode_fn=ctx.encode_fn)
         paths += [str(p) for p in batch.paths]
         loss = compute_loss(ctx, batch, step, micro) / len(group)
@@ -102,9 +104,22 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
             raise _non_finite_error(ctx, step + 1, paths, "gradient")
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
+    if ctx.pivotal is not None and ctx.pivotal.is_training:
+        ctx.pivotal.after_optimizer_step()
     ctx.schedule.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return value
+
+
+def _maybe_pivot(ctx: TrainContext, logger: TrainLogger) -> None:
+    """Stop training the new embeddings after `train_text_encoder_ti_frac` of the steps (seed 003:
+    "pivoting halfway"); the LoRA trains on with the embeddings fixed."""
+    ti = ctx.pivotal
+    if ti is None or not ti.is_training:
+        return
+    if ctx.position.global_step >= int(ctx.cfg.pivotal.train_text_encoder_ti_frac * ctx.plan.total_steps):
+        ti.freeze()
+        logger.write(f"step {ctx.position.global_step}: pivot — the new token embeddings are now fixed")
 
 
 def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], *, epoch_end: bool = False,
@@ -134,6 +149,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 loss = _optimizer_step(ctx, group, pos.epoch, pos.global_step, check)
                 pos.global_step += 1
                 pos.batch_in_epoch += len(group)
+                _maybe_pivot(ctx, logger)
                 if loss is not None:
                     last_loss = loss
                     epoch_losses.append(loss)

@@ -124,6 +124,11 @@ def save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
     save_kohya_lora(ctx.network, path, metadata, SAVE_DTYPES[ctx.cfg.output.save_precision])
     if final and ctx.cfg.output.save_diffusers:
         save_diffusers_lora(ctx.network, ctx.output_dir / "pytorch_lora_weights.safetensors")
+    if ctx.pivotal is not None:
+        from lorakiln.networks.pivotal import embeddings_path, save_embeddings
+
+        save_embeddings(embeddings_path(path), ctx.pivotal, family=ctx.bundle.family, title=stem,
+                        abstraction=ctx.cfg.pivotal.token_abstraction)
     ctx.last_saved = path
     return path
 
@@ -132,7 +137,7 @@ def save_training_state(ctx: TrainContext) -> Path:
     """Write `<output_name>-state/` (adapter, optimizer, schedule, RNGs, loop position)."""
     return save_state(
         state_dir(ctx),
-        network_state=ctx.network.state_dict(),
+        network_state=ctx.network.state_dict() | (ctx.pivotal.state_dict() if ctx.pivotal else {}),
         optimizer=ctx.optimizer,
         schedule=ctx.schedule,
         scaler=ctx.scaler,

@@ -77,10 +77,36 @@ def _freeze(bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> Non
     bundle.vae.eval()
 
 
-def _warn_long_captions(dataset: Any, bundle: Any, log: Log) -> None:
+def _add_pivotal_tokens(cfg: RunConfig, bundle: Any) -> Any:
+    """New tokens `<s0><s1>…` in every tokenizer/encoder (seed 003, "Pivotal Tuning")."""
+    p = cfg.pivotal
+    if not p.train_text_encoder_ti:
+        return None
+    from lorakiln.networks.pivotal import add_new_tokens
+
+    return add_new_tokens(bundle.tokenizers, bundle.text_encoders, p.token_abstraction,
+                          p.num_new_tokens_per_abstraction, init=p.initializer_concept or "random",
+                          seed=cfg.train.seed, std_pull=p.ti_std_pull, fix_pooling=p.ti_fix_pooling)
+
+
+def _pivotal_group(cfg: RunConfig, pivotal: Any) -> dict[str, Any]:
+    """The new embeddings' optimizer group: its own lr and weight decay. It stays in the optimizer
+    after the pivot (frozen parameters get no gradient), so the optimizer layout never changes."""
+    t, p = cfg.train, cfg.pivotal
+    lr = p.text_encoder_ti_lr or t.text_encoder_lr or t.learning_rate
+    group: dict[str, Any] = {"name": "text_encoder_ti", "params": list(pivotal.parameters()), "lr": lr}
+    if p.adam_weight_decay_text_encoder is not None:
+        group["weight_decay"] = p.adam_weight_decay_text_encoder
+    return group
+
+
+def _warn_long_captions(dataset: Any, bundle: Any, log: Log, pivotal: Any = None) -> None:
     from lorakiln.training.conditioning import overlong_captions
 
-    long = overlong_captions(bundle.tokenizers[0], {str(i.path): i.caption for i in dataset.items})
+    def text(caption: str) -> str:
+        return pivotal.replace_abstractions(caption) if pivotal is not None else caption
+
+    long = overlong_captions(bundle.tokenizers[0], {str(i.path): text(i.caption) for i in dataset.items})
     if long and log:
         shown = ", ".join(f"{Path(p).name} ({n} tokens)" for p, n in long[:3])
         log(f"warning: {len(long)} caption(s) exceed the 75-token window and will be cut: {shown}"
@@ -130,7 +156,8 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     bundle = load_configured_model(m.pretrained_model, vae=m.vae, config_dir=m.config_dir,
                                    allow_pickle=m.allow_pickle)
     _freeze(bundle, device, weight_dtype)
-    _warn_long_captions(dataset, bundle, log)
+    pivotal = _add_pivotal_tokens(cfg, bundle)
+    _warn_long_captions(dataset, bundle, log, pivotal)
     train_te = wants_text_encoder(cfg)
     torch.manual_seed(cfg.train.seed)  # LoRA init (kaiming down, zero up) is seeded
     network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,
@@ -141,10 +168,12 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
 
         network.load_kohya_state_dict(read_lora_file(cfg.network.network_weights)[0])
     network.to(device)
-    _enable_memory_options(cfg, bundle, train_te)
+    _enable_memory_options(cfg, bundle, train_te or pivotal is not None)
 
     lrs = resolve_lrs(cfg, train_te)
     groups = network.param_groups(unet_lr=lrs[0], text_encoder_lr=lrs[1], default_lr=cfg.train.learning_rate)
+    if pivotal is not None:
+        groups.append(_pivotal_group(cfg, pivotal))
     optimizer = build_optimizer(cfg.train.optimizer_type, groups, lr=cfg.train.learning_rate,
                                 args=cfg.train.optimizer_args)
     warmup = resolve_warmup_steps(cfg.train.lr_warmup_steps, plan.total_steps)
@@ -168,7 +197,8 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     ctx = TrainContext(cfg=cfg, plan=plan, dataset=dataset, data=data, bundle=bundle, network=network,
                        optimizer=optimizer, schedule=schedule, scaler=scaler, cache=cache, device=device,
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
-                       encode_fn=encode, lrs=lrs, optimizer_desc=optimizer_desc, warmup_steps=warmup)
+                       encode_fn=encode, lrs=lrs, optimizer_desc=optimizer_desc, warmup_steps=warmup,
+                       pivotal=pivotal)
     if cache is not None:
         if log:
             log("caching latents")
@@ -184,7 +214,10 @@ def _resume(ctx: TrainContext, log: Log) -> None:
     from lorakiln.training.state import load_state, restore_rng
 
     state = load_state(ctx.cfg.train.resume or "")
-    ctx.network.load_kohya_state_dict(state.network_state)
+    pivotal_state = {k: v for k, v in state.network_state.items() if k.startswith("pivotal.")}
+    ctx.network.load_kohya_state_dict({k: v for k, v in state.network_state.items() if k not in pivotal_state})
+    if ctx.pivotal is not None:
+        ctx.pivotal.load_state_dict(pivotal_state)
     ctx.optimizer.load_state_dict(state.optimizer_state)
     ctx.schedule.load_state_dict(state.schedule_state)
     if state.scaler_state:

@@ -28,10 +28,11 @@ def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torc
 
     autocast = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
                 if ctx.autocast_dtype is not None else contextlib.nullcontext())
-    grad_te = torch.enable_grad() if ctx.train_text_encoder else torch.no_grad()
+    grad_te = torch.enable_grad() if ctx.text_encoder_needs_grad else torch.no_grad()
+    captions = [ctx.prompt(c) for c in batch.captions]
     with autocast:
         with grad_te:
-            hidden = encode_captions(bundle.tokenizers[0], bundle.text_encoders[0], batch.captions,
+            hidden = encode_captions(bundle.tokenizers[0], bundle.text_encoders[0], captions,
                                      cfg.model.clip_skip)
         pred = bundle.unet(noisy, timesteps, hidden).sample
     return diffusion_loss(pred, target, timesteps, scheduler, cfg.train.min_snr_gamma)

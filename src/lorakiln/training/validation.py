@@ -50,15 +50,16 @@ def render(ctx: TrainContext) -> list[tuple[str, list[Image]]]:
     out = []
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for prompt in v.validation_prompt:
+            for raw_prompt in v.validation_prompt:
+                prompt = ctx.prompt(raw_prompt)
                 images = []
                 for i in range(v.num_validation_images):
                     gen = torch.Generator().manual_seed(v.validation_seed + i)
-                    images += pipe(prompt, negative_prompt=v.validation_negative_prompt or None,
+                    images += pipe(prompt, negative_prompt=ctx.prompt(v.validation_negative_prompt) or None,
                                    num_inference_steps=v.validation_inference_steps,
                                    guidance_scale=v.validation_guidance_scale, width=width, height=height,
                                    generator=gen).images
-                out.append((prompt, images))
+                out.append((raw_prompt, images))
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
