@@ -212,3 +212,10 @@ def test_exif_orientation_swaps_size(tmp_path: Path) -> None:
     Image.new("RGB", (120, 60), (0, 0, 255)).save(folder / "phone.jpg", exif=exif.tobytes())
     ds = scan_kohya_dataset(tmp_path)
     assert (ds.items[0].width, ds.items[0].height) == (60, 120)
+
+
+def test_uncaptioned_image_in_folder_without_token_is_an_error(tmp_path: Path, make_image) -> None:
+    make_image(tmp_path / "5_" / "a.png")  # fallback caption would be "": the image would train on nothing
+    make_image(tmp_path / "5_" / "b.png", caption="zwx, smiling")
+    message = _error(tmp_path)
+    assert "a.png' has no .txt caption" in message and "`5_<token>`" in message

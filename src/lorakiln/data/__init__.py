@@ -1,6 +1,7 @@
-"""Training data: kohya folders, captions, buckets, image tensors, latent cache, batching.
+"""Training data: kohya folders, ImageFolder (metadata.jsonl/csv) folders, class images for
+prior preservation, captions, buckets, image tensors, latent cache, batching.
 
-The scanner, captions and buckets import no torch, so `lorakiln dataset` can lint a folder
+The scanners, captions and buckets import no torch, so `lorakiln dataset` can lint a folder
 instantly; the tensor side (`images.load_pixels`, `latent_cache`, `loader`) is loaded lazily
 on first attribute access.
 """
@@ -12,8 +13,18 @@ from typing import Any
 
 from lorakiln.data.buckets import Bucket, BucketManager, bucket_histogram, bucket_info_metadata
 from lorakiln.data.captions import process_caption
+from lorakiln.data.class_images import (
+    count_class_images,
+    missing_class_images,
+    read_class_manifest,
+    scan_class_images,
+    write_class_images,
+)
 from lorakiln.data.dataset import Dataset, ImageItem, Subset
+from lorakiln.data.hub import load_hub_dataset
+from lorakiln.data.imagefolder import scan_imagefolder
 from lorakiln.data.kohya import scan_kohya_dataset
+from lorakiln.data.layout import detect_layout, scan_dataset
 
 _LAZY = {
     "LatentCache": "lorakiln.data.latent_cache",
@@ -31,7 +42,9 @@ _LAZY = {
 
 __all__ = [
     "Bucket", "BucketManager", "Dataset", "ImageItem", "Subset", "bucket_histogram",
-    "bucket_info_metadata", "process_caption", "scan_kohya_dataset", *_LAZY,
+    "bucket_info_metadata", "count_class_images", "detect_layout", "load_hub_dataset", "missing_class_images",
+    "process_caption", "read_class_manifest", "scan_class_images", "scan_dataset", "scan_imagefolder",
+    "scan_kohya_dataset", "write_class_images", *_LAZY,
 ]
 
 

@@ -35,7 +35,12 @@ class ImageItem:
 
 @dataclass(frozen=True)
 class Subset:
-    """One `<repeats>_<token>[ <class>]` folder (kohya "subset")."""
+    """One `<repeats>_<token>[ <class>]` folder (kohya "subset").
+
+    An ImageFolder dataset is one subset: the folder itself, `repeats` from the config and
+    `token` = instance_prompt (its fallback caption). A flat class-image folder likewise has
+    `token` = class_prompt.
+    """
 
     path: Path
     repeats: int
@@ -56,7 +61,11 @@ class Subset:
 
 @dataclass(frozen=True)
 class Dataset:
-    """All subsets of one training folder, in sorted (deterministic) order."""
+    """All subsets of one training folder, in sorted (deterministic) order.
+
+    `caption_extension` is the caption-file suffix (".txt"), or for an ImageFolder the
+    metadata file it was read from ("metadata.jsonl"; "" when every image uses instance_prompt).
+    """
 
     root: Path
     subsets: tuple[Subset, ...]

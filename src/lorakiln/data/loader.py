@@ -6,11 +6,14 @@ bucket (tensors must stack); order is shuffled within buckets, then the batches 
 Nothing here keeps hidden random state. The batch order of an epoch depends only on
 (seed, epoch), and caption/flip/crop randomness of a batch only on (seed, epoch, step), so a
 run resumed at step N sees exactly the batches and captions it would have seen.
+
+Prior preservation (`class_data=`) is a component, not a subclass: `epoch_batches` and the step
+arithmetic stay about instance samples only, and `load_batch` appends as many class samples
+(chosen by `prior.ClassSampler`) after them, cropped into the instance batch's bucket.
 """
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,17 +26,13 @@ from lorakiln.data.captions import process_caption
 from lorakiln.data.dataset import Dataset, ImageItem
 from lorakiln.data.images import CropPlan, load_pixels, plan_crop
 from lorakiln.data.latent_cache import EncodeFn, LatentCache
+from lorakiln.data.prior import ClassSampler
+from lorakiln.data.seeding import derive_seed
 from lorakiln.data.steps import BucketSteps, StepsBreakdown, SubsetSteps
 from lorakiln.errors import ConfigError
 
 #: A sample reference inside an epoch: (index into `TrainData.items`, repeat number).
 SampleRef = tuple[int, int]
-
-
-def derive_seed(seed: int, *parts: object) -> int:
-    """A 64-bit seed from `seed` and labels; stable across processes (unlike `hash()`)."""
-    text = "/".join(str(p) for p in (seed, *parts))
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 
 @dataclass(frozen=True)
@@ -63,6 +62,10 @@ class Batch:
     `latents` is set when a cache or `encode_fn` was given, `pixels` ([-1, 1], [B,3,H,W])
     otherwise or when encoding on the fly. Sizes are (h, w) and crops (top, left), the order
     SDXL's `add_time_ids` expects: original_size + crop_top_left + target_size.
+
+    With prior preservation the last `num_prior` rows are class samples (as many as instance
+    rows, diffusers' `torch.cat([instance, class])` order); every list and tensor follows that
+    row order, so `loss[~is_prior].mean() + prior_loss_weight * loss[is_prior].mean()`.
     """
 
     bucket: Bucket
@@ -74,17 +77,32 @@ class Batch:
     flipped: list[bool]
     pixels: torch.Tensor | None = None
     latents: torch.Tensor | None = None
+    num_prior: int = 0
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def num_instance(self) -> int:
+        """Rows `[0, num_instance)` are instance samples."""
+        return len(self.paths) - self.num_prior
+
+    @property
+    def is_prior(self) -> torch.Tensor:
+        """CPU BoolTensor [B]: True for class (prior-preservation) rows."""
+        return torch.arange(len(self.paths)) >= self.num_instance
+
 
 class TrainData:
-    """A `Dataset` plus bucketing, caption and augmentation options, batch size and seed."""
+    """A `Dataset` plus bucketing, caption and augmentation options, batch size and seed.
+
+    `class_data` (class images, see `class_images.scan_class_images`) turns on prior
+    preservation: each loaded batch then also carries one class sample per instance sample.
+    """
 
     def __init__(self, dataset: Dataset, *, buckets: BucketManager | None = None, batch_size: int = 1,
                  seed: int = 42, captions: CaptionOptions | None = None,
-                 augment: AugmentOptions | None = None) -> None:
+                 augment: AugmentOptions | None = None, class_data: Dataset | None = None) -> None:
         if batch_size < 1:
             raise ConfigError(f"train_batch_size must be at least 1, got {batch_size}")
         self.dataset = dataset
@@ -98,6 +116,8 @@ class TrainData:
         self._by_bucket: dict[Bucket, list[int]] = defaultdict(list)
         for index, bucket in enumerate(self.item_buckets):
             self._by_bucket[bucket].append(index)
+        self.prior: ClassSampler | None = ClassSampler(class_data, seed) if class_data is not None else None
+        self._offsets: tuple[int, dict[SampleRef, int]] | None = None
 
     # -- epoch structure -------------------------------------------------------------------
 
@@ -119,6 +139,31 @@ class TrainData:
             batches += [refs[j:j + self.batch_size] for j in range(0, len(refs), self.batch_size)]
         rng.shuffle(batches)
         return batches
+
+    @property
+    def samples_per_epoch(self) -> int:
+        """Instance samples per epoch (images × repeats)."""
+        return sum(self._bucket_samples(b) for b in self._by_bucket)
+
+    def _batch_offset(self, epoch: int, batch_refs: list[SampleRef]) -> int:
+        """Sample position of `batch_refs` within `epoch_batches(epoch)` (memoized per epoch)."""
+        if self._offsets is None or self._offsets[0] != epoch:
+            table: dict[SampleRef, int] = {}
+            position = 0
+            for refs in self.epoch_batches(epoch):
+                table[refs[0]] = position
+                position += len(refs)
+            self._offsets = (epoch, table)
+        offset = self._offsets[1].get(batch_refs[0])
+        if offset is None:
+            raise ValueError(f"with prior preservation a batch must be one of epoch_batches({epoch})")
+        return offset
+
+    def _class_items(self, batch_refs: list[SampleRef], epoch: int) -> list[ImageItem]:
+        if self.prior is None:
+            return []
+        position = epoch * self.samples_per_epoch + self._batch_offset(epoch, batch_refs)
+        return self.prior.take(position, len(batch_refs))
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -147,18 +192,24 @@ class TrainData:
 
         With `cache`, latents come from it (encoding misses with `encode_fn`); with only
         `encode_fn`, pixels are encoded on the fly; with neither, pixels are returned.
+        Class samples (prior preservation) are resized to cover the instance bucket and
+        centre-cropped (random crop / flip as configured), since a batch must share one size;
+        their captions are used verbatim — no shuffling or dropout, as diffusers' class_prompt.
         """
-        items = [self.items[i] for i, _ in batch_refs]
+        instance = [self.items[i] for i, _ in batch_refs]
         bucket_set = {self.item_buckets[i] for i, _ in batch_refs}
         if len(bucket_set) != 1:
             raise ValueError(f"a batch must come from one bucket, got {sorted(bucket_set)}")
         bucket = bucket_set.pop()
-        plans = self._plans(items, bucket, epoch, step)
+        prior = self._class_items(batch_refs, epoch)
+        items = instance + prior
+        plans = self._plans(items, bucket, epoch, step)  # instance plans drawn first: unchanged by prior
         batch = Batch(bucket=bucket, paths=[it.path for it in items],
-                      captions=self._captions(items, epoch, step),
+                      captions=self._captions(instance, epoch, step) + [it.caption for it in prior],
                       original_sizes=[(it.height, it.width) for it in items],
                       crop_top_lefts=[p.conditioning_crop_top_left for p in plans],
-                      target_sizes=[p.target_size for p in plans], flipped=[p.flip for p in plans])
+                      target_sizes=[p.target_size for p in plans], flipped=[p.flip for p in plans],
+                      num_prior=len(prior))
         if cache is not None:
             self._check_cacheable()
             batch.latents = torch.stack(cache.get_or_encode_many(
@@ -182,7 +233,9 @@ class TrainData:
         """Encode every (image, bucket[, flip]) once; return how many were newly encoded.
 
         Repeats are not re-encoded (same key). With `flip_aug` both orientations are cached,
-        as kohya does, so flips stay free during training.
+        as kohya does, so flips stay free during training. With prior preservation every class
+        image is also encoded once per instance bucket (it is cropped to whichever bucket
+        it is paired with).
         """
         from tqdm.auto import tqdm
 
@@ -190,13 +243,14 @@ class TrainData:
         chunk = max(1, encode_batch_size or self.batch_size)
         variants = [False, True] if self.augment.flip_aug else [False]
         before = cache.misses
-        total = len(self.items) * len(variants)
+        class_items = self.prior.items if self.prior is not None else []
+        total = (len(self.items) + len(class_items) * len(self._by_bucket)) * len(variants)
         with tqdm(total=total, desc="caching latents", unit="img", disable=not progress) as bar:
             for bucket in sorted(self._by_bucket):
-                indices = self._by_bucket[bucket]
+                bucket_items = [self.items[i] for i in self._by_bucket[bucket]] + class_items
                 for flip in variants:
-                    for j in range(0, len(indices), chunk):
-                        items = [self.items[i] for i in indices[j:j + chunk]]
+                    for j in range(0, len(bucket_items), chunk):
+                        items = bucket_items[j:j + chunk]
                         cache.get_or_encode_many(items, bucket, encode_fn, flips=[flip] * len(items))
                         bar.update(len(items))
         return cache.misses - before
@@ -220,7 +274,13 @@ class TrainData:
         subsets = tuple(SubsetSteps(s.name, len(s.items), s.repeats) for s in self.dataset.subsets)
         buckets = tuple(BucketSteps(b, n, _ceil_div(n, self.batch_size))
                         for b, n in ((b, self._bucket_samples(b)) for b in sorted(self._by_bucket)))
-        return StepsBreakdown(subsets=subsets, buckets=buckets, batch_size=self.batch_size)
+        return StepsBreakdown(subsets=subsets, buckets=buckets, batch_size=self.batch_size,
+                              num_class_images=self.num_class_images)
+
+    @property
+    def num_class_images(self) -> int:
+        """Distinct class images in use (0 without prior preservation; kohya `ss_num_reg_images`)."""
+        return len(self.prior.items) if self.prior is not None else 0
 
 
 def _ceil_div(a: int, b: int) -> int:

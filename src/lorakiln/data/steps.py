@@ -39,6 +39,8 @@ class StepsBreakdown:
     subsets: tuple[SubsetSteps, ...]
     buckets: tuple[BucketSteps, ...]
     batch_size: int
+    #: Prior preservation: class images paired into each batch. They add rows, not steps.
+    num_class_images: int = 0
 
     @property
     def num_images(self) -> int:
@@ -70,4 +72,8 @@ class StepsBreakdown:
         if self.total_steps(epochs) != naive:
             line += "; the difference is each bucket's last, partial batch"
         lines.append(line + ")")
+        if self.num_class_images:
+            lines.append(f"prior preservation: {self.num_class_images} class images; each batch also carries one "
+                         "class sample per instance sample (in its bucket), so batches are twice as large "
+                         "but the step count is unchanged")
         return "\n".join(lines)
