@@ -40,8 +40,19 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    train_data_dir: str = Field(description="Folder holding `<repeats>_<token>[ <class>]` subfolders "
-                                "of images with same-stem caption files (kohya layout).")
+    train_data_dir: str | None = Field(None, description="Training images: a kohya folder of "
+                                       "`<repeats>_<token>[ <class>]` subfolders with same-stem caption "
+                                       "files, or an image folder with `metadata.jsonl`/`metadata.csv` "
+                                       "(ImageFolder layout), or plain images with `instance_prompt`.")
+    dataset_name: str | None = Field(None, description="A hub dataset instead of a folder (needs the "
+                                     "`datasets` package and network once; cached under the output folder).")
+    caption_column: str = Field("prompt", description="Caption column of metadata.jsonl/csv or the hub "
+                                "dataset (\"\" to use `instance_prompt` for every image).")
+    image_column: str = Field("file_name", description="Image column of metadata.jsonl/csv.")
+    instance_prompt: str | None = Field(None, description="Caption for images without one (ImageFolder), "
+                                        "e.g. \"a photo of TOK dog\".")
+    repeats: int = Field(1, ge=1, description="Repeats of each image per epoch for ImageFolder/hub "
+                         "datasets (kohya folders take repeats from their names).")
     caption_extension: str = Field(".txt", description="Extension of caption files next to the "
                                    "images (kohya_ss 'Caption extension').")
     resolution: tuple[int, int] = Field((512, 512), description="Training resolution `W,H` (e.g. "
@@ -200,6 +211,23 @@ class PivotalConfig(Section):
                                  "A1111/ComfyUI do, even with new tokens present.")
 
 
+class PriorConfig(Section):
+    """Prior preservation (DreamBooth, Ruiz et al. 2023): class images keep the class prior."""
+
+    with_prior_preservation: bool = Field(False, description="Add class images to every batch and "
+                                          "their loss × prior_loss_weight.")
+    class_data_dir: str | None = Field(None, description="Class images (flat, with optional captions, "
+                                       "or kohya `<repeats>_<class>` regularisation folders). Missing "
+                                       "images are generated with the base model once and kept here.")
+    class_prompt: str | None = Field(None, description="Prompt of the class images, e.g. \"a photo of "
+                                     "a dog\" (used to generate them and as their caption).")
+    num_class_images: int = Field(100, ge=1, description="Class images to use (generated if fewer exist).")
+    prior_loss_weight: float = Field(1.0, ge=0.0, description="Weight of the class-image loss.")
+    class_inference_steps: int = Field(25, ge=1, le=500, description="Sampling steps for generated "
+                                       "class images.")
+    sample_batch_size: int = Field(4, ge=1, description="Images per generation call.")
+
+
 class ValidationConfig(Section):
     validation_prompt: list[str] = Field(default_factory=list, description="Prompts to render while "
                                          "training (a string or a list); empty disables validation.")
@@ -236,6 +264,7 @@ class RunConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     pivotal: PivotalConfig = Field(default_factory=PivotalConfig)
+    prior: PriorConfig = Field(default_factory=PriorConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
     @model_validator(mode="after")
@@ -243,6 +272,12 @@ class RunConfig(BaseModel):
         if self.data.min_bucket_reso > self.data.max_bucket_reso:
             raise ValueError(f"data.min_bucket_reso ({self.data.min_bucket_reso}) is larger than "
                              f"data.max_bucket_reso ({self.data.max_bucket_reso})")
+        if not self.data.train_data_dir and not self.data.dataset_name:
+            raise ValueError("set data.train_data_dir (a folder) or data.dataset_name (a hub dataset)")
+        p = self.prior
+        if p.with_prior_preservation and not p.class_data_dir:
+            raise ValueError("prior.with_prior_preservation needs prior.class_data_dir (a folder for the "
+                             "class images; missing ones are generated there)")
         if self.data.cache_latents and self.data.random_crop:
             # flip_aug is fine: both orientations are cached (kohya does the same).
             raise ValueError("data.cache_latents cannot be combined with data.random_crop (each step "
@@ -261,7 +296,8 @@ class RunConfig(BaseModel):
         data.model.pretrained_model = fix(data.model.pretrained_model, hub_ok=True) or ""
         data.model.vae = fix(data.model.vae, hub_ok=True)
         data.model.config_dir = fix(data.model.config_dir)
-        data.data.train_data_dir = fix(data.data.train_data_dir) or ""
+        data.data.train_data_dir = fix(data.data.train_data_dir)
+        data.prior.class_data_dir = fix(data.prior.class_data_dir)
         data.network.network_weights = fix(data.network.network_weights)
         data.train.resume = fix(data.train.resume)
         data.output.output_dir = fix(data.output.output_dir) or ""
@@ -288,5 +324,6 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainConfig,
     "output": OutputConfig,
     "pivotal": PivotalConfig,
+    "prior": PriorConfig,
     "validation": ValidationConfig,
 }

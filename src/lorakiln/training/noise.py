@@ -52,13 +52,22 @@ def diffusion_loss(
     timesteps: torch.Tensor,
     scheduler: Any,
     min_snr_gamma: float | None = None,
+    is_prior: torch.Tensor | None = None,
+    prior_loss_weight: float = 1.0,
 ) -> torch.Tensor:
     """Mean-squared error, optionally weighted by Min-SNR-γ (Hang et al. 2023, §3.4):
-    w(t) = min(SNR(t), γ)/SNR(t) for epsilon, min(SNR, γ)/(SNR+1) for v-prediction."""
+    w(t) = min(SNR(t), γ)/SNR(t) for epsilon, min(SNR, γ)/(SNR+1) for v-prediction.
+
+    With `is_prior` (rows that are class images), the loss is the instance mean plus
+    `prior_loss_weight` × the class mean (DreamBooth prior preservation, Ruiz et al. 2023 eq. 2);
+    min-SNR weights apply per sample first."""
     loss = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     if min_snr_gamma:
         snr = compute_snr(scheduler, timesteps).to(loss.device)
         clipped = torch.clamp(snr, max=min_snr_gamma)
         denom = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
         loss = loss * (clipped / denom)
+    if is_prior is not None and bool(is_prior.any()):
+        prior = is_prior.to(loss.device)
+        return loss[~prior].mean() + prior_loss_weight * loss[prior].mean()
     return loss.mean()

@@ -28,13 +28,28 @@ from lorakiln.training.context import (
 Log = Callable[[str], None] | None
 
 
-def build_data(cfg: RunConfig) -> tuple[Any, Any]:
-    """Scan and check the dataset (raises DatasetError listing every problem) and plan batches."""
-    from lorakiln.data import BucketManager, scan_kohya_dataset
+def scan_training_images(cfg: RunConfig) -> Any:
+    """The instance dataset: kohya folders, an ImageFolder with metadata, or a hub dataset.
+    Raises DatasetError listing every problem, before any model is loaded."""
+    from lorakiln.data import load_hub_dataset, scan_dataset
+
+    d = cfg.data
+    if d.dataset_name:
+        return load_hub_dataset(d.dataset_name, Path(cfg.output.output_dir) / ".cache" / "hub",
+                                caption_column=d.caption_column or None, instance_prompt=d.instance_prompt,
+                                repeats=d.repeats)
+    return scan_dataset(d.train_data_dir or "", caption_extension=d.caption_extension,
+                        caption_column=d.caption_column or None, image_column=d.image_column,
+                        instance_prompt=d.instance_prompt, repeats=d.repeats)
+
+
+def build_data(cfg: RunConfig, class_data: Any = None, dataset: Any = None) -> tuple[Any, Any]:
+    """Scan and check the dataset and plan batches (class images join each batch when given)."""
+    from lorakiln.data import BucketManager
     from lorakiln.data.loader import AugmentOptions, CaptionOptions, TrainData
 
     d = cfg.data
-    dataset = scan_kohya_dataset(d.train_data_dir, d.caption_extension)
+    dataset = dataset or scan_training_images(cfg)
     buckets = BucketManager(d.resolution, d.enable_bucket, d.min_bucket_reso, d.max_bucket_reso,
                             d.bucket_reso_steps, d.bucket_no_upscale)
     data = TrainData(
@@ -42,6 +57,7 @@ def build_data(cfg: RunConfig) -> tuple[Any, Any]:
         captions=CaptionOptions(d.shuffle_caption, d.keep_tokens, d.caption_dropout_rate,
                                 d.caption_tag_dropout_rate, d.caption_dropout_every_n_epochs),
         augment=AugmentOptions(flip_aug=d.flip_aug, random_crop=d.random_crop),
+        class_data=class_data,
     )
     return dataset, data
 
@@ -75,6 +91,49 @@ def _freeze(bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> Non
     bundle.vae.requires_grad_(False)
     bundle.vae.to(device)  # kept fp32: the SD VAE overflows in fp16
     bundle.vae.eval()
+
+
+def _class_images(cfg: RunConfig, bundle: Any, log: Log) -> Any:
+    """Generate missing class images with the base model (once; later runs reuse them) and scan
+    them (DreamBooth prior preservation; kohya regularisation folders work as they are)."""
+    from lorakiln.data import count_class_images, missing_class_images, scan_class_images
+
+    p, d = cfg.prior, cfg.data
+    folder = p.class_data_dir or ""
+    missing = missing_class_images(folder, p.num_class_images, prompt=p.class_prompt, base_model=bundle.name)
+    if missing:
+        if not p.class_prompt:
+            from lorakiln.errors import ConfigError
+
+            raise ConfigError(f"{folder} holds fewer than prior.num_class_images = {p.num_class_images} "
+                              "images and prior.class_prompt is empty: set class_prompt so the missing "
+                              "class images can be generated, or add images to the folder")
+        _generate_class_images(cfg, bundle, missing, count_class_images(folder), log)
+    return scan_class_images(folder, p.class_prompt, caption_extension=d.caption_extension,
+                             num_class_images=p.num_class_images)
+
+
+def _generate_class_images(cfg: RunConfig, bundle: Any, count: int, start: int, log: Log) -> None:
+    from tqdm.auto import tqdm
+
+    from lorakiln.data import write_class_images
+    from lorakiln.inference.pipeline import build_pipeline
+
+    p = cfg.prior
+    width, height = cfg.data.resolution
+    pipe = build_pipeline(bundle)
+    done = 0
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), tqdm(total=count, desc="class images",
+                                                                   disable=log is None) as bar:
+        while done < count:
+            n = min(p.sample_batch_size, count - done)
+            gen = torch.Generator().manual_seed(cfg.train.seed + start + done)
+            images = pipe([p.class_prompt] * n, num_inference_steps=p.class_inference_steps, width=width,
+                          height=height, generator=gen).images
+            write_class_images(p.class_data_dir or "", images, p.class_prompt or "", start + done,
+                               base_model=bundle.name)
+            done += n
+            bar.update(n)
 
 
 def _add_pivotal_tokens(cfg: RunConfig, bundle: Any) -> Any:
@@ -156,6 +215,8 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     bundle = load_configured_model(m.pretrained_model, vae=m.vae, config_dir=m.config_dir,
                                    allow_pickle=m.allow_pickle)
     _freeze(bundle, device, weight_dtype)
+    if cfg.prior.with_prior_preservation:  # before any LoRA exists: class images show the base model
+        dataset, data = build_data(cfg, _class_images(cfg, bundle, log), dataset)
     pivotal = _add_pivotal_tokens(cfg, bundle)
     _warn_long_captions(dataset, bundle, log, pivotal)
     train_te = wants_text_encoder(cfg)

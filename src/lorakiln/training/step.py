@@ -35,4 +35,6 @@ def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torc
             hidden = encode_captions(bundle.tokenizers[0], bundle.text_encoders[0], captions,
                                      cfg.model.clip_skip)
         pred = bundle.unet(noisy, timesteps, hidden).sample
-    return diffusion_loss(pred, target, timesteps, scheduler, cfg.train.min_snr_gamma)
+    return diffusion_loss(pred, target, timesteps, scheduler, cfg.train.min_snr_gamma,
+                          is_prior=batch.is_prior if batch.num_prior else None,
+                          prior_loss_weight=cfg.prior.prior_loss_weight)
