@@ -1,12 +1,16 @@
-"""Text conditioning for SD 1.x: captions → CLIP hidden states, with A1111/kohya clip skip.
+"""Conditioning: captions → text-encoder states (+ pooled text and size/crop ids for SDXL).
 
-Clip skip N takes the hidden state N layers from the end and applies the final layer norm
-to it, as kohya's `get_hidden_states` and A1111 do (clip skip 1 = the normal last layer).
+Everything family-specific comes from `ModelFamily` data: which hidden state
+(`te_hidden_state_index`: SD1 the last, SDXL the penultimate of both encoders), whether the
+final layer norm applies (SD1 yes, SDXL no), which encoder's pooled projection is `text_embeds`,
+and whether the U-Net takes SDXL's `time_ids`. Clip skip N moves the chosen state N-1 layers
+further back (A1111/kohya: clip skip 2 on SD1 = penultimate state, normalised).
 Captions are padded to the tokenizer's 77-token window; longer captions are truncated.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,23 +27,6 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def encode_tokens(text_encoder: Any, input_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
-    """Hidden states `[B, 77, D]` for the cross-attention of the U-Net."""
-    input_ids = input_ids.to(text_encoder.device)
-    if clip_skip <= 1:
-        return text_encoder(input_ids)[0]
-    out = text_encoder(input_ids, output_hidden_states=True)
-    hidden = out.hidden_states[-clip_skip]
-    # A1111 "CLIP stop at last layers": the penultimate state still goes through final_layer_norm.
-    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
-    return final_norm(hidden)
-
-
-def encode_captions(tokenizer: Any, text_encoder: Any, captions: list[str], clip_skip: int = 1) -> torch.Tensor:
-    """Tokenize and encode captions in one call."""
-    return encode_tokens(text_encoder, tokenize(tokenizer, captions), clip_skip)
-
-
 def overlong_captions(tokenizer: Any, captions: dict[str, str]) -> list[tuple[str, int]]:
     """(file, token count) of captions longer than the 75-token window; their tail is cut off
     (CLIP's 77 positions minus start/end), so words at the end never reach the model."""
@@ -50,3 +37,46 @@ def overlong_captions(tokenizer: Any, captions: dict[str, str]) -> list[tuple[st
         if n > limit:
             out.append((name, n))
     return out
+
+
+@dataclass
+class Conditioning:
+    """What the U-Net takes besides the noisy latents and timesteps."""
+
+    hidden: torch.Tensor  # [B, 77, sum of encoder widths]
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
+
+
+def encode_text(bundle: Any, captions: list[str], clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(hidden states concatenated over encoders, pooled text embeds or None) per the family."""
+    family = bundle.family
+    index = family.te_hidden_state_index - (clip_skip - 1)
+    hiddens, pooled = [], None
+    for i, (tokenizer, encoder) in enumerate(zip(bundle.tokenizers, bundle.text_encoders, strict=True)):
+        out = encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True)
+        hidden = out.hidden_states[index]
+        if family.te_final_layer_norm:
+            hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+        hiddens.append(hidden)
+        if i == family.pooled_text_encoder_index:
+            pooled = out.text_embeds  # CLIPTextModelWithProjection: projected pooled output
+    return torch.cat(hiddens, dim=-1), pooled
+
+
+def time_ids(batch: Any, device: torch.device) -> torch.Tensor:
+    """SDXL micro-conditioning per sample (Podell et al. 2023, §2.2): original size, crop
+    top-left and target size, as the bucketing and cropping of this very sample produced them."""
+    rows = [list(o) + list(c) + list(t) for o, c, t in
+            zip(batch.original_sizes, batch.crop_top_lefts, batch.target_sizes, strict=True)]
+    return torch.tensor(rows, dtype=torch.float32, device=device)
+
+
+def condition(bundle: Any, batch: Any, captions: list[str], clip_skip: int, device: torch.device) -> Conditioning:
+    """Everything the U-Net needs for `batch` (captions already processed)."""
+    hidden, pooled = encode_text(bundle, captions, clip_skip)
+    extra: dict[str, torch.Tensor] = {}
+    if bundle.family.uses_pooled_text and pooled is not None:
+        extra["text_embeds"] = pooled
+    if bundle.family.uses_time_ids:
+        extra["time_ids"] = time_ids(batch, device).to(hidden.dtype)
+    return Conditioning(hidden, extra or None)

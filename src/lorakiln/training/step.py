@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lorakiln.training.conditioning import encode_captions
+from lorakiln.training.conditioning import condition
 from lorakiln.training.noise import diffusion_loss, sample_noise, sample_timesteps, step_generator, target_for
 
 if TYPE_CHECKING:
@@ -32,9 +32,8 @@ def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torc
     captions = [ctx.prompt(c) for c in batch.captions]
     with autocast:
         with grad_te:
-            hidden = encode_captions(bundle.tokenizers[0], bundle.text_encoders[0], captions,
-                                     cfg.model.clip_skip)
-        pred = bundle.unet(noisy, timesteps, hidden).sample
+            cond = condition(bundle, batch, captions, cfg.model.clip_skip, ctx.device)
+        pred = bundle.unet(noisy, timesteps, cond.hidden, added_cond_kwargs=cond.added_cond_kwargs).sample
     return diffusion_loss(pred, target, timesteps, scheduler, cfg.train.min_snr_gamma,
                           is_prior=batch.is_prior if batch.num_prior else None,
                           prior_loss_weight=cfg.prior.prior_loss_weight)
