@@ -55,3 +55,20 @@ def library_warnings() -> Iterator[list[logging.LogRecord]]:
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SDXL diffusers folder (`StableDiffusionXLPipeline` layout), seed 0. Treat as read-only."""
+    from lorakiln.models.tiny_sdxl import save_tiny_sdxl_diffusers
+
+    return save_tiny_sdxl_diffusers(tmp_path_factory.mktemp("tiny_sdxl") / "tiny-sdxl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny SDXL model (seed 0) as one SGM-layout `.safetensors` file. Treat as read-only."""
+    from lorakiln.models.tiny_sdxl import save_tiny_sdxl_single_file
+
+    path = tmp_path_factory.mktemp("tiny_sdxl_file") / "tiny-sdxl.safetensors"
+    return save_tiny_sdxl_single_file(path, seed=0)

@@ -23,15 +23,15 @@ def test_tiny_file_is_sd1(tiny_sd1_file: Path) -> None:
     ("keys", "expected"),
     [
         ([SD1_MARKER, "cond_stage_model.model.ln_final.bias"], "2.x"),
-        ([SD1_MARKER], "no CLIP text encoder"),
-        (["conditioner.embedders.1.model.transformer.resblocks.9.mlp.c_proj.bias"], "SDXL"),
+        ([SD1_MARKER], "not the text encoders"),
+        (["conditioner.embedders.0.model.transformer.resblocks.9.mlp.c_proj.bias"], "SDXL refiner"),
         (["encoder.down.0.block.0.conv1.weight"], "VAE alone"),
         (["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"], "LoRA"),
         (["foo.weight"], "foo.weight"),
     ],
 )
 def test_other_files_are_named(keys: list[str], expected: str) -> None:
-    with pytest.raises(ModelLoadError, match="x.safetensors is not a Stable Diffusion 1.x") as err:
+    with pytest.raises(ModelLoadError, match="x.safetensors is not a Stable Diffusion 1.x or SDXL") as err:
         detect_family(keys, source="x.safetensors")
     assert expected in str(err.value)
 
@@ -43,5 +43,5 @@ def test_folder_config_detection() -> None:
     assert detect_family_from_config(TINY_UNET_CONFIG) is SD1  # no model_index.json
     with pytest.raises(ModelLoadError, match="2.x"):
         detect_family_from_config({**TINY_UNET_CONFIG, "use_linear_projection": True}, source="sd2")
-    with pytest.raises(ModelLoadError, match="StableDiffusionXLPipeline"):
+    with pytest.raises(ModelLoadError, match="StableDiffusionXLPipeline"):  # SD1 U-Net, SDXL pipeline
         detect_family_from_config(TINY_UNET_CONFIG, pipeline_class="StableDiffusionXLPipeline")

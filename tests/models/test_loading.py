@@ -163,7 +163,7 @@ def test_unknown_suffix_and_plain_folder(tmp_path: Path) -> None:
 def test_non_sd_file(tmp_path: Path) -> None:
     path = tmp_path / "classifier.safetensors"
     save_file({"fc.weight": torch.zeros(2, 2), "fc.bias": torch.zeros(2)}, path)
-    with pytest.raises(ModelLoadError, match="not a Stable Diffusion 1.x checkpoint") as err:
+    with pytest.raises(ModelLoadError, match="not a Stable Diffusion 1.x or SDXL checkpoint") as err:
         load_base_model(path)
     assert str(path) in str(err.value)
 

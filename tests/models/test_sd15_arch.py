@@ -8,7 +8,7 @@ import pytest
 
 from lorakiln.models.arch import infer_text_config, infer_unet_config, infer_vae_config, sd15_configs
 from lorakiln.models.ldm_export import UNET_PREFIX, text_encoder_to_ldm, unet_to_ldm, vae_to_ldm
-from lorakiln.models.single_file import VAE_PREFIXES, empty_model, strip_prefix, text_state_dict
+from lorakiln.models.single_file import VAE_PREFIXES, empty_model, strip_prefix, text_state_dicts
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_inferred_configs_equal_bundled(sd15: dict[str, Any]) -> None:
     assert {k: v for k, v in unet.items() if c.unet.get(k) != v} == {
         "use_linear_projection": False, "transformer_layers_per_block": 1}
     assert infer_vae_config(strip_prefix(ldm, VAE_PREFIXES), c.vae) == c.vae
-    assert infer_text_config(text_state_dict(ldm), c.text_encoder, {}) == c.text_encoder
+    assert infer_text_config(text_state_dicts(ldm)[0], c.text_encoder, {}) == c.text_encoder
 
 
 def test_export_matches_diffusers_converter(sd15: dict[str, Any]) -> None:

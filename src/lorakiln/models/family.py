@@ -79,8 +79,11 @@ class ModelFamily:
     #: takes through `added_cond_kwargs`; `None` when the U-Net has no pooled-text input.
     pooled_text_encoder_index: int | None = None
     #: SDXL micro-conditioning: the U-Net also takes `time_ids` = (original height, width,
-    #: crop top, crop left, target height, width) per sample through `added_cond_kwargs`.
-    uses_time_ids: bool = False
+    #: crop top, crop left, target height, width) per sample through `added_cond_kwargs`,
+    #: i.e. 6 numbers; 0 for families without them. Each is embedded in
+    #: `addition_time_embed_dim` sinusoids, so the added-condition input width is
+    #: `num_time_ids · addition_time_embed_dim + pooled width` (SDXL: 6 · 256 + 1280 = 2816).
+    num_time_ids: int = 0
     #: The family's stock VAE overflows in float16 (SDXL 1.0's does; SD 1.x's does not), so it
     #: must encode/decode in float32 unless the loaded VAE says `force_upcast: false` (an
     #: fp16-fix VAE). diffusers defaults `force_upcast` to true even for SD 1.x VAEs, hence a
@@ -99,6 +102,11 @@ class ModelFamily:
     def uses_pooled_text(self) -> bool:
         """True when the U-Net takes a pooled text embedding (`added_cond_kwargs["text_embeds"]`)."""
         return self.pooled_text_encoder_index is not None
+
+    @property
+    def uses_time_ids(self) -> bool:
+        """True when the U-Net takes SDXL's size/crop `time_ids` (`added_cond_kwargs["time_ids"]`)."""
+        return self.num_time_ids > 0
 
     @property
     def num_text_encoders(self) -> int:
@@ -144,7 +152,7 @@ SDXL = ModelFamily(
     te_hidden_state_index=-2,
     te_final_layer_norm=False,
     pooled_text_encoder_index=1,
-    uses_time_ids=True,
+    num_time_ids=6,
     vae_fp16_unsafe=True,
     ti_file_keys=("clip_l", "clip_g"),
     modelspec_ti_architecture="stable-diffusion-xl-v1-base/textual-inversion",

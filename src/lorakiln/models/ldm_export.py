@@ -1,12 +1,15 @@
-"""Write an SD 1.x single-file checkpoint (original LDM layout) from diffusers components.
+"""Write an SD 1.x (LDM) or SDXL (SGM) single-file checkpoint from diffusers components.
 
 Why: A1111, ComfyUI and model sites exchange base models as one `.safetensors` in the LDM
 layout, and lorakiln's own tests need such files without downloading any. The names follow
-formats.md §7: `model.diffusion_model.*` (U-Net, diffusers→LDM table), `first_stage_model.*`
-(VAE, LDM `encoder.down.i.block.j` naming, mid-block attention as 1x1 convs), and
-`cond_stage_model.transformer.text_model.*` (the classic HF CLIP layout, whatever level the
-installed transformers uses, formats.md §8). Loading goes the other way through diffusers'
-own `convert_ldm_*` helpers, so a round-trip test checks this module against diffusers.
+formats.md §7: `model.diffusion_model.*` (U-Net, diffusers→LDM table — SD 1.x and SDXL use the
+same one), `first_stage_model.*` (VAE, LDM `encoder.down.i.block.j` naming, mid-block attention
+as 1x1 convs), and per text encoder the family's prefix and layout
+(`ModelFamily.te_single_file_prefixes` / `te_single_file_layouts`): the classic HF CLIP layout
+`…text_model.*` whatever level the installed transformers uses (formats.md §8), or OpenCLIP's
+for SDXL's second encoder (`open_clip.py`). Loading goes the other way through diffusers' own
+`convert_ldm_*` / `convert_open_clip_checkpoint` helpers, so round-trip tests check this module
+against diffusers.
 
 The component configs are stored in the `lorakiln.configs` metadata entry: weights cannot say
 how many GroupNorm groups or attention heads a model has (see `arch.py`).
@@ -23,10 +26,10 @@ from typing import Any
 import torch
 
 from lorakiln.atomic import atomic_path
+from lorakiln.models.family import SD1, SDXL, ModelFamily
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-TEXT_PREFIX = "cond_stage_model.transformer.text_model."
 #: safetensors metadata key holding the component configs as JSON.
 CONFIGS_METADATA_KEY = "lorakiln.configs"
 
@@ -98,17 +101,31 @@ def vae_to_ldm(state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
 
 
 def text_encoder_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Prefix a CLIP text state dict with `cond_stage_model.transformer.text_model.`.
+    """Prefix a CLIP text state dict with `cond_stage_model.transformer.text_model.` (SD 1.x)."""
+    return text_encoder_to_single_file(state_dict, SD1.te_single_file_prefixes[0], "hf_clip")
+
+
+def text_encoder_to_single_file(
+    state_dict: Mapping[str, torch.Tensor], prefix: str, layout: str
+) -> dict[str, torch.Tensor]:
+    """One text encoder's weights under `prefix`, in the `hf_clip` or `open_clip` layout.
 
     transformers ≥ 5.6 has no `text_model.` level in `CLIPTextModel` (formats.md §8); older
-    versions have it. Either way the file gets the classic level, which every client expects.
+    versions (and `CLIPTextModelWithProjection`) have it. Either way an `hf_clip` file gets the
+    classic level, which every client expects.
     """
+    if layout == "open_clip":
+        from lorakiln.models.open_clip import hf_to_open_clip
+
+        return {prefix + k: v for k, v in hf_to_open_clip(state_dict).items()}
+    if layout != "hf_clip":
+        raise ValueError(f"unknown single-file text-encoder layout {layout!r}")
     out = {}
     for key, value in state_dict.items():
         bare = key.removeprefix("text_model.")
         if bare == "embeddings.position_ids":  # a buffer, not a weight
             continue
-        out[TEXT_PREFIX + bare] = value
+        out[f"{prefix}text_model.{bare}"] = value
     return out
 
 
@@ -123,19 +140,77 @@ def _text_config_dict(config: Any) -> dict[str, Any]:
 
 
 def components_metadata(
-    unet: Any, vae: Any, text_encoder: Any, scheduler: Any | None = None, tokenizer_name: str | None = None
+    unet: Any,
+    vae: Any,
+    text_encoders: Any,
+    scheduler: Any | None = None,
+    tokenizer_name: str | None = None,
+    family: ModelFamily = SD1,
 ) -> dict[str, str]:
-    """The `lorakiln.configs` metadata entry describing the components' non-shape facts."""
-    configs: dict[str, Any] = {
-        "unet": _public(unet.config),
-        "vae": _public(vae.config),
-        "text_encoder": _text_config_dict(text_encoder.config),
-    }
+    """The `lorakiln.configs` metadata entry describing the components' non-shape facts.
+
+    `text_encoders` is one model or a list in pipeline order; each is stored under its
+    diffusers component name (`text_encoder`, `text_encoder_2`).
+    """
+    encoders = list(text_encoders) if isinstance(text_encoders, (list, tuple)) else [text_encoders]
+    configs: dict[str, Any] = {"unet": _public(unet.config), "vae": _public(vae.config)}
+    for name, encoder in zip(family.te_diffusers_prefixes, encoders, strict=True):
+        configs[name] = _text_config_dict(encoder.config)
     if scheduler is not None:
         configs["scheduler"] = _public(scheduler.config)
     if tokenizer_name is not None:
         configs["tokenizer"] = tokenizer_name
     return {CONFIGS_METADATA_KEY: json.dumps(configs, default=list, sort_keys=True)}
+
+
+def single_file_state_dict(
+    family: ModelFamily, unet: Any, vae: Any, text_encoders: list[Any]
+) -> dict[str, torch.Tensor]:
+    """All components' tensors under their single-file names (no copies, no dtype change)."""
+    if len(text_encoders) != family.num_text_encoders:
+        raise ValueError(f"{family.name} has {family.num_text_encoders} text encoder(s), got {len(text_encoders)}")
+    tensors: dict[str, torch.Tensor] = {}
+    tensors.update(unet_to_ldm(unet.state_dict(), unet.config))
+    tensors.update(vae_to_ldm(vae.state_dict(), vae.config))
+    for encoder, prefix, layout in zip(
+        text_encoders, family.te_single_file_prefixes, family.te_single_file_layouts, strict=True
+    ):
+        tensors.update(text_encoder_to_single_file(encoder.state_dict(), prefix, layout))
+    return tensors
+
+
+def save_single_file(
+    path: str | Path,
+    family: ModelFamily,
+    unet: Any,
+    vae: Any,
+    text_encoders: list[Any],
+    *,
+    scheduler: Any | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer_name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write a `family` model as one `.safetensors` in its single-file layout, atomically.
+
+    `dtype` converts floating tensors (e.g. `torch.float16` for a 2 GB SD 1.5 file);
+    `tokenizer_name="tiny-sd1"` marks files whose tokenizer is the synthetic tiny one.
+    """
+    from safetensors.torch import save_file
+
+    tensors = single_file_state_dict(family, unet, vae, list(text_encoders))
+    for key, value in tensors.items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous()
+    meta = {"format": "pt",
+            **components_metadata(unet, vae, list(text_encoders), scheduler, tokenizer_name, family)}
+    meta.update(metadata or {})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    return path
 
 
 def save_ldm_single_file(
@@ -149,25 +224,26 @@ def save_ldm_single_file(
     tokenizer_name: str | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write the three components as one LDM-layout `.safetensors`, atomically.
+    """Write SD 1.x components as one LDM-layout `.safetensors` (see `save_single_file`)."""
+    return save_single_file(path, SD1, unet, vae, [text_encoder], scheduler=scheduler, dtype=dtype,
+                            tokenizer_name=tokenizer_name, metadata=metadata)
 
-    `dtype` converts floating tensors (e.g. `torch.float16` for a 2 GB SD 1.5 file);
-    `tokenizer_name="tiny-sd1"` marks files whose tokenizer is the synthetic tiny one.
+
+def save_sgm_single_file(
+    path: str | Path,
+    unet: Any,
+    vae: Any,
+    text_encoders: list[Any],
+    *,
+    scheduler: Any | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer_name: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
+    """Write SDXL components (CLIP-L, OpenCLIP bigG) as one SGM-layout `.safetensors`.
+
+    OpenCLIP's `logit_scale` (a contrastive-loss scalar, not part of the text encoder) is not
+    written; loaders ignore it.
     """
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    tensors.update(unet_to_ldm(unet.state_dict(), unet.config))
-    tensors.update(vae_to_ldm(vae.state_dict(), vae.config))
-    tensors.update(text_encoder_to_ldm(text_encoder.state_dict()))
-    for key, value in tensors.items():
-        value = value.detach().cpu()
-        if dtype is not None and value.is_floating_point():
-            value = value.to(dtype)
-        tensors[key] = value.contiguous()
-    meta = {"format": "pt", **components_metadata(unet, vae, text_encoder, scheduler, tokenizer_name)}
-    meta.update(metadata or {})
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-    return path
+    return save_single_file(path, SDXL, unet, vae, text_encoders, scheduler=scheduler, dtype=dtype,
+                            tokenizer_name=tokenizer_name, metadata=metadata)

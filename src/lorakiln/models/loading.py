@@ -1,14 +1,20 @@
 """`load_base_model`: one entry point from whatever the user names to a `ModelBundle`.
 
 Accepted sources, checked in this order:
-1. `tiny:sd1` — the tiny test model, built in memory (config docs, quickstart);
+1. `tiny:sd1` / `tiny:sdxl` — the tiny test models, built in memory (config docs, quickstart);
 2. an existing folder — a diffusers model (`model_index.json` or `unet/`);
-3. an existing file — a single-file LDM checkpoint, `.safetensors` (pickles only on opt-in);
+3. an existing file — a single-file LDM (SD 1.x) or SGM (SDXL) checkpoint, `.safetensors`
+   (pickles only on opt-in);
 4. `org/name` — a hub repo, fetched to the HF cache unless offline, then loaded as a folder.
 Anything else is a "not found" error that names the path.
 
+The family (SD 1.x or SDXL) is detected from the data, and everything family-specific —
+text-encoder classes and subfolders, single-file prefixes and layouts, tokenizer pad tokens —
+is read from its `ModelFamily` record, so the loaders below have no per-family branches.
+
 Training always gets a `DDPMScheduler` with the model's betas and prediction type, whatever
-scheduler class the folder saved (PNDM for SD 1.5): training adds noise, it does not sample.
+scheduler class the folder saved (PNDM for SD 1.5, Euler for SDXL): training adds noise, it
+does not sample.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import torch
 
 from lorakiln.errors import ModelLoadError
 from lorakiln.models.bundle import ModelBundle
-from lorakiln.models.clip_tokenizer import CLIP_VOCAB_SIZE, load_sd1_clip_tokenizer
+from lorakiln.models.clip_tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
 from lorakiln.models.detect import detect_family, detect_family_from_config
+from lorakiln.models.family import ModelFamily
 from lorakiln.models.single_file import (
     PICKLE_SUFFIXES,
     VAE_PREFIXES,
@@ -35,7 +42,8 @@ from lorakiln.models.single_file import (
     file_hints,
     pickle_refusal,
     read_checkpoint,
-    text_encoder_from_ldm,
+    text_encoder_from_state,
+    text_state_dicts,
     unet_from_ldm,
     vae_from_ldm,
 )
@@ -44,10 +52,18 @@ __all__ = ["load_base_model", "load_vae", "detect_family", "sha256_file", "make_
 
 #: What a diffusers SD repo download needs; the rest (root single files, safety checker,
 #: fp16/EMA variants, flax/onnx weights) is gigabytes the trainer never reads.
-HUB_ALLOW = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "tokenizer/*", "scheduler/*"]
-HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb"]
+HUB_ALLOW = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "text_encoder_2/*", "tokenizer/*",
+             "tokenizer_2/*", "scheduler/*"]
+HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb",
+              "*openvino*"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_TINY_SOURCE = re.compile(r"^tiny:sd1(?::(\d+))?$")
+#: `tiny:<family>[:<seed>]`; the family names are `TINY_BUILDERS`' keys.
+_TINY_SOURCE = re.compile(r"^tiny:(\w+)(?::(\d+))?$")
+#: In-memory tiny model builders (module, function) per `tiny:` name.
+TINY_BUILDERS: dict[str, tuple[str, str]] = {
+    "sd1": ("lorakiln.models.tiny", "build_tiny_sd1_bundle"),
+    "sdxl": ("lorakiln.models.tiny_sdxl", "build_tiny_sdxl_bundle"),
+}
 
 
 def load_base_model(
@@ -60,20 +76,20 @@ def load_base_model(
     local_files_only: bool | None = None,
     tokenizer: str | os.PathLike[str] | None = None,
 ) -> ModelBundle:
-    """Load an SD 1.x base model from a diffusers folder, a single file, a hub id or `tiny:sd1`.
+    """Load an SD 1.x or SDXL base model from a diffusers folder, a single file, a hub id or `tiny:*`.
 
     `config_dir` (single files only): a diffusers folder whose configs/tokenizer describe the
     file, instead of inferring them from tensor shapes. `vae`: a VAE to use instead of the
-    model's (diffusers VAE folder, single-file VAE, or hub id). `tokenizer`: a tokenizer folder,
-    for checkpoints whose vocabulary is not CLIP's. `local_files_only=None` follows
-    `HF_HUB_OFFLINE`. Every failure is a `ModelLoadError` naming the source.
+    model's (diffusers VAE folder, single-file VAE, or hub id; e.g. an fp16-fix SDXL VAE).
+    `tokenizer`: a tokenizer folder, for checkpoints whose vocabulary is not CLIP's; with two
+    text encoders (SDXL) it serves both, each with the family's pad token.
+    `local_files_only=None` follows `HF_HUB_OFFLINE`. Every failure is a `ModelLoadError`
+    naming the source.
     """
     src = os.fspath(source)
     path = Path(src).expanduser()
     if m := _TINY_SOURCE.match(src):
-        from lorakiln.models.tiny import build_tiny_sd1_bundle
-
-        bundle = build_tiny_sd1_bundle(seed=int(m[1] or 0), dtype=dtype)
+        bundle = _build_tiny(m[1], seed=int(m[2] or 0), dtype=dtype)
     elif path.is_dir():
         bundle = _load_folder(path, source=src, name=path.resolve().name, allow_pickle=allow_pickle,
                               dtype=dtype, tokenizer=tokenizer)
@@ -93,6 +109,16 @@ def load_base_model(
                               local_files_only=local_files_only)
         bundle.extra["vae"] = os.fspath(vae)
     return bundle
+
+
+def _build_tiny(name: str, *, seed: int, dtype: torch.dtype) -> ModelBundle:
+    import importlib
+
+    if name not in TINY_BUILDERS:
+        valid = ", ".join(f"tiny:{n}" for n in TINY_BUILDERS)
+        raise ModelLoadError(f"unknown tiny model 'tiny:{name}'; valid: {valid}")
+    module, func = TINY_BUILDERS[name]
+    return getattr(importlib.import_module(module), func)(seed=seed, dtype=dtype)
 
 
 def looks_like_hub_id(value: str) -> bool:
@@ -165,9 +191,9 @@ def _load_folder(
     folder: Path, *, source: str, name: str, allow_pickle: bool, dtype: torch.dtype,
     tokenizer: str | os.PathLike[str] | None,
 ) -> ModelBundle:
-    """Load a diffusers-layout SD 1.x folder component by component."""
+    """Load a diffusers-layout folder component by component (subfolders from the family)."""
+    import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
 
     index_path = folder / "model_index.json"
     if not index_path.is_file() and not (folder / "unet").is_dir():
@@ -181,28 +207,28 @@ def _load_folder(
         raise ModelLoadError(f"diffusers folder {folder}: unet/config.json is missing")
     family = detect_family_from_config(json.loads(unet_cfg_path.read_text(encoding="utf-8")),
                                        pipeline_class=model_index.get("_class_name"), source=str(folder))
-    kw = {c: _weights_kwargs(folder / c, w, allow_pickle, f"diffusers folder {folder}")
-          for c, w in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"),
-                       ("text_encoder", "model"))}
+    what = f"diffusers folder {folder}"
+    kw = {c: _weights_kwargs(folder / c, "diffusion_pytorch_model", allow_pickle, what) for c in ("unet", "vae")}
+    te_kw = [_weights_kwargs(folder / c, "model", allow_pickle, what) for c in family.te_diffusers_prefixes]
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, **kw["unet"])
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, **kw["vae"])
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", **kw["text_encoder"])
+        text_encoders = [
+            getattr(transformers, cls).from_pretrained(folder / sub, **k)
+            for cls, sub, k in zip(family.text_encoder_classes, family.te_diffusers_prefixes, te_kw, strict=True)
+        ]
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelLoadError(f"cannot load diffusers folder {folder}: {exc}") from exc
     sched_path = folder / "scheduler" / "scheduler_config.json"
     sched_cfg = json.loads(sched_path.read_text(encoding="utf-8")) if sched_path.is_file() else {}
-    tok_dir = folder / "tokenizer"
-    tok = _resolve_tokenizer(
-        tokenizer if tokenizer is not None else (tok_dir if tok_dir.is_dir() else None),
-        vocab_size=text_encoder.config.vocab_size, tiny=False, source=str(folder),
-    )
+    tok_dirs = [folder / sub if (folder / sub).is_dir() else None for sub in family.tokenizer_subfolders]
     return ModelBundle(
         family=family,
         unet=cast_module(unet, dtype).eval(),
         vae=cast_module(vae, dtype).eval(),
-        text_encoders=[cast_module(text_encoder, dtype).eval()],
-        tokenizers=[tok],
+        text_encoders=[cast_module(te, dtype).eval() for te in text_encoders],
+        tokenizers=_resolve_tokenizers(family, text_encoders, own_dirs=tok_dirs, override=tokenizer,
+                                       tiny=False, source=str(folder)),
         noise_scheduler=make_noise_scheduler(sched_cfg),
         source=source,
         name=name,
@@ -214,27 +240,32 @@ def _load_single_file(
     path: Path, *, config_dir: str | os.PathLike[str] | None, allow_pickle: bool, dtype: torch.dtype,
     tokenizer: str | os.PathLike[str] | None,
 ) -> ModelBundle:
-    """Load an LDM-layout single file (formats.md §7) without any network access."""
+    """Load an LDM/SGM-layout single file (formats.md §7) without any network access."""
     from lorakiln.models.tiny import TINY_TOKENIZER_NAME
 
     sd, metadata = read_checkpoint(path, allow_pickle=allow_pickle)
     family = detect_family(sd.keys(), source=str(path))
-    configs = file_configs(sd, metadata, config_dir, str(path))
+    text_sds = text_state_dicts(sd, family, str(path))
+    configs = file_configs(sd, metadata, config_dir, str(path), family, text_sds)
     unet = unet_from_ldm(sd, configs.unet, dtype, f"U-Net of {path}")
     vae = vae_from_ldm(sd, configs.vae, dtype, f"VAE of {path}")
-    text_encoder = text_encoder_from_ldm(sd, configs.text_encoder, dtype, f"text encoder of {path}")
     del sd
-    tok_source = tokenizer if tokenizer is not None else configs.tokenizer_dir
-    tok = _resolve_tokenizer(
-        tok_source, vocab_size=text_encoder.config.vocab_size,
+    text_encoders = [
+        text_encoder_from_state(te_sd, cfg, cls, dtype, f"{sub} of {path}")
+        for te_sd, cfg, cls, sub in zip(text_sds, configs.text_encoders, family.text_encoder_classes,
+                                        family.te_diffusers_prefixes, strict=True)
+    ]
+    del text_sds
+    tokenizers = _resolve_tokenizers(
+        family, text_encoders, own_dirs=configs.tokenizer_dirs, override=tokenizer,
         tiny=file_hints(metadata).get("tokenizer") == TINY_TOKENIZER_NAME, source=str(path),
     )
     return ModelBundle(
         family=family,
         unet=unet,
         vae=vae,
-        text_encoders=[text_encoder],
-        tokenizers=[tok],
+        text_encoders=text_encoders,
+        tokenizers=tokenizers,
         noise_scheduler=make_noise_scheduler(configs.scheduler),
         source=os.fspath(path),
         name=path.stem,
@@ -243,34 +274,47 @@ def _load_single_file(
     )
 
 
-def _resolve_tokenizer(
-    folder: str | os.PathLike[str] | None, *, vocab_size: int, tiny: bool, source: str
-) -> Any:
-    """The tokenizer for a text encoder: an explicit folder, the tiny one, or bundled CLIP."""
-    if folder is not None:
-        from transformers import CLIPTokenizer
+def _resolve_tokenizers(
+    family: ModelFamily, text_encoders: list[Any], *, own_dirs: list[Path | None],
+    override: str | os.PathLike[str] | None, tiny: bool, source: str,
+) -> list[Any]:
+    """One tokenizer per text encoder: the `tokenizer=` folder, the model's own tokenizer folder,
+    the tiny one, or the bundled CLIP BPE — checked against the encoder's vocabulary size.
 
-        try:
-            tok = CLIPTokenizer.from_pretrained(os.fspath(folder))
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"cannot load the tokenizer in {folder}: {exc}") from exc
-    elif tiny:
-        from lorakiln.models.tiny import tiny_tokenizer
+    A model's own folder keeps its saved settings; any tokenizer lorakiln builds or reuses for
+    several encoders gets the family's pad token (SDXL's `tokenizer_2` pads with "!").
+    """
+    from transformers import CLIPTokenizer
 
-        tok = tiny_tokenizer()
-    elif vocab_size == CLIP_VOCAB_SIZE:
-        tok = load_sd1_clip_tokenizer()
-    else:
-        raise ModelLoadError(
-            f"{source}: its text encoder has a {vocab_size}-token vocabulary, not CLIP's "
-            f"{CLIP_VOCAB_SIZE}, so the bundled SD 1.x tokenizer does not fit; pass tokenizer=<folder "
-            "with vocab.json and merges.txt> or config_dir=<diffusers folder with a tokenizer/>"
-        )
-    if len(tok) > vocab_size:
-        raise ModelLoadError(
-            f"{source}: the tokenizer has {len(tok)} tokens but the text encoder only {vocab_size}"
-        )
-    return tok
+    tokenizers = []
+    for index, encoder in enumerate(text_encoders):
+        pad = family.tokenizer_pad_tokens[index]
+        vocab_size = encoder.config.vocab_size
+        own = own_dirs[index] if index < len(own_dirs) else None
+        folder, kwargs = (override, {"pad_token": pad}) if override is not None else (own, {})
+        if folder is not None:
+            try:
+                tok = CLIPTokenizer.from_pretrained(os.fspath(folder), **kwargs)
+            except (OSError, ValueError) as exc:
+                raise ModelLoadError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+        elif tiny:
+            from lorakiln.models.tiny import tiny_tokenizer
+
+            tok = tiny_tokenizer(pad_token=pad)
+        elif vocab_size == CLIP_VOCAB_SIZE:
+            tok = load_clip_tokenizer(pad_token=pad)
+        else:
+            raise ModelLoadError(
+                f"{source}: its text encoder has a {vocab_size}-token vocabulary, not CLIP's "
+                f"{CLIP_VOCAB_SIZE}, so the bundled CLIP tokenizer does not fit; pass tokenizer=<folder "
+                "with vocab.json and merges.txt> or config_dir=<diffusers folder with a tokenizer/>"
+            )
+        if len(tok) > vocab_size:
+            raise ModelLoadError(
+                f"{source}: the tokenizer has {len(tok)} tokens but the text encoder only {vocab_size}"
+            )
+        tokenizers.append(tok)
+    return tokenizers
 
 
 def load_vae(

@@ -1,10 +1,12 @@
-"""Build SD 1.x components from a single-file checkpoint (original LDM layout), offline.
+"""Build SD 1.x / SDXL components from a single-file checkpoint (LDM / SGM layout), offline.
 
 Name conversion is diffusers' own (`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
-`convert_ldm_clip_checkpoint` in `diffusers.loaders.single_file_utils`, formats.md §7); what
-lorakiln adds is the config — inferred from tensor shapes (`arch.py`) instead of fetched
-from the hub — and strict loading: every weight the model expects must be in the file with
-the right shape, or the error says which are not.
+`convert_ldm_clip_checkpoint`, `convert_open_clip_checkpoint` in
+`diffusers.loaders.single_file_utils`, formats.md §7); what lorakiln adds is the config —
+inferred from tensor shapes (`arch.py`) instead of fetched from the hub — and strict loading:
+every weight the model expects must be in the file with the right shape, or the error says
+which are not. Which text-encoder layout a file uses is family data
+(`ModelFamily.te_single_file_layouts`), so nothing here branches on SD 1.x vs SDXL.
 """
 
 from __future__ import annotations
@@ -19,19 +21,20 @@ import torch
 from lorakiln.errors import ModelLoadError
 from lorakiln.models.arch import (
     ComponentConfigs,
+    bundled_configs,
+    fit_time_embed_dim,
     infer_text_config,
     infer_unet_config,
     infer_vae_config,
     read_config_dir,
-    sd15_configs,
 )
+from lorakiln.models.family import SD1, ModelFamily
 from lorakiln.models.ldm_export import CONFIGS_METADATA_KEY, UNET_PREFIX
 
 #: Formats that are Python pickles: loading one can execute arbitrary code.
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: LDM prefixes a VAE may carry (a full checkpoint, or some standalone VAE files).
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-TEXT_PREFIXES = ("cond_stage_model.transformer.",)
 
 
 def pickle_refusal(path: Path) -> ModelLoadError:
@@ -96,33 +99,71 @@ def strip_prefix(sd: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, 
     return {}
 
 
-def text_state_dict(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """The CLIP text weights with HF names and no `text_model.` level (both LDM forms, §7)."""
-    sub = strip_prefix(sd, TEXT_PREFIXES)
-    out = {k.removeprefix("text_model."): v for k, v in sub.items()}
-    out.pop("embeddings.position_ids", None)  # a buffer in old checkpoints, not a weight
+def text_state_dicts(sd: Mapping[str, Any], family: ModelFamily = SD1, source: str = "checkpoint") -> list[dict[str, Any]]:
+    """Each text encoder's weights with HF CLIP names and no `text_model.` level (formats.md §7).
+
+    `hf_clip` layout: the family prefix is stripped by diffusers' `convert_ldm_clip_checkpoint`
+    (old SD 1.x files lack the `text_model.` level; both forms work). `open_clip` layout: see
+    `open_clip.py`.
+    """
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
+
+    from lorakiln.models.open_clip import open_clip_to_hf
+
+    out = []
+    for index, (prefix, layout) in enumerate(
+        zip(family.te_single_file_prefixes, family.te_single_file_layouts, strict=True)
+    ):
+        what = f"{family.te_diffusers_prefixes[index]} of {source}"
+        if layout == "open_clip":
+            converted = open_clip_to_hf(sd, prefix, what)
+        else:
+            sub = {k: v for k, v in sd.items() if k.startswith(prefix)}
+            converted = {k.removeprefix("text_model."): v
+                         for k, v in convert_ldm_clip_checkpoint(sub, remove_prefix=prefix).items()}
+            converted.pop("embeddings.position_ids", None)  # a buffer in old checkpoints, not a weight
+        if not converted:
+            raise ModelLoadError(f"{what}: no tensors under `{prefix}`")
+        out.append(converted)
     return out
 
 
 def file_configs(
-    sd: Mapping[str, Any], metadata: Mapping[str, str], config_dir: str | Path | None, source: str
+    sd: Mapping[str, Any],
+    metadata: Mapping[str, str],
+    config_dir: str | Path | None,
+    source: str,
+    family: ModelFamily = SD1,
+    text_sds: list[dict[str, Any]] | None = None,
 ) -> ComponentConfigs:
-    """Configs for a single file: `config_dir` if given, else inferred from shapes (see `arch.py`)."""
+    """Configs for a single file: `config_dir` if given, else inferred from shapes (see `arch.py`).
+
+    `text_sds` are the converted text-encoder weights (`text_state_dicts`), passed in so a 7 GB
+    SDXL file's fused q/k/v are split only once.
+    """
     if config_dir is not None:
-        return read_config_dir(config_dir)
+        return read_config_dir(config_dir, family)
     hints = file_hints(metadata)
-    base = sd15_configs()
-    configs = ComponentConfigs(
-        unet=infer_unet_config(strip_prefix(sd, (UNET_PREFIX,)), {**base.unet, **hints.get("unet", {})},
-                               f"U-Net of {source}"),
-        vae=infer_vae_config(strip_prefix(sd, VAE_PREFIXES), {**base.vae, **hints.get("vae", {})},
-                             f"VAE of {source}"),
-        text_encoder=infer_text_config(text_state_dict(sd), base.text_encoder, hints.get("text_encoder", {}),
-                                       f"text encoder of {source}"),
+    base = bundled_configs(family)
+    unet = infer_unet_config(strip_prefix(sd, (UNET_PREFIX,)), {**base.unet, **hints.get("unet", {})},
+                             f"U-Net of {source}")
+    vae = infer_vae_config(strip_prefix(sd, VAE_PREFIXES), {**base.vae, **hints.get("vae", {})}, f"VAE of {source}")
+    text_sds = text_sds if text_sds is not None else text_state_dicts(sd, family, source)
+    text_configs = [
+        infer_text_config(te_sd, base_cfg, hints.get(name, {}), f"{name} of {source}")
+        for te_sd, base_cfg, name in zip(text_sds, base.text_encoders, family.te_diffusers_prefixes, strict=True)
+    ]
+    if family.uses_time_ids and family.pooled_text_encoder_index is not None:
+        pooled = text_configs[family.pooled_text_encoder_index]["projection_dim"]
+        fit_time_embed_dim(unet, int(pooled), n_time_ids=family.num_time_ids, what=f"U-Net of {source}")
+    return ComponentConfigs(
+        unet=unet,
+        vae=vae,
+        text_encoders=text_configs,
         scheduler={**base.scheduler, **hints.get("scheduler", {})},
-        origin="inferred from tensor shapes" + (" and lorakiln metadata" if hints else " (SD 1.5 defaults)"),
+        origin="inferred from tensor shapes"
+        + (" and lorakiln metadata" if hints else f" ({family.bundled_configs} defaults)"),
     )
-    return configs
 
 
 def _sample(label: str, keys: list[str]) -> str:
@@ -150,7 +191,7 @@ def load_strict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], 
         parts = [_sample(lbl, ks) for lbl, ks in (("missing", missing), ("unexpected", unexpected)) if ks]
         raise ModelLoadError(
             f"{what}: the weights do not fit a {type(model).__name__} ({'; '.join(parts)}); "
-            "if this is an SD 1.x variant with another architecture, pass config_dir=<diffusers folder>"
+            "if this model's architecture differs from the reference one, pass config_dir=<diffusers folder>"
         )
     bad = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in state_dict.items()
            if tuple(v.shape) != tuple(expected[k].shape)]
@@ -191,21 +232,20 @@ def vae_from_ldm(sd: Mapping[str, torch.Tensor], config: dict[str, Any], dtype: 
     return load_strict(empty_model(lambda: AutoencoderKL.from_config(config)), converted, dtype, what)
 
 
-def text_encoder_from_ldm(
-    sd: Mapping[str, torch.Tensor], config: dict[str, Any], dtype: torch.dtype, what: str
+def text_encoder_from_state(
+    state_dict: Mapping[str, torch.Tensor], config: dict[str, Any], class_name: str, dtype: torch.dtype, what: str
 ) -> Any:
-    """CLIPTextModel from `cond_stage_model.transformer.[text_model.]*` tensors.
+    """A transformers CLIP text model (`class_name`) from HF-named weights without `text_model.`.
 
-    `convert_ldm_clip_checkpoint` strips the LDM prefix; the `text_model.` level is then
-    matched to the installed transformers (gone in ≥ 5.6, formats.md §8), as diffusers does.
+    The `text_model.` level is then matched to the installed transformers, as diffusers does:
+    `CLIPTextModel` lost it in ≥ 5.6 (formats.md §8), `CLIPTextModelWithProjection` keeps it;
+    `text_projection` sits outside it either way.
     """
-    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
-    from transformers import CLIPTextConfig, CLIPTextModel
+    import transformers
 
-    converted = {k.removeprefix("text_model."): v for k, v in convert_ldm_clip_checkpoint(dict(sd)).items()}
-    converted.pop("embeddings.position_ids", None)
-    text_config = CLIPTextConfig.from_dict(config)
-    model = empty_model(lambda: CLIPTextModel(text_config))
-    if hasattr(model, "text_model"):  # transformers < 5.6
-        converted = {f"text_model.{k}": v for k, v in converted.items()}
-    return load_strict(model, converted, dtype, what)
+    text_config = transformers.CLIPTextConfig.from_dict(config)
+    model = empty_model(lambda: getattr(transformers, class_name)(text_config))
+    weights = dict(state_dict)
+    if hasattr(model, "text_model"):
+        weights = {k if k.startswith("text_projection.") else f"text_model.{k}": v for k, v in weights.items()}
+    return load_strict(model, weights, dtype, what)

@@ -106,10 +106,13 @@ def tiny_vocab_and_merges(words: tuple[str, ...] = TINY_WORDS) -> tuple[dict[str
     return {t: i for i, t in enumerate(vocab)}, merges
 
 
-def tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS) -> Any:
-    """The synthetic `CLIPTokenizer` built in memory (same ids as `write_tiny_tokenizer`)."""
+def tiny_tokenizer(words: tuple[str, ...] = TINY_WORDS, pad_token: str = "<|endoftext|>") -> Any:
+    """The synthetic `CLIPTokenizer` built in memory (same ids as `write_tiny_tokenizer`).
+
+    `pad_token="!"` gives the SDXL `tokenizer_2` variant (the byte symbol "!" has id 0 here too).
+    """
     vocab, merges = tiny_vocab_and_merges(words)
-    return make_clip_tokenizer(vocab, merges)
+    return make_clip_tokenizer(vocab, merges, pad_token=pad_token)
 
 
 def write_tiny_tokenizer(folder: str | Path, words: tuple[str, ...] = TINY_WORDS) -> Path:
@@ -187,7 +190,8 @@ def save_tiny_sd1_diffusers(folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
-#: `lorakiln.configs` tokenizer name marking single files whose tokenizer is `tiny_tokenizer()`.
+#: `lorakiln.configs` tokenizer name marking single files whose tokenizers are `tiny_tokenizer()`
+#: (the vocabulary's name: the tiny SDXL uses it too, with its family's pad tokens).
 TINY_TOKENIZER_NAME = "tiny-sd1"
 
 
