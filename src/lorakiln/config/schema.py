@@ -25,9 +25,9 @@ class ModelConfig(Section):
     pretrained_model: str = Field(
         description="Base model: a diffusers folder, a single-file .safetensors checkpoint "
         "(LDM layout, as downloaded from model sites) or a hub id such as "
-        "`stable-diffusion-v1-5/stable-diffusion-v1-5` (needs network). `tiny:sd1` builds the "
-        "tiny test model on first use; `random:sd15` is SD 1.5's architecture with random weights "
-        "(benchmarks).",
+        "`stable-diffusion-v1-5/stable-diffusion-v1-5` (needs network). `tiny:sd1` / `tiny:sdxl` "
+        "build the tiny test models on first use; `random:sd15` / `random:sdxl` are the full "
+        "architectures with random weights (benchmarks).",
     )
     vae: str | None = Field(None, description="Optional VAE to use instead of the base model's "
                             "(a diffusers VAE folder or a single-file .safetensors).")

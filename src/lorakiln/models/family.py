@@ -89,9 +89,10 @@ class ModelFamily:
     #: fp16-fix VAE). diffusers defaults `force_upcast` to true even for SD 1.x VAEs, hence a
     #: family fact rather than only the VAE config (see `ModelBundle.vae_needs_fp32`).
     vae_fp16_unsafe: bool = False
-    #: Tensor name per text encoder in a kohya textual-inversion file (formats.md §1, §3):
-    #: SD1 `emb_params`; SDXL `clip_l` / `clip_g`.
-    ti_file_keys: tuple[str, ...] = ("emb_params",)
+    #: Tensor name per text encoder in an embeddings file. SD1 uses `clip_l` (not kohya's
+    #: `emb_params`): a single-key dict loads in A1111, ComfyUI picks `clip_l` by name, and the
+    #: seed-003 diffusers recipe reads `sd["clip_l"]` (formats.md §3-§5). SDXL: `clip_l`/`clip_g`.
+    ti_file_keys: tuple[str, ...] = ("clip_l",)
     #: `modelspec.architecture` for a textual-inversion embedding of this family.
     modelspec_ti_architecture: str = "stable-diffusion-v1/textual-inversion"
     #: Folder under `lorakiln/models/configs/` with the reference model's diffusers configs

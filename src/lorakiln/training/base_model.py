@@ -1,7 +1,7 @@
 """Resolve the config's `pretrained_model` into a loaded `ModelBundle`.
 
-`random:sd15` is the full SD 1.5 architecture with random weights, for benchmarks.
-`tiny:sd1` names the tiny SD-1.x-shaped model (tests, quickstart): it is built once from
+`random:sd15` / `random:sdxl` are the full architectures with random weights, for benchmarks.
+`tiny:sd1` / `tiny:sdxl` name the tiny SD-1.x-shaped model (tests, quickstart): it is built once from
 config with a fixed seed into the user cache and then loaded through the ordinary folder
 loader, so it exercises exactly the code path a real model takes.
 """
@@ -20,6 +20,7 @@ from lorakiln.models.bundle import ModelBundle
 TINY_PREFIX = "tiny:"
 #: SD 1.5's full architecture with random weights: real op counts without a download (bench/).
 RANDOM_SD15 = "random:sd15"
+RANDOM_SDXL = "random:sdxl"
 
 
 def cache_home() -> Path:
@@ -31,8 +32,9 @@ def ensure_tiny_model(name: str) -> Path:
     """Build the named tiny model into the cache on first use (atomically) and return its folder."""
     from lorakiln.errors import ModelLoadError
     from lorakiln.models.tiny import save_tiny_sd1_diffusers
+    from lorakiln.models.tiny_sdxl import save_tiny_sdxl_diffusers
 
-    builders = {"sd1": save_tiny_sd1_diffusers}
+    builders = {"sd1": save_tiny_sd1_diffusers, "sdxl": save_tiny_sdxl_diffusers}
     if name not in builders:
         raise ModelLoadError(f"unknown tiny model 'tiny:{name}'; valid: "
                              + ", ".join(f"tiny:{n}" for n in builders))
@@ -55,10 +57,15 @@ def load_configured_model(source: str, *, vae: str | None = None, config_dir: st
     """Load the base model a run config names."""
     from lorakiln.models.loading import load_base_model
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     if source == RANDOM_SD15:
         from lorakiln.models.sd15_random import build_sd15_random
 
-        return build_sd15_random(device="cuda" if torch.cuda.is_available() else "cpu")
+        return build_sd15_random(device=device)
+    if source == RANDOM_SDXL:
+        from lorakiln.models.sdxl_random import build_sdxl_random
+
+        return build_sdxl_random(device=device)
     if source.startswith(TINY_PREFIX):
         folder = ensure_tiny_model(source[len(TINY_PREFIX):])
         bundle = load_base_model(str(folder), vae=vae)

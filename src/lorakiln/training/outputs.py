@@ -128,7 +128,7 @@ def save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
         from lorakiln.networks.pivotal import embeddings_path, save_embeddings
 
         save_embeddings(embeddings_path(path), ctx.pivotal, family=ctx.bundle.family, title=stem,
-                        abstraction=ctx.cfg.pivotal.token_abstraction)
+                        abstraction=ctx.cfg.pivotal.token_abstraction, keys=ctx.bundle.family.ti_file_keys)
     ctx.last_saved = path
     return path
 
