@@ -1,13 +1,14 @@
 """Training speed benchmark: median s/step, time to first step and peak RSS.
 
 Runs each case in its own process (so peak RSS and start-up time are that case's alone) on
-(a) the tiny SD-1.x model (`tiny:sd1`: framework overhead) and (b) the full SD 1.5
-architecture with random weights (`random:sd15`: real op counts), with and without latent
-caching, on the quickstart images. Prints one table with the FLOPs of a step (counted by torch's
+(a) the tiny SD-1.x / SDXL models (`tiny:sd1`, `tiny:sdxl`: framework overhead) and (b) the
+full SD 1.5 / SDXL architectures with random weights (`random:sd15`, `random:sdxl`: real op
+counts), with and without latent caching, on the quickstart images. Prints one table with the FLOPs of a step (counted by torch's
 `FlopCounterMode`; the VAE encode is included when latents are not cached) and the achieved
 FLOP/s; figures are measurements, not tests.
 
-    python bench/train_speed.py                       # all four cases, 12 steps each
+    python bench/train_speed.py                       # SD 1.5 cases (tiny, full), 12 steps each
+    python bench/train_speed.py --cases tinyxl sdxl   # SDXL (the full one needs ~16 GB RAM)
     python bench/train_speed.py --cases tiny --steps 40
     python bench/train_speed.py --resolution 128 --batch 1
 """
@@ -30,6 +31,8 @@ DATA = ROOT / "examples" / "quickstart" / "train"
 CASES = {
     "tiny": "tiny:sd1",
     "sd15": "random:sd15",
+    "tinyxl": "tiny:sdxl",
+    "sdxl": "random:sdxl",
 }
 
 
