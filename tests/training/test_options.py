@@ -68,3 +68,28 @@ def test_overlong_captions_are_reported(run_config, tmp_path: Path, capsys) -> N
     prepare(cfg, log=print)
     out = capsys.readouterr().out
     assert "1 caption(s) exceed the 75-token window" in out and "img1.png" in out
+
+
+def test_seed_003_prodigy_settings_reach_the_optimizer(run_config, capsys) -> None:
+    from lorakiln.training.prepare import prepare
+
+    cfg = run_config(train__optimizer_type="prodigy", train__learning_rate=1.0, train__unet_lr=1.0,
+                     train__text_encoder_lr=0.5, train__adam_beta1=0.9, train__adam_beta2=0.99,
+                     train__adam_weight_decay=0.01, train__prodigy_safeguard_warmup=True,
+                     train__prodigy_use_bias_correction=True, train__snr_gamma=5.0)
+    ctx = prepare(cfg, log=print)
+    group = ctx.optimizer.param_groups[0]
+    assert group["betas"] == (0.9, 0.99) and group["weight_decay"] == 0.01
+    assert group["safeguard_warmup"] is True and group["use_bias_correction"] is True
+    assert {g["lr"] for g in ctx.optimizer.param_groups} == {1.0}  # one initial lr, as the seed says
+    assert "one initial learning rate" in capsys.readouterr().out
+    assert cfg.train.min_snr_gamma == 5.0
+
+
+def test_optimizer_arg_given_twice_is_an_error(run_config) -> None:
+    from lorakiln.errors import ConfigError
+    from lorakiln.training.prepare import optimizer_args
+
+    cfg = run_config(train__adam_weight_decay=0.01, train__optimizer_args=["weight_decay=0.1"])
+    with pytest.raises(ConfigError, match="weight_decay"):
+        optimizer_args(cfg)

@@ -22,8 +22,17 @@ from lorakiln.errors import ConfigError
 TOP_LEVEL_KEYS = {"preset", *SECTIONS}
 
 
+def _field_names(model: type) -> set[str]:
+    """Field names plus their accepted aliases (e.g. diffusers' `snr_gamma`)."""
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        alias = field.validation_alias
+        names.update(c for c in getattr(alias, "choices", ()) if isinstance(c, str))
+    return names
+
+
 def _owner_section(key: str) -> str | None:
-    owners = [name for name, model in SECTIONS.items() if key in model.model_fields]
+    owners = [name for name, model in SECTIONS.items() if key in _field_names(model)]
     return owners[0] if len(owners) == 1 else None
 
 

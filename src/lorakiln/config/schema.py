@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are validated on set."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class ModelConfig(Section):
@@ -157,7 +157,24 @@ class TrainConfig(Section):
     noise_offset: float = Field(0.0, ge=0.0, le=1.0, description="Offset noise (crosslabs): adds "
                                 "per-channel constant noise so the model can make darker/brighter images.")
     min_snr_gamma: float | None = Field(None, gt=0, description="Min-SNR loss weighting (Hang et al. "
-                                        "2023); 5 is the recommended value.")
+                                        "2023); 5 is the recommended value. `snr_gamma` (diffusers' "
+                                        "name) is accepted too.",
+                                        validation_alias=AliasChoices("min_snr_gamma", "snr_gamma"))
+    adam_beta1: float | None = Field(None, ge=0.0, lt=1.0, description="β1 of Adam-style optimizers "
+                                     "(AdamW, Prodigy, Lion...); unset keeps the optimizer's default.")
+    adam_beta2: float | None = Field(None, ge=0.0, lt=1.0, description="β2 (seed 003 uses 0.99 with Prodigy).")
+    adam_weight_decay: float | None = Field(None, ge=0.0, description="Weight decay (seed 003: 0.01 "
+                                            "with Prodigy); unset keeps the optimizer's default.")
+    adam_epsilon: float | None = Field(None, gt=0.0, description="ε of Adam-style optimizers.")
+    prodigy_safeguard_warmup: bool | None = Field(None, description="Prodigy `safeguard_warmup` "
+                                                  "(seed 003: true).")
+    prodigy_use_bias_correction: bool | None = Field(None, description="Prodigy `use_bias_correction` "
+                                                     "(seed 003: true).")
+    prodigy_decouple: bool | None = Field(None, description="Prodigy `decouple` (AdamW-style decay).")
+    prodigy_beta3: float | None = Field(None, ge=0.0, lt=1.0, description="Prodigy `beta3` (step-size "
+                                        "EMA; default sqrt(beta2)).")
+    prodigy_d_coef: float | None = Field(None, gt=0.0, description="Prodigy `d_coef`: scales the "
+                                         "estimated step size.")
     sdpa: bool = Field(True, description="Use PyTorch scaled-dot-product attention.")
     resume: str | None = Field(None, description="A state folder written by save_state to continue "
                                "exactly where it stopped.")

@@ -136,6 +136,53 @@ def _generate_class_images(cfg: RunConfig, bundle: Any, count: int, start: int, 
             bar.update(n)
 
 
+#: Named config fields (the diffusers scripts' flags) → optimizer constructor arguments.
+_NAMED_OPTIMIZER_ARGS = {
+    "adam_weight_decay": "weight_decay", "adam_epsilon": "eps",
+    "prodigy_safeguard_warmup": "safeguard_warmup", "prodigy_use_bias_correction": "use_bias_correction",
+    "prodigy_decouple": "decouple", "prodigy_beta3": "beta3", "prodigy_d_coef": "d_coef",
+}  # fmt: skip
+#: Adaptive optimizers that need one initial lr for every group (dadaptation/prodigyopt assert it).
+_ONE_LR_OPTIMIZERS = {"Prodigy", "DAdaptLion", "DAdaptSGD", "DAdaptAdan", "DAdaptAdaGrad"}
+
+
+def optimizer_args(cfg: RunConfig) -> dict[str, Any]:
+    """kohya `optimizer_args` plus the named fields (`adam_beta1`, `prodigy_safeguard_warmup`, …);
+    a value given both ways is an error naming both spellings."""
+    from lorakiln.errors import ConfigError
+    from lorakiln.training.optim_args import parse_optim_args
+
+    t = cfg.train
+    args = parse_optim_args(t.optimizer_args)
+    named: dict[str, Any] = {arg: getattr(t, f) for f, arg in _NAMED_OPTIMIZER_ARGS.items()
+                             if getattr(t, f) is not None}
+    if t.adam_beta1 is not None or t.adam_beta2 is not None:
+        named["betas"] = (0.9 if t.adam_beta1 is None else t.adam_beta1,
+                          0.999 if t.adam_beta2 is None else t.adam_beta2)
+    for key, value in named.items():
+        if key in args and args[key] != value:
+            raise ConfigError(f"optimizer argument '{key}' is set twice: train.optimizer_args has "
+                              f"{args[key]!r}, a named train.* field has {value!r}; keep one")
+    return args | named
+
+
+def _same_lr_for_adaptive(cfg: RunConfig, groups: list[dict[str, Any]], log: Log) -> None:
+    """Prodigy and most D-Adaptation optimizers estimate one step size for all groups: give every
+    group `learning_rate`, as the diffusers advanced script does (seed 003: "we start with an
+    identical initial learning rate for all trained parameters")."""
+    from lorakiln.training.optimizers import validate_optimizer_name
+
+    if validate_optimizer_name(cfg.train.optimizer_type) not in _ONE_LR_OPTIMIZERS:
+        return
+    lrs = {g["lr"] for g in groups if g.get("lr")}
+    if len(lrs) > 1 and log:
+        log(f"note: {cfg.train.optimizer_type} uses one initial learning rate for all parts; using "
+            f"learning_rate = {cfg.train.learning_rate} for every group (was {sorted(lrs)})")
+    for g in groups:
+        if g.get("lr"):
+            g["lr"] = cfg.train.learning_rate
+
+
 def _add_pivotal_tokens(cfg: RunConfig, bundle: Any) -> Any:
     """New tokens `<s0><s1>…` in every tokenizer/encoder (seed 003, "Pivotal Tuning")."""
     p = cfg.pivotal
@@ -235,8 +282,9 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     groups = network.param_groups(unet_lr=lrs[0], text_encoder_lr=lrs[1], default_lr=cfg.train.learning_rate)
     if pivotal is not None:
         groups.append(_pivotal_group(cfg, pivotal))
+    _same_lr_for_adaptive(cfg, groups, log)
     optimizer = build_optimizer(cfg.train.optimizer_type, groups, lr=cfg.train.learning_rate,
-                                args=cfg.train.optimizer_args)
+                                args=optimizer_args(cfg))
     warmup = resolve_warmup_steps(cfg.train.lr_warmup_steps, plan.total_steps)
     if log and (hint := lr_warning(cfg.train.optimizer_type, [lr for lr in lrs if lr is not None],
                                    cfg.train.optimizer_args)):
