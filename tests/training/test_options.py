@@ -93,3 +93,35 @@ def test_optimizer_arg_given_twice_is_an_error(run_config) -> None:
     cfg = run_config(train__adam_weight_decay=0.01, train__optimizer_args=["weight_decay=0.1"])
     with pytest.raises(ConfigError, match="weight_decay"):
         optimizer_args(cfg)
+
+
+def test_text_encoder_lora_stops_after_its_fraction(run_config) -> None:
+    from lorakiln.training import prepare as prepare_module
+
+    seen = {}
+    real = prepare_module.prepare
+
+    def spy(cfg, log=None):
+        seen["ctx"] = real(cfg, log)
+        return seen["ctx"]
+
+    snapshots = []
+
+    def on_step(event: str, info: dict) -> None:
+        if event == "step":
+            net = seen["ctx"].network
+            te = [m.lora_down.weight.detach().clone() for k, m in net.loras() if net.parts[k] != "unet"]
+            unet = [m.lora_up.weight.detach().clone() for k, m in net.loras() if net.parts[k] == "unet"][:3]
+            snapshots.append((te, unet))
+
+    prepare_module.prepare = spy
+    try:
+        train(run_config(train__max_train_steps=6, train__train_text_encoder_frac=0.5), callbacks=[on_step],
+              progress=False)
+    finally:
+        prepare_module.prepare = real
+    te3, unet3 = snapshots[2]
+    te_last, unet_last = snapshots[-1]
+    assert not all(torch.equal(a, b) for a, b in zip(snapshots[0][0], te3, strict=True))  # trained until 3
+    assert all(torch.equal(a, b) for a, b in zip(te3, te_last, strict=True))  # then fixed
+    assert not all(torch.equal(a, b) for a, b in zip(unet3, unet_last, strict=True))  # U-Net trains on

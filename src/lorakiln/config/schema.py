@@ -132,6 +132,9 @@ class TrainConfig(Section):
     unet_lr: float | None = Field(None, gt=0, description="Learning rate of the U-Net LoRA.")
     text_encoder_lr: float | None = Field(None, ge=0, description="Learning rate of the text-encoder "
                                           "LoRA (usually lower than unet_lr, e.g. 5e-5). 0 freezes it.")
+    train_text_encoder_frac: float = Field(1.0, gt=0.0, le=1.0, description="Stop training the "
+                                           "text-encoder LoRA after this fraction of the steps (diffusers' "
+                                           "`train_text_encoder_frac`); the U-Net LoRA trains on.")
     train_batch_size: int = Field(1, ge=1, description="Images per step (each batch comes from one bucket).")
     max_train_epochs: int = Field(1, ge=1, description="Epochs: passes over images × repeats.")
     max_train_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps "

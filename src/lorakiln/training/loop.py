@@ -111,15 +111,22 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     return value
 
 
-def _maybe_pivot(ctx: TrainContext, logger: TrainLogger) -> None:
-    """Stop training the new embeddings after `train_text_encoder_ti_frac` of the steps (seed 003:
-    "pivoting halfway"); the LoRA trains on with the embeddings fixed."""
+def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
+    """Stop training parts whose share of the run is over: the new token embeddings after
+    `train_text_encoder_ti_frac` (seed 003: "pivoting halfway") and the text-encoder LoRA after
+    `train_text_encoder_frac`; the U-Net LoRA trains on. Called after every step and on resume."""
+    step, total = ctx.position.global_step, ctx.plan.total_steps
     ti = ctx.pivotal
-    if ti is None or not ti.is_training:
-        return
-    if ctx.position.global_step >= int(ctx.cfg.pivotal.train_text_encoder_ti_frac * ctx.plan.total_steps):
+    if ti is not None and ti.is_training and step >= int(ctx.cfg.pivotal.train_text_encoder_ti_frac * total):
         ti.freeze()
-        logger.write(f"step {ctx.position.global_step}: pivot — the new token embeddings are now fixed")
+        logger.write(f"step {step}: pivot — the new token embeddings are now fixed")
+    frac = ctx.cfg.train.train_text_encoder_frac
+    if ctx.train_text_encoder and frac < 1.0 and step >= int(frac * total):
+        for key, module in ctx.network.loras():
+            if ctx.network.parts[key] != "unet":
+                module.requires_grad_(False)
+        ctx.train_text_encoder = False
+        logger.write(f"step {step}: the text-encoder LoRA is now fixed (train_text_encoder_frac = {frac})")
 
 
 def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], *, epoch_end: bool = False,
@@ -139,6 +146,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
     logger = TrainLogger(plan.total_steps, pos.global_step, outputs.logging_dir(ctx), enabled=progress)
     last_loss: float | None = None
     ctx.network.train()
+    _apply_pivots(ctx, logger)  # a resumed run may already be past a pivot
     try:
         while pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
             batches = ctx.data.epoch_batches(pos.epoch)
@@ -149,7 +157,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 loss = _optimizer_step(ctx, group, pos.epoch, pos.global_step, check)
                 pos.global_step += 1
                 pos.batch_in_epoch += len(group)
-                _maybe_pivot(ctx, logger)
+                _apply_pivots(ctx, logger)
                 if loss is not None:
                     last_loss = loss
                     epoch_losses.append(loss)
