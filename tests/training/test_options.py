@@ -125,3 +125,37 @@ def test_text_encoder_lora_stops_after_its_fraction(run_config) -> None:
     assert not all(torch.equal(a, b) for a, b in zip(snapshots[0][0], te3, strict=True))  # trained until 3
     assert all(torch.equal(a, b) for a, b in zip(te3, te_last, strict=True))  # then fixed
     assert not all(torch.equal(a, b) for a, b in zip(unet3, unet_last, strict=True))  # U-Net trains on
+
+
+def test_text_encoder_outputs_cached_only_while_frozen(run_config) -> None:
+    from lorakiln.training.prepare import prepare
+
+    frozen = prepare(run_config(network__network_train_unet_only=True), log=None)
+    assert frozen.active_text_cache() is not None
+    assert prepare(run_config(), log=None).active_text_cache() is None  # TE LoRA trains
+    shuffled = prepare(run_config(network__network_train_unet_only=True, data__shuffle_caption=True), log=None)
+    assert shuffled.active_text_cache() is None
+
+
+def test_text_cache_matches_fresh_encoding_and_resume_stays_exact(run_config, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from lorakiln.training.loop import TrainingInterrupted
+
+    common = dict(network__network_train_unet_only=True, train__max_train_epochs=2, output__save_state=True)
+    full = train(run_config(output__output_dir=str(tmp_path / "full"), **common), progress=False)
+    uncached = train(run_config(output__output_dir=str(tmp_path / "plain"), data__cache_text_encoder_outputs=False,
+                                **common), progress=False)
+
+    def stop(event, info):
+        if event == "step" and info["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as cut:
+        train(run_config(output__output_dir=str(tmp_path / "cut"), **common), callbacks=[stop], progress=False)
+    resumed = train(run_config(output__output_dir=str(tmp_path / "cut"), train__resume=str(cut.value.state),
+                               **common), progress=False)
+    a, b, c = (load_file(str(r.lora_path)) for r in (full, resumed, uncached))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.allclose(a[k].float(), c[k].float(), atol=1e-3) for k in a)

@@ -63,6 +63,29 @@ def encode_text(bundle: Any, captions: list[str], clip_skip: int = 1) -> tuple[t
     return torch.cat(hiddens, dim=-1), pooled
 
 
+class TextCache:
+    """Text-encoder outputs per caption, for frozen encoders (kohya `cache_text_encoder_outputs`).
+
+    A frozen encoder maps a caption to the same tensors every time, so each distinct caption is
+    encoded once, and steps skip the text encoders entirely.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+    def encode(self, bundle: Any, captions: list[str], clip_skip: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for caption in dict.fromkeys(c for c in captions if (c, clip_skip) not in self.entries):
+            # One caption at a time: the result is then independent of which captions happened to
+            # share a batch, so a resumed run (empty cache) sees bit-identical conditioning.
+            with torch.no_grad():
+                hidden, pooled = encode_text(bundle, [caption], clip_skip)
+            self.entries[(caption, clip_skip)] = (hidden[0], None if pooled is None else pooled[0])
+        rows = [self.entries[(c, clip_skip)] for c in captions]
+        hidden = torch.stack([h for h, _ in rows])
+        pooled = None if rows[0][1] is None else torch.stack([p for _, p in rows])  # type: ignore[misc]
+        return hidden, pooled
+
+
 def time_ids(batch: Any, device: torch.device) -> torch.Tensor:
     """SDXL micro-conditioning per sample (Podell et al. 2023, §2.2): original size, crop
     top-left and target size, as the bucketing and cropping of this very sample produced them."""
@@ -71,9 +94,12 @@ def time_ids(batch: Any, device: torch.device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32, device=device)
 
 
-def condition(bundle: Any, batch: Any, captions: list[str], clip_skip: int, device: torch.device) -> Conditioning:
-    """Everything the U-Net needs for `batch` (captions already processed)."""
-    hidden, pooled = encode_text(bundle, captions, clip_skip)
+def condition(bundle: Any, batch: Any, captions: list[str], clip_skip: int, device: torch.device,
+              cache: TextCache | None = None) -> Conditioning:
+    """Everything the U-Net needs for `batch` (captions already processed); with `cache`, text
+    outputs come from it (only valid while the encoders are frozen)."""
+    hidden, pooled = (cache.encode(bundle, captions, clip_skip) if cache is not None
+                      else encode_text(bundle, captions, clip_skip))
     extra: dict[str, torch.Tensor] = {}
     if bundle.family.uses_pooled_text and pooled is not None:
         extra["text_embeds"] = pooled

@@ -15,6 +15,7 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import ConfigError
+from lorakiln.training.conditioning import TextCache
 from lorakiln.training.state import LoopPosition
 
 if TYPE_CHECKING:
@@ -68,6 +69,21 @@ class TrainContext:
     def prompt(self, text: str) -> str:
         """A caption or prompt with each token abstraction replaced by its new tokens."""
         return self.pivotal.replace_abstractions(text) if self.pivotal is not None else text
+
+    #: Text-encoder outputs per caption (`data.cache_text_encoder_outputs`), used while frozen.
+    text_cache: TextCache | None = None
+
+    def active_text_cache(self) -> TextCache | None:
+        """The text cache when it is valid now: encoders frozen (no LoRA or embeddings training)
+        and captions deterministic (no shuffle or dropout), else None."""
+        d = self.cfg.data
+        random_captions = (d.shuffle_caption or d.caption_dropout_rate or d.caption_tag_dropout_rate
+                           or d.caption_dropout_every_n_epochs)
+        if not d.cache_text_encoder_outputs or random_captions or self.text_encoder_needs_grad:
+            return None
+        if self.text_cache is None:
+            self.text_cache = TextCache()
+        return self.text_cache
 
     @property
     def text_encoder_needs_grad(self) -> bool:

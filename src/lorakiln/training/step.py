@@ -32,7 +32,7 @@ def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torc
     captions = [ctx.prompt(c) for c in batch.captions]
     with autocast:
         with grad_te:
-            cond = condition(bundle, batch, captions, cfg.model.clip_skip, ctx.device)
+            cond = condition(bundle, batch, captions, cfg.model.clip_skip, ctx.device, ctx.active_text_cache())
         pred = bundle.unet(noisy, timesteps, cond.hidden, added_cond_kwargs=cond.added_cond_kwargs).sample
     return diffusion_loss(pred, target, timesteps, scheduler, cfg.train.min_snr_gamma,
                           is_prior=batch.is_prior if batch.num_prior else None,
