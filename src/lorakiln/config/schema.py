@@ -27,10 +27,16 @@ class ModelConfig(Section):
         "(LDM layout, as downloaded from model sites) or a hub id such as "
         "`stable-diffusion-v1-5/stable-diffusion-v1-5` (needs network). `tiny:sd1` / `tiny:sdxl` "
         "build the tiny test models on first use; `random:sd15` / `random:sdxl` are the full "
-        "architectures with random weights (benchmarks).",
+        "architectures with random weights (benchmarks). kohya/diffusers' "
+        "`pretrained_model_name_or_path` is accepted too.",
+        validation_alias=AliasChoices("pretrained_model", "pretrained_model_name_or_path"),
     )
     vae: str | None = Field(None, description="Optional VAE to use instead of the base model's "
-                            "(a diffusers VAE folder or a single-file .safetensors).")
+                            "(a diffusers VAE folder, a single-file .safetensors or a hub id), e.g. an "
+                            "fp16-safe SDXL VAE. Also accepted as `pretrained_vae` / "
+                            "`pretrained_vae_model_name_or_path`.",
+                            validation_alias=AliasChoices("vae", "pretrained_vae",
+                                                          "pretrained_vae_model_name_or_path"))
     config_dir: str | None = Field(None, description="diffusers folder whose configs and tokenizer "
                                    "describe a single-file checkpoint; by default they are inferred.")
     allow_pickle: bool = Field(False, description="Allow loading pickled .ckpt/.pt/.bin files. Pickles "
