@@ -67,6 +67,36 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_import(args: argparse.Namespace) -> int:
+    from lorakiln.config.importers import import_config, read_source
+    from lorakiln.errors import ConfigError
+
+    text, name = read_source(args.source)
+    out = Path(args.output) if args.output else None
+    if out is not None and out.exists() and not args.force:
+        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    result = import_config(text, source_name=name, fmt=args.format,
+                           base_dir=out.resolve().parent if out else Path.cwd())
+    if out is None:
+        sys.stdout.write(result.text)
+    else:
+        from lorakiln.atomic import write_text_atomic
+
+        write_text_atomic(out, result.text)
+        d = result.draft
+        print(f"wrote {out} ({result.fmt}): {sum(map(len, d.values.values()))} keys set, "
+              f"{len(d.unmapped)} options not imported, {len(d.notes)} notes (all listed at the top of the file)")
+        for entry in d.unmapped:
+            print(f"  not imported: {entry.option}: {entry.reason}")
+    for warning in result.draft.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.problem:
+        print(f"warning: the imported config does not validate yet; complete it:\n{result.problem}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorakiln", description="Train LoRAs for Stable Diffusion "
                                      "1.x that load in AUTOMATIC1111, ComfyUI and diffusers.")
@@ -94,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("config")
     c.add_argument("--set", action="append", metavar="KEY=VALUE")
     c.set_defaults(func=_cmd_config_show)
+    c = csub.add_parser("import", help="turn a kohya_ss GUI config, an sd-scripts config/command or a "
+                        "diffusers training command into a run TOML, listing what has no lorakiln equivalent")
+    c.add_argument("source", help="a .json/.toml/.sh/.txt file, - for standard input, or the command text")
+    c.add_argument("--output", "-o", help="write the run TOML here (default: print it)")
+    c.add_argument("--format", default="auto", choices=["auto", "kohya-gui", "sd-scripts", "diffusers"],
+                   help="source format (default: detected)")
+    c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    c.set_defaults(func=_cmd_config_import)
     return parser
 
 

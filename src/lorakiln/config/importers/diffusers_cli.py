@@ -103,6 +103,8 @@ UNSUPPORTED: dict[str, str] = {
     "lora_unet_blocks": "LoRA on selected U-Net blocks is not supported",
     "prediction_type": "the prediction type comes from the base model's scheduler",
     "max_train_samples": "lorakiln trains on every image",
+    "image_column": "lorakiln reads images from an ImageFolder's file_name column or a hub dataset's first "
+                    "column",
     "prior_generation_precision": "class images are generated in lorakiln's own precision",
 }
 
@@ -185,6 +187,8 @@ class _Mapper:
             if name in _BOOL_TYPED and str(value).lower() in ("false", "0", "no"):
                 self.d.note(origin, "argparse `type=bool` reads any non-empty text as True, so the script "
                             "ran with True; imported as written (False)")
+        elif name == "image_column" and value == "image":
+            self.d.note(origin, "the script's default: the image of an ImageFolder row, as lorakiln reads it")
         elif name == "report_to" and value == "tensorboard":
             self.d.note(origin, "lorakiln writes TensorBoard logs too (output.logging_dir)")
         elif name in UNSUPPORTED:
