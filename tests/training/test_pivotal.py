@@ -16,7 +16,8 @@ PIVOTAL = dict(pivotal__train_text_encoder_ti=True, pivotal__token_abstraction="
                pivotal__train_text_encoder_ti_frac=0.5, train__max_train_epochs=2)
 
 
-def test_new_rows_train_until_the_pivot_and_old_rows_never_change(run_config) -> None:
+@pytest.mark.parametrize("model", ["tiny:sd1", "tiny:sdxl"])
+def test_new_rows_train_until_the_pivot_and_old_rows_never_change(run_config, model) -> None:
     from lorakiln.training import prepare as prepare_module
 
     seen: dict[str, object] = {}
@@ -25,17 +26,17 @@ def test_new_rows_train_until_the_pivot_and_old_rows_never_change(run_config) ->
     def spy(cfg, log=None):
         ctx = real_prepare(cfg, log)
         seen["ctx"] = ctx
-        table = ctx.bundle.text_encoders[0].get_input_embeddings().weight
-        seen["table"] = table.detach().clone()
+        seen["tables"] = [te.get_input_embeddings().weight.detach().clone() for te in ctx.bundle.text_encoders]
         return ctx
 
     vectors = []
 
     def on_step(event: str, info: dict) -> None:
         if event == "step":
-            vectors.append(seen["ctx"].pivotal.vectors(0).detach().clone())
+            ti = seen["ctx"].pivotal
+            vectors.append(torch.cat([ti.vectors(i).detach().flatten() for i in range(ti.num_encoders)]))
 
-    cfg = run_config(**PIVOTAL)
+    cfg = run_config(model__pretrained_model=model, **PIVOTAL)
     import lorakiln.training.prepare
 
     lorakiln.training.prepare.prepare = spy
@@ -48,11 +49,15 @@ def test_new_rows_train_until_the_pivot_and_old_rows_never_change(run_config) ->
     # 20 steps, pivot after 10: rows change in steps 1..10, then stay fixed
     assert not torch.equal(vectors[0], vectors[9])
     assert all(torch.equal(vectors[9], v) for v in vectors[10:])
-    table_after = ctx.bundle.text_encoders[0].get_input_embeddings().weight.detach()
-    old = min(ctx.pivotal.token_ids(0))  # new tokens are appended after the original vocabulary
-    assert torch.equal(table_after[:old], seen["table"][:old])  # every original row bit-identical
+    for i, te in enumerate(ctx.bundle.text_encoders):
+        table_after = te.get_input_embeddings().weight.detach()
+        old = min(ctx.pivotal.token_ids(i))  # new tokens are appended after the original vocabulary
+        assert torch.equal(table_after[:old], seen["tables"][i][:old])  # every original row bit-identical
     emb = load_file(str(Path(cfg.output.output_dir) / "last_emb.safetensors"))
-    assert list(emb) == ["clip_l"] and torch.allclose(emb["clip_l"].float(), vectors[-1].float())
+    keys = list(ctx.bundle.family.ti_file_keys)
+    assert sorted(emb) == sorted(keys)
+    saved = torch.cat([emb[k].float().flatten() for k in keys])
+    assert torch.allclose(saved, vectors[-1].float())
     assert result.lora_path.with_name("last_emb.safetensors").is_file()
 
 

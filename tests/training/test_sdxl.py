@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorakiln.training.loop import train
@@ -24,6 +25,20 @@ def sdxl_pipe_factory():
     return lambda: StableDiffusionXLPipeline.from_pretrained(folder)
 
 
+def _a1111_layer_names(single_file: Path) -> set[str]:
+    """A1111's SDXL `network_layer_mapping` keys: module names of the SGM checkpoint with '.'→'_'
+    (`model.diffusion_model.` → `diffusion_model_`, `conditioner.embedders.N.` → `N_`)."""
+    names = set()
+    with safe_open(str(single_file), "pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open is not iterable)
+            module = key.rsplit(".", 1)[0]
+            for prefix, short in (("model.diffusion_model.", "diffusion_model."),
+                                  ("conditioner.embedders.", "")):
+                if module.startswith(prefix):
+                    names.add((short + module[len(prefix):]).replace(".", "_"))
+    return names
+
+
 def _base_layer(module: torch.nn.Module) -> torch.nn.Module:
     return getattr(module, "base_layer", module)
 
@@ -37,9 +52,10 @@ def _module(pipe, component: str, path: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("train_te", [False, True], ids=["unet-only", "with-text-encoders"])
-def test_sdxl_pivotal_lora_loads_in_diffusers(run_config, sdxl_pipe_factory, library_warnings, train_te) -> None:
+def test_sdxl_pivotal_lora_loads_in_diffusers(run_config, sdxl_pipe_factory, library_warnings, tiny_sdxl_file,
+                                              train_te) -> None:
     from lorakiln.models.family import SDXL as FAMILY
-    from lorakiln.networks.keymap import a1111_compvis_name, kohya_to_diffusers_module
+    from lorakiln.networks.keymap import A1111_X_PROJ, a1111_compvis_name, kohya_to_diffusers_module
 
     cfg = run_config(network__network_train_unet_only=not train_te, **SDXL)
     result = train(cfg, progress=False)
@@ -50,8 +66,19 @@ def test_sdxl_pivotal_lora_loads_in_diffusers(run_config, sdxl_pipe_factory, lib
     assert bool(te_names) == train_te
     assert all(n.startswith("lora_unet_input_blocks_") or n.startswith("lora_unet_middle_block_")
                or n.startswith("lora_unet_output_blocks_") or n.startswith("lora_te") for n in names)
-    for n in names:  # SGM names map to real modules by the A1111 rules (lora_unet -> diffusion_model)
-        assert a1111_compvis_name(n)
+    # Every name lands on a real module of the SGM single file by the A1111 rules (formats.md §3).
+    ldm = _a1111_layer_names(tiny_sdxl_file)
+    for n in names:
+        target = a1111_compvis_name(n)
+        if target not in ldm and (m := A1111_X_PROJ.fullmatch(target)):
+            target = m[1]
+        assert target in ldm, (n, target)
+    for layer in {n.rsplit("_self_attn_", 1)[0] for n in te_names if "_self_attn_" in n}:
+        assert {f"{layer}_self_attn_{p}" for p in ("q_proj", "k_proj", "v_proj", "out_proj")} <= set(names)
+    with safe_open(str(result.lora_path), "pt") as f:
+        meta = f.metadata()
+    assert meta["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert meta["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
 
     pipe = sdxl_pipe_factory()
     targets = {n: _module(pipe, *kohya_to_diffusers_module(n, FAMILY)) for n in names}

@@ -257,7 +257,18 @@ _A1111_RULES: list[tuple[str, Callable[[re.Match[str]], str]]] = [
      lambda m: f"diffusion_model_output_blocks_{2 + 3 * int(m[1])}_{2 if int(m[1]) > 0 else 1}_conv"),
     (r"lora_te_text_model_encoder_layers_(\d+)_(.+)",
      lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
+    # SDXL (§3 steps 2 and 4): TE1 is A1111's `0_transformer_text_model…`; TE2 is OpenCLIP,
+    # `1_model_transformer_resblocks_N_…` with fc1/fc2 → mlp_c_fc/mlp_c_proj, self_attn → attn.
+    (r"lora_te1_text_model_(.+)", lambda m: f"0_transformer_text_model_{m[1]}"),
+    (r"lora_te2_text_model_encoder_layers_(\d+)_(.+)",
+     lambda m: f"1_model_transformer_resblocks_{m[1]}_"
+     + m[2].replace("mlp_fc1", "mlp_c_fc").replace("mlp_fc2", "mlp_c_proj").replace("self_attn", "attn")),
 ]  # fmt: skip
+
+#: A1111's `re_x_proj` fallback (§3 step 4): a q/k/v projection maps to its parent attention
+#: module (an OpenCLIP `MultiheadAttention` with a fused in_proj), patched only when the q, k,
+#: v and out_proj LoRAs of that layer are all present.
+A1111_X_PROJ = re.compile(r"(.*)_([qkv]_proj)$")
 
 
 def a1111_compvis_name(kohya_module_key: str) -> str:
