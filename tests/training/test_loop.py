@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from lorakiln.errors import TrainingError
 from lorakiln.training import loop as loop_module
+from lorakiln.training.base_model import ensure_tiny_model
 from lorakiln.training.loop import TrainingInterrupted, train
 
 
@@ -78,7 +79,7 @@ def test_training_lowers_loss_and_loads_in_diffusers(run_config, library_warning
     latents, captions = batch.latents.float(), list(batch.captions)
     result = train(cfg, progress=False)
 
-    folder = Path(os.environ["LORAKILN_HOME"]) / "models" / "tiny-sd1-seed0"
+    folder = ensure_tiny_model("sd1")
     pipe = StableDiffusionPipeline.from_pretrained(folder)
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     before = _pipeline_loss(pipe, latents, captions)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from lorakiln.training.base_model import ensure_tiny_model
 from lorakiln.training.loop import train
 
 SDXL = dict(model__pretrained_model="tiny:sdxl", train__max_train_steps=3,
@@ -21,7 +21,7 @@ SDXL = dict(model__pretrained_model="tiny:sdxl", train__max_train_steps=3,
 def sdxl_pipe_factory():
     from diffusers import StableDiffusionXLPipeline
 
-    folder = Path(os.environ["LORAKILN_HOME"]) / "models" / "tiny-sdxl-seed0"
+    folder = ensure_tiny_model("sdxl")
     return lambda: StableDiffusionXLPipeline.from_pretrained(folder)
 
 

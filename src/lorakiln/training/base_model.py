@@ -19,6 +19,8 @@ from lorakiln.models.bundle import ModelBundle
 
 TINY_PREFIX = "tiny:"
 #: SD 1.5's full architecture with random weights: real op counts without a download (bench/).
+#: Bump when `models/tiny*.py` changes what a tiny model contains.
+TINY_MODEL_VERSION = 1
 RANDOM_SD15 = "random:sd15"
 RANDOM_SDXL = "random:sdxl"
 
@@ -38,7 +40,8 @@ def ensure_tiny_model(name: str) -> Path:
     if name not in builders:
         raise ModelLoadError(f"unknown tiny model 'tiny:{name}'; valid: "
                              + ", ".join(f"tiny:{n}" for n in builders))
-    folder = cache_home() / "models" / f"tiny-{name}-seed0"
+    # The version is part of the name: a changed builder never reuses an old cached model.
+    folder = cache_home() / "models" / f"tiny-{name}-v{TINY_MODEL_VERSION}-seed0"
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
