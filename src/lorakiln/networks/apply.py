@@ -1,0 +1,124 @@
+"""Apply LoRA files from any kohya-format trainer to a loaded base model, for generation.
+
+Each file becomes a set of forward hooks (one `LoRAModule` per file key, with that key's own
+rank and alpha, so dynamically resized files work) on the bundle's modules. Several files stack;
+strengths change by setting multipliers — no reload, no weight copy (issue: "LoRAs are switched
+by adapter weights, not by reloading"). Key translation goes through `keymap`, the one place
+names are translated; SD1 files with LDM-style U-Net names (accepted by A1111 and ComfyUI,
+formats.md §8) are mapped too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lorakiln.errors import LorakilnError
+from lorakiln.networks import keymap
+from lorakiln.networks.export import read_lora_file
+from lorakiln.networks.lora import LoRAModule
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from lorakiln.models.bundle import ModelBundle
+    from lorakiln.models.family import ModelFamily
+
+_PARAMS = ("lora_down.weight", "lora_up.weight", "alpha")
+
+
+def file_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
+    """`sd1`/`sdxl` as the file says (metadata first, then key prefixes), or None if unknown."""
+    version = metadata.get("ss_base_model_version", "")
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith("sd_v1"):
+        return "sd1"
+    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in tensors):
+        return "sdxl"
+    if any(k.startswith("lora_te_") for k in tensors):
+        return "sd1"
+    return None
+
+
+def _resolve(bundle: ModelBundle, key: str) -> nn.Module:
+    """The base module a kohya module key patches (diffusers-style or LDM-style U-Net names)."""
+    family = bundle.family
+    try:
+        component, path = keymap.kohya_to_diffusers_module(key, family)
+    except KeyError:
+        raise LorakilnError(f"LoRA key {key!r} is not a {family.name} key") from None
+    if component == "unet":
+        root: nn.Module = bundle.unet
+        candidates = [path]
+        if family.unet_key_style == "diffusers" and path.startswith(("input_blocks", "middle_block",
+                                                                       "output_blocks")):
+            candidates.append(keymap.ldm_to_diffusers_path(path, keymap.UP_ATTENTION_LEVELS[family.name]))
+    else:
+        root = bundle.text_encoders[family.te_diffusers_prefixes.index(component)]
+        candidates = [path, path.removeprefix("text_model.")]  # transformers >= 5 (formats.md §8)
+    for candidate in candidates:
+        try:
+            return root.get_submodule(candidate)
+        except AttributeError:
+            continue
+    raise LorakilnError(f"LoRA key {key!r} names no module of this {family.name} model ({path})")
+
+
+@dataclass
+class AppliedLoRA:
+    """One LoRA file hooked into a model; strengths are per part, as A1111's te/unet."""
+
+    name: str
+    path: Path
+    modules: dict[str, LoRAModule] = field(default_factory=dict)
+
+    def set_strength(self, te: float, unet: float | None = None) -> None:
+        """A1111 `<lora:name:te:unet>` semantics: unet defaults to te."""
+        unet = te if unet is None else unet
+        for key, module in self.modules.items():
+            module.multiplier = unet if key.startswith(keymap.UNET_PREFIX + "_") else te
+
+    def remove(self) -> None:
+        for module in self.modules.values():
+            module.detach()
+
+
+def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, unet: float | None = None,
+                    name: str | None = None) -> AppliedLoRA:
+    """Hook the LoRA in `path` into `bundle` at the given strengths and return its handle."""
+    path = Path(path)
+    tensors, metadata = read_lora_file(path)
+    made_for = file_family(tensors, metadata)
+    if made_for is not None and made_for != bundle.family.name:
+        raise LorakilnError(f"{path.name} is a LoRA for {made_for}, but the loaded base model is "
+                            f"{bundle.family.name}; pick a {bundle.family.name} LoRA or another base model")
+    _check_kohya(path, tensors, bundle.family)
+    applied = AppliedLoRA(name or path.stem, path)
+    for key in sorted({k.split(".", 1)[0] for k in tensors}):
+        target = _resolve(bundle, key)
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        alpha = tensors.get(f"{key}.alpha")
+        module = LoRAModule(target, dim=down.shape[0], alpha=float(alpha) if alpha is not None else None)
+        if isinstance(target, torch.nn.Conv2d) and down.dim() == 2:  # A1111: reshape 2-D down for convs
+            down, up = down[:, :, None, None], up[:, :, None, None]
+        with torch.no_grad():
+            module.lora_down.weight.copy_(down.reshape(module.lora_down.weight.shape))
+            module.lora_up.weight.copy_(up.reshape(module.lora_up.weight.shape))
+        module.eval().attach()
+        applied.modules[key] = module
+    applied.set_strength(te, unet)
+    return applied
+
+
+def _check_kohya(path: Path, tensors: dict[str, torch.Tensor], family: ModelFamily) -> None:
+    prefixes = (keymap.UNET_PREFIX, *family.te_lora_prefixes)
+    foreign = [k for k in tensors if not k.startswith(tuple(p + "_" for p in prefixes))
+               or not k.endswith(_PARAMS)]
+    if foreign:
+        raise LorakilnError(f"{path.name} is not a kohya-format LoRA lorakiln can apply (e.g. key "
+                            f"{foreign[0]!r}); LoCon/LoHa/LoKr and diffusers-format files are not "
+                            "supported by the generator yet")
