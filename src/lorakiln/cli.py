@@ -41,6 +41,54 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """A1111 parameters from --params (text, file, PNG or -), then the explicit flags on top."""
+    from dataclasses import replace
+
+    from lorakiln.errors import ConfigError
+    from lorakiln.inference.infotext import GenerationParams, parse_infotext, read_png_infotext
+
+    params = GenerationParams()
+    if args.params:
+        source = Path(args.params)
+        if args.params == "-":
+            text = sys.stdin.read()
+        elif source.suffix.lower() == ".png" and source.is_file():
+            text = read_png_infotext(source) or ""
+            if not text:
+                raise ConfigError(f"{source} has no A1111 `parameters` text")
+        elif source.is_file():
+            text = source.read_text(encoding="utf-8")
+        else:
+            text = args.params
+        params = parse_infotext(text)
+    if args.size:
+        w, _, h = args.size.lower().partition("x")
+        if not (w.isdigit() and h.isdigit()):
+            raise ConfigError(f"--size {args.size!r} is not WxH such as 512x512")
+        params = replace(params, width=int(w), height=int(h))
+    flags = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
+             "sampler": args.sampler, "schedule_type": args.schedule_type, "cfg_scale": args.cfg_scale,
+             "seed": args.seed, "width": args.width, "height": args.height, "batch_count": args.batch_count,
+             "batch_size": args.batch_size, "clip_skip": args.clip_skip}
+    params = replace(params, **{k: v for k, v in flags.items() if v is not None})
+    if not params.prompt:
+        raise ConfigError("no prompt: pass --prompt or --params with an A1111 parameters block")
+    return params
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    params = _generation_params(args)
+    from lorakiln.inference.generate import generate, save_images
+    from lorakiln.training.base_model import load_configured_model
+
+    bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
+    images = generate(bundle, params, lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir, progress=True)
+    for path in save_images(images, args.output_dir):
+        print(path)
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from lorakiln.config.presets import PRESET_DESCRIPTIONS
 
@@ -111,6 +159,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="check the config and dataset and print the step arithmetic; load no model")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")
+    p.add_argument("--model", required=True, help="base model: folder, .safetensors, hub id, tiny:sd1, …")
+    p.add_argument("--vae", help="VAE override")
+    p.add_argument("--allow-pickle", action="store_true", help="allow pickled .ckpt base models")
+    p.add_argument("--params", help="an A1111 parameters block: text, a .txt file, a PNG with "
+                   "infotext, or - for stdin; flags below override its values")
+    p.add_argument("--prompt", help="prompt, with <lora:name:strength> and (word:1.2) syntax")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--sampler", help='A1111 sampler name, e.g. "Euler a", "DPM++ 2M Karras"')
+    p.add_argument("--schedule-type", help="A1111 schedule type (Karras, Exponential, …)")
+    p.add_argument("--cfg-scale", type=float)
+    p.add_argument("--seed", type=int, help="-1 for random")
+    p.add_argument("--size", help="WxH, e.g. 512x512")
+    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int)
+    p.add_argument("--batch-count", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--clip-skip", type=int)
+    p.add_argument("--lora-dir", help="folder searched for <lora:name:…> files (by stem)")
+    p.add_argument("--embeddings-dir", help="folder of textual-inversion embeddings (used by stem)")
+    p.add_argument("--output-dir", default="outputs/txt2img", help="where PNGs are written")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("presets", help="list the config presets")
     p.set_defaults(func=_cmd_presets)

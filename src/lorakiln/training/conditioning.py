@@ -49,14 +49,28 @@ class Conditioning:
 
 def encode_text(bundle: Any, captions: list[str], clip_skip: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(hidden states concatenated over encoders, pooled text embeds or None) per the family."""
+    return encode_ids(bundle, [tokenize(t, captions) for t in bundle.tokenizers], clip_skip)
+
+
+def encode_ids(bundle: Any, ids_per_encoder: list[torch.Tensor], clip_skip: int = 1,
+               weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encode token ids `[B, 77]` (one tensor per encoder). With per-token `weights` `[B, 77]`,
+    each encoder's states are scaled token by token and rescaled to their original mean — A1111's
+    prompt emphasis, `(word:1.2)`; the pooled embedding stays unweighted, as in A1111."""
     family = bundle.family
     index = family.te_hidden_state_index - (clip_skip - 1)
     hiddens, pooled = [], None
-    for i, (tokenizer, encoder) in enumerate(zip(bundle.tokenizers, bundle.text_encoders, strict=True)):
-        out = encoder(tokenize(tokenizer, captions).to(encoder.device), output_hidden_states=True)
+    for i, (ids, encoder) in enumerate(zip(ids_per_encoder, bundle.text_encoders, strict=True)):
+        out = encoder(ids.to(encoder.device), output_hidden_states=True)
         hidden = out.hidden_states[index]
         if family.te_final_layer_norm:
             hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)
+        if weights is not None and not bool((weights == 1).all()):
+            mean = hidden.mean()
+            hidden = hidden * weights.to(hidden)[..., None]
+            new_mean = hidden.mean()
+            if new_mean.abs() > 1e-8:  # a zero-mean state (untrained LayerNorm) has no mean to restore
+                hidden = hidden * (mean / new_mean)
         hiddens.append(hidden)
         if i == family.pooled_text_encoder_index:
             pooled = out.text_embeds  # CLIPTextModelWithProjection: projected pooled output

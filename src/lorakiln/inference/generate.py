@@ -1,0 +1,120 @@
+"""`lorakiln generate`: AUTOMATIC1111-style text-to-image with LoRAs, embeddings and infotext.
+
+One request = A1111's generation parameters (prompt with `<lora:name:te[:unet]>` tags and
+`(emphasis:1.2)`, negative prompt, steps, sampler, CFG, seed, size, batch count × size, clip
+skip). LoRAs are found by file stem in `lora_dir` and hooked in for the request only; embeddings
+by stem in `embeddings_dir`. Images are written as PNGs carrying the A1111 `parameters` text,
+so PNG-Info readers (and `--params` here) read them back.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lorakiln.atomic import atomic_path
+from lorakiln.errors import LorakilnError
+from lorakiln.inference.embeddings import find_embeddings, load_embeddings
+from lorakiln.inference.infotext import GenerationParams, png_info
+from lorakiln.inference.pipeline import build_pipeline
+from lorakiln.inference.prompt_syntax import extract_extra_networks
+from lorakiln.inference.samplers import make_scheduler
+from lorakiln.inference.weighting import encode_prompt
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from lorakiln.models.bundle import ModelBundle
+    from lorakiln.networks.apply import AppliedLoRA
+
+LORA_SUFFIXES = (".safetensors",)
+
+
+@dataclass
+class GeneratedImage:
+    image: Image
+    params: GenerationParams  # with the concrete seed of this image
+
+
+def find_lora(name: str, lora_dir: str | Path | None) -> Path:
+    """The file for `<lora:name:…>`: `<lora_dir>/<name>.safetensors` (A1111 looks up by stem)."""
+    if not lora_dir:
+        raise LorakilnError(f"the prompt uses <lora:{name}:…> but no --lora-dir was given")
+    folder = Path(lora_dir)
+    for suffix in LORA_SUFFIXES:
+        if (folder / f"{name}{suffix}").is_file():
+            return folder / f"{name}{suffix}"
+    known = sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+    raise LorakilnError(f"LoRA '{name}' not found in {folder}; available: {', '.join(known) or 'none'}")
+
+
+def _apply_loras(bundle: ModelBundle, prompt: str, lora_dir: str | Path | None) -> tuple[str, list[AppliedLoRA]]:
+    from lorakiln.networks.apply import apply_lora_file
+
+    text, calls = extract_extra_networks(prompt)
+    applied = []
+    try:
+        for call in calls:
+            if call.kind != "lora":
+                raise LorakilnError(f"<{call.kind}:…> extra networks are not supported; only <lora:…>")
+            applied.append(apply_lora_file(bundle, find_lora(call.name, lora_dir), te=call.te, unet=call.unet))
+    except Exception:
+        for lora in applied:
+            lora.remove()
+        raise
+    return text, applied
+
+
+def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | Path | None = None,
+             embeddings_dir: str | Path | None = None, progress: bool = False) -> list[GeneratedImage]:
+    """Render `batch_count × batch_size` images; seeds are `seed, seed+1, …` as in A1111."""
+    seed = params.seed if params.seed >= 0 else random.randrange(2**32)
+    scheduler = make_scheduler(params.sampler, bundle.noise_scheduler.config, params.schedule_type)
+    pipe = build_pipeline(bundle, scheduler)
+    pipe.set_progress_bar_config(disable=not progress)
+    prompt, loras = _apply_loras(bundle, params.prompt, lora_dir)
+    negative, neg_loras = _apply_loras(bundle, params.negative_prompt, lora_dir)
+    loras += neg_loras
+    try:
+        load_embeddings(pipe, bundle, find_embeddings([prompt, negative], embeddings_dir))
+        pos, pos_pooled = encode_prompt(pipe, bundle, prompt, params.clip_skip)
+        neg, neg_pooled = encode_prompt(pipe, bundle, negative, params.clip_skip)
+        out: list[GeneratedImage] = []
+        for batch in range(params.batch_count):
+            seeds = [seed + batch * params.batch_size + i for i in range(params.batch_size)]
+            kwargs: dict[str, Any] = {
+                "prompt_embeds": pos.expand(len(seeds), -1, -1),
+                "negative_prompt_embeds": neg.expand(len(seeds), -1, -1),
+            }
+            if bundle.family.uses_pooled_text:
+                kwargs["pooled_prompt_embeds"] = pos_pooled.expand(len(seeds), -1)
+                kwargs["negative_pooled_prompt_embeds"] = neg_pooled.expand(len(seeds), -1)
+            with torch.no_grad():
+                images = pipe(num_inference_steps=params.steps, guidance_scale=params.cfg_scale,
+                              width=params.width, height=params.height,
+                              generator=[torch.Generator().manual_seed(s) for s in seeds], **kwargs).images
+            out += [GeneratedImage(img, replace(params, seed=s, batch_size=1, batch_count=1))
+                    for img, s in zip(images, seeds, strict=True)]
+        return out
+    finally:
+        for lora in loras:
+            lora.remove()
+
+
+def save_images(images: list[GeneratedImage], folder: str | Path) -> list[Path]:
+    """A1111 naming, `00000-<seed>.png`, continuing the folder's numbering; infotext embedded."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = [int(p.name.split("-", 1)[0]) for p in folder.glob("*.png") if p.name.split("-", 1)[0].isdigit()]
+    start = max(numbers, default=-1) + 1
+    paths = []
+    for i, item in enumerate(images):
+        path = folder / f"{start + i:05d}-{item.params.seed}.png"
+        with atomic_path(path) as tmp:
+            item.image.save(tmp, format="PNG", pnginfo=png_info(item.params))
+        paths.append(path)
+    return paths
