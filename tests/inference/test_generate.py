@@ -118,3 +118,21 @@ def test_cli_generate_writes_pngs(tmp_path: Path, lora_dir: Path, capsys, monkey
     assert [p.name for p in paths] == ["00000-363423421.png", "00001-363423422.png"]
     text = Image.open(paths[1]).text["parameters"]
     assert "Seed: 363423422" in text and "Sampler: DPM++ 2M" in text and "<lora:zwx:0.8>" in text
+
+
+def test_sdxl_generate_with_its_own_lora(tmp_path: Path) -> None:
+    from lorakiln.models.family import SDXL
+    from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle
+
+    xl = build_tiny_sdxl_bundle(seed=0)
+    net = create_lora_network(xl.unet, xl.text_encoders, SDXL, dim=2, alpha=2)
+    with torch.no_grad():
+        for _, m in net.loras():
+            m.lora_up.weight.normal_(std=0.5)
+    save_kohya_lora(net, tmp_path / "xl.safetensors", build_metadata(TrainingInfo(output_name="xl"), net))
+    net.remove()
+    base = _pixels(generate(xl, FAST))
+    styled = _pixels(generate(xl, replace(FAST, prompt="photo of zwx <lora:xl:1>"), lora_dir=tmp_path))
+    assert base.shape == (1, 64, 64, 3) and not np.array_equal(base, styled)
+    with pytest.raises(LorakilnError, match="for sdxl"):  # an SDXL LoRA on SD1 is refused by name
+        generate(build_tiny_sd1_bundle(seed=0), replace(FAST, prompt="a <lora:xl:1>"), lora_dir=tmp_path)
