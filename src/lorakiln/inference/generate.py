@@ -52,34 +52,57 @@ def find_lora(name: str, lora_dir: str | Path | None) -> Path:
     raise LorakilnError(f"LoRA '{name}' not found in {folder}; available: {', '.join(known) or 'none'}")
 
 
-def _apply_loras(bundle: ModelBundle, prompt: str, lora_dir: str | Path | None) -> tuple[str, list[AppliedLoRA]]:
-    from lorakiln.networks.apply import apply_lora_file
+class LoRASet:
+    """The LoRAs of one session (a CLI call, a grid): each file is read once; per prompt the
+    named ones are hooked in at their strengths and all others unhooked — switching epochs or
+    strengths never reloads the base model or re-reads a file."""
 
-    text, calls = extract_extra_networks(prompt)
-    applied = []
-    try:
-        for call in calls:
-            if call.kind != "lora":
-                raise LorakilnError(f"<{call.kind}:…> extra networks are not supported; only <lora:…>")
-            applied.append(apply_lora_file(bundle, find_lora(call.name, lora_dir), te=call.te, unet=call.unet))
-    except Exception:
-        for lora in applied:
+    def __init__(self, bundle: ModelBundle, lora_dir: str | Path | None) -> None:
+        self.bundle, self.lora_dir = bundle, lora_dir
+        self.loaded: dict[str, AppliedLoRA] = {}
+
+    def activate(self, prompts: list[str]) -> list[str]:
+        """Strip `<lora:…>` tags from `prompts`, hook exactly those LoRAs in; returns the texts."""
+        from lorakiln.networks.apply import apply_lora_file
+
+        texts, wanted = [], {}
+        for prompt in prompts:
+            text, calls = extract_extra_networks(prompt)
+            texts.append(text)
+            for call in calls:
+                if call.kind != "lora":
+                    raise LorakilnError(f"<{call.kind}:…> extra networks are not supported; only <lora:…>")
+                wanted[call.name] = call
+        for name, lora in self.loaded.items():
+            if name not in wanted:
+                lora.remove()
+        for name, call in wanted.items():
+            if name not in self.loaded:
+                self.loaded[name] = apply_lora_file(self.bundle, find_lora(name, self.lora_dir), te=call.te,
+                                                    unet=call.unet)
+            self.loaded[name].attach()
+            self.loaded[name].set_strength(call.te, call.unet)
+        return texts
+
+    def close(self) -> None:
+        for lora in self.loaded.values():
             lora.remove()
-        raise
-    return text, applied
+        self.loaded.clear()
 
 
 def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | Path | None = None,
-             embeddings_dir: str | Path | None = None, progress: bool = False) -> list[GeneratedImage]:
-    """Render `batch_count × batch_size` images; seeds are `seed, seed+1, …` as in A1111."""
+             embeddings_dir: str | Path | None = None, progress: bool = False,
+             loras: LoRASet | None = None) -> list[GeneratedImage]:
+    """Render `batch_count × batch_size` images; seeds are `seed, seed+1, …` as in A1111.
+    Pass a `LoRASet` to keep LoRAs loaded across calls (grids); otherwise they are removed."""
     seed = params.seed if params.seed >= 0 else random.randrange(2**32)
     scheduler = make_scheduler(params.sampler, bundle.noise_scheduler.config, params.schedule_type)
     pipe = build_pipeline(bundle, scheduler)
     pipe.set_progress_bar_config(disable=not progress)
-    prompt, loras = _apply_loras(bundle, params.prompt, lora_dir)
-    negative, neg_loras = _apply_loras(bundle, params.negative_prompt, lora_dir)
-    loras += neg_loras
+    own = loras is None
+    loras = loras if loras is not None else LoRASet(bundle, lora_dir)
     try:
+        prompt, negative = loras.activate([params.prompt, params.negative_prompt])
         load_embeddings(pipe, bundle, find_embeddings([prompt, negative], embeddings_dir))
         pos, pos_pooled = encode_prompt(pipe, bundle, prompt, params.clip_skip)
         neg, neg_pooled = encode_prompt(pipe, bundle, negative, params.clip_skip)
@@ -101,8 +124,8 @@ def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | P
                     for img, s in zip(images, seeds, strict=True)]
         return out
     finally:
-        for lora in loras:
-            lora.remove()
+        if own:
+            loras.close()
 
 
 def save_images(images: list[GeneratedImage], folder: str | Path) -> list[Path]:

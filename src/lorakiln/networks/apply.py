@@ -82,6 +82,12 @@ class AppliedLoRA:
         for key, module in self.modules.items():
             module.multiplier = unet if key.startswith(keymap.UNET_PREFIX + "_") else te
 
+    def attach(self) -> None:
+        """Hook the modules in again after `remove` (no file read: the weights are kept)."""
+        for module in self.modules.values():
+            if not module.attached:
+                module.attach()
+
     def remove(self) -> None:
         for module in self.modules.values():
             module.detach()
