@@ -89,6 +89,40 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_grid(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from lorakiln.errors import ConfigError
+    from lorakiln.inference.grid import epoch_files, parse_axis
+
+    if args.compare_epochs:
+        final, stems = epoch_files(args.compare_epochs)
+        args.lora_dir = args.lora_dir or args.compare_epochs
+    params = _generation_params(args)
+    if args.compare_epochs:
+        if f"<lora:{final}:" not in params.prompt:
+            params = replace(params, prompt=f"{params.prompt}, <lora:{final}:1.0>")
+        x = parse_axis(args.x) if args.x else parse_axis("Prompt S/R: " + ", ".join([final, *[s for s in stems if s != final]]))
+        y = parse_axis(args.y or "Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5")
+    else:
+        if not args.x:
+            raise ConfigError("grid needs --x (or --compare-epochs)")
+        x, y = parse_axis(args.x), parse_axis(args.y) if args.y else None
+    z = parse_axis(args.z) if args.z else None
+    from lorakiln.inference.grid import xyz_grid
+    from lorakiln.training.base_model import load_configured_model
+
+    bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (grid, _cells) in enumerate(xyz_grid(bundle, params, x, y, z, lora_dir=args.lora_dir,
+                                                embeddings_dir=args.embeddings_dir)):
+        path = out / f"xyz_grid-{i:04d}.png"
+        grid.save(path)
+        print(path)
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from lorakiln.config.presets import PRESET_DESCRIPTIONS
 
@@ -145,22 +179,8 @@ def _cmd_config_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lorakiln", description="Train LoRAs for Stable Diffusion "
-                                     "1.x that load in AUTOMATIC1111, ComfyUI and diffusers.")
-    parser.add_argument("--version", action="version", version=f"lorakiln {__version__}")
-    sub = parser.add_subparsers(dest="verb", required=True)
-
-    p = sub.add_parser("train", help="train a LoRA from a run TOML")
-    p.add_argument("config", help="run TOML (see examples/quickstart/config.toml)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.unet_lr=2e-4 (repeatable)")
-    p.add_argument("--preset", help="apply a preset under the file's values (see `lorakiln presets`)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the config and dataset and print the step arithmetic; load no model")
-    p.set_defaults(func=_cmd_train)
-
-    p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by `generate` and `grid` (A1111's txt2img fields)."""
     p.add_argument("--model", required=True, help="base model: folder, .safetensors, hub id, tiny:sd1, …")
     p.add_argument("--vae", help="VAE override")
     p.add_argument("--allow-pickle", action="store_true", help="allow pickled .ckpt base models")
@@ -182,7 +202,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-dir", help="folder searched for <lora:name:…> files (by stem)")
     p.add_argument("--embeddings-dir", help="folder of textual-inversion embeddings (used by stem)")
     p.add_argument("--output-dir", default="outputs/txt2img", help="where PNGs are written")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorakiln", description="Train LoRAs for Stable Diffusion "
+                                     "1.x that load in AUTOMATIC1111, ComfyUI and diffusers.")
+    parser.add_argument("--version", action="version", version=f"lorakiln {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("train", help="train a LoRA from a run TOML")
+    p.add_argument("config", help="run TOML (see examples/quickstart/config.toml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.unet_lr=2e-4 (repeatable)")
+    p.add_argument("--preset", help="apply a preset under the file's values (see `lorakiln presets`)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the config and dataset and print the step arithmetic; load no model")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")
+    _add_generation_args(p)
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("grid", help="A1111 X/Y/Z plot, e.g. epochs × LoRA strengths")
+    _add_generation_args(p)
+    p.add_argument("--x", help='X axis, e.g. "Prompt S/R: last, last-000001, last-000002"')
+    p.add_argument("--y", help='Y axis, e.g. "Prompt S/R: 1.0, 0.9, 0.8"')
+    p.add_argument("--z", help="Z axis: one grid image per value")
+    p.add_argument("--compare-epochs", metavar="OUTPUT_DIR", help="a training output folder: X = its "
+                   "epoch files and the final LoRA, Y = strengths 1.0 … 0.5 (unless --y is given)")
+    p.set_defaults(func=_cmd_grid)
 
     p = sub.add_parser("presets", help="list the config presets")
     p.set_defaults(func=_cmd_presets)

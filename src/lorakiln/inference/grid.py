@@ -1,0 +1,163 @@
+"""X/Y/Z plots as AUTOMATIC1111 draws them: one labelled grid image per Z value.
+
+Axes (A1111 names): `Prompt S/R` (the first value is searched in the prompt and each value
+replaces it — the seed's epochs × strengths plot is two of these), `Seed`, `Steps`,
+`CFG Scale`, `Sampler`, `Schedule type`, `Size`, `Clip skip`, `Negative S/R`. The base model is
+loaded once and LoRAs are switched by strength/hooks (`LoRASet`), never reloaded. Every cell uses
+the same seed unless Seed is an axis.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from lorakiln.errors import ConfigError
+from lorakiln.inference.generate import GeneratedImage, LoRASet, generate
+from lorakiln.inference.infotext import GenerationParams
+
+if TYPE_CHECKING:
+    from lorakiln.models.bundle import ModelBundle
+
+
+def _sr(field: str) -> Callable[[GenerationParams, str, str], GenerationParams]:
+    def apply(p: GenerationParams, value: str, first: str) -> GenerationParams:
+        text = getattr(p, field)
+        if first not in text:
+            raise ConfigError(f"{'Prompt' if field == 'prompt' else 'Negative'} S/R: {first!r} is not in "
+                              f"the {field.replace('_', ' ')} {text!r}; the first value must appear in it")
+        return replace(p, **{field: text.replace(first, value)})
+    return apply
+
+
+def _size(p: GenerationParams, value: str, first: str) -> GenerationParams:
+    w, _, h = value.lower().partition("x")
+    if not (w.isdigit() and h.isdigit()):
+        raise ConfigError(f"Size axis value {value!r} is not WxH such as 512x768")
+    return replace(p, width=int(w), height=int(h))
+
+
+def _typed(field: str, kind: type) -> Callable[[GenerationParams, str, str], GenerationParams]:
+    def apply(p: GenerationParams, value: str, first: str) -> GenerationParams:
+        try:
+            return replace(p, **{field: kind(value)})
+        except ValueError:
+            raise ConfigError(f"axis value {value!r} is not a valid {field}") from None
+    return apply
+
+
+AXES: dict[str, Callable[[GenerationParams, str, str], GenerationParams]] = {
+    "Prompt S/R": _sr("prompt"), "Negative S/R": _sr("negative_prompt"), "Seed": _typed("seed", int),
+    "Steps": _typed("steps", int), "CFG Scale": _typed("cfg_scale", float), "Sampler": _typed("sampler", str),
+    "Schedule type": _typed("schedule_type", str), "Size": _size, "Clip skip": _typed("clip_skip", int),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Axis:
+    kind: str
+    values: tuple[str, ...]
+
+    def apply(self, params: GenerationParams, value: str) -> GenerationParams:
+        return AXES[self.kind](params, value, self.values[0])
+
+
+def parse_axis(text: str) -> Axis:
+    """`"Prompt S/R: last, last-000001"` → Axis; values are comma-separated (A1111's syntax)."""
+    kind, sep, values = text.partition(":")
+    names = {k.lower(): k for k in AXES}
+    key = names.get(kind.strip().lower())
+    if not sep or key is None:
+        near = difflib.get_close_matches(kind.strip(), list(AXES), n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"axis {text!r} is not 'Type: v1, v2, …'{hint}; axis types: {', '.join(AXES)}")
+    items = tuple(v.strip() for v in values.split(",") if v.strip())
+    if not items:
+        raise ConfigError(f"axis {text!r} has no values")
+    return Axis(key, items)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without sized default fonts
+        return ImageFont.load_default()
+
+
+def draw_grid(cells: list[list[Image.Image]], x_labels: list[str], y_labels: list[str], title: str = "") -> Image.Image:
+    """Cells in rows (Y) and columns (X) with labels above the columns and left of the rows."""
+    w, h = cells[0][0].size
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = max(12, w // 14)
+    widest = max(x_labels, key=lambda t: measure.textlength(t, font=_font(size)), default="")
+    while size > 8 and measure.textlength(widest, font=_font(size)) > w - 4:  # column labels fit their cell
+        size -= 1
+    font = _font(size)
+    left = max((measure.textlength(t, font=font) for t in y_labels), default=0) + 16 if any(y_labels) else 0
+    top = (font.size if hasattr(font, "size") else 12) * 2 + 8
+    top += top if title else 0
+    grid = Image.new("RGB", (int(left) + w * len(x_labels), top + h * len(y_labels)), "white")
+    draw = ImageDraw.Draw(grid)
+    if title:
+        draw.text((grid.width / 2, top / 4), title, fill="black", font=font, anchor="mm")
+    for i, label in enumerate(x_labels):
+        draw.text((left + w * i + w / 2, top - top / 4), label, fill="black", font=font, anchor="mm")
+    for j, label in enumerate(y_labels):
+        draw.text((left / 2, top + h * j + h / 2), label, fill="black", font=font, anchor="mm")
+    for j, row in enumerate(cells):
+        for i, cell in enumerate(row):
+            grid.paste(cell, (int(left) + w * i, top + h * j))
+    return grid
+
+
+def xyz_grid(bundle: ModelBundle, params: GenerationParams, x: Axis, y: Axis | None = None, z: Axis | None = None,
+             *, lora_dir: str | Path | None = None, embeddings_dir: str | Path | None = None,
+             progress: bool = True) -> list[tuple[Image.Image, list[GeneratedImage]]]:
+    """One (grid image, cells) per Z value. Seed −1 is fixed once so every cell shares it."""
+    import random
+
+    if params.seed < 0:
+        params = replace(params, seed=random.randrange(2**32))
+    params = replace(params, batch_size=1, batch_count=1)
+    y_values, z_values = (y.values if y else ("",)), (z.values if z else ("",))
+    loras = LoRASet(bundle, lora_dir)
+    out = []
+    try:
+        with tqdm(total=len(x.values) * len(y_values) * len(z_values), desc="grid", disable=not progress) as bar:
+            for zv in z_values:
+                rows, made = [], []
+                for yv in y_values:
+                    row = []
+                    for xv in x.values:
+                        p = x.apply(params, xv)
+                        p = y.apply(p, yv) if y else p
+                        p = z.apply(p, zv) if z else p
+                        image = generate(bundle, p, embeddings_dir=embeddings_dir, loras=loras)[0]
+                        row.append(image.image)
+                        made.append(image)
+                        bar.update(1)
+                    rows.append(row)
+                title = f"{z.kind}: {zv}" if z else ""
+                out.append((draw_grid(rows, list(x.values), list(y_values) if y else [""], title), made))
+    finally:
+        loras.close()
+    return out
+
+
+def epoch_files(output_dir: str | Path) -> tuple[str, list[str]]:
+    """(final stem, stems in epoch order ending with the final) of a training output folder:
+    `last-000001 … last-000004, last` as the seed lists them for its X axis."""
+    folder = Path(output_dir)
+    files = sorted(p.stem for p in folder.glob("*.safetensors") if not p.stem.endswith("_emb"))
+    numbered = [s for s in files if s.rsplit("-", 1)[-1].isdigit() and len(s.rsplit("-", 1)[-1]) == 6]
+    finals = [s for s in files if s not in numbered and "-step" not in s and s != "pytorch_lora_weights"]
+    if len(finals) != 1:
+        raise ConfigError(f"{folder} should hold one final LoRA and its -000001… epoch files; found "
+                          f"{', '.join(files) or 'no .safetensors'}")
+    return finals[0], [*numbered, finals[0]]

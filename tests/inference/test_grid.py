@@ -1,0 +1,76 @@
+"""X/Y/Z grids: axes, one image per Z, LoRAs read once, the epochs × strengths shortcut."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lorakiln.cli import main
+from lorakiln.errors import ConfigError
+from lorakiln.inference.grid import epoch_files, parse_axis, xyz_grid
+from lorakiln.inference.infotext import GenerationParams
+from lorakiln.models.family import SD1
+from lorakiln.models.tiny import build_tiny_sd1_bundle
+from lorakiln.networks import apply as apply_module
+from lorakiln.networks.export import save_kohya_lora
+from lorakiln.networks.metadata import TrainingInfo, build_metadata
+from lorakiln.networks.network import create_lora_network
+
+P = GenerationParams(prompt="photo of zwx <lora:last:1.0>", steps=2, sampler="Euler", cfg_scale=5, seed=3,
+                     width=64, height=64, schedule_type=None)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A training output folder: last-000001, last-000002 and last (plus files to ignore)."""
+    folder = tmp_path_factory.mktemp("out")
+    source = build_tiny_sd1_bundle(seed=0)
+    net = create_lora_network(source.unet, source.text_encoders, SD1, dim=2, alpha=2)
+    for i, stem in enumerate(["last-000001", "last-000002", "last"]):
+        with torch.no_grad():
+            for _, m in net.loras():
+                m.lora_up.weight.fill_(0.05 * (i + 1))
+        save_kohya_lora(net, folder / f"{stem}.safetensors", build_metadata(TrainingInfo(output_name="last"), net))
+    (folder / "last_emb.safetensors").write_bytes(b"")  # not a LoRA: ignored by the shortcut
+    net.remove()
+    return folder
+
+
+def test_parse_axis_and_errors() -> None:
+    axis = parse_axis("prompt s/r: last, last-000001")
+    assert axis.kind == "Prompt S/R" and axis.values == ("last", "last-000001")
+    with pytest.raises(ConfigError, match="did you mean 'Steps'"):
+        parse_axis("Stepz: 1, 2")
+    with pytest.raises(ConfigError, match="first value must appear"):
+        parse_axis("Prompt S/R: cat, dog").apply(P, "dog")
+
+
+def test_epoch_files_orders_like_the_seed(run_dir: Path) -> None:
+    assert epoch_files(run_dir) == ("last", ["last-000001", "last-000002", "last"])
+
+
+def test_grid_cells_and_lora_files_read_once(run_dir: Path, monkeypatch) -> None:
+    reads: list[str] = []
+    real = apply_module.read_lora_file
+    monkeypatch.setattr(apply_module, "read_lora_file", lambda p: reads.append(Path(p).stem) or real(p))
+    bundle = build_tiny_sd1_bundle(seed=0)
+    grids = xyz_grid(bundle, P, parse_axis("Prompt S/R: last, last-000001, last-000002"),
+                     parse_axis("Prompt S/R: 1.0, 0.5"), parse_axis("Steps: 2, 3"), lora_dir=run_dir, progress=False)
+    assert len(grids) == 2  # one per Z value
+    image, cells = grids[0]
+    assert len(cells) == 6 and {c.params.seed for c in cells} == {3}
+    assert image.width >= 3 * 64 and image.height >= 2 * 64
+    assert sorted(reads) == ["last", "last-000001", "last-000002"]  # each file read once for 12 cells
+    assert cells[0].params.prompt == "photo of zwx <lora:last:1.0>"
+    assert cells[4].params.prompt == "photo of zwx <lora:last-000001:0.5>"
+
+
+def test_cli_compare_epochs(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("LORAKILN_HOME", str(tmp_path / "home"))
+    code = main(["grid", "--model", "tiny:sd1", "--compare-epochs", str(run_dir), "--prompt", "photo of zwx",
+                 "--steps", "2", "--size", "64x64", "--seed", "1", "--y", "Prompt S/R: 1.0, 0.5",
+                 "--output-dir", str(tmp_path / "grids")])
+    assert code == 0
+    assert (tmp_path / "grids" / "xyz_grid-0000.png").is_file()
