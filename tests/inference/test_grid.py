@@ -74,3 +74,30 @@ def test_cli_compare_epochs(run_dir: Path, tmp_path: Path, monkeypatch, capsys) 
                  "--output-dir", str(tmp_path / "grids")])
     assert code == 0
     assert (tmp_path / "grids" / "xyz_grid-0000.png").is_file()
+
+
+def test_the_seeds_xy_example_is_one_5x6_labelled_grid(tmp_path: Path) -> None:
+    """X = last, last-000001 … last-000004; Y = 1.0, 0.9 … 0.5 (seed 000, "X/Y/Z Plots")."""
+    source = build_tiny_sd1_bundle(seed=0)
+    net = create_lora_network(source.unet, source.text_encoders, SD1, dim=2, alpha=2)
+    stems = ["last", "last-000001", "last-000002", "last-000003", "last-000004"]
+    gen = torch.Generator().manual_seed(0)
+    for stem in stems:  # independent random weights: no two epoch × strength products coincide
+        with torch.no_grad():
+            for _, m in net.loras():
+                m.lora_up.weight.copy_(torch.randn(m.lora_up.weight.shape, generator=gen) * 0.1)
+        save_kohya_lora(net, tmp_path / f"{stem}.safetensors", build_metadata(TrainingInfo(output_name="last"), net))
+    net.remove()
+    x = parse_axis("Prompt S/R: " + ", ".join(stems))
+    y = parse_axis("Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5")
+    [(image, cells)] = xyz_grid(build_tiny_sd1_bundle(seed=0), P, x, y, lora_dir=tmp_path, progress=False)
+    import numpy as np
+
+    assert len(cells) == 30
+    w, h = cells[0].image.size
+    left, top = image.width - 5 * w, image.height - 6 * h
+    assert left > 0 and top > 0  # room for the labels
+    pixels = np.asarray(image.convert("L"))
+    assert (pixels[:top, left:] < 128).any() and (pixels[top:, :left] < 128).any()  # label text drawn
+    distinct = {np.asarray(c.image).tobytes() for c in cells}
+    assert len(distinct) == 30  # every epoch × strength cell differs
