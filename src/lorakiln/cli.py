@@ -38,6 +38,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"  diffusers: pipe.load_lora_weights(\"{result.lora_path}\")")
     if result.state_path:
         print(f"  state for resume: {result.state_path}")
+    if result.grid_path:
+        print(f"  epochs × strengths grid: {result.grid_path}")
     return 0
 
 

@@ -24,7 +24,8 @@ def test_validation_images_saved_each_epoch_and_at_end(run_config) -> None:
     assert len(names) == 8 and names[0] == "e0001-s000010-p0-0.png", names
     assert events.count("validation") == 2
     image = Image.open(folder / names[0])
-    assert image.size == (64, 64) and image.text["parameters"].startswith("photo of zwx\nSeed: 0")
+    assert image.size == (64, 64)
+    assert image.text["parameters"] == "photo of zwx\nSteps: 2, Sampler: Euler a, CFG scale: 7, Seed: 0, Size: 64x64"
 
 
 def test_validation_does_not_change_training(run_config, tmp_path: Path) -> None:
@@ -35,3 +36,37 @@ def test_validation_does_not_change_training(run_config, tmp_path: Path) -> None
     a, b = load_file(str(plain.lora_path)), load_file(str(with_val.lora_path))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(list((tmp_path / "b" / "validation").glob("*.png"))) > 2
+
+
+def test_kohya_sample_prompts_and_final_epochs_grid(run_config, tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# samples\nphoto of zwx, (red:1.2) --n blurry --w 64 --h 64 --s 2 --l 5 --d 42\n\n"
+                       "a toy --s 2 --d 7\n", encoding="utf-8")
+    events = []
+    cfg = run_config(train__max_train_epochs=2, output__save_every_n_epochs=1,
+                     validation__sample_prompts=str(prompts), validation__sample_every_n_epochs=1,
+                     validation__validation_inference_steps=2, validation__validation_resolution=64)
+    train(cfg, callbacks=[lambda e, i: events.append((e, i))], progress=False)
+    out = Path(cfg.output.output_dir)
+    samples = sorted((out / "sample").glob("*.png"))
+    assert len(samples) == 4  # 2 prompts after epoch 1 and at the end
+    text = Image.open(samples[0]).text["parameters"]
+    assert text.startswith("photo of zwx, (red:1.2)\nNegative prompt: blurry\nSteps: 2") and "Seed: 42" in text
+    grid = out / "last_epochs_x_strengths.png"
+    assert grid.is_file() and dict(events[-1][1])["grid"] == grid
+    image = Image.open(grid)
+    assert image.width > 2 * 64 and image.height > 6 * 64  # 2 files x 6 strengths
+
+
+def test_bad_sample_line_names_file_and_line(run_config, tmp_path: Path) -> None:
+    import pytest
+
+    from lorakiln.errors import ConfigError
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("ok --s 2\nbad --x 3\n", encoding="utf-8")
+    cfg = run_config(validation__sample_prompts=str(prompts), train__max_train_steps=1)
+    from lorakiln.training.prepare import describe_plan
+
+    with pytest.raises(ConfigError, match=r"prompts.txt:2: unknown sample option --x"):
+        describe_plan(cfg, log=None)  # before any model is loaded

@@ -270,6 +270,14 @@ class ValidationConfig(Section):
                                                           "(default: the training resolution).")
     validation_seed: int = Field(0, description="Seed of the first validation image (then +1 each), the "
                                  "same at every validation so images are comparable across epochs.")
+    sample_prompts: str | None = Field(None, description="kohya sample-prompts file: one prompt per line "
+                                       "with options `--n` negative, `--w`/`--h` size, `--s` steps, `--l` "
+                                       "CFG, `--d` seed (A1111 emphasis works); `#` starts a comment.")
+    sample_every_n_epochs: int | None = Field(None, ge=1, description="Render the sample prompts every N epochs.")
+    sample_every_n_steps: int | None = Field(None, ge=1, description="Render the sample prompts every N steps.")
+    sample_sampler: str = Field("Euler a", description="A1111 sampler name for samples and validation.")
+    final_grid: bool = Field(True, description="At the end, when epoch files were saved and a sample or "
+                             "validation prompt exists, write an epochs × strengths grid (seed 000's X/Y plot).")
 
     @field_validator("validation_prompt", mode="before")
     @classmethod
@@ -329,6 +337,7 @@ class RunConfig(BaseModel):
         data.prior.class_data_dir = fix(data.prior.class_data_dir)
         data.network.network_weights = fix(data.network.network_weights)
         data.train.resume = fix(data.train.resume)
+        data.validation.sample_prompts = fix(data.validation.sample_prompts)
         data.output.output_dir = fix(data.output.output_dir) or ""
         data.output.logging_dir = fix(data.output.logging_dir)
         return data

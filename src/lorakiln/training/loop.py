@@ -48,6 +48,8 @@ class TrainResult:
     steps: int
     epochs: int
     last_loss: float | None
+    #: The epochs × strengths grid written at the end, if any.
+    grid_path: Path | None = None
 
 
 def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: bool = True) -> TrainResult:
@@ -131,13 +133,14 @@ def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
 
 def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], *, epoch_end: bool = False,
               final: bool = False) -> None:
-    if not validation.is_due(ctx, epoch_end=epoch_end, final=final):
-        return
-    rendered = validation.render(ctx)
-    paths = validation.save(ctx, rendered)
-    for i, (prompt, images) in enumerate(rendered):
-        logger.images(f"validation/{i}: {prompt[:60]}", validation.as_batch(images), ctx.position.global_step)
-    _emit(callbacks, "validation", paths=paths, step=ctx.position.global_step)
+    """Validation and sample renders that are due now (validation.py)."""
+    for folder, prompts in validation.due_jobs(ctx, epoch_end=epoch_end, final=final):
+        rendered = validation.render(ctx, prompts)
+        paths = validation.save(ctx, folder, rendered)
+        for i, (params, images) in enumerate(zip(prompts, rendered, strict=True)):
+            logger.images(f"{folder}/{i}: {params.prompt[:60]}", validation.as_batch([g.image for g in images]),
+                          ctx.position.global_step)
+        _emit(callbacks, folder, paths=paths, step=ctx.position.global_step)
 
 
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
@@ -193,7 +196,10 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
         _validate(ctx, logger, callbacks, final=True)
         final = outputs.save_lora(ctx, outputs.final_name(ctx), final=True)
         state = outputs.save_training_state(ctx) if cfg.output.save_state else None
-        _emit(callbacks, "done", path=final, step=pos.global_step)
-        return TrainResult(final, state, pos.global_step, pos.epoch, last_loss)
+        grid = validation.final_grid(ctx)
+        if grid is not None:
+            logger.write(f"epochs × strengths grid: {grid}")
+        _emit(callbacks, "done", path=final, step=pos.global_step, grid=grid)
+        return TrainResult(final, state, pos.global_step, pos.epoch, last_loss, grid)
     finally:
         logger.close()

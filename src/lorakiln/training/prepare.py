@@ -69,6 +69,7 @@ def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Any, Any, StepPlan]
 
     validate_optimizer_name(cfg.train.optimizer_type)
     validate_scheduler_name(cfg.train.lr_scheduler)
+    _check_render_settings(cfg)
     dataset, data = build_data(cfg)
     plan = plan_steps(cfg, data.num_batches_per_epoch)
     if log:
@@ -80,6 +81,19 @@ def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Any, Any, StepPlan]
             log(f"max_train_steps = {plan.total_steps} overrides the epoch count ({plan.num_epochs} epochs)")
         log(f"optimizer steps: {plan.total_steps}")
     return dataset, data, plan
+
+
+def _check_render_settings(cfg: RunConfig) -> None:
+    """Sample-prompt file and sampler name are checked before any model loads."""
+    from lorakiln.inference.infotext import GenerationParams
+    from lorakiln.inference.samplers import resolve_sampler
+    from lorakiln.training.samples import read_sample_prompts
+
+    v = cfg.validation
+    if v.sample_prompts or v.validation_prompt:
+        resolve_sampler(v.sample_sampler)
+    if v.sample_prompts:
+        read_sample_prompts(v.sample_prompts, GenerationParams())
 
 
 def _freeze(bundle: Any, device: torch.device, weight_dtype: torch.dtype) -> None:

@@ -1,14 +1,16 @@
-"""Validation images while training (diffusers' `validation_prompt`, `num_validation_images`,
-`validation_epochs`): rendered with the LoRA being trained, saved under
-`<output_dir>/validation/` and logged to TensorBoard.
+"""Renders while training: diffusers' validation prompts and kohya's sample prompts, through the
+same `inference.generate` as `lorakiln generate` (A1111 samplers, emphasis, infotext), saved
+under `<output_dir>/validation/` or `<output_dir>/sample/` and logged to TensorBoard; at the end
+an epochs × strengths grid (seed 000's X/Y plot) when epoch files exist.
 
 Rendering must not change training: the network and U-Net go to eval mode (no LoRA dropout,
-no checkpointing) and every RNG is forked, so a run with validation ends with the same weights
-as one without, and resume stays exact.
+no checkpointing) and every RNG is forked, so a run with renders ends with the same weights as
+one without, and resume stays exact.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,71 +18,81 @@ import numpy as np
 import torch
 
 from lorakiln.atomic import atomic_path
+from lorakiln.inference.infotext import GenerationParams, png_info
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from lorakiln.inference.generate import GeneratedImage
     from lorakiln.training.context import TrainContext
 
 
-def is_due(ctx: TrainContext, *, epoch_end: bool, final: bool) -> bool:
-    """Whether to render now: every `validation_epochs` epochs, every `validation_steps` steps,
-    and at the end of training."""
+def _every(n: int | None, value: int) -> bool:
+    return bool(n) and value % (n or 1) == 0
+
+
+def due_jobs(ctx: TrainContext, *, epoch_end: bool, final: bool) -> list[tuple[str, list[GenerationParams]]]:
+    """(folder, prompts) to render now: validation every `validation_epochs` / `validation_steps`,
+    samples every `sample_every_n_epochs` / `sample_every_n_steps`, both at the end."""
     v, pos = ctx.cfg.validation, ctx.position
-    if not v.validation_prompt:
-        return False
-    if final:
-        return True
-    if epoch_end:
-        return pos.epoch % v.validation_epochs == 0
-    return bool(v.validation_steps) and pos.global_step % (v.validation_steps or 1) == 0
+    jobs = []
+    if v.validation_prompt and (final or (epoch_end and _every(v.validation_epochs, pos.epoch))
+                                or (not epoch_end and _every(v.validation_steps, pos.global_step))):
+        jobs.append(("validation", validation_params(ctx)))
+    if v.sample_prompts and (final or (epoch_end and _every(v.sample_every_n_epochs, pos.epoch))
+                             or (not epoch_end and _every(v.sample_every_n_steps, pos.global_step))):
+        jobs.append(("sample", sample_params(ctx)))
+    return jobs
 
 
-def render(ctx: TrainContext) -> list[tuple[str, list[Image]]]:
-    """(prompt, images) for every validation prompt, with the current LoRA at strength 1."""
-    from lorakiln.inference.pipeline import build_pipeline
-
+def _defaults(ctx: TrainContext) -> GenerationParams:
     v = ctx.cfg.validation
     width, height = v.validation_resolution or ctx.cfg.data.resolution
+    return GenerationParams(steps=v.validation_inference_steps, sampler=v.sample_sampler, schedule_type=None,
+                            cfg_scale=v.validation_guidance_scale, seed=v.validation_seed, width=width,
+                            height=height, clip_skip=ctx.cfg.model.clip_skip)
+
+
+def validation_params(ctx: TrainContext) -> list[GenerationParams]:
+    v = ctx.cfg.validation
+    return [replace(_defaults(ctx), prompt=p, negative_prompt=v.validation_negative_prompt,
+                    batch_count=v.num_validation_images) for p in v.validation_prompt]
+
+
+def sample_params(ctx: TrainContext) -> list[GenerationParams]:
+    from lorakiln.training.samples import read_sample_prompts
+
+    return read_sample_prompts(ctx.cfg.validation.sample_prompts or "", _defaults(ctx))
+
+
+def render(ctx: TrainContext, prompts: list[GenerationParams]) -> list[list[GeneratedImage]]:
+    """Images per prompt with the LoRA being trained (hooked, strength 1) and the new tokens."""
+    from lorakiln.inference.generate import generate
+
     modules = [ctx.network, ctx.bundle.unet, *ctx.bundle.text_encoders]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
-    pipe = build_pipeline(ctx.bundle)
-    out = []
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for raw_prompt in v.validation_prompt:
-                prompt = ctx.prompt(raw_prompt)
-                images = []
-                for i in range(v.num_validation_images):
-                    gen = torch.Generator().manual_seed(v.validation_seed + i)
-                    images += pipe(prompt, negative_prompt=ctx.prompt(v.validation_negative_prompt) or None,
-                                   num_inference_steps=v.validation_inference_steps,
-                                   guidance_scale=v.validation_guidance_scale, width=width, height=height,
-                                   generator=gen).images
-                out.append((raw_prompt, images))
+            return [generate(ctx.bundle, replace(p, prompt=ctx.prompt(p.prompt),
+                                                 negative_prompt=ctx.prompt(p.negative_prompt)))
+                    for p in prompts]
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
-    return out
 
 
-def save(ctx: TrainContext, rendered: list[tuple[str, list[Image]]]) -> list[Path]:
-    """Write `validation/e0001-s000010-p0-0.png` … atomically; the PNG text holds the prompt."""
-    from PIL.PngImagePlugin import PngInfo
-
-    folder = ctx.output_dir / "validation"
+def save(ctx: TrainContext, folder_name: str, rendered: list[list[GeneratedImage]]) -> list[Path]:
+    """`<folder>/e0001-s000010-p0-0.png` …, atomically, with A1111 infotext."""
+    folder = ctx.output_dir / folder_name
     pos = ctx.position
     paths = []
-    for p_idx, (prompt, images) in enumerate(rendered):
-        for i, image in enumerate(images):
-            info = PngInfo()
-            info.add_text("parameters", f"{prompt}\nSeed: {ctx.cfg.validation.validation_seed + i}, "
-                                        f"Steps: {ctx.cfg.validation.validation_inference_steps}")
+    for p_idx, images in enumerate(rendered):
+        for i, item in enumerate(images):
             path = folder / f"e{pos.epoch:04d}-s{pos.global_step:06d}-p{p_idx}-{i}.png"
             with atomic_path(path) as tmp:
-                image.save(tmp, format="PNG", pnginfo=info)
+                item.image.save(tmp, format="PNG", pnginfo=png_info(item.params))
             paths.append(path)
     return paths
 
@@ -88,3 +100,26 @@ def save(ctx: TrainContext, rendered: list[tuple[str, list[Image]]]) -> list[Pat
 def as_batch(images: list[Image]) -> np.ndarray:
     """[N, H, W, 3] uint8 for TensorBoard's `add_images(..., dataformats="NHWC")`."""
     return np.stack([np.asarray(im.convert("RGB")) for im in images])
+
+
+def final_grid(ctx: TrainContext) -> Path | None:
+    """The seed's X/Y plot after training: epoch files × strengths 1.0 … 0.5 for the first sample
+    (or validation) prompt. The training hooks are removed first; each file is hooked in turn."""
+    from lorakiln.inference.grid import epoch_files, parse_axis, xyz_grid
+
+    v = ctx.cfg.validation
+    prompts = (sample_params(ctx) if v.sample_prompts else validation_params(ctx)) if v.final_grid else []
+    if not prompts or not ctx.position.saved_epochs:
+        return None
+    final, stems = epoch_files(ctx.output_dir)
+    base = replace(prompts[0], batch_count=1, prompt=f"{ctx.prompt(prompts[0].prompt)}, <lora:{final}:1.0>",
+                   negative_prompt=ctx.prompt(prompts[0].negative_prompt))
+    ctx.network.remove()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        [(image, _)] = xyz_grid(ctx.bundle, base, parse_axis("Prompt S/R: " + ", ".join([final, *stems[:-1]])),
+                                parse_axis("Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5"), lora_dir=ctx.output_dir,
+                                progress=False)
+    path = ctx.output_dir / f"{final}_epochs_x_strengths.png"
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
