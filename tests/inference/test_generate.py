@@ -95,6 +95,8 @@ def test_embedding_found_by_stem(bundle, tmp_path: Path) -> None:
     fresh = build_tiny_sd1_bundle(seed=0)
     out = generate(fresh, replace(FAST, prompt="photo in zwxstyle"), embeddings_dir=folder)
     assert len(out) == 1 and "zwxstyle" in fresh.tokenizers[0].get_vocab()
+    again = generate(fresh, replace(FAST, prompt="photo in zwxstyle"), embeddings_dir=folder)  # grid cells
+    assert np.array_equal(_pixels(out), _pixels(again))
 
 
 def test_errors_name_the_missing_thing(bundle, lora_dir: Path) -> None:

@@ -57,8 +57,11 @@ def per_encoder_tensors(path: Path, bundle: ModelBundle) -> list[torch.Tensor]:
 
 def load_embeddings(pipe: Any, bundle: ModelBundle, files: dict[str, Path]) -> None:
     """Register each file's vectors under its stem in every text encoder (diffusers expands a
-    multi-vector stem to `stem stem_1 …` in prompts)."""
+    multi-vector stem to `stem stem_1 …` in prompts). Registration lives in the bundle's own
+    tokenizers and encoders, so a stem already there (an earlier call, a grid cell) is skipped."""
     for stem, path in files.items():
+        if stem in bundle.tokenizers[0].get_vocab():
+            continue
         vectors = per_encoder_tensors(path, bundle)
         for name, tensor in zip(bundle.family.te_diffusers_prefixes, vectors, strict=True):
             width = getattr(pipe, name).get_input_embeddings().weight.shape[1]
