@@ -156,6 +156,7 @@ save_model_as = "safetensors"
     assert (p.with_prior_preservation, p.num_class_images, p.prior_loss_weight) == (True, 3, 0.8)
     assert cfg.validation.validation_prompt == ["zwx, a man"]
     assert cfg.validation.validation_negative_prompt == "lowres"
+    assert cfg.validation.sample_sampler == "euler_a"  # sd-scripts' name, accepted by the generator
     unmapped = {e.option: e.reason for e in result.draft.unmapped}
     assert "network_args: conv_dim=4" in unmapped
     assert 'log_with = "wandb"' in unmapped and "wandb_api_key = <redacted>" in unmapped

@@ -10,6 +10,7 @@ from diffusers import DDPMScheduler
 
 from lorakiln.errors import ConfigError
 from lorakiln.inference.samplers import (
+    KOHYA_SAMPLERS,
     make_scheduler,
     resolve_sampler,
     sampler_names,
@@ -57,6 +58,11 @@ def test_specific_mappings(sd1_config: dict) -> None:
     assert type(s).__name__ == "DPMSolverMultistepScheduler"
     assert s.config.algorithm_type == "sde-dpmsolver++" and s.config.use_karras_sigmas
     assert type(make_scheduler("Euler a", sd1_config)).__name__ == "EulerAncestralDiscreteScheduler"
+    heun = make_scheduler("DPM++ 2M SDE Heun", sd1_config, "Automatic")
+    assert heun.config.solver_type == "heun" and heun.config.use_exponential_sigmas
+    three = make_scheduler("DPM++ 3M SDE Karras", sd1_config)
+    assert three.config.solver_order == 3 and three.config.use_karras_sigmas
+    assert type(make_scheduler("LCM", sd1_config)).__name__ == "LCMScheduler"
     plms = make_scheduler("PLMS", sd1_config)
     assert type(plms).__name__ == "PNDMScheduler" and plms.config.skip_prk_steps
 
@@ -83,6 +89,8 @@ def test_unsupported_combinations(sd1_config: dict) -> None:
     with pytest.raises(ConfigError, match="no diffusers equivalent"):
         make_scheduler("DPM fast", sd1_config)
     with pytest.raises(ConfigError, match="no diffusers equivalent"):
+        make_scheduler("Restart", sd1_config)
+    with pytest.raises(ConfigError, match="no diffusers equivalent"):
         make_scheduler("Euler", sd1_config, "Align Your Steps")
     with pytest.raises(ConfigError, match="drop one"):
         make_scheduler("DPM++ 2M Karras", sd1_config, "Exponential")
@@ -96,3 +104,17 @@ def test_unknown_name_lists_valid_and_nearest(sd1_config: dict) -> None:
     assert all(n in msg for n in sampler_names())
     with pytest.raises(ConfigError, match="unknown schedule type 'Karas'.*'Karras'"):
         make_scheduler("Euler", sd1_config, "Karas")
+
+
+@pytest.mark.parametrize("kohya", sorted(KOHYA_SAMPLERS))
+def test_sd_scripts_sampler_names_map(kohya: str, sd1_config: dict) -> None:
+    # sd-scripts `get_my_scheduler` builds these classes with their default (uniform) sigmas.
+    expected = {"ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+                "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
+                "heun": "HeunDiscreteScheduler", "dpm_2": "KDPM2DiscreteScheduler",
+                "dpm_2_a": "KDPM2AncestralDiscreteScheduler", "dpmsolver++": "DPMSolverMultistepScheduler",
+                "dpmsingle": "DPMSolverSinglestepScheduler"}[kohya.removeprefix("k_")]
+    if KOHYA_SAMPLERS[kohya] in NEEDS_SCIPY and not HAS_SCIPY:
+        return
+    sched = make_scheduler(kohya, sd1_config)
+    assert type(sched).__name__ == expected and not sched.config.get("use_karras_sigmas", False)

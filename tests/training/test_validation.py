@@ -64,9 +64,22 @@ def test_bad_sample_line_names_file_and_line(run_config, tmp_path: Path) -> None
     from lorakiln.errors import ConfigError
 
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("ok --s 2\nbad --x 3\n", encoding="utf-8")
+    prompts.write_text("ok --s 2 --ss k_euler_a\nbad --x 3\n", encoding="utf-8")
     cfg = run_config(validation__sample_prompts=str(prompts), train__max_train_steps=1)
     from lorakiln.training.prepare import describe_plan
 
     with pytest.raises(ConfigError, match=r"prompts.txt:2: unknown sample option --x"):
         describe_plan(cfg, log=None)  # before any model is loaded
+
+
+def test_sample_line_sampler_option_takes_both_spellings() -> None:
+    import pytest
+
+    from lorakiln.errors import ConfigError
+    from lorakiln.inference.infotext import GenerationParams
+    from lorakiln.training.samples import parse_sample_line
+
+    assert parse_sample_line("a --ss dpmsolver++ --s 3", GenerationParams()).sampler == "dpmsolver++"
+    assert parse_sample_line("a --ss DPM++ 2M Karras", GenerationParams()).sampler == "DPM++ 2M Karras"
+    with pytest.raises(ConfigError, match=r"p.txt:4: --ss: unknown sampler 'eulr'"):
+        parse_sample_line("a --ss eulr", GenerationParams(), "p.txt:4")

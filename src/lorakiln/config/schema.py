@@ -272,10 +272,11 @@ class ValidationConfig(Section):
                                  "same at every validation so images are comparable across epochs.")
     sample_prompts: str | None = Field(None, description="kohya sample-prompts file: one prompt per line "
                                        "with options `--n` negative, `--w`/`--h` size, `--s` steps, `--l` "
-                                       "CFG, `--d` seed (A1111 emphasis works); `#` starts a comment.")
+                                       "CFG, `--d` seed, `--ss` sampler (A1111 emphasis works); `#` starts a comment.")
     sample_every_n_epochs: int | None = Field(None, ge=1, description="Render the sample prompts every N epochs.")
     sample_every_n_steps: int | None = Field(None, ge=1, description="Render the sample prompts every N steps.")
-    sample_sampler: str = Field("Euler a", description="A1111 sampler name for samples and validation.")
+    sample_sampler: str = Field("Euler a", description="Sampler for samples and validation: an A1111 name "
+                                "(`DPM++ 2M Karras`) or an sd-scripts one (`euler_a`, `k_dpm_2`, `ddim`).")
     final_grid: bool = Field(True, description="At the end, when epoch files were saved and a sample or "
                              "validation prompt exists, write an epochs × strengths grid (seed 000's X/Y plot).")
 

@@ -60,6 +60,12 @@ _SPECS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", _DPMPP, automatic="Karras"),
     SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler",
                 {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, automatic="Exponential"),
+    # k-diffusion's `sample_dpmpp_2m_sde(solver_type="heun")`; diffusers exposes the same solver_type.
+    SamplerSpec("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler",
+                {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "solver_type": "heun"},
+                automatic="Exponential"),
+    SamplerSpec("DPM++ 3M SDE", "DPMSolverMultistepScheduler",
+                {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}, automatic="Exponential"),
     # diffusers' table maps "DPM++ SDE" to the single-step solver (its DPMSolverSDEScheduler is
     # closer but needs torchsde, which lorakiln does not depend on).
     SamplerSpec("DPM++ SDE", "DPMSolverSinglestepScheduler", _DPMPP_SINGLE, automatic="Karras", exact=False,
@@ -71,6 +77,8 @@ _SPECS: tuple[SamplerSpec, ...] = (
     # PLMS is PNDM without its Runge-Kutta warm-up (diffusers' SD default scheduler setting).
     SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, timestep_based=True),
     SamplerSpec("UniPC", "UniPCMultistepScheduler", timestep_based=True),
+    # A1111 ≥1.8 lists LCM among its k-diffusion samplers; meant for LCM-distilled models/LoRAs.
+    SamplerSpec("LCM", "LCMScheduler", timestep_based=True),
 )
 _BY_NAME = {s.name.lower(): s for s in _SPECS}
 
@@ -78,6 +86,8 @@ _BY_NAME = {s.name.lower(): s for s in _SPECS}
 UNSUPPORTED = {
     "dpm fast": "DPM fast",
     "dpm adaptive": "DPM adaptive",
+    "restart": "Restart",
+    "ddim cfg++": "DDIM CFG++",
 }
 
 #: A1111 schedule types (`modules/sd_schedulers.py` labels) → diffusers config overrides.
@@ -100,7 +110,18 @@ _SOFT = {("timestep_spacing", "linspace")}
 _LEGACY_NAMES = (
     "LMS Karras", "DPM2 Karras", "DPM2 a Karras", "DPM++ 2S a Karras", "DPM++ 2M Karras",
     "DPM++ SDE Karras", "DPM++ 2M SDE Karras", "DPM++ 2M SDE Exponential",
+    "DPM++ 2M SDE Heun Karras", "DPM++ 2M SDE Heun Exponential", "DPM++ 3M SDE Karras",
+    "DPM++ 3M SDE Exponential",
 )
+
+
+# sd-scripts' `--sample_sampler` / sample-file `--ss` names (`train_util.get_my_scheduler`) → A1111
+# names. sd-scripts builds the plain diffusers class, so these run with the Uniform schedule.
+KOHYA_SAMPLERS: dict[str, str] = {
+    "ddim": "DDIM", "pndm": "PLMS", "lms": "LMS", "k_lms": "LMS", "euler": "Euler", "k_euler": "Euler",
+    "euler_a": "Euler a", "k_euler_a": "Euler a", "heun": "Heun", "dpm_2": "DPM2", "k_dpm_2": "DPM2",
+    "dpm_2_a": "DPM2 a", "k_dpm_2_a": "DPM2 a", "dpmsolver++": "DPM++ 2M", "dpmsingle": "DPM++ 2S a",
+}
 
 
 def sampler_names() -> list[str]:
@@ -128,6 +149,10 @@ def resolve_sampler(name: str, schedule_type: str | None = None) -> tuple[Sample
     "Automatic" means the sampler's A1111 ≥1.9 default. Matching is case-insensitive.
     """
     key = " ".join(name.split()).lower()
+    key = KOHYA_SAMPLERS.get(key, key).lower()
+    if key in ("ddpm", "dpmsolver"):
+        raise ConfigError(f"sd-scripts sampler {name!r} has no A1111 counterpart in lorakiln; use 'DDIM' "
+                          f"or 'DPM++ 2M' ('dpmsolver++').")
     if key in UNSUPPORTED:
         raise ConfigError(f"sampler {UNSUPPORTED[key]!r} has no diffusers equivalent (diffusers lists it "
                           f"as N/A); pick another, e.g. 'DPM++ 2M' or 'Euler a'.")
@@ -139,7 +164,7 @@ def resolve_sampler(name: str, schedule_type: str | None = None) -> tuple[Sample
                 spec, suffix = _BY_NAME[key[: -len(label) - 1]], label
                 break
     if spec is None:
-        raise _unknown("sampler", name, sampler_names())
+        raise _unknown("sampler", name, sampler_names() + sorted(KOHYA_SAMPLERS))
 
     wanted = _schedule_label(schedule_type) if schedule_type is not None else None
     if suffix and wanted not in (None, "Automatic", suffix):

@@ -1,7 +1,7 @@
 """Sample prompts for renders while training: kohya's `sample_prompts` file format.
 
 One prompt per line; options follow as ` --n <negative> --w <width> --h <height> --s <steps>
---l <cfg scale> --d <seed>`; blank lines and lines starting with `#` are skipped (kohya
+--l <cfg scale> --d <seed> --ss <sampler>` (sd-scripts' or A1111's sampler names); blank lines and lines starting with `#` are skipped (kohya
 `train_util.sample_images`). The prompt itself may use A1111 emphasis, as generation does.
 """
 
@@ -13,8 +13,10 @@ from pathlib import Path
 from lorakiln.errors import ConfigError
 from lorakiln.inference.infotext import GenerationParams
 
-_OPTIONS = {"n": "negative_prompt", "w": "width", "h": "height", "s": "steps", "l": "cfg_scale", "d": "seed"}
-_TYPES = {"width": int, "height": int, "steps": int, "cfg_scale": float, "seed": int, "negative_prompt": str}
+_OPTIONS = {"n": "negative_prompt", "w": "width", "h": "height", "s": "steps", "l": "cfg_scale", "d": "seed",
+            "ss": "sampler"}
+_TYPES = {"width": int, "height": int, "steps": int, "cfg_scale": float, "seed": int, "negative_prompt": str,
+          "sampler": str}
 
 
 def parse_sample_line(line: str, defaults: GenerationParams, where: str = "") -> GenerationParams:
@@ -31,6 +33,13 @@ def parse_sample_line(line: str, defaults: GenerationParams, where: str = "") ->
             params = replace(params, **{field: _TYPES[field](value.strip())})
         except ValueError:
             raise ConfigError(f"{where}: --{key.strip()} {value.strip()!r} is not a number") from None
+    if params.sampler != defaults.sampler:
+        from lorakiln.inference.samplers import resolve_sampler
+
+        try:
+            resolve_sampler(params.sampler)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: --ss: {exc}") from None
     return params
 
 

@@ -218,8 +218,7 @@ class _Mapper:
             if not self.args.get("sample_prompts") or is_off(value):
                 self.idle(name)
             elif name == "sample_sampler":
-                if str(value).lower() not in ("euler", "k_euler"):
-                    self.d.note(self.label(name), "lorakiln renders validation images with Euler")
+                self.d.put("validation.sample_sampler", str(value), self.label(name))
             else:
                 key = "validation_epochs" if name.endswith("epochs") else "validation_steps"
                 self.d.put(f"validation.{key}", value, self.label(name))
