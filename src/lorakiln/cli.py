@@ -208,7 +208,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lorakiln", description="Train LoRAs for Stable Diffusion "
-                                     "1.x that load in AUTOMATIC1111, ComfyUI and diffusers.")
+                                     "1.x and SDXL that load in AUTOMATIC1111, ComfyUI and diffusers.")
     parser.add_argument("--version", action="version", version=f"lorakiln {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -254,7 +254,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source format (default: detected)")
     c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     c.set_defaults(func=_cmd_config_import)
+    _add_dataset_verbs(sub)
     return parser
+
+
+def _lazy(module: str, function: str):  # type: ignore[no-untyped-def]
+    """A handler that imports `module` only when its verb runs (keeps `--help` instant)."""
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), function)(args) or 0)
+
+    return run
+
+
+def _add_dataset_verbs(sub: argparse._SubParsersAction) -> None:
+    """`dataset init|check|token` (prep/command.py)."""
+    from lorakiln.prep import command as prep
+
+    p = sub.add_parser("dataset", help="prepare and check training images")
+    dsub = p.add_subparsers(dest="dataset_verb", required=True)
+    d = dsub.add_parser("init", help="copy a folder of photos into a kohya `<repeats>_<token>` folder "
+                        "(EXIF applied, formats normalised, unique names, repeats planned)")
+    prep.add_init_arguments(d)
+    d.set_defaults(func=_lazy("lorakiln.prep.command", "run_init"))
+    d = dsub.add_parser("check", help="lint a training folder: unreadable, small, blurry, duplicate images, "
+                        "captions, trigger word, buckets and the step arithmetic")
+    prep.add_check_arguments(d)
+    d.set_defaults(func=_lazy("lorakiln.prep.command", "run_check"))
+    d = dsub.add_parser("token", help="is this trigger word in the SD CLIP vocabulary? (offline)")
+    prep.add_token_arguments(d)
+    d.set_defaults(func=_lazy("lorakiln.prep.command", "run_token"))
 
 
 def main(argv: list[str] | None = None) -> int:

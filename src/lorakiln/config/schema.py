@@ -61,6 +61,9 @@ class DataConfig(Section):
                          "datasets (kohya folders take repeats from their names).")
     caption_extension: str = Field(".txt", description="Extension of caption files next to the "
                                    "images (kohya_ss 'Caption extension').")
+    check_images: bool = Field(True, description="Before training, measure every image for `lorakiln "
+                               "dataset check`'s warnings (low resolution, blur, near-duplicates, grayscale); "
+                               "turn off to skip that pass on very large datasets.")
     resolution: tuple[int, int] = Field((512, 512), description="Training resolution `W,H` (e.g. "
                                         "`\"512,512\"`, `768`, or `[768, 768]`); its area bounds the buckets.")
     enable_bucket: bool = Field(True, description="Aspect-ratio bucketing: images are resized to the "

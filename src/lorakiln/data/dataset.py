@@ -9,7 +9,7 @@ would put a portrait image into a landscape bucket.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: Image suffixes accepted in a concept folder (compared lower-case), as in kohya's
@@ -71,6 +71,8 @@ class Dataset:
     subsets: tuple[Subset, ...]
     caption_extension: str
     num_missing_captions: int
+    #: (code, message) of the soft issues the scan found, logged once and kept for `dataset check`.
+    scan_warnings: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def items(self) -> list[ImageItem]:

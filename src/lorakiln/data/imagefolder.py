@@ -90,11 +90,11 @@ def scan_imagefolder(root: str | os.PathLike[str], *, caption_column: str | None
         problems.append(f"no images found in {root}; put .jpg/.jpeg/.png/.webp/.bmp files there "
                         "(with metadata.jsonl or instance_prompt)")
     raise_if_problems(root, problems)
-    log_warnings(report, f"{caption_column!r}")
+    warnings = log_warnings(report, f"{caption_column!r}")
     subset = Subset(path=root, repeats=repeats, token=instance_prompt or "", class_token=None, items=tuple(items))
     source = metadata[0].name if metadata else ""
     return Dataset(root=root, subsets=(subset,), caption_extension=source,
-                   num_missing_captions=report.num_missing_captions)
+                   num_missing_captions=report.num_missing_captions, scan_warnings=warnings)
 
 
 def _entries(table: MetadataTable, root: Path, caption_column: str | None, image_column: str,

@@ -53,9 +53,18 @@ def probe_image(path: Path) -> tuple[int, int]:
 
 def open_image_rgb(path: Path) -> Image.Image:
     """Open `path`, apply EXIF orientation and return an RGB image (alpha over white)."""
+    return flatten_to_rgb(open_oriented(path))
+
+
+def open_oriented(path: Path) -> Image.Image:
+    """Open and decode `path` with its EXIF orientation applied, in its own mode."""
     with Image.open(path) as im:
         im.load()
-        img = ImageOps.exif_transpose(im)
+        return ImageOps.exif_transpose(im)
+
+
+def flatten_to_rgb(img: Image.Image) -> Image.Image:
+    """RGB with any transparency composited on white (see the module docstring)."""
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")  # palette transparency → real alpha, then composite below
     if img.mode in ("RGBA", "LA", "PA"):

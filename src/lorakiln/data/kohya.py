@@ -95,9 +95,9 @@ def scan_kohya_dataset(train_dir: str | os.PathLike[str], caption_extension: str
             f"no images found in {root} (looked in: {names}); put .jpg/.jpeg/.png/.webp/.bmp files "
             "into subfolders named like `10_zwx`")
     raise_if_problems(root, problems)
-    log_warnings(report, ext)
+    warnings = log_warnings(report, ext)
     return Dataset(root=root, subsets=tuple(subsets), caption_extension=ext,
-                   num_missing_captions=report.num_missing_captions)
+                   num_missing_captions=report.num_missing_captions, scan_warnings=warnings)
 
 
 
@@ -116,8 +116,7 @@ def scan_kohya_subset(folder: Path, index: int, ext: str, report: ScanReport,
         report.folder_problems.append(f"folder {str(folder)!r} {exc}")
         repeats, token, class_token, name_ok = 1, "", None, False
     if not image_files(folder)[1]:
-        logger.warning("folder %s has no images (.jpg/.jpeg/.png/.webp/.bmp); it adds nothing to "
-                       "training", folder)
+        report.empty_folders.append(folder)
     subset = scan_captioned_folder(
         folder, index=index, repeats=repeats, token=token, class_token=class_token, ext=ext, report=report,
         pool=pool, no_caption_fix=f"add one, or put the trigger word in the folder name (`{repeats}_<token>`)")

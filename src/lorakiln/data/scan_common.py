@@ -51,6 +51,7 @@ class ScanReport:
     full_name_captions: list[Path] = field(default_factory=list)
     ignored_images: list[Path] = field(default_factory=list)
     unlisted_images: list[Path] = field(default_factory=list)
+    empty_folders: list[Path] = field(default_factory=list)
 
     @property
     def num_missing_captions(self) -> int:
@@ -196,28 +197,45 @@ def raise_if_problems(root: Path, problems: list[str], what: str = "dataset") ->
     raise DatasetError("\n".join(lines))
 
 
-def log_warnings(report: ScanReport, ext: str) -> None:
-    """One warning per kind of soft issue, with a count and one example path."""
+def warning_messages(report: ScanReport, ext: str) -> list[tuple[str, str]]:
+    """(code, message) per kind of soft issue, with a count and one example path.
+
+    The same words are logged by the trainer and listed by `lorakiln dataset check`.
+    """
+    out: list[tuple[str, str]] = []
+    if report.empty_folders:
+        out.append(("empty-folder", f"{len(report.empty_folders)} folder(s) have no images "
+                    f"(.jpg/.jpeg/.png/.webp/.bmp), e.g. {report.empty_folders[0]}; they add nothing to training"))
     if report.missing or report.empty_captions:
         example = (report.missing or report.empty_captions)[0]
-        logger.warning("%d image(s) have no %s caption (%d missing, %d empty), e.g. %s; they use %s instead",
-                       report.num_missing_captions, ext, len(report.missing), len(report.empty_captions),
-                       example, report.fallback)
+        out.append(("missing-caption", f"{report.num_missing_captions} image(s) have no {ext} caption "
+                    f"({len(report.missing)} missing, {len(report.empty_captions)} empty), e.g. {example}; "
+                    f"they use {report.fallback} instead"))
     if report.other_ext:
         other = report.other_ext[0]
-        logger.warning("%d caption file(s) use %r, not the configured caption_extension %r (e.g. %s); "
-                       "set caption_extension = %r or rename them", len(report.other_ext),
-                       other.suffix, ext, other, other.suffix)
+        out.append(("caption-extension", f"{len(report.other_ext)} caption file(s) use {other.suffix!r}, not the "
+                    f"configured caption_extension {ext!r} (e.g. {other}); set caption_extension = "
+                    f"{other.suffix!r} or rename them"))
     if report.full_name_captions:
-        logger.warning("%d caption file(s) are named after the full image name (e.g. %s); rename "
-                       "`a.png%s` to `a%s` or they are not used", len(report.full_name_captions),
-                       report.full_name_captions[0], ext, ext)
+        out.append(("caption-name", f"{len(report.full_name_captions)} caption file(s) are named after the full "
+                    f"image name (e.g. {report.full_name_captions[0]}); rename `a.png{ext}` to `a{ext}` or they "
+                    "are not used"))
     if report.multiline:
-        logger.warning("%d caption file(s) have more than one line (e.g. %s); only the first line is "
-                       "used, as in kohya", len(report.multiline), report.multiline[0])
+        out.append(("multiline-caption", f"{len(report.multiline)} caption file(s) have more than one line "
+                    f"(e.g. {report.multiline[0]}); only the first line is used, as in kohya"))
     if report.ignored_images:
-        logger.warning("%d file(s) in an unsupported image format are ignored (e.g. %s); convert them to "
-                       "PNG or JPEG", len(report.ignored_images), report.ignored_images[0])
+        out.append(("unsupported-format", f"{len(report.ignored_images)} file(s) in an unsupported image format "
+                    f"are ignored (e.g. {report.ignored_images[0]}); convert them to PNG or JPEG "
+                    "(`lorakiln dataset init` does)"))
     if report.unlisted_images:
-        logger.warning("%d image(s) are not listed in the metadata file and are ignored (e.g. %s); add a "
-                       "row for each or move them out", len(report.unlisted_images), report.unlisted_images[0])
+        out.append(("unlisted-image", f"{len(report.unlisted_images)} image(s) are not listed in the metadata "
+                    f"file and are ignored (e.g. {report.unlisted_images[0]}); add a row for each or move them out"))
+    return out
+
+
+def log_warnings(report: ScanReport, ext: str) -> tuple[tuple[str, str], ...]:
+    """Log `warning_messages` once each; returns them for `Dataset.scan_warnings`."""
+    messages = warning_messages(report, ext)
+    for _, message in messages:
+        logger.warning("%s", message)
+    return tuple(messages)

@@ -72,15 +72,42 @@ def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Any, Any, StepPlan]
     _check_render_settings(cfg)
     dataset, data = build_data(cfg)
     plan = plan_steps(cfg, data.num_batches_per_epoch)
+    lint = lint_training_data(cfg, dataset)
     if log:
-        log(data.steps_breakdown().format(plan.num_epochs))
-        accum = cfg.train.gradient_accumulation_steps
-        if accum > 1:
-            log(f"gradient accumulation {accum}: {plan.steps_per_epoch} optimizer steps per epoch")
-        if cfg.train.max_train_steps:
-            log(f"max_train_steps = {plan.total_steps} overrides the epoch count ({plan.num_epochs} epochs)")
-        log(f"optimizer steps: {plan.total_steps}")
+        for finding in lint.findings:
+            log(f"{finding.severity}: {finding.message}")
+        for line in plan_lines(cfg, data, plan):
+            log(line)
     return dataset, data, plan
+
+
+def plan_lines(cfg: RunConfig, data: Any, plan: StepPlan) -> list[str]:
+    """The step arithmetic as printed before training (and by `lorakiln dataset check`)."""
+    lines = [data.steps_breakdown().format(plan.num_epochs)]
+    accum = cfg.train.gradient_accumulation_steps
+    if accum > 1:
+        lines.append(f"gradient accumulation {accum}: {plan.steps_per_epoch} optimizer steps per epoch")
+    if cfg.train.max_train_steps:
+        lines.append(f"max_train_steps = {plan.total_steps} overrides the epoch count ({plan.num_epochs} epochs)")
+    lines.append(f"optimizer steps: {plan.total_steps}")
+    return lines
+
+
+def lint_options(cfg: RunConfig) -> Any:
+    """`dataset check` thresholds for this run: its resolution; no vocabulary check when pivotal
+    tuning inserts new tokens for the trigger word (seed 003)."""
+    from lorakiln.data.lint import LintOptions
+
+    return LintOptions(resolution=cfg.data.resolution, check_images=cfg.data.check_images,
+                       check_tokens=not cfg.pivotal.train_text_encoder_ti)
+
+
+def lint_training_data(cfg: RunConfig, dataset: Any) -> Any:
+    """The `dataset check` findings the trainer prints as warnings before loading a model."""
+    from lorakiln.data.lint import lint_dataset
+
+    token = cfg.pivotal.token_abstraction if cfg.pivotal.train_text_encoder_ti else None
+    return lint_dataset(dataset, lint_options(cfg), token=token)
 
 
 def _check_render_settings(cfg: RunConfig) -> None:

@@ -1,0 +1,206 @@
+"""Dataset findings beyond "can it be read": quality, captions and the trigger word.
+
+The scanners (`kohya.py`, `imagefolder.py`) already stop on anything that would break training
+and collect soft issues. This module adds what seed 000 asks a person to look at by eye, so the
+trainer and `lorakiln dataset check` can say it before a single step:
+
+* images below the training resolution (upscaled into their bucket), blurry, near-duplicates,
+  grayscale or transparent;
+* captions that do not contain their folder's trigger word, the most frequent words and tags,
+  and traits present in *every* caption ("characteristics that are the same in every photo (in
+  my case, 'black hair' and 'brown skin') should not be in the caption", seed 000);
+* the trigger word itself, against the real CLIP vocabulary (`token_check.py`).
+
+Findings are plain records; the caller decides how to print them (log lines in the trainer,
+text or JSON in the CLI).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lorakiln.data.captions import split_tags
+from lorakiln.data.dataset import Dataset
+from lorakiln.data.quality import (
+    BLUR_THRESHOLD,
+    DUPLICATE_DISTANCE,
+    ImageStats,
+    duplicate_groups,
+    measure_images,
+)
+
+Severity = Literal["error", "warning", "info"]
+
+#: Words too common in captions to say anything about the subject.
+STOPWORDS = frozenset(
+    ["a", "an", "the", "of", "in", "on", "at", "with", "and", "or", "to", "for", "by", "from", "is", "are", "was", "be", "it", "its", "this", "that", "his", "her", "their", "there", "photo", "picture", "image"])
+#: Paths listed per finding; the count says how many there are in all.
+MAX_PATHS = 10
+_WORD_RE = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing to fix or know: a code a program can match, a message a person can act on."""
+
+    severity: Severity
+    code: str
+    message: str
+    paths: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LintResult:
+    """Findings plus the caption statistics `dataset check` prints."""
+
+    findings: list[Finding] = field(default_factory=list)
+    top_words: list[tuple[str, int]] = field(default_factory=list)
+    top_tags: list[tuple[str, int]] = field(default_factory=list)
+    num_captions: int = 0
+    stats: list[ImageStats] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LintOptions:
+    """Thresholds; the defaults suit photos of a subject (see `quality.py` for their source)."""
+
+    resolution: tuple[int, int] = (512, 512)
+    check_images: bool = True
+    blur_threshold: float = BLUR_THRESHOLD
+    duplicate_distance: int = DUPLICATE_DISTANCE
+    check_tokens: bool = True  # off with pivotal tuning: new tokens replace the vocabulary entry
+    top: int = 15
+
+
+def _listed(paths: Iterable[Path | str]) -> tuple[str, ...]:
+    return tuple(str(p) for p in list(paths)[:MAX_PATHS])
+
+
+def _names(paths: Sequence[Path], limit: int = 5) -> str:
+    shown = ", ".join(Path(p).name for p in paths[:limit])
+    return shown + (f", … (+{len(paths) - limit})" if len(paths) > limit else "")
+
+
+def image_findings(stats: Sequence[ImageStats], options: LintOptions) -> list[Finding]:
+    """Resolution, sharpness, duplicates, grayscale and alpha findings from measurements."""
+    out: list[Finding] = []
+    width, height = options.resolution
+    small = [s for s in stats if s.error is None and s.width * s.height < width * height]
+    if small:
+        sizes = ", ".join(f"{Path(s.path).name} {s.width}x{s.height}" for s in small[:5])
+        out.append(Finding("warning", "low-resolution",
+                           f"{len(small)} image(s) have fewer pixels than the training resolution {width}x{height} "
+                           f"and are upscaled into their bucket, which looks soft ({sizes}); use larger "
+                           "originals, upscale them well beforehand, or leave them out (seed 000)",
+                           _listed(s.path for s in small)))
+    blurry = sorted((s for s in stats if s.error is None and s.sharpness < options.blur_threshold),
+                    key=lambda s: s.sharpness)
+    if blurry:
+        values = ", ".join(f"{Path(s.path).name} {s.sharpness:.0f}" for s in blurry[:5])
+        out.append(Finding("warning", "blurry",
+                           f"{len(blurry)} image(s) look blurry (variance of the Laplacian below "
+                           f"{options.blur_threshold:g}: {values}); seed 000: 'if a photo is blurry … err on the side "
+                           "of not including it'. Flat, plain images can score low too: look before removing",
+                           _listed(s.path for s in blurry)))
+    for group in duplicate_groups(stats, options.duplicate_distance):
+        out.append(Finding("warning", "near-duplicate",
+                           f"{len(group)} images are the same or nearly the same photo ({_names(group)}); keep one, "
+                           "or the LoRA over-learns that pose", _listed(group)))
+    gray = [s.path for s in stats if s.error is None and s.grayscale]
+    if gray:
+        out.append(Finding("warning", "grayscale",
+                           f"{len(gray)} image(s) are grayscale ({_names(gray)}); caption them 'black and white' "
+                           "or 'monochrome', or the LoRA learns the look as part of the subject", _listed(gray)))
+    alpha = [s.path for s in stats if s.error is None and s.has_alpha]
+    if alpha:
+        out.append(Finding("info", "transparency",
+                           f"{len(alpha)} image(s) have transparent pixels ({_names(alpha)}); they are trained on a "
+                           "white background", _listed(alpha)))
+    return out
+
+
+def _has_word(caption: str, word: str) -> bool:
+    """Whole-word, case-insensitive: CLIP lower-cases, and `zwx` must not match `zwxy`."""
+    return re.search(rf"(?<![^\W_]){re.escape(word.lower())}(?![^\W_])", caption.lower()) is not None
+
+
+def caption_findings(dataset: Dataset, options: LintOptions, token: str | None = None) -> LintResult:
+    """Trigger word presence, word/tag frequencies, traits in every caption, token quality."""
+    from lorakiln.data.token_check import check_token
+
+    result = LintResult()
+    out = result.findings
+    captions: list[str] = []
+    tokens_seen: dict[str, list[str]] = {}
+    for subset in dataset.subsets:
+        # A folder token is one word; an ImageFolder's "token" is its instance_prompt sentence.
+        trigger = token or (subset.token if len(subset.token.split()) == 1 else None)
+        if trigger:
+            tokens_seen.setdefault(trigger, []).append(subset.name)
+        missing = [item.path for item in subset.items if trigger and not _has_word(item.caption, trigger)]
+        if missing:
+            out.append(Finding("warning", "caption-without-token",
+                               f"{len(missing)} caption(s) in {subset.name!r} do not contain the trigger word "
+                               f"{trigger!r} ({_names(missing)}); the LoRA ties the subject to the words it sees, so "
+                               f"prefix them, e.g. `lorakiln caption edit {subset.path} --add \"photo of {trigger}\"`",
+                               _listed(missing)))
+        captions += [item.caption for item in subset.items]
+    result.num_captions = len(captions)
+    if not captions:
+        return result
+
+    skip = {t.lower() for t in tokens_seen} | {(s.class_token or "").lower() for s in dataset.subsets}
+    words: Counter[str] = Counter()
+    tags: Counter[str] = Counter()
+    pairs: Counter[str] = Counter()
+    for caption in captions:
+        tag_list = [t.lower() for t in split_tags(caption)]
+        tags.update(set(tag_list))
+        plain = [t for t in tag_list if not any(_has_word(t, k) for k in skip if k)]
+        tokens = [w for t in plain for w in _WORD_RE.findall(t)]
+        words.update({w for w in tokens if w not in STOPWORDS and w not in skip})
+        for t in plain:
+            ws = _WORD_RE.findall(t)
+            pairs.update({f"{a} {b}" for a, b in zip(ws, ws[1:], strict=False)
+                          if a not in STOPWORDS and b not in STOPWORDS})
+    result.top_words = words.most_common(options.top)
+    result.top_tags = tags.most_common(options.top)
+    n = len(captions)
+    if n >= 3:
+        everywhere = sorted({t for t, c in tags.items() if c == n and not any(_has_word(t, k) for k in skip if k)}
+                            | {p for p, c in pairs.items() if c == n})
+        if everywhere:
+            shown = ", ".join(repr(t) for t in everywhere[:8])
+            out.append(Finding("warning", "trait-in-every-caption",
+                               f"{shown} appear(s) in every caption; seed 000: characteristics that are the same in "
+                               "every photo should not be captioned, so the trigger word absorbs them (remove with "
+                               f"`lorakiln caption edit DIR --remove {everywhere[0]!r}`)"))
+    if options.check_tokens:
+        for trigger, folders in tokens_seen.items():
+            try:
+                report = check_token(trigger)
+            except ValueError:
+                continue
+            if not report.ok:
+                alternatives = f" Rarer alternatives: {', '.join(report.suggestions)}." if report.suggestions else ""
+                out.append(Finding("warning", "common-token", f"{report.message}{alternatives} (folders: "
+                                   f"{', '.join(folders)})"))
+    return result
+
+
+def lint_dataset(dataset: Dataset, options: LintOptions, token: str | None = None,
+                 max_workers: int | None = None) -> LintResult:
+    """Everything above for a scanned dataset (image measurements only if `check_images`)."""
+    result = caption_findings(dataset, options, token)
+    if options.check_images:
+        result.stats = measure_images([item.path for item in dataset.items], max_workers)
+        result.findings = image_findings(result.stats, options) + result.findings
+    return result

@@ -1,0 +1,139 @@
+"""Per-image measurements behind `lorakiln dataset check`: sharpness, perceptual hash, colour.
+
+Seed 000's image-selection advice — "high resolution, high quality … if a photo is blurry or low
+resolution, err on the side of not including it", variety, one subject — becomes numbers a
+user can act on before training:
+
+* **sharpness**: variance of the Laplacian of the grey image (Pech-Pacheco et al. 2000, the
+  usual focus measure), computed at most 512 px on the long side so the value does not depend
+  on the camera's resolution; images are never upscaled for it (that would blur them).
+* **perceptual hash**: `imagehash.phash` (64-bit DCT hash); a small Hamming distance means the
+  same photo re-encoded, resized or lightly edited — a near-duplicate that only adds weight to
+  one pose.
+* **grayscale / alpha**: a black-and-white photo teaches "monochrome" as part of the concept
+  unless captioned; transparent pixels are composited on white by the loader (`images.py`), which
+  the user should know about.
+
+Measurements run in a thread pool (Pillow and numpy release the GIL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lorakiln.data.images import flatten_to_rgb, open_oriented
+
+#: Long side the sharpness measure works at (downscale only).
+SHARPNESS_SIDE = 512
+#: Below this variance of the Laplacian (8-bit grey scale) an image is reported as blurry; the
+#: common threshold for photos (OpenCV focus-measure tutorials use 100).
+BLUR_THRESHOLD = 100.0
+#: Hamming distance (of 64 bits) at or below which two perceptual hashes are near-duplicates.
+DUPLICATE_DISTANCE = 4
+#: An RGB image whose channels never differ by more than this is treated as grayscale.
+GRAY_TOLERANCE = 3
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """Measurements of one image (after EXIF orientation), or `error` when it cannot be read."""
+
+    path: Path
+    width: int = 0
+    height: int = 0
+    sharpness: float = 0.0
+    phash: int = 0
+    sha256: str = ""
+    grayscale: bool = False
+    has_alpha: bool = False  # some pixel is (partly) transparent
+    error: str | None = None
+
+
+def laplacian_variance(gray: np.ndarray) -> float:
+    """Variance of the 4-neighbour Laplacian of a 2-D float array (edges excluded)."""
+    if gray.shape[0] < 3 or gray.shape[1] < 3:
+        return 0.0
+    lap = (gray[:-2, 1:-1] + gray[2:, 1:-1] + gray[1:-1, :-2] + gray[1:-1, 2:] - 4.0 * gray[1:-1, 1:-1])
+    return float(lap.var())
+
+
+def _alpha_used(img: Image.Image) -> bool:
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode not in ("RGBA", "LA", "PA"):
+        return False
+    return int(np.asarray(img.getchannel("A")).min()) < 255
+
+
+def _is_grayscale(img: Image.Image) -> bool:
+    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+        return True
+    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    return int(spread.max()) <= GRAY_TOLERANCE
+
+
+def measure_image(path: Path) -> ImageStats:
+    """All measurements of one image; a read failure becomes `error` (never raises)."""
+    import imagehash
+
+    try:
+        data = path.read_bytes()
+        img = open_oriented(path)
+        has_alpha = _alpha_used(img)
+        grayscale = _is_grayscale(img)
+        rgb = flatten_to_rgb(img)
+        width, height = rgb.size
+        small = rgb.copy()
+        small.thumbnail((SHARPNESS_SIDE, SHARPNESS_SIDE), Image.Resampling.LANCZOS)  # never enlarges
+        gray = np.asarray(small.convert("L"), dtype=np.float64)
+        phash = int(str(imagehash.phash(rgb)), 16)
+    except Exception as exc:  # Pillow raises many types for broken files
+        return ImageStats(path=path, error=f"{type(exc).__name__}: {exc}")
+    return ImageStats(path=path, width=width, height=height, sharpness=laplacian_variance(gray), phash=phash,
+                      sha256=hashlib.sha256(data).hexdigest(), grayscale=grayscale, has_alpha=has_alpha)
+
+
+def measure_images(paths: Sequence[Path], max_workers: int | None = None) -> list[ImageStats]:
+    """`measure_image` for every path, in order, in a thread pool."""
+    workers = max_workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(measure_image, paths))
+
+
+def hamming(a: int, b: int) -> int:
+    return (a ^ b).bit_count()
+
+
+def duplicate_groups(stats: Sequence[ImageStats], max_distance: int = DUPLICATE_DISTANCE) -> list[list[Path]]:
+    """Groups (size ≥ 2) of identical or near-identical images, by perceptual hash.
+
+    Single-linkage over pairs within `max_distance`; a dataset of a few hundred images makes the
+    O(n²) comparison of 64-bit integers instant.
+    """
+    good = [s for s in stats if s.error is None]
+    parent = list(range(len(good)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(good):
+        for j in range(i + 1, len(good)):
+            b = good[j]
+            if a.sha256 == b.sha256 or hamming(a.phash, b.phash) <= max_distance:
+                parent[root(j)] = root(i)
+    groups: dict[int, list[Path]] = {}
+    for i, s in enumerate(good):
+        groups.setdefault(root(i), []).append(s.path)
+    return [g for g in groups.values() if len(g) > 1]

@@ -1,0 +1,97 @@
+"""`lorakiln dataset check`: scan errors and warnings as findings, the trainer's step arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lorakiln.cli import main
+from lorakiln.config.load import build_config
+from lorakiln.prep.check import check_dataset
+from lorakiln.training.prepare import build_data, describe_plan
+
+
+def _cfg(root: Path, **data):
+    raw = {"model": {"pretrained_model": "tiny:sd1"},
+           "data": {"train_data_dir": str(root), "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
+                    **data},
+           "train": {"train_batch_size": 2, "max_train_epochs": 3}}
+    return build_config(raw)
+
+
+def test_step_arithmetic_equals_the_trainer(tmp_path: Path, noise_image) -> None:
+    root = tmp_path / "train"
+    sizes = [(96, 64), (90, 60), (64, 96), (80, 80), (64, 64), (128, 64), (64, 128)]
+    for i, size in enumerate(sizes):
+        noise_image(root / ("7_zwx toy" if i < 4 else "3_sks") / f"{i}.png", size, seed=i, caption=f"zwx sks {i}")
+    cfg = _cfg(root)
+    report = check_dataset(cfg)
+    _, data, plan = describe_plan(cfg, log=None)
+    assert report.total_steps == plan.total_steps and report.epochs == plan.num_epochs == 3
+    # ... and equals the batches the loader really produces
+    _, data = build_data(cfg)
+    assert report.total_steps == sum(len(data.epoch_batches(e)) for e in range(3))
+    assert report.steps_lines[-1] == f"optimizer steps: {plan.total_steps}"
+    assert sum(v["samples"] for v in report.buckets.values()) == 4 * 7 + 3 * 3
+    assert not report.errors
+
+
+def test_unreadable_truncated_and_colliding_files_are_errors(tmp_path: Path, noise_image) -> None:
+    root = tmp_path / "train"
+    good = noise_image(root / "5_zwx" / "a.png", seed=1, caption="zwx")
+    noise_image(root / "5_zwx" / "a.jpg", seed=2, caption=None)  # same stem as a.png
+    (root / "5_zwx" / "junk.png").write_bytes(b"not an image at all")
+    full = noise_image(root / "5_zwx" / "cut.jpg", (256, 256), seed=3, caption="zwx")
+    full.write_bytes(full.read_bytes()[:2000])  # a truncated download
+    noise_image(root / "5_zwx" / "small.png", (32, 32), seed=4, caption="zwx")
+    report = check_dataset(_cfg(root))
+    [error] = report.errors
+    assert "junk.png" in error.message and "cut.jpg" in error.message and "share the name 'a'" in error.message
+    assert any(f.code == "low-resolution" for f in report.warnings)  # measured although the scan failed
+    assert good.exists()
+
+
+def test_caption_problems_are_warnings(tmp_path: Path, noise_image) -> None:
+    root = tmp_path / "train"
+    noise_image(root / "5_zwx" / "a.png", seed=1, caption="zwx, a")
+    noise_image(root / "5_zwx" / "b.png", seed=2, caption=None)  # missing
+    noise_image(root / "5_zwx" / "c.png", seed=3, caption="")  # empty
+    noise_image(root / "5_zwx" / "d.png", seed=4, caption="zwx, d", ext=".caption")  # other extension
+    codes = {f.code: f for f in check_dataset(_cfg(root)).warnings}
+    assert "3 image(s) have no .txt caption (2 missing, 1 empty)" in codes["missing-caption"].message
+    assert "caption_extension = '.caption'" in codes["caption-extension"].message
+
+
+def test_cli_text_json_and_exit_codes(tmp_path: Path, noise_image, capsys) -> None:
+    root = tmp_path / "train"
+    for i in range(3):
+        noise_image(root / "10_zwx" / f"{i}.png", (600, 600), seed=i, caption=f"zwx, shot {i}")
+    assert main(["dataset", "check", str(root), "--epochs", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "3 image(s), 0 error(s)" in text and "total steps = 30 batches x 5 epochs = 150" in text
+    assert main(["dataset", "check", str(root), "--json", "--batch-size", "2"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] and data["total_steps"] == 15 and data["buckets"] == {"512x512": {"images": 3, "samples": 30}}
+    (root / "10_zwx" / "0.txt").write_text("a photo", encoding="utf-8")
+    assert main(["dataset", "check", str(root)]) == 0
+    assert main(["dataset", "check", str(root), "--strict"]) == 1  # caption without the trigger word
+    (root / "10_zwx" / "bad.png").write_bytes(b"xx")
+    assert main(["dataset", "check", str(root), "--no-images"]) == 1
+    assert "bad.png" in capsys.readouterr().out
+
+
+def test_cli_check_with_run_toml(tmp_path: Path, noise_image, capsys) -> None:
+    root = tmp_path / "train"
+    for i in range(4):
+        noise_image(root / "15_zwx" / f"{i}.png", (512, 512), seed=i, caption="zwx")
+    (tmp_path / "run.toml").write_text('[model]\npretrained_model = "tiny:sd1"\n[data]\ntrain_data_dir = "train"\n'
+                                       "[train]\nmax_train_epochs = 5\n", encoding="utf-8")
+    assert main(["dataset", "check", "--config", str(tmp_path / "run.toml"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_steps"] == 4 * 15 * 5
+
+
+def test_token_cli(capsys) -> None:
+    assert main(["dataset", "token", "john"]) == 1
+    assert "rank 1742" in capsys.readouterr().out
+    assert main(["dataset", "token", "anantn", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["pieces"] == ["an", "ant", "n</w>"]
