@@ -269,7 +269,8 @@ def _lazy(module: str, function: str):  # type: ignore[no-untyped-def]
 
 
 def _add_dataset_verbs(sub: argparse._SubParsersAction) -> None:
-    """`dataset init|check|token` (prep/command.py)."""
+    """`dataset init|check|token|edit|sheet` (prep/command.py, prep/caption_command.py)."""
+    from lorakiln.prep import caption_command as captions
     from lorakiln.prep import command as prep
 
     p = sub.add_parser("dataset", help="prepare and check training images")
@@ -285,6 +286,13 @@ def _add_dataset_verbs(sub: argparse._SubParsersAction) -> None:
     d = dsub.add_parser("token", help="is this trigger word in the SD CLIP vocabulary? (offline)")
     prep.add_token_arguments(d)
     d.set_defaults(func=_lazy("lorakiln.prep.command", "run_token"))
+    d = dsub.add_parser("edit", help="add, remove or replace tags and phrases in every caption (--dry-run "
+                        "shows the changes)")
+    captions.add_edit_arguments(d)
+    d.set_defaults(func=_lazy("lorakiln.prep.caption_command", "run_edit"))
+    d = dsub.add_parser("sheet", help="a contact-sheet PNG of the images with their captions, for review")
+    captions.add_sheet_arguments(d)
+    d.set_defaults(func=_lazy("lorakiln.prep.caption_command", "run_sheet"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -150,7 +150,7 @@ def caption_findings(dataset: Dataset, options: LintOptions, token: str | None =
             out.append(Finding("warning", "caption-without-token",
                                f"{len(missing)} caption(s) in {subset.name!r} do not contain the trigger word "
                                f"{trigger!r} ({_names(missing)}); the LoRA ties the subject to the words it sees, so "
-                               f"prefix them, e.g. `lorakiln caption edit {subset.path} --add \"photo of {trigger}\"`",
+                               f"prefix them, e.g. `lorakiln dataset edit {subset.path} --add \"photo of {trigger}\"`",
                                _listed(missing)))
         captions += [item.caption for item in subset.items]
     result.num_captions = len(captions)
@@ -182,7 +182,7 @@ def caption_findings(dataset: Dataset, options: LintOptions, token: str | None =
             out.append(Finding("warning", "trait-in-every-caption",
                                f"{shown} appear(s) in every caption; seed 000: characteristics that are the same in "
                                "every photo should not be captioned, so the trigger word absorbs them (remove with "
-                               f"`lorakiln caption edit DIR --remove {everywhere[0]!r}`)"))
+                               f"`lorakiln dataset edit DIR --remove {everywhere[0]!r}`)"))
     if options.check_tokens:
         for trigger, folders in tokens_seen.items():
             try:
