@@ -95,3 +95,19 @@ def test_token_cli(capsys) -> None:
     assert "rank 1742" in capsys.readouterr().out
     assert main(["dataset", "token", "anantn", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["pieces"] == ["an", "ant", "n</w>"]
+
+
+def test_trainer_prints_the_same_warnings_before_loading(tmp_path: Path, noise_image, monkeypatch) -> None:
+    root = tmp_path / "train"
+    for i in range(3):
+        noise_image(root / "5_john" / f"{i}.png", (96, 96), seed=i, caption=f"john, shot {i}")
+    noise_image(root / "5_john" / "small.png", (40, 40), seed=7, caption="john, small")
+    import lorakiln.training.base_model as base_model
+
+    monkeypatch.setattr(base_model, "load_configured_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    lines: list[str] = []
+    describe_plan(_cfg(root), log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning: ")]
+    check = {f.message for f in check_dataset(_cfg(root)).warnings}
+    assert {w.removeprefix("warning: ") for w in warnings} == check
+    assert any("fewer pixels" in w for w in warnings) and any("rank 1742" in w for w in warnings)
