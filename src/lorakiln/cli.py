@@ -32,6 +32,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
               f"  resume: lorakiln train {args.config} --set train.resume={stop.state}")
         return 130
     name = result.lora_path.stem
+    if cfg.train.mode == "full":
+        print(f"\nmodel written: {result.lora_path}\n"
+              f"  AUTOMATIC1111 / Forge: copy it to models/Stable-diffusion; ComfyUI: models/checkpoints\n"
+              f"  lorakiln: lorakiln generate --model {result.lora_path} --prompt \"…\"")
+        if result.state_path:
+            print(f"  state for resume: {result.state_path}")
+        return 0
     print(f"\nLoRA written: {result.lora_path}\n"
           f"  AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt\n"
           f"  ComfyUI: copy it to models/loras and use a LoraLoader node\n"

@@ -141,6 +141,14 @@ SchedulerName = str
 class TrainConfig(Section):
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate used for any part without its "
                                  "own rate; ignored when both unet_lr and text_encoder_lr are set.")
+    mode: Literal["lora", "full"] = Field("lora", description="`lora` trains an adapter file; `full` "
+                                         "fine-tunes every U-Net weight (and the text encoder unless "
+                                         "text_encoder_lr = 0), like sd-scripts' fine_tune.py, and writes a "
+                                         "whole model (single file, plus a diffusers folder with "
+                                         "save_diffusers). `full` also pretrains from scratch (the toy world).")
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="Keep an exponential moving average "
+                                    "of the trained weights with this decay (e.g. 0.999) and save it instead "
+                                    "of the last weights; helps most when pretraining.")
     unet_lr: float | None = Field(None, gt=0, description="Learning rate of the U-Net LoRA.")
     text_encoder_lr: float | None = Field(None, ge=0, description="Learning rate of the text-encoder "
                                           "LoRA (usually lower than unet_lr, e.g. 5e-5). 0 freezes it.")
@@ -207,7 +215,8 @@ class OutputConfig(Section):
     save_every_n_steps: int | None = Field(None, ge=1, description="Save a step-numbered LoRA every N steps.")
     save_state: bool = Field(False, description="Also save the full training state (for `resume`) "
                              "whenever a LoRA is saved.")
-    save_diffusers: bool = Field(False, description="Also write diffusers `pytorch_lora_weights.safetensors`.")
+    save_diffusers: bool = Field(False, description="Also write diffusers `pytorch_lora_weights.safetensors` "
+                                 "(with train.mode = 'full': a diffusers model folder `<output_name>/`).")
     logging_dir: str | None = Field(None, description="TensorBoard log folder (default `<output_dir>/logs`).")
     trigger_phrase: str | None = Field(None, description="Written as `modelspec.trigger_phrase`.")
     no_metadata: bool = Field(False, description="Write only the minimal ss_* metadata keys.")
@@ -323,6 +332,13 @@ class RunConfig(BaseModel):
             # flip_aug is fine: both orientations are cached (kohya does the same).
             raise ValueError("data.cache_latents cannot be combined with data.random_crop (each step "
                              "would need a new latent); set cache_latents = false or random_crop = false")
+        if self.train.mode == "full":
+            if self.pivotal.train_text_encoder_ti:
+                raise ValueError("pivotal.train_text_encoder_ti is for LoRA training; with train.mode = 'full' "
+                                 "the whole text encoder trains (or set train.mode = 'lora')")
+            if self.network.network_weights:
+                raise ValueError("network.network_weights loads a LoRA; with train.mode = 'full' point "
+                                 "model.pretrained_model at the model to continue from instead")
         return self
 
     def resolved_paths(self, base: Path) -> RunConfig:

@@ -131,6 +131,12 @@ class LoRANetwork(nn.ModuleDict):
             groups.append({"name": "text_encoder", "params": te_params, "lr": lr})
         return groups
 
+    def freeze_text_encoders(self) -> None:
+        """Stop training the text-encoder modules (`train_text_encoder_frac`); the U-Net's go on."""
+        for key, module in self.loras():
+            if self.parts[key] != "unet":
+                module.requires_grad_(False)
+
     def set_multiplier(self, multiplier: float, part: str | None = None) -> None:
         """Set the strength of every module (or of one part, e.g. A1111's separate TE/U-Net)."""
         for _, module in self.loras(part):

@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from lorakiln.data.latent_cache import LatentCache
     from lorakiln.data.loader import TrainData
     from lorakiln.models.bundle import ModelBundle
+    from lorakiln.networks.full import FullNetwork
     from lorakiln.networks.network import LoRANetwork
     from lorakiln.networks.pivotal import PivotalEmbeddings
+    from lorakiln.training.ema import EMA
 
 
 @dataclass
@@ -46,7 +48,7 @@ class TrainContext:
     dataset: Dataset
     data: TrainData
     bundle: ModelBundle
-    network: LoRANetwork
+    network: LoRANetwork | FullNetwork
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: torch.amp.GradScaler
@@ -65,6 +67,13 @@ class TrainContext:
     warmup_steps: int = 0
     #: Pivotal-tuning embeddings (new tokens), when `pivotal.train_text_encoder_ti`.
     pivotal: PivotalEmbeddings | None = None
+    #: Moving average of the trained weights (`train.ema_decay`); files are saved from it.
+    ema: EMA | None = None
+
+    @property
+    def full(self) -> bool:
+        """Full fine-tuning (`train.mode = "full"`): outputs are models, not LoRA files."""
+        return self.cfg.train.mode == "full"
 
     def prompt(self, text: str) -> str:
         """A caption or prompt with each token abstraction replaced by its new tokens."""

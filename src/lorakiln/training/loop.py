@@ -106,6 +106,8 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
             raise _non_finite_error(ctx, step + 1, paths, "gradient")
     ctx.scaler.step(ctx.optimizer)
     ctx.scaler.update()
+    if ctx.ema is not None:
+        ctx.ema.update()
     if ctx.pivotal is not None and ctx.pivotal.is_training:
         ctx.pivotal.after_optimizer_step()
     ctx.schedule.step()
@@ -124,11 +126,9 @@ def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
         logger.write(f"step {step}: pivot — the new token embeddings are now fixed")
     frac = ctx.cfg.train.train_text_encoder_frac
     if ctx.train_text_encoder and frac < 1.0 and step >= int(frac * total):
-        for key, module in ctx.network.loras():
-            if ctx.network.parts[key] != "unet":
-                module.requires_grad_(False)
+        ctx.network.freeze_text_encoders()
         ctx.train_text_encoder = False
-        logger.write(f"step {step}: the text-encoder LoRA is now fixed (train_text_encoder_frac = {frac})")
+        logger.write(f"step {step}: the text encoder is now fixed (train_text_encoder_frac = {frac})")
 
 
 def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], *, epoch_end: bool = False,

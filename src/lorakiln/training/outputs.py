@@ -7,6 +7,7 @@ and `last-state/` for resume.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -114,6 +115,26 @@ def training_info(ctx: TrainContext, *, final: bool) -> TrainingInfo:
 
 
 def save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
+    """Write `<output_dir>/<stem>.safetensors`: a kohya LoRA, or the whole model in full mode.
+    With `train.ema_decay` the averaged weights are written."""
+    with ctx.ema.applied() if ctx.ema is not None else contextlib.nullcontext():
+        return save_model(ctx, stem, final=final) if ctx.full else _save_lora(ctx, stem, final=final)
+
+
+def save_model(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
+    """Full fine-tuning: the model as one single-file checkpoint (A1111/ComfyUI's `models/
+    Stable-diffusion`), and at the end as a diffusers folder when `save_diffusers` is set."""
+    from lorakiln.models.save import save_bundle_diffusers, save_bundle_single_file
+
+    path = save_bundle_single_file(ctx.bundle, ctx.output_dir / f"{stem}.safetensors",
+                                   dtype=SAVE_DTYPES[ctx.cfg.output.save_precision])
+    if final and ctx.cfg.output.save_diffusers:
+        save_bundle_diffusers(ctx.bundle, ctx.output_dir / stem)
+    ctx.last_saved = path
+    return path
+
+
+def _save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
     """Write `<output_dir>/<stem>.safetensors` in kohya format (and the diffusers file at the end)."""
     from lorakiln.networks.export import save_diffusers_lora, save_kohya_lora
     from lorakiln.networks.metadata import build_metadata
@@ -137,7 +158,8 @@ def save_training_state(ctx: TrainContext) -> Path:
     """Write `<output_name>-state/` (adapter, optimizer, schedule, RNGs, loop position)."""
     return save_state(
         state_dir(ctx),
-        network_state=ctx.network.state_dict() | (ctx.pivotal.state_dict() if ctx.pivotal else {}),
+        network_state=ctx.network.state_dict() | (ctx.pivotal.state_dict() if ctx.pivotal else {})
+        | (ctx.ema.state_dict() if ctx.ema else {}),
         optimizer=ctx.optimizer,
         schedule=ctx.schedule,
         scaler=ctx.scaler,

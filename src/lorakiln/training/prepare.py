@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from lorakiln.config.schema import RunConfig
+from lorakiln.errors import LorakilnError
 from lorakiln.training.context import (
     StepPlan,
     TrainContext,
@@ -296,8 +297,10 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     dataset, data, plan = describe_plan(cfg, log)
     device = pick_device()
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
-    # Frozen weights in half precision only on GPU; CPU keeps fp32 weights under autocast.
-    weight_dtype = autocast_dtype if (autocast_dtype and device.type == "cuda") else torch.float32
+    # Frozen weights in half precision only on GPU; CPU keeps fp32 weights under autocast. Fully
+    # fine-tuned weights stay fp32 (mixed precision keeps an fp32 master copy).
+    half_ok = autocast_dtype and device.type == "cuda" and cfg.train.mode == "lora"
+    weight_dtype = autocast_dtype if half_ok else torch.float32
 
     m = cfg.model
     bundle = load_configured_model(m.pretrained_model, vae=m.vae, config_dir=m.config_dir,
@@ -309,9 +312,14 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     _warn_long_captions(dataset, bundle, log, pivotal)
     train_te = wants_text_encoder(cfg)
     torch.manual_seed(cfg.train.seed)  # LoRA init (kaiming down, zero up) is seeded
-    network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,
-                                  dim=cfg.network.network_dim, alpha=cfg.network.network_alpha,
-                                  dropout=cfg.network.network_dropout, train_text_encoder=train_te)
+    if cfg.train.mode == "full":
+        from lorakiln.networks.full import FullNetwork
+
+        network: Any = FullNetwork(bundle.family, bundle.unet, bundle.text_encoders, train_te)
+    else:
+        network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,
+                                      dim=cfg.network.network_dim, alpha=cfg.network.network_alpha,
+                                      dropout=cfg.network.network_dropout, train_text_encoder=train_te)
     if cfg.network.network_weights:
         from lorakiln.networks.export import read_lora_file
 
@@ -349,6 +357,10 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
                        encode_fn=encode, lrs=lrs, optimizer_desc=optimizer_desc, warmup_steps=warmup,
                        pivotal=pivotal)
+    if cfg.train.ema_decay:
+        from lorakiln.training.ema import EMA
+
+        ctx.ema = EMA([p for g in optimizer.param_groups for p in g["params"]], cfg.train.ema_decay)
     if cache is not None:
         if log:
             log("caching latents")
@@ -365,9 +377,15 @@ def _resume(ctx: TrainContext, log: Log) -> None:
 
     state = load_state(ctx.cfg.train.resume or "")
     pivotal_state = {k: v for k, v in state.network_state.items() if k.startswith("pivotal.")}
-    ctx.network.load_kohya_state_dict({k: v for k, v in state.network_state.items() if k not in pivotal_state})
+    ema_state = {k: v for k, v in state.network_state.items() if k.startswith("ema.")}
+    ctx.network.load_kohya_state_dict({k: v for k, v in state.network_state.items()
+                                       if k not in pivotal_state and k not in ema_state})
     if ctx.pivotal is not None:
         ctx.pivotal.load_state_dict(pivotal_state)
+    if ctx.ema is not None:
+        if not ema_state:
+            raise LorakilnError(f"{state.folder} was saved without train.ema_decay; resume with the same setting")
+        ctx.ema.load_state_dict(ema_state)
     ctx.optimizer.load_state_dict(state.optimizer_state)
     ctx.schedule.load_state_dict(state.schedule_state)
     if state.scaler_state:

@@ -10,6 +10,7 @@ one without, and resume stays exact.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,8 +74,9 @@ def render(ctx: TrainContext, prompts: list[GenerationParams]) -> list[list[Gene
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
+    averaged = ctx.ema.applied() if ctx.ema is not None else contextlib.nullcontext()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        with torch.random.fork_rng(devices=[]), torch.no_grad(), averaged:
             return [generate(ctx.bundle, replace(p, prompt=ctx.prompt(p.prompt),
                                                  negative_prompt=ctx.prompt(p.negative_prompt)))
                     for p in prompts]
@@ -108,6 +110,8 @@ def final_grid(ctx: TrainContext) -> Path | None:
     from lorakiln.inference.grid import epoch_files, parse_axis, xyz_grid
 
     v = ctx.cfg.validation
+    if ctx.full:  # a grid of whole models would load each one; compare them with `lorakiln grid --model`
+        return None
     prompts = (sample_params(ctx) if v.sample_prompts else validation_params(ctx)) if v.final_grid else []
     if not prompts or not ctx.position.saved_epochs:
         return None
