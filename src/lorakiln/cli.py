@@ -262,6 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     c.set_defaults(func=_cmd_config_import)
     _add_dataset_verbs(sub)
+    from lorakiln.captioning import command as caption_cmd
+
+    p = sub.add_parser("caption", help="write captions with BLIP (kohya's BLIP Captioning) or a WD14 tagger")
+    caption_cmd.add_arguments(p)
+    p.set_defaults(func=_lazy("lorakiln.captioning.command", "run"))
     return parser
 
 
