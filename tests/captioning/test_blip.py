@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BLIP_PRIMED_TOKENS, MakeImage
+from captioning_support import BLIP_PRIMED_TOKENS, MakeImage
 
 from lorakiln.captioning.blip import BlipOptions, caption_with_blip, generate_kwargs, load_blip
 from lorakiln.captioning.files import OutputOptions, join_caption

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import BLIP_PRIMED_TOKENS, MakeImage
+from captioning_support import BLIP_PRIMED_TOKENS, MakeImage
 
 from lorakiln.captioning.command import add_arguments, run
 from lorakiln.errors import ConfigError, DatasetError, ModelLoadError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import WD14_SIZE, MakeImage, build_tiny_wd14
+from captioning_support import WD14_SIZE, MakeImage, build_tiny_wd14
 from PIL import Image
 
 from lorakiln.captioning.files import OutputOptions
