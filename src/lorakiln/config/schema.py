@@ -344,7 +344,7 @@ class RunConfig(BaseModel):
     def resolved_paths(self, base: Path) -> RunConfig:
         """Return a copy whose relative paths are made absolute against `base` (the TOML's folder)."""
         def fix(p: str | None, hub_ok: bool = False) -> str | None:
-            if p is None or p.startswith(("tiny:", "random:")) or (hub_ok and _looks_like_hub_id(p)):
+            if p is None or p == "toy" or p.startswith(("tiny:", "random:")) or (hub_ok and _looks_like_hub_id(p)):
                 return p
             path = Path(p).expanduser()
             return str(path if path.is_absolute() else (base / path).resolve())

@@ -87,6 +87,13 @@ def load_base_model(
     naming the source.
     """
     src = os.fspath(source)
+    if src == "toy":  # the toy world's base model shipped with lorakiln (toyworld/model.py)
+        from lorakiln.toyworld.model import toy_model_path
+
+        bundle = _load_single_file(toy_model_path(), config_dir=config_dir, allow_pickle=False, dtype=dtype,
+                                   tokenizer=tokenizer)
+        bundle.name = "toy"
+        return _with_vae(bundle, vae, allow_pickle, dtype, local_files_only)
     path = Path(src).expanduser()
     if m := _TINY_SOURCE.match(src):
         bundle = _build_tiny(m[1], seed=int(m[2] or 0), dtype=dtype)
@@ -104,6 +111,12 @@ def load_base_model(
         raise ModelLoadError(
             f"base model {src!r} not found: no such file or folder (a hub id looks like `org/name`)"
         )
+    return _with_vae(bundle, vae, allow_pickle, dtype, local_files_only)
+
+
+def _with_vae(bundle: ModelBundle, vae: str | os.PathLike[str] | None, allow_pickle: bool, dtype: torch.dtype,
+              local_files_only: bool | None) -> ModelBundle:
+    """Swap in a VAE override (`model.vae`), if any."""
     if vae is not None:
         bundle.vae = load_vae(vae, base_config=bundle.vae.config, allow_pickle=allow_pickle, dtype=dtype,
                               local_files_only=local_files_only)
