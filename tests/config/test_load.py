@@ -141,3 +141,16 @@ def test_docs_file_is_current() -> None:
 def test_quickstart_config_is_valid() -> None:
     cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "config.toml")
     assert cfg.model.pretrained_model == "tiny:sd1"
+
+
+@pytest.mark.parametrize("name", ["kohya-character", "dadaptation", "adafactor", "pivotal-prodigy"])
+def test_every_preset_validates(name: str) -> None:
+    from lorakiln.config.presets import PRESET_DESCRIPTIONS, PRESETS
+
+    cfg = _build({"preset": name})
+    assert name in PRESETS and name in PRESET_DESCRIPTIONS
+    if name == "pivotal-prodigy":  # seed 003's recipe
+        t = cfg.train
+        assert (t.optimizer_type, t.learning_rate, t.adam_beta2, t.adam_weight_decay) == ("Prodigy", 1.0, 0.99, 0.01)
+        assert t.prodigy_safeguard_warmup and t.prodigy_use_bias_correction and t.min_snr_gamma == 5.0
+        assert cfg.pivotal.train_text_encoder_ti and cfg.network.network_dim == 32

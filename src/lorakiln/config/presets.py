@@ -49,6 +49,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "network": {"network_dim": 128, "network_alpha": 128},
     },
+    # Seed 003's recipe (the diffusers advanced SDXL script on Huggy): Prodigy at lr 1.0 with its
+    # recommended flags, pivotal tuning (2 new tokens per TOK, fixed halfway), min-SNR 5, rank 32,
+    # batch 4, 1000 constant-rate steps.
+    "pivotal-prodigy": {
+        "train": {
+            "optimizer_type": "Prodigy",
+            "learning_rate": 1.0,
+            "text_encoder_lr": 1.0,
+            "lr_scheduler": "constant",
+            "adam_beta1": 0.9,
+            "adam_beta2": 0.99,
+            "adam_weight_decay": 0.01,
+            "prodigy_safeguard_warmup": True,
+            "prodigy_use_bias_correction": True,
+            "min_snr_gamma": 5.0,
+            "train_batch_size": 4,
+            "max_train_steps": 1000,
+        },
+        "network": {"network_dim": 32, "network_alpha": 32},
+        "pivotal": {"train_text_encoder_ti": True, "token_abstraction": "TOK", "num_new_tokens_per_abstraction": 2,
+                    "train_text_encoder_ti_frac": 0.5},
+    },
 }
 
 #: The preset the 000 seed ends on (the `kohya-character` table).
@@ -57,6 +79,8 @@ PRESET_DESCRIPTIONS: dict[str, str] = {
     "polynomial, AdamW8bit, dim 128 / alpha 128 (name the folder 15_<token>)",
     "dadaptation": "DAdaptAdam with decouple, lr 1 / TE 0.5, constant schedule",
     "adafactor": "Adafactor with relative steps and its own schedule, lr 1 / TE 0.5",
+    "pivotal-prodigy": "seed 003's SDXL recipe: Prodigy lr 1.0 (β2 0.99, decay 0.01, safeguard warmup, bias "
+    "correction), pivotal tuning of TOK (2 new tokens, fixed halfway), min-SNR 5, rank 32, batch 4, 1000 steps",
 }
 
 
