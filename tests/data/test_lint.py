@@ -10,7 +10,7 @@ from PIL import Image
 
 from lorakiln.data import scan_dataset
 from lorakiln.data.lint import LintOptions, lint_dataset
-from lorakiln.data.quality import laplacian_variance, measure_image
+from lorakiln.data.quality import edge_sharpness, measure_image
 
 OPTS = LintOptions(resolution=(64, 64))
 
@@ -54,7 +54,18 @@ def test_blurry_image(clean: Path) -> None:
     (clean / "5_zwx" / "soft.txt").write_text("zwx, gradient", encoding="utf-8")
     finding = _codes(clean)["blurry"]
     assert finding.paths == (str(clean / "5_zwx" / "soft.png"),)
-    assert laplacian_variance(np.zeros((5, 5))) == 0.0
+    assert edge_sharpness(np.zeros((5, 5))) == 0.0
+
+
+def test_flat_graphics_are_not_blurry_but_blurred_ones_are(tmp_path: Path) -> None:
+    from PIL import ImageDraw, ImageFilter
+
+    img = Image.new("RGB", (64, 64), (128, 128, 128))
+    ImageDraw.Draw(img).ellipse([12, 12, 52, 52], fill=(250, 140, 0))  # a flat disc: sharp edges
+    img.save(tmp_path / "flat.png")
+    img.filter(ImageFilter.GaussianBlur(2)).save(tmp_path / "soft.png")
+    sharp, soft = measure_image(tmp_path / "flat.png").sharpness, measure_image(tmp_path / "soft.png").sharpness
+    assert sharp > 1.0 > OPTS.blur_threshold > soft
 
 
 def test_near_duplicate_resized_and_reencoded(clean: Path) -> None:

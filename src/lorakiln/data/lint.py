@@ -104,11 +104,11 @@ def image_findings(stats: Sequence[ImageStats], options: LintOptions) -> list[Fi
     blurry = sorted((s for s in stats if s.error is None and s.sharpness < options.blur_threshold),
                     key=lambda s: s.sharpness)
     if blurry:
-        values = ", ".join(f"{Path(s.path).name} {s.sharpness:.0f}" for s in blurry[:5])
+        values = ", ".join(f"{Path(s.path).name} {s.sharpness:.2f}" for s in blurry[:5])
         out.append(Finding("warning", "blurry",
-                           f"{len(blurry)} image(s) look blurry (variance of the Laplacian below "
-                           f"{options.blur_threshold:g}: {values}); seed 000: 'if a photo is blurry … err on the side "
-                           "of not including it'. Flat, plain images can score low too: look before removing",
+                           f"{len(blurry)} image(s) look blurry (edge sharpness below {options.blur_threshold:g}, "
+                           f"a crisp edge scores about 2: {values}); seed 000: 'if a photo is blurry … err on the "
+                           "side of not including it'",
                            _listed(s.path for s in blurry)))
     for group in duplicate_groups(stats, options.duplicate_distance):
         out.append(Finding("warning", "near-duplicate",
