@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="write captions with BLIP (kohya's BLIP Captioning) or a WD14 tagger")
     caption_cmd.add_arguments(p)
     p.set_defaults(func=_lazy("lorakiln.captioning.command", "run"))
+    from lorakiln.lora_tools import command as lora_cmd
+
+    p = sub.add_parser("lora", help="inspect and convert LoRA files (info, convert)")
+    lora_cmd.add_arguments(p.add_subparsers(dest="lora_verb", required=True))
+    p.set_defaults(func=_lazy("lorakiln.lora_tools.command", "run"))
     from lorakiln.toyworld import command as toy_cmd
 
     p = sub.add_parser("toy", help="the toy world: its datasets, the toy base model's pretraining, detectors")
