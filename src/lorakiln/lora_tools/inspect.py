@@ -2,408 +2,77 @@
 
 The file is read from its safetensors header (shapes, dtypes, metadata) plus the few bytes of
 each ``alpha``, so inspecting a 1 GB file costs no more than a 10 MB one and loads no tensors.
-Layouts recognised (``../shared/reference/formats.md``):
-
-* kohya ``lora_unet_*``/``lora_te*_*`` + ``lora_down``/``lora_up``/``alpha`` (§1);
-* LyCORIS under the same prefixes: LoHa ``hada_*``, LoKr ``lokr_*``, Tucker ``lora_mid``, DoRA
-  ``dora_scale``, full ``diff`` (§2) — reported, not converted;
-* diffusers/PEFT ``unet.…lora_A.weight`` and the older diffusers forms ``…lora.down.weight``,
-  ``…lora_linear_layer.down.weight``, ``…processor.to_q_lora.down.weight`` (§5).
-
-Module names are translated only through `lorakiln.networks.keymap` (ARCHITECTURE.md).
+`lorakiln.lora_tools.header` reads the header, groups the keys and tells the layout and family;
+`lorakiln.lora_tools.metadata_view` makes the metadata readable; this module builds the report
+(`LoraInfo`), its portability notes and its text form.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import re
-import struct
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorakiln.errors import LorakilnError
-from lorakiln.models.family import FAMILIES, ModelFamily
-from lorakiln.networks import keymap
-from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
-
-# --------------------------------------------------------------------------------------------
-# safetensors header
-# --------------------------------------------------------------------------------------------
-
-#: safetensors dtype codes → torch-style names.
-DTYPE_NAMES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-    "BOOL": "bool",
-}  # fmt: skip
-_MAX_HEADER = 100 * 2**20  # the safetensors library refuses headers over 100 MB too
-
-
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor as the header describes it (``data_offsets`` are relative to the data start)."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    path: Path
-    tensors: dict[str, TensorEntry]
-    metadata: dict[str, str]
-    #: Byte offset of the tensor data (8-byte length + JSON header).
-    data_start: int
-    file_size: int
-
-
-_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl"})
-
-
-def _pickle_kind(path: Path, head: bytes, parsed: bool) -> str | None:
-    """What kind of pickle the file is by its magic bytes; by its suffix only if it is not a
-    readable safetensors file (a `.bin` can be either)."""
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip-packed PyTorch pickle (torch.save)"
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return f"a Python pickle (protocol {head[1]})"
-    if not parsed and path.suffix.lower() in _PICKLE_SUFFIXES:
-        return f"a {path.suffix} file (usually a PyTorch pickle)"
-    return None
-
-
-def _refuse_pickle(path: Path, kind: str) -> LorakilnError:
-    """Pickles are refused, never opened: unpickling runs code the file chooses."""
-    return LorakilnError(
-        f"{path.name} is {kind}; lorakiln does not open pickled files, because loading one can "
-        "run arbitrary code. Get the .safetensors version of this LoRA, or convert it with a tool "
-        "you trust on a machine you do not mind risking."
-    )
-
-
-def resolve_input(path: str | Path) -> Path:
-    """A file, or a diffusers LoRA folder holding ``pytorch_lora_weights.safetensors`` (§5)."""
-    path = Path(path)
-    if path.is_dir() and (path / DIFFUSERS_WEIGHT_NAME).is_file():
-        return path / DIFFUSERS_WEIGHT_NAME
-    return path
-
-
-def read_header(path: str | Path) -> SafetensorsHeader:
-    """Parse a safetensors header without loading tensors; `LorakilnError` for anything else."""
-    path = resolve_input(path)
-    if not path.is_file():
-        raise LorakilnError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if kind := _pickle_kind(path, head, parsed=True):
-            raise _refuse_pickle(path, kind)
-        header = _parse_header(path, fh, head)
-    if header is None:
-        if kind := _pickle_kind(path, head, parsed=False):
-            raise _refuse_pickle(path, kind)
-        raise LorakilnError(f"{path.name} is not a .safetensors file (its header cannot be read)")
-    return header
-
-
-def _parse_header(path: Path, fh: Any, head: bytes) -> SafetensorsHeader | None:
-    """The header after the 8-byte little-endian length, or None if it is not valid."""
-    size = path.stat().st_size
-    if len(head) < 8:
-        return None
-    (n,) = struct.unpack("<Q", head)
-    if n < 2 or n > min(_MAX_HEADER, size - 8):
-        return None
-    try:
-        header = json.loads(fh.read(n))
-        metadata = header.pop("__metadata__", None) or {}
-        tensors = {
-            name: TensorEntry(
-                e["dtype"], tuple(e["shape"]), int(e["data_offsets"][0]), int(e["data_offsets"][1])
-            )
-            for name, e in header.items()
-        }
-    except (
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        AttributeError,
-        TypeError,
-        KeyError,
-        ValueError,
-        IndexError,
-    ):
-        return None
-    return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + n, size)
-
-
-def read_scalar(header: SafetensorsHeader, name: str, fh: Any | None = None) -> float:
-    """The first element of a float tensor (an ``alpha``), read straight from the file."""
-    entry = header.tensors[name]
-    if fh is None:
-        with open(header.path, "rb") as own:
-            return read_scalar(header, name, own)
-    fh.seek(header.data_start + entry.start)
-    if entry.dtype == "BF16":  # bfloat16 = the top half of a float32
-        return float(struct.unpack("<f", b"\x00\x00" + fh.read(2))[0])
-    fmt = {"F64": "<d", "F32": "<f", "F16": "<e", "I64": "<q", "I32": "<i"}.get(entry.dtype)
-    if fmt is None:
-        raise LorakilnError(
-            f"{header.path.name}: {name} has dtype {entry.dtype}, not a number lorakiln reads"
-        )
-    return float(struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0])
-
-
-def tensor_data_hash(path: str | Path) -> str:
-    """``sshs_model_hash`` as kohya/A1111 define it: sha256 of the bytes after the header (§1)."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        fh.seek(8 + n)
-        digest = hashlib.sha256()
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------
-# keys → modules
-# --------------------------------------------------------------------------------------------
-
-KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_")
-DIFFUSERS_COMPONENTS = ("text_encoder_2", "text_encoder", "unet")  # longest first
-
-#: Per-module parameter names after the first "." of a kohya/LyCORIS key → (algorithm, role).
-#: §1 (LoRA), §2 (LyCORIS), §3 (A1111 module types, which also accepts lora_A/lora_B).
-_KOHYA_PARAMS: dict[str, tuple[str, str]] = {
-    "lora_down.weight": ("lora", "down"), "lora_up.weight": ("lora", "up"),
-    "lora_mid.weight": ("lora", "mid"), "lora_A.weight": ("lora", "down"), "lora_B.weight": ("lora", "up"),
-    "alpha": ("", "alpha"), "dora_scale": ("", "dora"), "scale": ("", "scale"),
-    "hada_w1_a": ("loha", "w1_a"), "hada_w1_b": ("loha", "w1_b"), "hada_w2_a": ("loha", "w2_a"),
-    "hada_w2_b": ("loha", "w2_b"), "hada_t1": ("loha", "t1"), "hada_t2": ("loha", "t2"),
-    "lokr_w1": ("lokr", "w1"), "lokr_w1_a": ("lokr", "w1_a"), "lokr_w1_b": ("lokr", "w1_b"),
-    "lokr_w2": ("lokr", "w2"), "lokr_w2_a": ("lokr", "w2_a"), "lokr_w2_b": ("lokr", "w2_b"),
-    "lokr_t2": ("lokr", "t2"), "diff": ("full", "diff"), "diff_b": ("full", "diff_b"),
-    "w_norm": ("norm", "w"), "b_norm": ("norm", "b"), "oft_blocks": ("oft", "blocks"),
-    "oft_diag": ("oft", "blocks"), "a1.weight": ("glora", "a1"), "a2.weight": ("glora", "a2"),
-    "b1.weight": ("glora", "b1"), "b2.weight": ("glora", "b2"), "on_input": ("ia3", "on_input"),
-}  # fmt: skip
-#: Parameter suffixes of diffusers-style keys (§5) → (algorithm, role, key style).
-_DIFFUSERS_PARAMS: tuple[tuple[str, str, str, str], ...] = (
-    ("lora_linear_layer.down.weight", "lora", "down", "diffusers-old"),
-    ("lora_linear_layer.up.weight", "lora", "up", "diffusers-old"),
-    ("lora.down.weight", "lora", "down", "diffusers-old"),
-    ("lora.up.weight", "lora", "up", "diffusers-old"),
-    ("lora_A.weight", "lora", "down", "diffusers"), ("lora_B.weight", "lora", "up", "diffusers"),
-    ("lora_A.bias", "lora", "down_bias", "diffusers"), ("lora_B.bias", "lora", "up_bias", "diffusers"),
-    ("lora_magnitude_vector", "", "dora", "diffusers"), ("alpha", "", "alpha", "diffusers"),
-    ("lokr_w1", "lokr", "w1", "diffusers"), ("lokr_w2", "lokr", "w2", "diffusers"),
-    ("lokr_w1_a", "lokr", "w1_a", "diffusers"), ("lokr_w1_b", "lokr", "w1_b", "diffusers"),
-    ("lokr_w2_a", "lokr", "w2_a", "diffusers"), ("lokr_w2_b", "lokr", "w2_b", "diffusers"),
-)  # fmt: skip
-#: diffusers' old attention-processor form: ``…attn1.processor.to_q_lora.down.weight`` (§5 step 3).
-_ATTN_PROC = re.compile(
-    r"(?P<mod>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight"
+from lorakiln.lora_tools.header import (
+    ALGORITHM_NAMES,
+    DTYPE_NAMES,
+    BlockSummary,
+    ModuleEntry,
+    _read_alphas,
+    _resolve_all,
+    describe_non_lora,
+    detect_family,
+    detect_format,
+    family_from_keys,
+    group_modules,
+    peft_alpha_rule,
+    read_header,
+    resolve_input,
+    resolve_kohya_module,
+    split_component,
+    summarise_blocks,
 )
-_ATTN_PROC_UNET = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
-_ATTN_PROC_TE = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
-
-ALGORITHM_NAMES = {
-    "lora": "LoRA", "loha": "LoHa", "lokr": "LoKr", "full": "full weight diff", "norm": "norm",
-    "oft": "OFT", "glora": "GLoRA", "ia3": "IA3", "unknown": "unknown",
-}  # fmt: skip
-
-
-@dataclass
-class ModuleEntry:
-    """One patched layer: its key in the file and the tensors that make it up."""
-
-    key: str
-    #: "kohya" (lora_unet_… prefixes, LyCORIS included), "diffusers" or "diffusers-old".
-    style: str
-    #: role → tensor name, e.g. {"down": "lora_unet_x.lora_down.weight", "alpha": …}.
-    tensors: dict[str, str] = field(default_factory=dict)
-    algorithms: set[str] = field(default_factory=set)
-    #: diffusers component ("unet", "text_encoder", "text_encoder_2") and module path, once known.
-    component: str | None = None
-    path: str | None = None
-
-    @property
-    def algorithm(self) -> str:
-        algos = self.algorithms or {"unknown"}
-        return "+".join(sorted(algos)) if len(algos) > 1 else next(iter(algos))
-
-    @property
-    def dora(self) -> bool:
-        return "dora" in self.tensors
-
-
-def _split_diffusers_key(key: str) -> tuple[str, str, str, str] | None:
-    """``(module, algorithm, role, style)`` of a dotted diffusers-style key, or None."""
-    m = _ATTN_PROC.fullmatch(key)
-    if m:
-        table = _ATTN_PROC_TE if m["mod"].endswith("self_attn") else _ATTN_PROC_UNET
-        return f"{m['mod']}.{table[m['proj']]}", "lora", m["role"], "diffusers-old"
-    for suffix, algo, role, style in _DIFFUSERS_PARAMS:
-        if key.endswith("." + suffix):
-            return key[: -len(suffix) - 1], algo, role, style
-    return None
-
-
-def group_modules(keys: list[str]) -> tuple[dict[str, ModuleEntry], list[str], list[str]]:
-    """Group tensor names into modules; returns (modules, bundled-embedding keys, foreign keys)."""
-    modules: dict[str, ModuleEntry] = {}
-    bundled: list[str] = []
-    foreign: list[str] = []
-    for key in keys:
-        if key.startswith("bundle_emb."):  # A1111 bundled TI (§3 "Bundled embeddings")
-            bundled.append(key)
-            continue
-        if key.startswith(KOHYA_PREFIXES):
-            module, _, param = key.partition(".")
-            algo, role = _KOHYA_PARAMS.get(param, ("unknown", param))
-            style = "kohya"
-        else:
-            split = _split_diffusers_key(key)
-            if split is None or not _looks_like_diffusers_module(split[0]):
-                foreign.append(key)
-                continue
-            module, algo, role, style = split
-        entry = modules.setdefault(module, ModuleEntry(module, style))
-        if style == "diffusers-old":
-            entry.style = style
-        entry.tensors[role] = key
-        if algo:
-            entry.algorithms.add(algo)
-    return modules, bundled, foreign
-
-
-def _looks_like_diffusers_module(module: str) -> bool:
-    return module.startswith(tuple(c + "." for c in DIFFUSERS_COMPONENTS)) or module.startswith(
-        ("down_blocks.", "mid_block.", "up_blocks.")  # unet-only attn-procs files had no prefix
-    )
-
-
-def split_component(module: str) -> tuple[str, str]:
-    """``unet.down_blocks.0…`` → ("unet", "down_blocks.0…"); bare U-Net paths count as unet."""
-    for component in DIFFUSERS_COMPONENTS:
-        if module.startswith(component + "."):
-            return component, module[len(component) + 1 :]
-    return "unet", module
-
-
-def resolve_kohya_module(key: str, family: ModelFamily) -> tuple[str, str]:
-    """``(component, diffusers path)`` of a kohya module key, whichever U-Net naming it uses.
-
-    Beyond `keymap.kohya_to_diffusers_module` this accepts the two off-style namings formats.md
-    reports in the wild: SDXL keys with diffusers-style U-Net names (diffusers' advanced SDXL
-    script, §5) and SD1 keys with LDM names (loaded by A1111/ComfyUI, §8); ``lycoris_`` keys use
-    diffusers U-Net names (§2, §4). Raises ``KeyError`` for keys of another family.
-    """
-    if key.startswith("lycoris_"):
-        key = "lora_unet_" + key[len("lycoris_") :]
-        family = dataclasses.replace(family, unet_key_style="diffusers")
-    try:
-        component, path = keymap.kohya_to_diffusers_module(key, family)
-    except KeyError:
-        if family.unet_key_style != "sgm" or not key.startswith(keymap.UNET_PREFIX + "_"):
-            raise
-        component, path = keymap.kohya_to_diffusers_module(
-            key, dataclasses.replace(family, unet_key_style="diffusers")
-        )
-        if not path.startswith(("down_blocks", "mid_block", "up_blocks")):
-            raise
-    if component == "unet" and path.startswith(("input_blocks", "middle_block", "output_blocks")):
-        path = keymap.ldm_to_diffusers_path(path, keymap.UP_ATTENTION_LEVELS[family.name])
-    return component, path
-
-
-# --------------------------------------------------------------------------------------------
-# family
-# --------------------------------------------------------------------------------------------
-
-#: U-Net name fragments (module path with "."→"_") that only one family's structure has (§7
-#: "Structure": SD1 attentions in down 0–2 / up 1–3, one transformer; SDXL down 1–2 / up 0–1,
-#: depth 2 or 10, no fourth level).
-_SDXL_UNET = re.compile(
-    r"transformer_blocks_[1-9]|up_blocks_0_attentions|output_blocks_[0-2]_1_(transformer|proj|norm)"
+from lorakiln.lora_tools.metadata_view import (
+    TriggerWords,
+    _decode,
+    _hashes,
+    base_model_summary,
+    dataset_dirs,
+    folder_token,
+    modelspec_summary,
+    training_summary,
+    trigger_words,
 )
-_SD1_UNET = re.compile(
-    r"down_blocks_0_attentions|(up|down)_blocks_3_|input_blocks_[12]_1_|(input|output)_blocks_(9|1[01])_"
-)
+from lorakiln.models.family import FAMILIES
 
-
-def family_from_metadata(metadata: dict[str, str]) -> tuple[str | None, str]:
-    """(family, reason) from ``ss_base_model_version``/``ss_v2``/``modelspec.architecture`` (§1, §3)."""
-    version = metadata.get("ss_base_model_version", "")
-    if version.startswith("sdxl"):
-        return "sdxl", f"ss_base_model_version = {version}"
-    if version.startswith("sd_v2") or metadata.get("ss_v2") == "True":
-        return "sd2", f"ss_base_model_version = {version}" if version else "ss_v2 = True"
-    if version.startswith("sd_v1"):
-        return "sd1", f"ss_base_model_version = {version}"
-    arch = metadata.get("modelspec.architecture", "")
-    for head, name in (
-        ("stable-diffusion-xl", "sdxl"),
-        ("stable-diffusion-v2", "sd2"),
-        ("stable-diffusion-v1", "sd1"),
-    ):
-        if arch.startswith(head):
-            return name, f"modelspec.architecture = {arch}"
-    return None, ""
-
-
-def family_from_keys(modules: dict[str, ModuleEntry]) -> tuple[str | None, str]:
-    """(family, reason) from text-encoder prefixes, else from U-Net structure, else (None, "")."""
-    keys = list(modules)
-    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
-        return "sdxl", "two text encoders"
-    for k in keys:
-        flat = k.replace(".", "_")
-        if k.startswith(("lora_unet_", "lycoris_", "unet.", "down_blocks", "mid_block", "up_blocks")):
-            if _SDXL_UNET.search(flat):
-                return "sdxl", f"SDXL U-Net structure ({k})"
-            if _SD1_UNET.search(flat):
-                return "sd1", f"SD 1.x U-Net structure ({k})"
-    if any(k.startswith(("lora_te_", "text_encoder.")) for k in keys):
-        return "sd1", "one text encoder"
-    return None, ""
-
-
-def detect_family(
-    modules: dict[str, ModuleEntry], metadata: dict[str, str]
-) -> tuple[str | None, str, list[str]]:
-    """(family, reason, notes). Key names win over metadata; SD 2.x shares SD1's names, so
-    metadata saying SD2 wins over one-text-encoder evidence."""
-    by_keys, key_reason = family_from_keys(modules)
-    by_md, md_reason = family_from_metadata(metadata)
-    notes: list[str] = []
-    if by_keys and by_md and by_keys != by_md:
-        if by_md == "sd2" and by_keys == "sd1":
-            return "sd2", md_reason, notes
-        notes.append(
-            f"metadata says {by_md} ({md_reason}) but the keys are {by_keys} ({key_reason}); "
-            "trusting the keys"
-        )
-    if by_keys and by_keys == by_md:
-        return by_keys, f"{md_reason}; {key_reason}", notes
-    if by_keys:
-        return by_keys, key_reason, notes
-    return by_md, md_reason, notes
-
+#: Names that other modules and the tests import from here (they live in `header`/`metadata_view`).
+__all__ = [
+    "ALGORITHM_NAMES",
+    "FORMAT_CLIENTS",
+    "FORMAT_LABELS",
+    "BlockSummary",
+    "LoraInfo",
+    "ModuleEntry",
+    "TriggerWords",
+    "describe_non_lora",
+    "detect_family",
+    "family_from_keys",
+    "folder_token",
+    "format_info",
+    "group_modules",
+    "human_size",
+    "inspect_lora",
+    "peft_alpha_rule",
+    "read_header",
+    "resolve_input",
+    "resolve_kohya_module",
+    "split_component",
+    "trigger_words",
+]
 
 # --------------------------------------------------------------------------------------------
 # the report
@@ -425,31 +94,6 @@ FORMAT_CLIENTS = {
     "diffusers-old": "diffusers; ComfyUI maps part of it; not AUTOMATIC1111",
     "mixed": "unclear: clients disagree on mixed files",
 }
-
-
-@dataclass
-class BlockSummary:
-    """Modules of one block: a text encoder, or one U-Net level."""
-
-    name: str
-    modules: int = 0
-    ranks: list[int] = field(default_factory=list)
-    alphas: list[float] = field(default_factory=list)
-    scales: list[float] = field(default_factory=list)
-    algorithms: list[str] = field(default_factory=list)
-
-
-@dataclass
-class TriggerWords:
-    """Tags found in most images of one training folder (kohya ``ss_tag_frequency``)."""
-
-    folder: str
-    images: int
-    #: (tag, images with it), folder token first, then by frequency.
-    tags: list[tuple[str, int]]
-
-    def describe(self) -> list[str]:
-        return [f"{tag} ({n}/{self.images} images)" for tag, n in self.tags]
 
 
 @dataclass
@@ -494,122 +138,17 @@ class LoraInfo:
         return out
 
 
-def _rank(entry: ModuleEntry, tensors: dict[str, TensorEntry]) -> int | None:
-    """The rank the clients divide alpha by (§1 LoRA: ``down.shape[0]``; §2 LoHa ``w1_b``, LoKr
-    ``w1_b``/``w2_b``; full LoKr factors and ``diff`` have none)."""
-    for role in ("down", "w1_b", "w2_b"):
-        if role in entry.tensors:
-            shape = tensors[entry.tensors[role]].shape
-            return shape[0] if shape else None
-    return None
-
-
-def _block_name(component: str | None, path: str | None, family: str | None) -> str:
-    if component is None or path is None:
-        return "unresolved keys"
-    if component != "unet":
-        if family == "sdxl":
-            return {"text_encoder": "TE1 (CLIP-L)", "text_encoder_2": "TE2 (OpenCLIP-G)"}.get(
-                component, component
-            )
-        return "text encoder"
-    m = re.match(r"(down|up)_blocks\.(\d+)", path)
-    if m:
-        i = int(m[2])
-        ldm = (
-            f"input_blocks {3 * i + 1}–{3 * i + 3}"
-            if m[1] == "down"
-            else f"output_blocks {3 * i}–{3 * i + 2}"
-        )
-        return f"U-Net {m[1]} {i} ({ldm})"
-    if path.startswith("mid_block"):
-        return "U-Net mid (middle_block)"
-    return "U-Net other"
-
-
-def _block_order(name: str) -> tuple[int, int, str]:
-    m = re.match(r"U-Net (down|up) (\d+)", name)
-    if m:
-        return (1 if m[1] == "down" else 3, int(m[2]), name)
-    if name.startswith("U-Net mid"):
-        return (2, 0, name)
-    if name.startswith("U-Net"):
-        return (4, 0, name)
-    if name == "unresolved keys":
-        return (5, 0, name)
-    return (0, 0, name)
-
-
-def _fmt_num(x: float) -> str:
-    return f"{x:g}"
-
-
-def _resolve_all(modules: dict[str, ModuleEntry], family: str | None) -> None:
-    fam = FAMILIES.get("sd1" if family == "sd2" else family or "")
-    for entry in modules.values():
-        if entry.style == "kohya":
-            if fam is None:
-                continue
-            try:
-                entry.component, entry.path = resolve_kohya_module(entry.key, fam)
-            except KeyError:
-                continue
-        else:
-            entry.component, entry.path = split_component(entry.key)
-
-
 def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
     """Read `path` and describe it; `LorakilnError` when it is not a LoRA (saying what it is)."""
     header = read_header(path)
     modules, bundled, foreign = group_modules(list(header.tensors))
     if not modules:
         raise LorakilnError(f"{header.path.name} has no LoRA keys: it looks like {describe_non_lora(header)}")
-    styles = {m.style for m in modules.values()}
-    if {"diffusers", "diffusers-old"} & styles and "kohya" in styles:
-        fmt = "mixed"
-    elif "kohya" in styles:
-        lycoris = any(m.algorithm != "lora" or m.dora or "mid" in m.tensors for m in modules.values())
-        fmt = "lycoris" if lycoris or any(k.startswith("lycoris_") for k in modules) else "kohya"
-    else:
-        fmt = "diffusers-old" if "diffusers-old" in styles else "diffusers"
+    fmt = detect_format(modules)
     family, reason, notes = detect_family(modules, header.metadata)
     _resolve_all(modules, family)
     alphas = _read_alphas(header, modules)
-    adapter_alpha = peft_alpha_rule(header.metadata)
-    blocks: dict[str, BlockSummary] = {}
-    rows: list[dict[str, Any]] = []
-    algos: Counter[str] = Counter()
-    for entry in modules.values():
-        rank = _rank(entry, header.tensors)
-        alpha = alphas.get(entry.key)
-        if alpha is None and adapter_alpha is not None and entry.style != "kohya" and rank:
-            alpha = adapter_alpha(entry.key, rank)
-        scale = (alpha / rank if alpha is not None else 1.0) if rank else None
-        name = _block_name(entry.component, entry.path, family)
-        block = blocks.setdefault(name, BlockSummary(name))
-        block.modules += 1
-        algos[entry.algorithm] += 1
-        for values, value in ((block.ranks, rank), (block.alphas, alpha), (block.scales, scale)):
-            if value is not None and value not in values:
-                values.append(value)
-        if entry.algorithm not in block.algorithms:
-            block.algorithms.append(entry.algorithm)
-        rows.append(
-            {
-                "key": entry.key,
-                "block": name,
-                "algorithm": entry.algorithm,
-                "dora": entry.dora,
-                "rank": rank,
-                "alpha": alpha,
-                "scale": scale,
-                "module": f"{entry.component}.{entry.path}" if entry.path else None,
-            }
-        )
-    for block in blocks.values():
-        block.ranks.sort()
-        block.alphas.sort()
-        block.scales.sort()
+    blocks, rows, algos = summarise_blocks(header, modules, family, alphas)
     notes += _compat_notes(fmt, family, modules, alphas, bundled, foreign)
     md = header.metadata
     hashes = _hashes(header, verify_hash, notes)
@@ -626,7 +165,7 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
         ),
         algorithms=dict(algos.most_common()),
         dora_modules=sum(m.dora for m in modules.values()),
-        blocks=sorted(blocks.values(), key=lambda b: _block_order(b.name)),
+        blocks=blocks,
         modules=rows,
         training=training_summary(md),
         datasets=dataset_dirs(md),
@@ -637,67 +176,6 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
         metadata={k: _decode(v) for k, v in md.items()},
         notes=notes,
     )
-
-
-def _read_alphas(header: SafetensorsHeader, modules: dict[str, ModuleEntry]) -> dict[str, float]:
-    alphas: dict[str, float] = {}
-    with open(header.path, "rb") as fh:
-        for entry in modules.values():
-            if "alpha" in entry.tensors:
-                alphas[entry.key] = read_scalar(header, entry.tensors["alpha"], fh)
-    return alphas
-
-
-def peft_alpha_rule(metadata: dict[str, str]) -> Any:
-    """``(module name, rank) -> alpha`` from diffusers' ``lora_adapter_metadata`` (§5), or None.
-
-    diffusers builds each component's PEFT ``LoraConfig`` from it: ``lora_alpha`` with
-    ``alpha_pattern`` overrides (PEFT matches a pattern as a suffix of the module name, or as a
-    regex when it starts with ``^``) and ``use_rslora`` (scale alpha/√r). Without it diffusers
-    uses alpha = rank. The returned alpha is adjusted so that alpha / rank is the true scale.
-    """
-    raw = metadata.get("lora_adapter_metadata")
-    if not raw:
-        return None
-    try:
-        config = json.loads(raw)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(config, dict):
-        return None
-
-    def alpha_for(module: str, rank: int) -> float | None:
-        component, path = split_component(module)
-        base = config.get(f"{component}.lora_alpha")
-        if base is None:
-            return None
-        alpha = float(base)
-        for pattern, value in (config.get(f"{component}.alpha_pattern") or {}).items():
-            regex = pattern if pattern.startswith("^") else rf"(.*\.)?({pattern})$"
-            if re.match(regex, path):
-                alpha = float(value)
-                break
-        if config.get(f"{component}.use_rslora"):
-            return alpha * rank / rank**0.5
-        return alpha
-
-    return alpha_for
-
-
-def _hashes(header: SafetensorsHeader, verify: bool, notes: list[str]) -> dict[str, Any]:
-    md = header.metadata
-    out: dict[str, Any] = {k: md[k] for k in ("sshs_model_hash", "sshs_legacy_hash") if k in md}
-    if verify:
-        actual = tensor_data_hash(header.path)
-        out["tensor_data_sha256"] = actual
-        if "sshs_model_hash" in md:
-            out["sshs_model_hash_matches"] = md["sshs_model_hash"] == actual
-            if md["sshs_model_hash"] != actual:
-                notes.append(
-                    "sshs_model_hash does not match the tensor data: the tensors were changed after "
-                    "the hash was written (A1111 shows the stale hash)"
-                )
-    return out
 
 
 def _compat_notes(
@@ -776,274 +254,6 @@ def _te_attention_notes(modules: dict[str, ModuleEntry]) -> list[str]:
     ]
 
 
-def describe_non_lora(header: SafetensorsHeader) -> str:
-    """What a safetensors file without LoRA keys most likely is, with what to do with it."""
-    keys = list(header.tensors)
-    shape = {k: header.tensors[k].shape for k in keys}
-    if not keys:
-        return "an empty file (no tensors)"
-    if "emb_params" in shape:
-        return (
-            f"an SD 1.x textual-inversion embedding (kohya emb_params, {shape['emb_params'][0]} vector(s)); "
-            "put it in the embeddings folder, not the LoRA folder"
-        )
-    if "clip_l" in shape and "clip_g" in shape:
-        return (
-            f"an SDXL textual-inversion embedding (clip_l + clip_g, {shape['clip_l'][0]} vector(s)); "
-            "put it in the embeddings folder"
-        )
-    if any(k.startswith("string_to_param") for k in keys) or "clip_l" in shape:
-        return (
-            "a textual-inversion embedding (A1111 string_to_param / clip_l); put it in the embeddings folder"
-        )
-    if any(k.startswith("model.diffusion_model.") for k in keys):
-        kind = (
-            "an SDXL" if any(k.startswith("conditioner.embedders.1.") for k in keys) else "a Stable Diffusion"
-        )
-        return f"{kind} full checkpoint (single-file LDM layout); use it as a base model (--model)"
-    if any(k.startswith(("first_stage_model.", "encoder.down.", "decoder.up.")) for k in keys) or (
-        "encoder.conv_in.weight" in shape and "decoder.conv_in.weight" in shape
-    ):
-        return "a VAE"
-    if "conv_in.weight" in shape and any(k.startswith("down_blocks.") for k in keys):
-        return "diffusers U-Net weights (a full model component, not a LoRA)"
-    if any(k.startswith(("text_model.", "encoder.layers.", "transformer.resblocks.")) for k in keys):
-        return "text-encoder weights (a full model component, not a LoRA)"
-    if len(keys) == 1 and len(shape[keys[0]]) <= 2:
-        return f"a textual-inversion embedding ({keys[0]!r}, shape {list(shape[keys[0]])})"
-    return f"something else ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
-
-
-# --------------------------------------------------------------------------------------------
-# metadata (kohya ss_*, formats.md §1 "Metadata")
-# --------------------------------------------------------------------------------------------
-
-
-def _decode(value: str) -> Any:
-    """JSON-valued metadata decoded, as A1111 does for values starting with ``{`` (§3)."""
-    if value[:1] in "{[":
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _present(md: dict[str, str], key: str) -> str | None:
-    value = md.get(key)
-    return None if value in (None, "", "None", "null") else value
-
-
-def format_time(value: str | None) -> str | None:
-    """kohya writes unix seconds; show a UTC date (the value is kept if it is not a number)."""
-    if value is None:
-        return None
-    try:
-        return datetime.fromtimestamp(float(value), tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (ValueError, OverflowError, OSError):
-        return value
-
-
-def _duration(start: str | None, end: str | None) -> str | None:
-    try:
-        seconds = int(float(end) - float(start))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    if seconds < 0:
-        return None
-    h, rest = divmod(seconds, 3600)
-    return f"{h} h {rest // 60} min" if h else f"{rest // 60} min {rest % 60} s"
-
-
-def training_summary(md: dict[str, str]) -> dict[str, str]:
-    """The training settings as readable label → value lines (absent/"None" values skipped)."""
-    p = lambda key: _present(md, key)  # noqa: E731
-    out: dict[str, str] = {}
-
-    def put(label: str, value: str | None) -> None:
-        if value:
-            out[label] = value
-
-    put("output name", p("ss_output_name"))
-    if p("ss_network_module") or p("ss_network_dim"):
-        parts = [p("ss_network_module") or "?"]
-        if p("ss_network_dim"):
-            parts.append(f"dim {p('ss_network_dim')}")
-        if p("ss_network_alpha"):
-            parts.append(f"alpha {p('ss_network_alpha')}")
-        args = _decode(md.get("ss_network_args", "")) if p("ss_network_args") else None
-        if args:
-            parts.append(
-                "args " + ", ".join(f"{k}={v}" for k, v in args.items())
-                if isinstance(args, dict)
-                else f"args {args}"
-            )
-        put("network", ", ".join(parts))
-    put("learning rate", p("ss_learning_rate"))
-    put("U-Net lr", p("ss_unet_lr"))
-    put("text encoder lr", p("ss_text_encoder_lr"))
-    put("optimizer", p("ss_optimizer"))
-    sched = p("ss_lr_scheduler")
-    if sched and p("ss_lr_warmup_steps") not in (None, "0"):
-        sched += f" (warmup {p('ss_lr_warmup_steps')} steps)"
-    put("lr scheduler", sched)
-    steps, max_steps = p("ss_steps"), p("ss_max_train_steps")
-    put("steps", f"{steps} of {max_steps}" if steps and max_steps else steps or max_steps)
-    epoch, epochs = p("ss_epoch"), p("ss_num_epochs")
-    put("epochs", f"{epoch} of {epochs}" if epoch and epochs else epoch or epochs)
-    batch = p("ss_batch_size_per_device")
-    if batch:
-        accum = p("ss_gradient_accumulation_steps")
-        batch += f" (× {accum} accumulation = {p('ss_total_batch_size')})" if accum not in (None, "1") else ""
-    put("batch size", batch)
-    images = p("ss_num_train_images")
-    if images:
-        images += " per epoch (images × repeats)"
-        if p("ss_num_reg_images") not in (None, "0"):
-            images += f", {p('ss_num_reg_images')} regularisation"
-    put("training images", images)
-    res = p("ss_resolution")
-    if res and p("ss_enable_bucket") == "True":
-        res += ", bucketed"
-    put("resolution", res)
-    for label, key in (
-        ("mixed precision", "ss_mixed_precision"),
-        ("seed", "ss_seed"),
-        ("clip skip", "ss_clip_skip"),
-        ("comment", "ss_training_comment"),
-    ):
-        put(label, p(key))
-    # Options shown only when switched on: their off values ("0", "False") are kohya's defaults.
-    for label, key in (
-        ("noise offset", "ss_noise_offset"),
-        ("min SNR gamma", "ss_min_snr_gamma"),
-        ("network dropout", "ss_network_dropout"),
-        ("caption dropout", "ss_caption_dropout_rate"),
-        ("tag dropout", "ss_caption_tag_dropout_rate"),
-        ("shuffle caption", "ss_shuffle_caption"),
-        ("keep tokens", "ss_keep_tokens"),
-        ("flip aug", "ss_flip_aug"),
-        ("gradient checkpointing", "ss_gradient_checkpointing"),
-    ):
-        value = p(key)
-        if value not in (None, "0", "0.0", "False"):
-            put(label, value)
-    start, end = p("ss_training_started_at"), p("ss_training_finished_at")
-    put("started", format_time(start))
-    finished = format_time(end)
-    if finished and (took := _duration(start, end)):
-        finished += f" ({took})"
-    put("finished", finished)
-    put("session id", p("ss_session_id"))
-    buckets = _decode(md.get("ss_bucket_info", "")) if p("ss_bucket_info") else None
-    if isinstance(buckets, dict) and isinstance(buckets.get("buckets"), dict):
-        sizes = sorted(buckets["buckets"].values(), key=lambda b: -int(b.get("count", 0)))
-        shown = ", ".join(
-            f"{b['resolution'][0]}×{b['resolution'][1]} ({b.get('count', '?')})"
-            for b in sizes[:6]
-            if isinstance(b.get("resolution"), list)
-        )
-        put("buckets", f"{len(sizes)}: {shown}" + (", …" if len(sizes) > 6 else ""))
-    return out
-
-
-def dataset_dirs(md: dict[str, str]) -> list[dict[str, Any]]:
-    """``[{"folder", "repeats", "images"}]`` from ``ss_dataset_dirs`` or kohya's ``ss_datasets``."""
-    out: list[dict[str, Any]] = []
-    dirs = _decode(md.get("ss_dataset_dirs", "")) if _present(md, "ss_dataset_dirs") else None
-    if isinstance(dirs, dict):
-        for name, info in dirs.items():
-            info = info if isinstance(info, dict) else {}
-            out.append({"folder": name, "repeats": info.get("n_repeats"), "images": info.get("img_count")})
-    datasets = _decode(md.get("ss_datasets", "")) if _present(md, "ss_datasets") else None
-    if not out and isinstance(datasets, list):
-        for dataset in datasets:
-            for subset in (dataset or {}).get("subsets", []) if isinstance(dataset, dict) else []:
-                if isinstance(subset, dict):
-                    folder = str(subset.get("image_dir") or subset.get("class_tokens") or "?")
-                    out.append(
-                        {
-                            "folder": folder,
-                            "repeats": subset.get("num_repeats"),
-                            "images": subset.get("img_count"),
-                        }
-                    )
-    return out
-
-
-_MODELSPEC_ORDER = ("title", "architecture", "implementation", "date", "resolution", "prediction_type")
-
-
-def modelspec_summary(md: dict[str, str]) -> dict[str, str]:
-    """``modelspec.*`` keys, the usual ones first; a thumbnail (base64 image) is only sized."""
-    keys = sorted(
-        (k for k in md if k.startswith("modelspec.")),
-        key=lambda k: (_MODELSPEC_ORDER.index(k[10:]) if k[10:] in _MODELSPEC_ORDER else 99, k),
-    )
-    return {k: md[k] if k != "modelspec.thumbnail" else f"(image, {len(md[k])} characters)" for k in keys}
-
-
-def base_model_summary(md: dict[str, str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for label, key in (
-        ("name", "ss_sd_model_name"),
-        ("sha256", "ss_new_sd_model_hash"),
-        ("legacy hash", "ss_sd_model_hash"),
-        ("VAE", "ss_vae_name"),
-        ("version", "ss_base_model_version"),
-        ("v2", "ss_v2"),
-    ):
-        if (value := _present(md, key)) is not None:
-            out[label] = value
-    return out
-
-
-def _tag_frequencies(md: dict[str, str]) -> dict[str, dict[str, int]]:
-    freq = _decode(md.get("ss_tag_frequency", "")) if _present(md, "ss_tag_frequency") else None
-    out: dict[str, dict[str, int]] = dict(freq) if isinstance(freq, dict) else {}
-    datasets = _decode(md.get("ss_datasets", "")) if _present(md, "ss_datasets") else None
-    if isinstance(datasets, list):  # kohya's dataset-config form keeps tag_frequency per dataset
-        for dataset in datasets:
-            if isinstance(dataset, dict) and isinstance(dataset.get("tag_frequency"), dict):
-                for folder, tags in dataset["tag_frequency"].items():
-                    out.setdefault(folder, tags)
-    return {f: {str(t): int(n) for t, n in tags.items()} for f, tags in out.items() if isinstance(tags, dict)}
-
-
-def folder_token(folder: str) -> str | None:
-    """The trigger token of a kohya folder ``<repeats>_<token>[ <class>]`` (last path part)."""
-    name = folder.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    m = re.fullmatch(r"\d+_(\S+)(?: .*)?", name)
-    return m[1] if m else None
-
-
-def trigger_words(md: dict[str, str], *, share: float = 0.5, limit: int = 8) -> list[TriggerWords]:
-    """Likely trigger words: per folder, the tags in at least `share` of its images; the folder's
-    token (kohya ``<repeats>_<token>``) and common tags containing it come first, and the token
-    itself is listed even when rarer. A1111 shows the same ``ss_tag_frequency`` counts.
-
-    The image count comes from ``ss_dataset_dirs``/``ss_datasets``; without it, the most frequent
-    tag's count stands in (every image has at least that many tags).
-    """
-    counts = {d["folder"]: d["images"] for d in dataset_dirs(md) if isinstance(d.get("images"), int)}
-    out: list[TriggerWords] = []
-    for folder, tags in _tag_frequencies(md).items():
-        if tags:
-            images = counts.get(folder) or max(tags.values())
-            chosen = _folder_triggers(tags, folder_token(folder), share * images)[:limit]
-            if chosen:
-                out.append(TriggerWords(folder, images, [(t, tags[t]) for t in chosen]))
-    return out
-
-
-def _folder_triggers(tags: dict[str, int], token: str | None, min_count: float) -> list[str]:
-    word = re.compile(rf"(?<!\w){re.escape(token)}(?!\w)") if token else None
-    first = [t for t in tags if t == token or (word and word.search(t) and tags[t] >= min_count)]
-    first.sort(key=lambda t: (t != token, -tags[t], t))
-    rest = sorted((t for t in tags if t not in first and tags[t] >= min_count), key=lambda t: (-tags[t], t))
-    return first + rest
-
-
 # --------------------------------------------------------------------------------------------
 # text rendering
 # --------------------------------------------------------------------------------------------
@@ -1059,6 +269,10 @@ def human_size(n: float) -> str:
 
 def _human_count(n: int) -> str:
     return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x:g}"
 
 
 def _values(values: list[float] | list[int]) -> str:
