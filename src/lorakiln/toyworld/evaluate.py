@@ -40,12 +40,13 @@ class Sample:
 
 
 def sample(bundle: Any, prompt: str, n: int, *, seed: int = SAMPLING.seed, lora_dir: str | Path | None = None,
-           params: GenerationParams = SAMPLING) -> list[Sample]:
+           params: GenerationParams | None = None) -> list[Sample]:
     """`n` images of `prompt` (seeds seed … seed+n-1) with their detections. Embeddings in
     `lora_dir` (pivotal tuning's `<name>_emb.safetensors`) are used by file stem, as in A1111."""
     from lorakiln.inference.generate import generate
     from lorakiln.toyworld.detect import detect
 
+    params = params or SAMPLING
     batch = max(1, min(params.batch_size, n))
     count = -(-n // batch)
     items = generate(bundle, replace(params, prompt=prompt, seed=seed, batch_size=batch, batch_count=count),
