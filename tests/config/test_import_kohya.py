@@ -158,7 +158,7 @@ save_model_as = "safetensors"
     assert cfg.validation.validation_negative_prompt == "lowres"
     assert cfg.validation.sample_sampler == "euler_a"  # sd-scripts' name, accepted by the generator
     unmapped = {e.option: e.reason for e in result.draft.unmapped}
-    assert "network_args: conv_dim=4" in unmapped
+    assert cfg.network.conv_dim == 4 and "network_args: conv_dim=4" not in unmapped  # kohya LoCon
     assert 'log_with = "wandb"' in unmapped and "wandb_api_key = <redacted>" in unmapped
     assert "SECRET" not in result.text
     assert "save_model_as" in result.draft.inactive and "v2" in result.draft.inactive
@@ -177,7 +177,7 @@ def test_sd_scripts_command_line(tmp_path: Path) -> None:
     assert (cfg.data.caption_extension, cfg.output.save_precision) == (".caption", "float")
     unmapped = {e.option: e.reason for e in result.draft.unmapped}
     assert "Valid optimizers" in unmapped["--optimizer_type=PagedAdamW8bit"]
-    assert "plain LoRA" in unmapped["--network_module=lycoris.kohya"]
+    assert cfg.network.network_module == "locon"  # lycoris.kohya's default algo=lora is LoCon
 
 
 def test_lorakiln_config_is_not_imported(tmp_path: Path) -> None:

@@ -122,16 +122,71 @@ class DataConfig(Section):
 
 
 class NetworkConfig(Section):
-    network_module: Literal["lora"] = Field("lora", description="Adapter type (`lora`: kohya "
-                                            "`networks.lora`). LoCon/LoHa/LoKr come later.")
+    network_module: Literal["lora", "locon", "loha", "lokr"] = Field(
+        "lora", description="Adapter algorithm: `lora` (kohya `networks.lora`; with `conv_dim` it is "
+        "kohya's LoCon), `locon` (LoRA also on the U-Net's ResNet/up/down-sampler convs), `loha` "
+        "(LyCORIS Hadamard product) or `lokr` (LyCORIS Kronecker product). LoHa/LoKr files load in "
+        "AUTOMATIC1111 and ComfyUI, not in diffusers. kohya's `networks.lora` means `lora`.")
     network_dim: int = Field(8, ge=1, le=1024, description="LoRA rank: the size of the low-rank update. "
                              "Higher keeps more detail and makes bigger files.")
     network_alpha: float | None = Field(1.0, ge=0.0, description="LoRA alpha; the update is scaled by "
                                         "alpha/dim (alpha = dim: no damping). Unset or 0 means alpha = dim.")
-    network_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch input.")
+    network_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch input "
+                                   "(lora/locon only; LyCORIS implements none for LoHa/LoKr).")
+    conv_dim: int | None = Field(None, ge=1, le=1024, description="Rank of the adapters on the U-Net's "
+                                 "k×k convs (ResNet conv1/conv2, up/down-samplers). With `lora` setting it "
+                                 "turns on kohya's LoCon; `locon`/`loha`/`lokr` always adapt those convs and "
+                                 "default it to network_dim (LyCORIS's default).")
+    conv_alpha: float | None = Field(None, ge=0.0, description="Alpha of the conv adapters (scale "
+                                     "conv_alpha/conv_dim). Unset: 1 with `lora` + conv_dim (kohya's "
+                                     "default), network_alpha for locon/loha/lokr (LyCORIS's).")
+    lokr_factor: int = Field(-1, description="LoKr only: split each weight dimension as factor × rest "
+                             "(LyCORIS `factor`); -1 picks the most balanced split.")
+    lokr_decompose_both: bool = Field(False, description="LoKr only: also make the small Kronecker "
+                                      "factor low rank (LyCORIS `decompose_both`).")
+    use_tucker: bool = Field(False, description="LoHa/LoKr only: Tucker-factor the k×k conv adapters "
+                             "(LyCORIS `use_tucker`, formerly `use_cp`).")
     network_train_unet_only: bool = Field(False, description="Train the U-Net LoRA only (no text encoder).")
     network_weights: str | None = Field(None, description="Start from an existing LoRA file of the same "
                                         "dim (continue training).")
+
+    @field_validator("network_module", mode="before")
+    @classmethod
+    def _kohya_module_name(cls, value: object) -> object:
+        """Accept kohya's ``networks.lora`` (formats.md §1 "Metadata") as ``lora``; point
+        ``lycoris.kohya`` users at the algorithm names, as it needs an ``algo`` to mean anything."""
+        if isinstance(value, str):
+            name = value.strip().lower()
+            if name == "networks.lora":
+                return "lora"
+            if name == "lycoris.kohya":
+                raise ValueError("lycoris.kohya needs an algo: set network_module to the algorithm "
+                                 "itself (locon, loha or lokr)")
+            return name
+        return value
+
+
+def _check_network(net: NetworkConfig) -> None:
+    """Options that only mean something for one algorithm are errors elsewhere, so a setting
+    never silently does nothing. Run from `RunConfig` (not on each assignment), so importers can
+    set `network_module` and its options in any order."""
+    algo = net.network_module
+    if algo != "lokr":
+        if net.lokr_factor != -1:
+            raise ValueError(f"network.lokr_factor is a LoKr option; network_module is {algo!r}")
+        if net.lokr_decompose_both:
+            raise ValueError(f"network.lokr_decompose_both is a LoKr option; network_module is {algo!r}")
+    if net.use_tucker and algo not in ("loha", "lokr"):
+        raise ValueError("network.use_tucker is a LoHa/LoKr option (lorakiln's LoRA/LoCon has no "
+                         f"Tucker mid layer); network_module is {algo!r}")
+    if net.network_dropout and algo in ("loha", "lokr"):
+        raise ValueError(f"network.network_dropout is not supported with {algo} (LyCORIS does not "
+                         "implement dropout for LoHa/LoKr either)")
+    if net.lokr_factor == 0 or net.lokr_factor < -1:
+        raise ValueError(f"network.lokr_factor must be -1 or a positive integer, got {net.lokr_factor}")
+    if net.conv_alpha is not None and net.conv_dim is None and algo == "lora":
+        raise ValueError("network.conv_alpha needs network.conv_dim with network_module = 'lora' "
+                         "(or use network_module = 'locon')")
 
 
 OptimizerName = str
@@ -332,6 +387,7 @@ class RunConfig(BaseModel):
             # flip_aug is fine: both orientations are cached (kohya does the same).
             raise ValueError("data.cache_latents cannot be combined with data.random_crop (each step "
                              "would need a new latent); set cache_latents = false or random_crop = false")
+        _check_network(self.network)
         if self.train.mode == "full":
             if self.pivotal.train_text_encoder_ti:
                 raise ValueError("pivotal.train_text_encoder_ti is for LoRA training; with train.mode = 'full' "
@@ -339,6 +395,10 @@ class RunConfig(BaseModel):
             if self.network.network_weights:
                 raise ValueError("network.network_weights loads a LoRA; with train.mode = 'full' point "
                                  "model.pretrained_model at the model to continue from instead")
+        elif self.output.save_diffusers and self.network.network_module in ("loha", "lokr"):
+            raise ValueError(f"output.save_diffusers: diffusers cannot load {self.network.network_module} "
+                             "files (formats.md §5); use the kohya file in AUTOMATIC1111/ComfyUI, or set "
+                             "save_diffusers = false")
         return self
 
     def resolved_paths(self, base: Path) -> RunConfig:

@@ -1,7 +1,11 @@
 """Apply LoRA files from any kohya-format trainer to a loaded base model, for generation.
 
-Each file becomes a set of forward hooks (one `LoRAModule` per file key, with that key's own
-rank and alpha, so dynamically resized files work) on the bundle's modules. Several files stack;
+Each file becomes a set of forward hooks (one adapter per file module key, with that key's own
+rank and alpha, so dynamically resized files work) on the bundle's modules. The algorithm is
+detected per module from its keys (formats.md §2): ``lora_down``/``lora_up`` (LoRA and LoCon,
+whose conv downs carry the kernel) → `LoRAModule`; ``hada_*`` (LoHa) and ``lokr_*`` (LoKr) →
+`file_adapters.FileDeltaAdapter`, as A1111 (``network_hada.py``/``network_lokr.py``) and ComfyUI
+(``weight_adapter``) detect them. Several files stack;
 strengths change by setting multipliers — no reload, no weight copy (issue: "LoRAs are switched
 by adapter weights, not by reloading"). Key translation goes through `keymap`, the one place
 names are translated; SD1 files with LDM-style U-Net names (accepted by A1111 and ComfyUI,
@@ -19,6 +23,7 @@ import torch
 from lorakiln.errors import LorakilnError
 from lorakiln.networks import keymap
 from lorakiln.networks.export import read_lora_file
+from lorakiln.networks.file_adapters import FileDeltaAdapter, detect_algo
 from lorakiln.networks.lora import LoRAModule
 
 if TYPE_CHECKING:
@@ -26,8 +31,6 @@ if TYPE_CHECKING:
 
     from lorakiln.models.bundle import ModelBundle
     from lorakiln.models.family import ModelFamily
-
-_PARAMS = ("lora_down.weight", "lora_up.weight", "alpha")
 
 
 def file_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
@@ -74,7 +77,7 @@ class AppliedLoRA:
 
     name: str
     path: Path
-    modules: dict[str, LoRAModule] = field(default_factory=dict)
+    modules: dict[str, LoRAModule | FileDeltaAdapter] = field(default_factory=dict)
 
     def set_strength(self, te: float, unet: float | None = None) -> None:
         """A1111 `<lora:name:te:unet>` semantics: unet defaults to te."""
@@ -102,29 +105,49 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
     if made_for is not None and made_for != bundle.family.name:
         raise LorakilnError(f"{path.name} is a LoRA for {made_for}, but the loaded base model is "
                             f"{bundle.family.name}; pick a {bundle.family.name} LoRA or another base model")
-    _check_kohya(path, tensors, bundle.family)
+    groups = _group_modules(path, tensors, bundle.family)
     applied = AppliedLoRA(name or path.stem, path)
-    for key in sorted({k.split(".", 1)[0] for k in tensors}):
+    for key, (algo, parts) in groups.items():
         target = _resolve(bundle, key)
-        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
-        alpha = tensors.get(f"{key}.alpha")
-        module = LoRAModule(target, dim=down.shape[0], alpha=float(alpha) if alpha is not None else None)
-        if isinstance(target, torch.nn.Conv2d) and down.dim() == 2:  # A1111: reshape 2-D down for convs
-            down, up = down[:, :, None, None], up[:, :, None, None]
-        with torch.no_grad():
-            module.lora_down.weight.copy_(down.reshape(module.lora_down.weight.shape))
-            module.lora_up.weight.copy_(up.reshape(module.lora_up.weight.shape))
+        module = _lora_module(target, parts) if algo == "lora" else FileDeltaAdapter(target, algo, parts)
         module.eval().attach()
         applied.modules[key] = module
     applied.set_strength(te, unet)
     return applied
 
 
-def _check_kohya(path: Path, tensors: dict[str, torch.Tensor], family: ModelFamily) -> None:
-    prefixes = (keymap.UNET_PREFIX, *family.te_lora_prefixes)
-    foreign = [k for k in tensors if not k.startswith(tuple(p + "_" for p in prefixes))
-               or not k.endswith(_PARAMS)]
-    if foreign:
-        raise LorakilnError(f"{path.name} is not a kohya-format LoRA lorakiln can apply (e.g. key "
-                            f"{foreign[0]!r}); LoCon/LoHa/LoKr and diffusers-format files are not "
-                            "supported by the generator yet")
+def _lora_module(target: nn.Module, parts: dict[str, torch.Tensor]) -> LoRAModule:
+    down, up = parts["lora_down.weight"], parts["lora_up.weight"]
+    alpha = parts.get("alpha")
+    module = LoRAModule(target, dim=down.shape[0], alpha=float(alpha) if alpha is not None else None)
+    if isinstance(target, torch.nn.Conv2d) and down.dim() == 2:  # A1111: reshape 2-D down for convs
+        down, up = down[:, :, None, None], up[:, :, None, None]
+    with torch.no_grad():
+        module.lora_down.weight.copy_(down.reshape(module.lora_down.weight.shape))
+        module.lora_up.weight.copy_(up.reshape(module.lora_up.weight.shape))
+    return module
+
+
+def _group_modules(
+    path: Path, tensors: dict[str, torch.Tensor], family: ModelFamily
+) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
+    """``{module key: (algo, {suffix: tensor})}``, split at the first ``.`` like A1111 (§3 step 1).
+
+    Foreign prefixes, unknown suffixes and modules without weights raise `LorakilnError`.
+    """
+    prefixes = tuple(p + "_" for p in (keymap.UNET_PREFIX, *family.te_lora_prefixes))
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for full_key, tensor in tensors.items():
+        key, _, suffix = full_key.partition(".")
+        if not key.startswith(prefixes) or not suffix:
+            raise LorakilnError(f"{path.name} is not a kohya-format LoRA lorakiln can apply (e.g. key "
+                                f"{full_key!r}); diffusers-format files are not supported by the generator")
+        grouped.setdefault(key, {})[suffix] = tensor
+    out: dict[str, tuple[str, dict[str, torch.Tensor]]] = {}
+    for key in sorted(grouped):
+        try:
+            algo = detect_algo(set(grouped[key]))
+        except ValueError as err:
+            raise LorakilnError(f"{path.name}: {key}: {err}") from None
+        out[key] = (algo, grouped[key])
+    return out

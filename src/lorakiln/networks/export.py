@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from lorakiln.atomic import atomic_path
+from lorakiln.errors import LorakilnError
 from lorakiln.networks import keymap
 from lorakiln.networks.network import LoRANetwork
 
@@ -123,7 +124,18 @@ def diffusers_state_dict(
     ``get_peft_kwargs``); so do ComfyUI and A1111 for ``lora_A/lora_B`` keys (§3, §4). Folding
     ``alpha/r`` into ``lora_B`` makes every client apply exactly ``(alpha/r)·up@down`` without
     relying on ``lora_adapter_metadata``, which only diffusers reads.
+
+    LoCon conv modules export the same way: ``lora_A`` is the k×k ``down`` conv ``[r, in, kh,
+    kw]`` and ``lora_B`` the 1×1 ``up`` conv, which is exactly PEFT's ``Conv2d`` LoRA layout.
+    LoHa/LoKr raise `LorakilnError`: diffusers cannot load them (§5).
     """
+    if network.algo in ("loha", "lokr"):
+        # diffusers' kohya converter raises on any key that is not lora_down/lora_up/alpha and
+        # PEFT has no LoHa/LoKr loader for SD pipelines (formats.md §5 "Kohya detection").
+        raise LorakilnError(
+            f"diffusers cannot load {network.algo} (LoHa/LoKr) weights; use the kohya .safetensors "
+            "file in AUTOMATIC1111/ComfyUI"
+        )
     target = resolve_save_dtype(dtype)
     out: dict[str, torch.Tensor] = {}
     for key, module in network.loras():

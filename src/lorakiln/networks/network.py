@@ -6,10 +6,16 @@ modules whose class is in ``family.te_target_blocks`` every Linear. On SD1.5's s
 192 U-Net and 72 text-encoder modules; q/k/v/out_proj always come together, which diffusers and
 A1111 require (§0, §8).
 
+LoCon/LoHa/LoKr (``algo``, see `lorakiln.networks.adapters`) add the U-Net's ResNet and
+up/down-sampler layers (`adapters.locon_conv_targets`) and, for LoHa/LoKr, use other module
+classes; the key names are the same kohya names (LyCORIS ``kohya.py`` uses kohya's prefixes,
+formats.md §2).
+
 Because each module is registered under its kohya key, ``network.state_dict()`` *is* the kohya
-file's tensor dict (``<key>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``): export is a dtype
-cast, and resuming from a file is a strict ``load_state_dict``. kohya keys contain no ``.``, so
-they are valid ``nn.ModuleDict`` keys.
+file's tensor dict (``<key>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` — or the
+``hada_*``/``lokr_*`` keys of LyCORIS, §2): export is a dtype cast, and resuming from a file is a
+strict load against each module's own ``state_dict()`` keys. kohya keys contain no ``.``, so they
+are valid ``nn.ModuleDict`` keys.
 """
 
 from __future__ import annotations
@@ -24,13 +30,19 @@ from torch import nn
 from lorakiln.errors import LorakilnError
 from lorakiln.models.family import ModelFamily
 from lorakiln.networks import keymap
-from lorakiln.networks.lora import LoRAModule, resolve_alpha
+from lorakiln.networks.adapters import (
+    KOHYA_DEFAULT_CONV_ALPHA,
+    adapter_spec,
+    locon_conv_targets,
+    locon_rank,
+    make_adapter,
+)
+from lorakiln.networks.lora import resolve_alpha
 
 logger = logging.getLogger(__name__)
 
 #: ``ss_network_module`` of a plain kohya LoRA (formats.md §1 "Metadata").
 NETWORK_MODULE = "networks.lora"
-_PARAM_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
 
 
 def _is_target_layer(module: nn.Module, allow_conv: bool) -> bool:
@@ -59,42 +71,78 @@ def find_targets(
 
 
 class LoRANetwork(nn.ModuleDict):
-    """All LoRA modules of a run, keyed by kohya export name.
+    """All adapter modules of a run, keyed by kohya export name.
 
-    Attributes: ``family``, ``dim``, ``alpha`` (resolved: never None), ``dropout``,
-    ``network_module`` and ``network_args`` (for metadata), and per-module bookkeeping:
+    Attributes: ``family``, ``algo`` (``lora``/``locon``/``loha``/``lokr``), ``dim``, ``alpha``
+    (resolved: never None), ``dropout``, ``adapter_opts`` (algorithm options passed to every
+    module), ``network_module`` and ``network_args`` (for metadata), and per-module bookkeeping:
     ``parts[key]`` (``"unet"``/``"text_encoder"``/``"text_encoder_2"``) and ``module_paths[key]``
     (the module's path in the live model).
     """
 
-    def __init__(self, family: ModelFamily, dim: int, alpha: float | None, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        family: ModelFamily,
+        dim: int,
+        alpha: float | None,
+        dropout: float = 0.0,
+        *,
+        algo: str = "lora",
+        adapter_opts: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
+        spec = adapter_spec(algo)
         self.family = family
+        self.algo = spec.name
         self.dim = dim
         self.alpha = resolve_alpha(dim, alpha)
         self.dropout = dropout
-        self.network_module = NETWORK_MODULE
+        self.adapter_opts: dict[str, Any] = dict(adapter_opts or {})
+        self.network_module = spec.network_module
         self.network_args: dict[str, str] = {}
         self.parts: dict[str, str] = {}
         self.module_paths: dict[str, str] = {}
 
     # -- building -----------------------------------------------------------------------
 
-    def add_lora(self, key: str, part: str, module_path: str, target: nn.Module) -> LoRAModule:
-        """Create, register and attach the adapter for one target layer."""
+    def add_adapter(
+        self,
+        key: str,
+        part: str,
+        module_path: str,
+        target: nn.Module,
+        dim: int | None = None,
+        alpha: float | None = None,
+    ) -> nn.Module:
+        """Create, register and attach this network's adapter for one target layer.
+
+        ``dim``/``alpha`` default to the network's (conv layers get ``conv_dim``/``conv_alpha``
+        from the caller). Dropout is passed only when set, as LoHa/LoKr refuse it.
+        """
         if key in self:
             raise ValueError(f"two modules map to the same LoRA key {key!r}")
-        lora = LoRAModule(target, self.dim, self.alpha, self.dropout)
-        self[key] = lora
+        opts = dict(self.adapter_opts)
+        if self.dropout:
+            opts["dropout"] = self.dropout
+        rank = self.dim if dim is None else dim
+        module = make_adapter(self.algo, target, rank, self.alpha if dim is None else alpha, **opts)
+        self[key] = module
         self.parts[key] = part
         self.module_paths[key] = module_path
-        lora.attach()
-        return lora
+        module.attach()  # type: ignore[operator]
+        return module
+
+    def add_lora(self, key: str, part: str, module_path: str, target: nn.Module) -> nn.Module:
+        """`add_adapter` at the network's own rank and alpha (kept for existing callers)."""
+        return self.add_adapter(key, part, module_path, target)
 
     # -- views --------------------------------------------------------------------------
 
-    def loras(self, part: str | None = None) -> Iterator[tuple[str, LoRAModule]]:
-        """``(kohya key, module)`` pairs, optionally only those of one part."""
+    def loras(self, part: str | None = None) -> Iterator[tuple[str, Any]]:
+        """``(kohya key, adapter module)`` pairs, optionally only those of one part.
+
+        Every adapter class has ``multiplier``, ``attach``/``detach``, ``set_alpha``,
+        ``delta_weight`` and a ``state_dict()`` that is its file keys."""
         for key, module in self.items():
             if part is None or self.parts[key] == part:
                 yield key, module  # type: ignore[misc]
@@ -155,36 +203,42 @@ class LoRANetwork(nn.ModuleDict):
     # -- resume -------------------------------------------------------------------------
 
     def load_kohya_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
-        """Load a kohya LoRA tensor dict (e.g. a saved file) into this network, strictly.
+        """Load a kohya/LyCORIS tensor dict (e.g. a saved file) into this network, strictly.
 
-        Missing or unexpected module keys and rank mismatches raise `LorakilnError` naming them:
-        resuming onto a differently shaped network would silently train something else. The one
-        tolerance is a missing ``.alpha``, which every client reads as alpha = rank (§1), so we do
-        too. A file's alpha overrides the network's, as it defines the trained function.
+        The expected keys are each module's own ``state_dict()`` keys (``lora_down.weight``…,
+        ``hada_w1_a``…, ``lokr_w1``… — formats.md §1, §2), so every algorithm and every LoKr
+        factor layout is checked the same way. Missing or unexpected keys and shape mismatches
+        raise `LorakilnError` naming them: resuming onto a differently shaped network would
+        silently train something else. The one tolerance is a missing ``.alpha``, which every
+        client reads as alpha = rank (§1, §3 "Scale"), so we do too. A file's alpha overrides
+        the network's, as it defines the trained function.
         """
-        expected = {f"{k}.{s}" for k in self for s in _PARAM_SUFFIXES}
+        own = {key: module.state_dict() for key, module in self.loras()}
+        expected = {f"{k}.{name}" for k, sd in own.items() for name in sd}
         given = set(state_dict)
         missing = sorted(k for k in expected - given if not k.endswith(".alpha"))
         unexpected = sorted(given - expected)
         if missing or unexpected:
             raise LorakilnError(_key_error_message(missing, unexpected))
         errors = []
-        for key, module in self.loras():
-            for name in ("lora_down.weight", "lora_up.weight"):
-                want = module.get_parameter(name).shape
+        for key, sd in own.items():
+            for name, tensor in sd.items():
+                if name == "alpha":
+                    continue
                 got = state_dict[f"{key}.{name}"].shape
-                if got != want:
-                    errors.append(f"{key}.{name}: file has shape {tuple(got)}, network {tuple(want)}")
+                if got != tensor.shape:
+                    errors.append(f"{key}.{name}: file has shape {tuple(got)}, network {tuple(tensor.shape)}")
         if errors:
             raise LorakilnError(
-                "LoRA file does not fit this network (was it trained with another network_dim?):\n  "
+                "LoRA file does not fit this network (was it trained with another network_dim, conv_dim "
+                "or algorithm?):\n  "
                 + "\n  ".join(errors[:10])
                 + (f"\n  … and {len(errors) - 10} more" if len(errors) > 10 else "")
             )
         with torch.no_grad():
             for key, module in self.loras():
-                for name in ("lora_down.weight", "lora_up.weight"):
-                    module.get_parameter(name).copy_(state_dict[f"{key}.{name}"])
+                for name, param in module.named_parameters():
+                    param.copy_(state_dict[f"{key}.{name}"])
                 alpha = state_dict.get(f"{key}.alpha")
                 if alpha is None:
                     logger.warning("%s has no .alpha; using alpha = rank (scale 1) like kohya", key)
@@ -211,8 +265,23 @@ def create_lora_network(
     dropout: float = 0.0,
     train_unet: bool = True,
     train_text_encoder: bool = True,
+    algo: str = "lora",
+    conv_dim: int | None = None,
+    conv_alpha: float | None = None,
+    use_tucker: bool = False,
+    lokr_factor: int = -1,
+    lokr_decompose_both: bool = False,
 ) -> LoRANetwork:
-    """Inject LoRA modules into the U-Net and text encoders and return the network.
+    """Inject adapter modules into the U-Net and text encoders and return the network.
+
+    Targets: kohya's default attention/MLP targets (module docstring) for every algorithm, plus
+    the LoCon conv targets (`adapters.locon_conv_targets`) when ``conv_dim`` is set (kohya's
+    ``networks.lora`` with ``conv_dim``) or ``algo`` is ``locon``/``loha``/``lokr`` (LyCORIS
+    ``kohya.py``: its default preset "full" includes ``ResnetBlock2D``/``Down/Upsample2D`` and
+    ``conv_dim`` defaults to ``network_dim``, ``conv_alpha`` to ``network_alpha``). kohya's own
+    ``conv_alpha`` default is 1 (``networks/lora.py`` ``create_network``; formats.md §1). The
+    preset's by-name extras (``conv_in``/``conv_out``/``time_embedding``) are left out: A1111's
+    name table has no rule for them (§3), so they would be silently dropped there.
 
     Hooks are attached immediately; the base modules stay in place (see `lorakiln.networks.lora`).
     Text encoder *i* is named with ``family.te_lora_prefixes[i]`` / ``te_diffusers_prefixes[i]``.
@@ -223,17 +292,72 @@ def create_lora_network(
         raise ValueError(
             f"{family.name} has {len(family.te_lora_prefixes)} text encoder(s), got {len(text_encoders)}"
         )
-    network = LoRANetwork(family, dim, alpha, dropout)
+    spec = adapter_spec(algo)
+    opts = _adapter_opts(spec.name, use_tucker, lokr_factor, lokr_decompose_both)
+    network = LoRANetwork(family, dim, alpha, dropout, algo=spec.name, adapter_opts=opts)
+    convs = conv_dim is not None or spec.name != "lora"
+    if convs:
+        if conv_dim is None:
+            conv_dim = dim  # LyCORIS: conv_dim defaults to network_dim
+        if conv_alpha is None:
+            conv_alpha = KOHYA_DEFAULT_CONV_ALPHA if spec.name == "lora" else network.alpha
+    network.network_args = _network_args(spec.name, conv_dim if convs else None, conv_alpha, opts)
     if train_unet:
         if unet is None:
             raise ValueError("train_unet=True needs a U-Net")
         for path, layer in find_targets(unet, family.unet_target_blocks, allow_conv=True):
-            network.add_lora(keymap.unet_kohya_name(path, family), "unet", path, layer)
+            network.add_adapter(keymap.unet_kohya_name(path, family), "unet", path, layer)
+        if convs:
+            assert conv_dim is not None
+            for path, layer in locon_conv_targets(unet):
+                rank, rank_alpha = locon_rank(layer, dim, network.alpha, conv_dim, conv_alpha)
+                network.add_adapter(keymap.unet_kohya_name(path, family), "unet", path, layer, rank, rank_alpha)
     if train_text_encoder:
         for index, encoder in enumerate(text_encoders):
             part = family.te_diffusers_prefixes[index]
             for path, layer in find_targets(encoder, family.te_target_blocks, allow_conv=False):
-                network.add_lora(keymap.text_encoder_kohya_name(path, index, family), part, path, layer)
+                network.add_adapter(keymap.text_encoder_kohya_name(path, index, family), part, path, layer)
     if len(network) == 0:
         raise ValueError("no LoRA targets found: check train_unet / train_text_encoder and the model family")
     return network
+
+
+def _adapter_opts(algo: str, use_tucker: bool, lokr_factor: int, lokr_decompose_both: bool) -> dict[str, Any]:
+    """Module keyword options for ``algo``; an option the algorithm lacks is an error, not a no-op."""
+    if algo in ("lora", "locon"):
+        if use_tucker or lokr_factor != -1 or lokr_decompose_both:
+            raise ValueError(f"use_tucker / lokr_factor / lokr_decompose_both do not apply to {algo}")
+        return {}
+    if algo == "loha":
+        if lokr_factor != -1 or lokr_decompose_both:
+            raise ValueError("lokr_factor / lokr_decompose_both are LoKr options, not LoHa ones")
+        return {"use_tucker": use_tucker}
+    return {"use_tucker": use_tucker, "factor": lokr_factor, "decompose_both": lokr_decompose_both}
+
+
+def _fmt(value: float) -> str:
+    """A number as a user types it in ``network_args`` (``8``, ``0.5``), as kohya records them."""
+    return f"{value:g}"
+
+
+def _network_args(
+    algo: str, conv_dim: int | None, conv_alpha: float | None, opts: Mapping[str, Any]
+) -> dict[str, str]:
+    """``ss_network_args`` as kohya's ``train_network.py`` writes them: the ``--network_args``
+    ``key=value`` strings as a JSON object of strings (formats.md §1 "Metadata", e.g.
+    ``{"conv_dim": "8", "conv_alpha": "4"}``). LoHa/LoKr add LyCORIS's ``algo`` and its option
+    names (``lycoris/kohya.py`` ``create_network``: ``algo``, ``factor``, ``decompose_both``,
+    ``use_tucker``), so the file says how to train it again with ``lycoris.kohya``."""
+    args: dict[str, str] = {}
+    if algo in ("loha", "lokr"):
+        args["algo"] = algo
+    if conv_dim is not None:
+        args["conv_dim"] = str(conv_dim)
+        args["conv_alpha"] = _fmt(float(conv_alpha if conv_alpha is not None else conv_dim))
+    if algo == "lokr":
+        args["factor"] = str(int(opts["factor"]))
+        if opts["decompose_both"]:
+            args["decompose_both"] = "True"
+    if opts.get("use_tucker"):
+        args["use_tucker"] = "True"
+    return args

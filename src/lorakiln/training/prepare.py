@@ -317,9 +317,14 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
 
         network: Any = FullNetwork(bundle.family, bundle.unet, bundle.text_encoders, train_te)
     else:
+        net = cfg.network
         network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,
-                                      dim=cfg.network.network_dim, alpha=cfg.network.network_alpha,
-                                      dropout=cfg.network.network_dropout, train_text_encoder=train_te)
+                                      dim=net.network_dim, alpha=net.network_alpha,
+                                      dropout=net.network_dropout, train_text_encoder=train_te,
+                                      algo=net.network_module, conv_dim=net.conv_dim,
+                                      conv_alpha=net.conv_alpha, use_tucker=net.use_tucker,
+                                      lokr_factor=net.lokr_factor,
+                                      lokr_decompose_both=net.lokr_decompose_both)
     if cfg.network.network_weights:
         from lorakiln.networks.export import read_lora_file
 

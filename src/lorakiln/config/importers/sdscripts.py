@@ -46,6 +46,19 @@ def _neutral(name: str, value: Any) -> bool:
     return is_off(value) or value in T.NEUTRAL.get(name, ())
 
 
+#: LyCORIS ``algo`` → lorakiln ``network_module``; LyCORIS's "lora" and "locon" are one module
+#: (``lycoris/modules/locon.py``) placed on the convs too by its default "full" preset.
+_LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr"}
+#: ``network_args`` keys lorakiln maps (kohya ``networks/lora.py`` and ``lycoris/kohya.py`` names;
+#: ``use_cp``/``use_conv_cp`` are LyCORIS's older spellings of ``use_tucker``).
+_NETWORK_ARGS = {
+    "conv_dim": "network.conv_dim", "conv_alpha": "network.conv_alpha", "factor": "network.lokr_factor",
+    "decompose_both": "network.lokr_decompose_both", "use_tucker": "network.use_tucker",
+    "use_cp": "network.use_tucker", "use_conv_cp": "network.use_tucker",
+}  # fmt: skip
+_BOOL_WORDS = {"true": True, "false": False}
+
+
 class _Mapper:
     def __init__(self, args: dict[str, Any], draft: Draft, base_dir: Path, label: Label,
                  source_names: dict[str, str]) -> None:
@@ -170,17 +183,48 @@ class _Mapper:
             return self.d.skip(self.label(name), f"{err} lorakiln's default constant applies")
         self.d.put("train.lr_scheduler", value, self.label(name))
 
+    def _network_items(self) -> list[tuple[str, str]]:
+        """``network_args`` as ``(key, value)`` pairs; sd-scripts splits each item at the first
+        ``=`` (``train_network.py``: ``key, value = net_arg.split("=")``)."""
+        value = self.args.get("network_args")
+        items = value.split() if isinstance(value, str) else list(value or [])
+        return [(k.strip(), v.strip()) for k, _, v in (str(i).partition("=") for i in items)]
+
     def _network_module(self, name: str, value: Any) -> None:
+        """``networks.lora`` → lora (with ``conv_dim`` it is kohya's LoCon: same name);
+        ``lycoris.kohya`` → its ``algo`` arg (``lycoris/kohya.py`` ``create_network``: default
+        ``lora``, which with LyCORIS's "full" preset adapts the convs too, i.e. our ``locon``)."""
         if not value or value == "networks.lora":
             self.d.put("network.network_module", "lora", self.label(name))
-        else:
-            self.d.skip(self.label(name), f"{value} is not supported: {T.LORA_ONLY}")
+            return
+        if value != "lycoris.kohya":
+            return self.d.skip(self.label(name), f"{value} is not supported: {T.LORA_ONLY}")
+        algo = dict(self._network_items()).get("algo", "lora").lower()
+        mapped = _LYCORIS_ALGOS.get(algo)
+        if mapped is None:
+            return self.d.skip(f"{self.label(name)} (algo={algo})", f"LyCORIS algo {algo!r} is not supported "
+                               f"(lorakiln trains {', '.join(sorted(set(_LYCORIS_ALGOS)))}); "
+                               "the import trains a plain LoRA with the same rank instead")
+        self.d.put("network.network_module", mapped, f"{self.label(name)} with algo={algo}")
 
     def _network_args(self, name: str, value: Any) -> None:
-        items = value.split() if isinstance(value, str) else list(value or [])
-        for item in items:
-            self.d.skip(f"{name}: {item}", "network arguments (conv layers, block weights, rank/module "
-                        "dropout...) are not supported")
+        items = self._network_items()
+        lycoris = self.args.get("network_module") == "lycoris.kohya"
+        for key, raw in items:
+            origin = f"{name}: {key}={raw}"
+            target = _NETWORK_ARGS.get(key.lower())
+            if key.lower() == "algo" and lycoris:
+                continue  # consumed by _network_module
+            if key.lower() == "preset" and lycoris:
+                if raw.lower() != "full":
+                    self.d.skip(origin, "LyCORIS presets are not supported; lorakiln adapts kohya's "
+                                "LoCon targets (attention, ResNet and up/down-sampler layers)")
+                continue
+            if target is None or (not lycoris and target not in ("network.conv_dim", "network.conv_alpha")):
+                self.d.skip(origin, "this network argument (block weights, rank/module dropout...) is not "
+                            "supported")
+                continue
+            self.d.put(target, _BOOL_WORDS.get(raw.lower(), raw), origin)
         if not items:
             self.idle(name)
 
