@@ -17,7 +17,6 @@ no diffusers LoRA equivalent and are refused rather than silently dropped.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,11 +28,10 @@ from lorakiln.atomic import write_bytes_atomic
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools import inspect as lora_inspect
 from lorakiln.lora_tools.inspect import ModuleEntry
+from lorakiln.lora_tools.lorafile import kohya_file_metadata
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
-from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME, precalculate_hashes
-from lorakiln.networks.metadata import MODELSPEC_VERSION
-from lorakiln.networks.network import NETWORK_MODULE
+from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
 
 Target = Literal["kohya", "diffusers"]
 TARGETS: tuple[str, ...] = ("kohya", "diffusers")
@@ -147,29 +145,6 @@ def diffusers_to_kohya(
     return out
 
 
-def kohya_metadata(
-    source_md: dict[str, str], tensors: dict[str, torch.Tensor], family: ModelFamily, title: str
-) -> dict[str, str]:
-    """Keep the source's ``ss_*``/``modelspec.*``; make dim/alpha describe the written tensors;
-    add kohya's minimum keys (A1111 version detection, §3) and the ``sshs_*`` hashes (§1)."""
-    md = {k: v for k, v in source_md.items() if k.startswith(("ss_", "modelspec."))}
-    ranks = Counter(t.shape[0] for k, t in tensors.items() if k.endswith(".lora_down.weight"))
-    rank = ranks.most_common(1)[0][0]
-    md.setdefault("ss_v2", family.ss_v2)
-    md.setdefault("ss_base_model_version", family.base_model_version)
-    md.setdefault("ss_network_module", NETWORK_MODULE)
-    md.setdefault("ss_network_args", "{}")
-    md["ss_network_dim"] = str(rank) if len(ranks) == 1 else "Dynamic"
-    md["ss_network_alpha"] = str(float(rank)) if len(ranks) == 1 else "Dynamic"
-    md.setdefault("modelspec.sai_model_spec", MODELSPEC_VERSION)
-    md.setdefault("modelspec.architecture", family.modelspec_lora_architecture)
-    md.setdefault("modelspec.implementation", family.modelspec_implementation)
-    md.setdefault("modelspec.title", title)
-    md.pop("sshs_model_hash", None)
-    md.pop("sshs_legacy_hash", None)
-    return md | precalculate_hashes(tensors, md)
-
-
 def _pick_family(
     info_family: str | None, reason: str, requested: str | None, modules: dict[str, ModuleEntry], source: Path
 ) -> ModelFamily:
@@ -252,7 +227,7 @@ def convert_lora(
             notes.append("the ss_* training metadata is not carried over: diffusers files hold none")
     else:
         converted = diffusers_to_kohya(tensors, modules, header.metadata, fam, source)
-        metadata = kohya_metadata(header.metadata, converted, fam, out_path.stem)
+        metadata = kohya_file_metadata(header.metadata, converted, fam, out_path.stem)
     if out_path.is_dir():
         raise LorakilnError(f"{out_path} is a folder")
     write_bytes_atomic(out_path, save(converted, metadata))
