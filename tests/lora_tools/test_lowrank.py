@@ -42,13 +42,14 @@ def test_truncation_keeps_the_reported_energy() -> None:
 
 def test_dynamic_methods() -> None:
     s = torch.tensor([8.0, 4.0, 2.0, 1.0])
-    assert choose_rank(s, "sv_ratio", 2) == 2  # σ >= 4
-    assert choose_rank(s, "sv_ratio", 8) == 4
+    assert choose_rank(s, "sv_ratio", 2) == 1  # σ > 4 (kohya: strictly above σ_max / ratio)
+    assert choose_rank(s, "sv_ratio", 2.5) == 2
+    assert choose_rank(s, "sv_ratio", 9) == 4
     assert choose_rank(s, "sv_cumulative", 12 / 15) == 2  # (8+4)/15
     assert choose_rank(s, "sv_cumulative", 0.81) == 3
     assert choose_rank(s, "sv_fro", (80 / 85) ** 0.5) == 2  # (64+16)/85
     assert choose_rank(s, "sv_fro", 1.0) == 4
-    assert choose_rank(s, "sv_ratio", 8, max_rank=3) == 3
+    assert choose_rank(s, "sv_ratio", 9, max_rank=3) == 3
     assert choose_rank(torch.zeros(3), "sv_fro", 0.9) == 1
     with pytest.raises(ValueError, match="sv_fro target"):
         choose_rank(s, "sv_fro", 1.5)

@@ -7,7 +7,7 @@ the kept part is split between ``lora_up`` and ``lora_down``" are decided once.
 Rank choice follows kohya's ``networks/resize_lora.py`` dynamic methods (formats.md §1):
 
 * ``fixed``: the given rank;
-* ``sv_ratio``: keep singular values ``σ ≥ σ_max / ratio``;
+* ``sv_ratio``: keep singular values ``σ > σ_max / ratio`` (strictly, as kohya's ``S > min_sv``);
 * ``sv_fro``: the smallest rank whose kept Frobenius norm is at least ``target`` of the whole
   (``sqrt(Σσ²_kept / Σσ²) ≥ target``);
 * ``sv_cumulative``: the smallest rank whose kept sum of singular values is at least ``target``
@@ -75,8 +75,8 @@ def choose_rank(singular: torch.Tensor, method: RankMethod, value: float, max_ra
         rank = 1  # an all-zero delta: keep one (zero) component rather than an empty module
     elif method == "sv_ratio":
         if value < 1:
-            raise ValueError(f"sv_ratio must be >= 1 (keep σ >= σ_max / ratio), got {value}")
-        rank = int((s >= s[0] / value).sum())
+            raise ValueError(f"sv_ratio must be >= 1 (keep σ > σ_max / ratio), got {value}")
+        rank = int((s > s[0] / value).sum())
     elif method in ("sv_fro", "sv_cumulative"):
         if not 0 < value <= 1:
             raise ValueError(f"{method} target must be in (0, 1], got {value}")
