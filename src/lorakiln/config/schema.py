@@ -146,6 +146,12 @@ class NetworkConfig(Section):
                                       "factor low rank (LyCORIS `decompose_both`).")
     use_tucker: bool = Field(False, description="LoHa/LoKr only: Tucker-factor the k×k conv adapters "
                              "(LyCORIS `use_tucker`, formerly `use_cp`).")
+    dora_wd: bool = Field(False, description="DoRA (weight-decomposed LoRA, LyCORIS `dora_wd`), with "
+                          "`lora`/`locon`: also trains a magnitude per input channel of each adapted "
+                          "layer (`dora_scale` in the file). AUTOMATIC1111 and ComfyUI apply it alike; "
+                          "diffusers drops it, so `save_diffusers` is refused. No `network_dropout`. "
+                          "LyCORIS's default axis is the output one (`wd_on_output`); lorakiln uses the "
+                          "input axis, the one both clients read the same way.")
     network_train_unet_only: bool = Field(False, description="Train the U-Net LoRA only (no text encoder).")
     network_weights: str | None = Field(None, description="Start from an existing LoRA file of the same "
                                         "dim (continue training).")
@@ -179,6 +185,12 @@ def _check_network(net: NetworkConfig) -> None:
     if net.use_tucker and algo not in ("loha", "lokr"):
         raise ValueError("network.use_tucker is a LoHa/LoKr option (lorakiln's LoRA/LoCon has no "
                          f"Tucker mid layer); network_module is {algo!r}")
+    if net.dora_wd and algo not in ("lora", "locon"):
+        raise ValueError(f"network.dora_wd is trained with network_module 'lora' or 'locon', not {algo!r} "
+                         "(lorakiln applies LyCORIS DoHa/DoKr files in generation but does not train them)")
+    if net.dora_wd and net.network_dropout:
+        raise ValueError("network.network_dropout does not work with network.dora_wd (DoRA updates whole "
+                         "weights; LyCORIS ignores the dropout there too): set one of them off")
     if net.network_dropout and algo in ("loha", "lokr"):
         raise ValueError(f"network.network_dropout is not supported with {algo} (LyCORIS does not "
                          "implement dropout for LoHa/LoKr either)")
@@ -395,10 +407,17 @@ class RunConfig(BaseModel):
             if self.network.network_weights:
                 raise ValueError("network.network_weights loads a LoRA; with train.mode = 'full' point "
                                  "model.pretrained_model at the model to continue from instead")
+            if self.network.dora_wd:
+                raise ValueError("network.dora_wd is a LoRA option; train.mode = 'full' trains every weight "
+                                 "directly")
         elif self.output.save_diffusers and self.network.network_module in ("loha", "lokr"):
             raise ValueError(f"output.save_diffusers: diffusers cannot load {self.network.network_module} "
                              "files (formats.md §5); use the kohya file in AUTOMATIC1111/ComfyUI, or set "
                              "save_diffusers = false")
+        elif self.output.save_diffusers and self.network.dora_wd:
+            raise ValueError("output.save_diffusers: diffusers drops DoRA magnitudes (dora_scale) and would "
+                             "apply a plain LoRA (formats.md §5); set network.dora_wd = false for a diffusers "
+                             "file, or save_diffusers = false and use the kohya file in AUTOMATIC1111/ComfyUI")
         return self
 
     def resolved_paths(self, base: Path) -> RunConfig:

@@ -22,6 +22,7 @@ from lorakiln.lora_tools.header import (
     DTYPE_NAMES,
     BlockSummary,
     ModuleEntry,
+    SafetensorsHeader,
     _read_alphas,
     _resolve_all,
     describe_non_lora,
@@ -150,6 +151,7 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
     alphas = _read_alphas(header, modules)
     blocks, rows, algos = summarise_blocks(header, modules, family, alphas)
     notes += _compat_notes(fmt, family, modules, alphas, bundled, foreign)
+    notes += _dora_notes(header, modules)
     md = header.metadata
     hashes = _hashes(header, verify_hash, notes)
     return LoraInfo(
@@ -217,12 +219,6 @@ def _compat_notes(
     if unresolved:
         notes.append(f"{len(unresolved)} module key(s) name no {family} module (e.g. {unresolved[0]})")
     notes += _te_attention_notes(modules)
-    dora = sum(m.dora for m in modules.values())
-    if dora:
-        notes.append(
-            f"{dora} module(s) carry DoRA magnitudes: diffusers drops them, A1111 and LyCORIS disagree "
-            "on the axis — not portable"
-        )
     if bundled:
         names = sorted({k.split(".")[1] for k in bundled if k.count(".") >= 1})
         notes.append(
@@ -233,6 +229,45 @@ def _compat_notes(
             f"{len(foreign)} key(s) are neither LoRA nor embedding (e.g. {foreign[0]}); clients ignore "
             "or reject them"
         )
+    return notes
+
+
+def _dora_axis(shape: tuple[int, ...]) -> str:
+    """``input`` for ``[1, in(, 1, 1)]``, ``output`` for ``[out, 1(, 1, 1)]`` (LyCORIS layouts)."""
+    if len(shape) >= 2 and shape[0] == 1 and shape[1] > 1 and all(d == 1 for d in shape[2:]):
+        return "input"
+    if len(shape) >= 1 and shape[0] > 1 and all(d == 1 for d in shape[1:]):
+        return "output"
+    return "unknown"
+
+
+def _dora_notes(header: SafetensorsHeader, modules: dict[str, ModuleEntry]) -> list[str]:
+    """DoRA portability (formats.md §2 "DoRA", §5 step 1; `lorakiln.networks.dora`).
+
+    Kohya-style ``dora_scale``: diffusers drops it with a warning, so there the file is a plain
+    LoRA. Its axis decides whether A1111 and ComfyUI agree: per input column (``[1, in]``) they
+    compute the same weight; per output row (``[out, 1]``, LyCORIS's default) A1111 still
+    normalises per input column and ComfyUI divides by the base weight's norm — two different
+    results. PEFT's ``lora_magnitude_vector`` is read by diffusers/PEFT only.
+    """
+    notes: list[str] = []
+    kohya = [m for m in modules.values() if m.dora and m.style == "kohya"]
+    peft = sum(1 for m in modules.values() if m.dora and m.style != "kohya")
+    if kohya:
+        axes = Counter(_dora_axis(header.tensors[m.tensors["dora"]].shape) for m in kohya)
+        text = (f"{len(kohya)} module(s) carry DoRA magnitudes (dora_scale): diffusers drops them with a "
+                "warning and applies a plain LoRA")
+        if axes["input"]:
+            text += f"; {axes['input']} per input channel ([1, in]): AUTOMATIC1111 and ComfyUI apply those alike"
+        if axes["output"]:
+            text += (f"; {axes['output']} per output channel ([out, 1], LyCORIS wd_on_output): AUTOMATIC1111 "
+                     "and ComfyUI each compute a different weight from those — not portable")
+        if axes["unknown"]:
+            text += f"; {axes['unknown']} of a shape no client reads as DoRA"
+        notes.append(text)
+    if peft:
+        notes.append(f"{peft} module(s) carry PEFT DoRA magnitudes (lora_magnitude_vector): diffusers/PEFT "
+                     "apply them; AUTOMATIC1111 and ComfyUI read only dora_scale")
     return notes
 
 

@@ -10,6 +10,11 @@ Algorithms (names as LyCORIS's ``algo`` network arg, formats.md §2):
 * ``loha`` — `LoHaModule` (Hadamard product, FedPara);
 * ``lokr`` — `LoKrModule` (Kronecker product).
 
+DoRA is not an algorithm of its own but an option of one (LyCORIS ``dora_wd``): ``lora``/``locon``
+with ``dora_wd=True`` make a `DoRAModule`, which writes the same keys plus ``dora_scale``. LyCORIS
+also decomposes LoHa/LoKr; lorakiln trains DoRA on LoRA/LoCon only (and applies any of them in
+generation, `lorakiln.networks.file_adapters`).
+
 Each module's ``state_dict()`` is already its file format, so the registry only has to say which
 per-module key suffixes belong to which algorithm (for reading files back and for spec tests).
 """
@@ -22,6 +27,7 @@ from typing import Any
 
 from torch import nn
 
+from lorakiln.networks.dora import DORA_KEY, DoRAModule
 from lorakiln.networks.loha import LoHaModule
 from lorakiln.networks.lokr import LoKrModule
 from lorakiln.networks.lora import LoRAModule, resolve_alpha
@@ -33,22 +39,24 @@ class AdapterSpec:
 
     ``key_suffixes`` are every per-module key the algorithm may write (optional ones included:
     Tucker cores, the one-or-the-other LoKr factors); ``network_module`` is the
-    ``ss_network_module`` kohya/LyCORIS record for it (formats.md §1 "Metadata").
+    ``ss_network_module`` kohya/LyCORIS record for it (formats.md §1 "Metadata");
+    ``dora_class`` the module class used with ``dora_wd=True`` (None: DoRA is not offered).
     """
 
     name: str
     module_class: type[nn.Module]
     key_suffixes: tuple[str, ...]
     network_module: str
+    dora_class: type[nn.Module] | None = None
 
 
-_LORA_KEYS = ("lora_down.weight", "lora_up.weight", "alpha")
+_LORA_KEYS = ("lora_down.weight", "lora_up.weight", "alpha", DORA_KEY)
 
 ADAPTERS: dict[str, AdapterSpec] = {
-    "lora": AdapterSpec("lora", LoRAModule, _LORA_KEYS, "networks.lora"),
+    "lora": AdapterSpec("lora", LoRAModule, _LORA_KEYS, "networks.lora", DoRAModule),
     # kohya writes LoCon as `networks.lora` + conv_dim in ss_network_args; LyCORIS as
     # `lycoris.kohya` + algo=locon. The keys are the same.
-    "locon": AdapterSpec("locon", LoRAModule, _LORA_KEYS, "networks.lora"),
+    "locon": AdapterSpec("locon", LoRAModule, _LORA_KEYS, "networks.lora", DoRAModule),
     "loha": AdapterSpec(
         "loha", LoHaModule,
         ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"),
@@ -70,17 +78,25 @@ def adapter_spec(algo: str) -> AdapterSpec:
         raise ValueError(f"unknown network algorithm {algo!r}; valid: {', '.join(ADAPTERS)}") from None
 
 
-def make_adapter(algo: str, target_layer: nn.Module, dim: int, alpha: float | None, **opts: Any) -> nn.Module:
+def make_adapter(
+    algo: str, target_layer: nn.Module, dim: int, alpha: float | None, *, dora_wd: bool = False, **opts: Any
+) -> nn.Module:
     """Create the ``algo`` adapter for one layer (not yet attached).
 
     ``opts`` are the algorithm's keyword options: ``dropout``, ``multiplier`` for all;
     ``use_tucker`` for LoHa; ``factor``, ``decompose_both``, ``use_tucker``, ``full_matrix``,
     ``unbalanced_factorization`` for LoKr. An option the algorithm does not take raises a
-    ``TypeError`` naming the algorithm, instead of being silently ignored.
+    ``TypeError`` naming the algorithm, instead of being silently ignored. ``dora_wd`` (LyCORIS's
+    name) picks the algorithm's DoRA class; algorithms without one raise ``ValueError``.
     """
     spec = adapter_spec(algo)
+    cls = spec.module_class
+    if dora_wd:
+        if spec.dora_class is None:
+            raise ValueError(f"DoRA (dora_wd) is available with lora/locon, not with {spec.name!r}")
+        cls = spec.dora_class
     try:
-        return spec.module_class(target_layer, dim, alpha, **opts)
+        return cls(target_layer, dim, alpha, **opts)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise TypeError(f"network algorithm {spec.name!r}: {exc}") from None

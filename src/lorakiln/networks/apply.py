@@ -5,7 +5,9 @@ rank and alpha, so dynamically resized files work) on the bundle's modules. The 
 detected per module from its keys (formats.md §2): ``lora_down``/``lora_up`` (LoRA and LoCon,
 whose conv downs carry the kernel) → `LoRAModule`; ``hada_*`` (LoHa) and ``lokr_*`` (LoKr) →
 `file_adapters.FileDeltaAdapter`, as A1111 (``network_hada.py``/``network_lokr.py``) and ComfyUI
-(``weight_adapter``) detect them. Several files stack;
+(``weight_adapter``) detect them. A module with ``dora_scale`` (DoRA, any algorithm) also becomes a
+`FileDeltaAdapter`, applied with the clients' DoRA strength rule (`lorakiln.networks.dora`).
+Several files stack;
 strengths change by setting multipliers — no reload, no weight copy (issue: "LoRAs are switched
 by adapter weights, not by reloading"). Key translation goes through `keymap`, the one place
 names are translated; SD1 files with LDM-style U-Net names (accepted by A1111 and ComfyUI,
@@ -14,6 +16,7 @@ formats.md §8) are mapped too.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +25,7 @@ import torch
 
 from lorakiln.errors import LorakilnError
 from lorakiln.networks import keymap
+from lorakiln.networks.dora import DORA_KEY
 from lorakiln.networks.export import read_lora_file
 from lorakiln.networks.file_adapters import FileDeltaAdapter, detect_algo
 from lorakiln.networks.lora import LoRAModule
@@ -31,6 +35,8 @@ if TYPE_CHECKING:
 
     from lorakiln.models.bundle import ModelBundle
     from lorakiln.models.family import ModelFamily
+
+logger = logging.getLogger(__name__)
 
 
 def file_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
@@ -109,10 +115,24 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
     applied = AppliedLoRA(name or path.stem, path)
     for key, (algo, parts) in groups.items():
         target = _resolve(bundle, key)
-        module = _lora_module(target, parts) if algo == "lora" else FileDeltaAdapter(target, algo, parts)
+        if algo == "lora" and DORA_KEY not in parts:
+            module: LoRAModule | FileDeltaAdapter = _lora_module(target, parts)
+        else:
+            try:
+                module = FileDeltaAdapter(target, algo, parts)
+            except ValueError as err:
+                raise LorakilnError(f"{path.name}: {key}: {err}") from None
         module.eval().attach()
         applied.modules[key] = module
     applied.set_strength(te, unet)
+    output_axis = sum(1 for m in applied.modules.values()
+                      if isinstance(m, FileDeltaAdapter) and m.dora_axis == "output")
+    if output_axis:
+        # formats.md §2 "DoRA": A1111 normalises per input column whatever the shape, ComfyUI divides
+        # by the base weight's norm on this axis; lorakiln follows LyCORIS, which trained the file.
+        logger.warning("%s: %d DoRA module(s) store per-output-row magnitudes (LyCORIS wd_on_output=True); "
+                       "lorakiln applies them as LyCORIS defines them, AUTOMATIC1111 and ComfyUI each compute "
+                       "other weights from this file", path.name, output_axis)
     return applied
 
 

@@ -127,7 +127,10 @@ def diffusers_state_dict(
 
     LoCon conv modules export the same way: ``lora_A`` is the k×k ``down`` conv ``[r, in, kh,
     kw]`` and ``lora_B`` the 1×1 ``up`` conv, which is exactly PEFT's ``Conv2d`` LoRA layout.
-    LoHa/LoKr raise `LorakilnError`: diffusers cannot load them (§5).
+    LoHa/LoKr raise `LorakilnError`: diffusers cannot load them (§5). So does DoRA: diffusers
+    drops kohya ``dora_scale`` with only a warning (§5 step 1) and PEFT's DoRA
+    (``lora_magnitude_vector``) normalises per output row, not per input column as lorakiln's
+    DoRA does (`lorakiln.networks.dora`), so no diffusers file computes the trained weights.
     """
     if network.algo in ("loha", "lokr"):
         # diffusers' kohya converter raises on any key that is not lora_down/lora_up/alpha and
@@ -135,6 +138,12 @@ def diffusers_state_dict(
         raise LorakilnError(
             f"diffusers cannot load {network.algo} (LoHa/LoKr) weights; use the kohya .safetensors "
             "file in AUTOMATIC1111/ComfyUI"
+        )
+    if network.dora:
+        raise LorakilnError(
+            "diffusers cannot load DoRA (network.dora_wd) weights: it drops dora_scale and would apply a "
+            "plain LoRA; use the kohya .safetensors file in AUTOMATIC1111/ComfyUI, or train with "
+            "dora_wd = false for a diffusers file"
         )
     target = resolve_save_dtype(dtype)
     out: dict[str, torch.Tensor] = {}

@@ -11,6 +11,10 @@ up/down-sampler layers (`adapters.locon_conv_targets`) and, for LoHa/LoKr, use o
 classes; the key names are the same kohya names (LyCORIS ``kohya.py`` uses kohya's prefixes,
 formats.md §2).
 
+DoRA (``dora_wd``, `lorakiln.networks.dora`) swaps the LoRA/LoCon module class for `DoRAModule`;
+the file gains ``<key>.dora_scale`` and records itself as LyCORIS's (``lycoris.kohya``,
+``dora_wd``), since kohya's ``networks.lora`` has no such option.
+
 Because each module is registered under its kohya key, ``network.state_dict()`` *is* the kohya
 file's tensor dict (``<key>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` — or the
 ``hada_*``/``lokr_*`` keys of LyCORIS, §2): export is a dtype cast, and resuming from a file is a
@@ -43,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 #: ``ss_network_module`` of a plain kohya LoRA (formats.md §1 "Metadata").
 NETWORK_MODULE = "networks.lora"
+#: ``ss_network_module`` of LyCORIS-trained files (LoHa, LoKr, DoRA).
+LYCORIS_NETWORK_MODULE = "lycoris.kohya"
 
 
 def _is_target_layer(module: nn.Module, allow_conv: bool) -> bool:
@@ -75,7 +81,8 @@ class LoRANetwork(nn.ModuleDict):
 
     Attributes: ``family``, ``algo`` (``lora``/``locon``/``loha``/``lokr``), ``dim``, ``alpha``
     (resolved: never None), ``dropout``, ``adapter_opts`` (algorithm options passed to every
-    module), ``network_module`` and ``network_args`` (for metadata), and per-module bookkeeping:
+    module, ``dora_wd`` included), ``dora`` (weight decomposition on), ``network_module`` and
+    ``network_args`` (for metadata), and per-module bookkeeping:
     ``parts[key]`` (``"unet"``/``"text_encoder"``/``"text_encoder_2"``) and ``module_paths[key]``
     (the module's path in the live model).
     """
@@ -98,7 +105,9 @@ class LoRANetwork(nn.ModuleDict):
         self.alpha = resolve_alpha(dim, alpha)
         self.dropout = dropout
         self.adapter_opts: dict[str, Any] = dict(adapter_opts or {})
-        self.network_module = spec.network_module
+        self.dora = bool(self.adapter_opts.get("dora_wd"))
+        # kohya's networks.lora cannot train DoRA; LyCORIS can (formats.md §1 "Metadata", §2).
+        self.network_module = LYCORIS_NETWORK_MODULE if self.dora else spec.network_module
         self.network_args: dict[str, str] = {}
         self.parts: dict[str, str] = {}
         self.module_paths: dict[str, str] = {}
@@ -247,6 +256,11 @@ class LoRANetwork(nn.ModuleDict):
 
 def _key_error_message(missing: list[str], unexpected: list[str]) -> str:
     lines = ["LoRA state dict does not match the network's modules."]
+    dora = ".dora_scale"
+    if missing and all(k.endswith(dora) for k in missing) and not unexpected:
+        lines.append("The file has no DoRA magnitudes (dora_scale): it was not trained with network.dora_wd.")
+    elif unexpected and all(k.endswith(dora) for k in unexpected) and not missing:
+        lines.append("The file is a DoRA file (dora_scale): set network.dora_wd = true to continue it.")
     for label, keys in (("missing", missing), ("unexpected", unexpected)):
         if keys:
             shown = ", ".join(keys[:8]) + (f", … ({len(keys)} in all)" if len(keys) > 8 else "")
@@ -271,6 +285,7 @@ def create_lora_network(
     use_tucker: bool = False,
     lokr_factor: int = -1,
     lokr_decompose_both: bool = False,
+    dora_wd: bool = False,
 ) -> LoRANetwork:
     """Inject adapter modules into the U-Net and text encoders and return the network.
 
@@ -286,14 +301,14 @@ def create_lora_network(
     Hooks are attached immediately; the base modules stay in place (see `lorakiln.networks.lora`).
     Text encoder *i* is named with ``family.te_lora_prefixes[i]`` / ``te_diffusers_prefixes[i]``.
     A part that is not trained gets no modules (kohya ``--network_train_unet_only`` drops them
-    from the file too).
+    from the file too). ``dora_wd`` (lora/locon only) makes every module a `DoRAModule`.
     """
     if len(text_encoders) > len(family.te_lora_prefixes):
         raise ValueError(
             f"{family.name} has {len(family.te_lora_prefixes)} text encoder(s), got {len(text_encoders)}"
         )
     spec = adapter_spec(algo)
-    opts = _adapter_opts(spec.name, use_tucker, lokr_factor, lokr_decompose_both)
+    opts = _adapter_opts(spec.name, use_tucker, lokr_factor, lokr_decompose_both, dora_wd)
     network = LoRANetwork(family, dim, alpha, dropout, algo=spec.name, adapter_opts=opts)
     convs = conv_dim is not None or spec.name != "lora"
     if convs:
@@ -322,12 +337,16 @@ def create_lora_network(
     return network
 
 
-def _adapter_opts(algo: str, use_tucker: bool, lokr_factor: int, lokr_decompose_both: bool) -> dict[str, Any]:
+def _adapter_opts(
+    algo: str, use_tucker: bool, lokr_factor: int, lokr_decompose_both: bool, dora_wd: bool = False
+) -> dict[str, Any]:
     """Module keyword options for ``algo``; an option the algorithm lacks is an error, not a no-op."""
+    if dora_wd and algo not in ("lora", "locon"):
+        raise ValueError(f"DoRA (dora_wd) is trained with lora/locon, not with {algo}")
     if algo in ("lora", "locon"):
         if use_tucker or lokr_factor != -1 or lokr_decompose_both:
             raise ValueError(f"use_tucker / lokr_factor / lokr_decompose_both do not apply to {algo}")
-        return {}
+        return {"dora_wd": True} if dora_wd else {}
     if algo == "loha":
         if lokr_factor != -1 or lokr_decompose_both:
             raise ValueError("lokr_factor / lokr_decompose_both are LoKr options, not LoHa ones")
@@ -347,10 +366,18 @@ def _network_args(
     ``key=value`` strings as a JSON object of strings (formats.md §1 "Metadata", e.g.
     ``{"conv_dim": "8", "conv_alpha": "4"}``). LoHa/LoKr add LyCORIS's ``algo`` and its option
     names (``lycoris/kohya.py`` ``create_network``: ``algo``, ``factor``, ``decompose_both``,
-    ``use_tucker``), so the file says how to train it again with ``lycoris.kohya``."""
+    ``use_tucker``), so the file says how to train it again with ``lycoris.kohya``.
+
+    DoRA adds ``dora_wd`` and ``wd_on_output = "False"`` (LyCORIS defaults to the output axis;
+    lorakiln trains the input axis, `lorakiln.networks.dora`), with ``algo`` ``lora``/``locon``;
+    without conv targets also ``preset = "attn-mlp"``, LyCORIS's preset for kohya's default
+    targets (its default "full" would add the convs)."""
     args: dict[str, str] = {}
-    if algo in ("loha", "lokr"):
+    dora = bool(opts.get("dora_wd"))
+    if algo in ("loha", "lokr") or dora:
         args["algo"] = algo
+    if dora and conv_dim is None:
+        args["preset"] = "attn-mlp"
     if conv_dim is not None:
         args["conv_dim"] = str(conv_dim)
         args["conv_alpha"] = _fmt(float(conv_alpha if conv_alpha is not None else conv_dim))
@@ -360,4 +387,7 @@ def _network_args(
             args["decompose_both"] = "True"
     if opts.get("use_tucker"):
         args["use_tucker"] = "True"
+    if dora:
+        args["dora_wd"] = "True"
+        args["wd_on_output"] = "False"
     return args

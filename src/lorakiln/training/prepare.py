@@ -324,7 +324,7 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
                                       algo=net.network_module, conv_dim=net.conv_dim,
                                       conv_alpha=net.conv_alpha, use_tucker=net.use_tucker,
                                       lokr_factor=net.lokr_factor,
-                                      lokr_decompose_both=net.lokr_decompose_both)
+                                      lokr_decompose_both=net.lokr_decompose_both, dora_wd=net.dora_wd)
     if cfg.network.network_weights:
         from lorakiln.networks.export import read_lora_file
 

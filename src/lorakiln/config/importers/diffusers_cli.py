@@ -98,7 +98,9 @@ UNSUPPORTED: dict[str, str] = {
     "scale_lr": "learning rates are not scaled by batch x accumulation x GPUs; multiply "
                 "train.learning_rate yourself",
     "do_edm_style_training": "EDM-style training is not supported",
-    "use_dora": "DoRA is not supported (lorakiln trains plain LoRA)",
+    "use_dora": "diffusers' DoRA (PEFT, one magnitude per output channel, loaded by diffusers) is not "
+                "mapped: lorakiln's network.dora_wd keeps one per input channel for AUTOMATIC1111/ComfyUI and "
+                "cannot be saved for diffusers",
     "use_blora": "B-LoRA (LoRA on selected U-Net blocks) is not supported",
     "lora_unet_blocks": "LoRA on selected U-Net blocks is not supported",
     "prediction_type": "the prediction type comes from the base model's scheduler",

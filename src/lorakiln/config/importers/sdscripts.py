@@ -54,8 +54,11 @@ _LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lo
 _NETWORK_ARGS = {
     "conv_dim": "network.conv_dim", "conv_alpha": "network.conv_alpha", "factor": "network.lokr_factor",
     "decompose_both": "network.lokr_decompose_both", "use_tucker": "network.use_tucker",
-    "use_cp": "network.use_tucker", "use_conv_cp": "network.use_tucker",
+    "use_cp": "network.use_tucker", "use_conv_cp": "network.use_tucker", "dora_wd": "network.dora_wd",
 }  # fmt: skip
+#: Why a LyCORIS DoRA import differs in one respect (`lorakiln.networks.dora`).
+_DORA_AXIS_NOTE = ("LyCORIS's default wd_on_output=True keeps one magnitude per output channel; lorakiln's "
+                   "DoRA keeps one per input channel, the axis AUTOMATIC1111 and ComfyUI both apply alike")
 _BOOL_WORDS = {"true": True, "false": False}
 
 
@@ -220,13 +223,34 @@ class _Mapper:
                     self.d.skip(origin, "LyCORIS presets are not supported; lorakiln adapts kohya's "
                                 "LoCon targets (attention, ResNet and up/down-sampler layers)")
                 continue
+            if key.lower() == "wd_on_output" and lycoris:
+                # Only means something with dora_wd; False is lorakiln's axis, True gets the note.
+                dora = _BOOL_WORDS.get(dict((k.lower(), v) for k, v in items).get("dora_wd", "").lower())
+                if dora and _BOOL_WORDS.get(raw.lower(), True):
+                    self.d.note(origin, _DORA_AXIS_NOTE)
+                continue
             if target is None or (not lycoris and target not in ("network.conv_dim", "network.conv_alpha")):
                 self.d.skip(origin, "this network argument (block weights, rank/module dropout...) is not "
                             "supported")
                 continue
-            self.d.put(target, _BOOL_WORDS.get(raw.lower(), raw), origin)
+            value = _BOOL_WORDS.get(raw.lower(), raw)
+            if target == "network.dora_wd" and value is True and not self._dora_fits(origin, items):
+                continue
+            self.d.put(target, value, origin)
         if not items:
             self.idle(name)
+
+    def _dora_fits(self, origin: str, items: list[tuple[str, str]]) -> bool:
+        """``dora_wd=True`` (LyCORIS): lorakiln trains it with LoRA/LoCon, on the input axis."""
+        args = {k.lower(): v for k, v in items}
+        algo = args.get("algo", "lora").lower()
+        if algo not in ("lora", "locon"):
+            self.d.skip(origin, f"lorakiln trains DoRA with LoRA/LoCon only, not {algo}; the import trains "
+                        f"{algo} without weight decomposition")
+            return False
+        if "wd_on_output" not in args:
+            self.d.note(origin, _DORA_AXIS_NOTE)
+        return True
 
     def _reg_data_dir(self, name: str, value: Any) -> None:
         if not value:
