@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lazy("lorakiln.captioning.command", "run"))
     from lorakiln.lora_tools import command as lora_cmd
 
-    p = sub.add_parser("lora", help="inspect and convert LoRA files (info, convert)")
+    p = sub.add_parser("lora", help="inspect, convert, resize, extract and merge LoRA files (info, convert, resize, extract, merge, ziplora)")
     lora_cmd.add_arguments(p.add_subparsers(dest="lora_verb", required=True))
     p.set_defaults(func=_lazy("lorakiln.lora_tools.command", "run"))
     from lorakiln.toyworld import command as toy_cmd
