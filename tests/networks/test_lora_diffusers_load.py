@@ -104,3 +104,34 @@ def test_warning_capture_is_effective(pipe, exported, library_warnings, tmp_path
     finally:
         pipe.unload_lora_weights()
     assert any(r.levelno >= logging.WARNING and "missing" in r.getMessage() for r in library_warnings)
+
+
+def test_locon_kohya_file_loads_in_diffusers_and_fuses_every_conv(
+    pipe, library_warnings, tmp_path: Path
+) -> None:
+    """issue 7: a LoCon file (ResNet 3×3 convs, samplers) loads in diffusers where the format
+    allows it — diffusers' kohya converter takes any `lora_down`/`lora_up`/`alpha` module (§5)."""
+    net = create_lora_network(pipe.unet, [pipe.text_encoder], SD1, dim=DIM, alpha=ALPHA, algo="locon",
+                              conv_dim=4, conv_alpha=2.0)
+    randomize_up(net, seed=5)
+    net.remove()
+    deltas = {(net.parts[k], net.module_paths[k]): lora.delta_weight() for k, lora in net.loras()}
+    convs = [key for key in deltas if _weight(pipe, *key).dim() == 4 and _weight(pipe, *key).shape[-1] == 3]
+    assert len(convs) > 20  # resnet conv1/conv2 and the down/up samplers
+    path = save_kohya_lora(net, tmp_path / "locon.safetensors", build_metadata(TrainingInfo(output_name="l"), net),
+                           dtype="float")
+    before = {key: _weight(pipe, *key).detach().clone() for key in deltas}
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.load_lora_weights(str(path), adapter_name="locon")
+        messages = [r.getMessage() for r in library_warnings]
+        messages += [str(w.message) for w in caught if re.search(r"key|lora|adapter", str(w.message), re.I)]
+        assert not messages, messages
+        pipe.fuse_lora(lora_scale=1.0)
+        for key, delta in deltas.items():
+            change = _weight(pipe, *key).detach() - before[key]
+            torch.testing.assert_close(change, delta, rtol=1e-5, atol=1e-5 * delta.abs().max().item(), msg=str(key))
+    finally:
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
