@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
 from lorakiln.toyworld import evaluate
 from lorakiln.toyworld.world import CONCEPT, Scene
@@ -76,3 +79,26 @@ def test_pretraining_recipe_runs_a_few_steps(tmp_path: Path, monkeypatch) -> Non
     assert bundle.unet.config.cross_attention_dim == 64 and bundle.vae.config.scaling_factor != 1.0
     assert len(bundle.tokenizers[0]) == 49408  # the real CLIP tokenizer
     assert (tmp_path / "work" / "run" / "toy_config.toml").is_file()
+    ceiling = json.loads((tmp_path / "work" / "vae_report.json").read_text())["reconstruction"]
+    assert set(ceiling) == {"shape", "colour", "both"} and all(0 <= v <= 1 for v in ceiling.values())
+
+
+class _FakeVae(torch.nn.Module):
+    """encode → decode is the identity (a perfect VAE) or a flat grey image (a useless one)."""
+
+    def __init__(self, perfect: bool) -> None:
+        super().__init__()
+        self.perfect = perfect
+
+    def encode(self, x: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(sample=z if self.perfect else torch.zeros_like(z))
+
+
+def test_reconstruction_accuracy_is_the_detectors_on_decoded_scenes() -> None:
+    from lorakiln.toyworld.vae import reconstruction_accuracy
+
+    assert reconstruction_accuracy(_FakeVae(True), n=40) == {"shape": 1.0, "colour": 1.0, "both": 1.0}
+    assert reconstruction_accuracy(_FakeVae(False), n=40)["both"] == 0.0

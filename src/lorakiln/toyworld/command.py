@@ -13,7 +13,7 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", default="toy-pretrain", help="working folder (dataset, VAE, run outputs, state)")
     p.add_argument("--images", type=int, help="training images (default 20000)")
     p.add_argument("--steps", type=int, help="U-Net/text-encoder steps (default 6000)")
-    p.add_argument("--vae-steps", type=int, help="VAE steps (default 1500)")
+    p.add_argument("--vae-steps", type=int, help="VAE steps (default 4000)")
     p.add_argument("--resume", help="a state folder (<work>/run/toy-state) to continue from")
     p.set_defaults(toy_func="run_pretrain")
     p = sub.add_parser("dataset", help="write a toy-world dataset: the zwx concept (kohya folder) or world scenes")

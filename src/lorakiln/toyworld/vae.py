@@ -6,6 +6,13 @@ reconstruction loss and the small KL term SD uses (weight 1e-6) so the latent sp
 well-behaved Gaussian the diffusion model can sample. The latent `scaling_factor` is then set
 as SD did (0.18215 for its VAE): one over the standard deviation of the encoded training set,
 so latents enter the U-Net with unit variance.
+
+The base model can draw no better than its VAE decodes, so `reconstruction_accuracy` reads
+encoded-then-decoded world scenes with the detectors: that share is a ceiling on every later
+quality number. The first recipe (1,500 VAE steps, PSNR 22.3 dB) scored only 69.5 % there
+(shape 90 %, colour 76 %: small shapes came back desaturated and their hues shifted), which is
+why the toy model missed the issue's 80 % bar whatever the U-Net learned; 500 and 1,000 more
+steps reached 89.5 % and 93 % (PSNR 23.7 and 24.9 dB), hence the longer VAE schedule.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ class VaeReport:
     final_loss: float
     psnr: float
     scaling_factor: float
+    #: shape / colour / both read correctly by the detectors after encode → decode (a ceiling)
+    reconstruction: dict[str, float] | None = None
 
 
 def to_tensor(images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -67,3 +76,26 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_s
         scaling = float(1.0 / means.flatten().std())
     vae.register_to_config(scaling_factor=scaling)
     return VaeReport(steps, time.time() - start, loss_value, 10 * math.log10(1.0 / max(mse, 1e-12)), scaling)
+
+
+def reconstruction_accuracy(vae: torch.nn.Module, n: int = 200, seed: int = 5) -> dict[str, float]:
+    """Share of `n` world scenes (every pair, `split="all"`) whose encode → decode the detectors
+    read as the rendered shape, colour and both: the ceiling of the base model's accuracy."""
+    from lorakiln.toyworld.detect import detect
+    from lorakiln.toyworld.render import render
+    from lorakiln.toyworld.world import sample_scenes
+
+    scenes = sample_scenes(n, seed, "all")
+    images = to_tensor([np.asarray(render(scene, 64)) for scene in scenes])
+    vae.eval()
+    with torch.no_grad():
+        decoded = torch.cat([vae.decode(vae.encode(images[i:i + 64]).latent_dist.mean).sample
+                             for i in range(0, n, 64)])
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    shape = colour = both = 0
+    for scene, array in zip(scenes, pixels, strict=True):
+        found = detect(array)
+        shape += found.shape == scene.shape
+        colour += found.colour == scene.colour
+        both += found.shape == scene.shape and found.colour == scene.colour
+    return {"shape": shape / n, "colour": colour / n, "both": both / n}
