@@ -8,7 +8,7 @@ from pathlib import Path
 
 def add_arguments(sub: argparse._SubParsersAction) -> None:
     """Register `toy pretrain | dataset | detect` under the `toy` verb's sub-parsers."""
-    p = sub.add_parser("pretrain", help="train the toy base model from scratch (≈1 h on 2 CPU cores)")
+    p = sub.add_parser("pretrain", help="train the toy base model from scratch (≈1.5 h on 2 idle CPU cores)")
     p.add_argument("--out", required=True, help="the model file to write (.safetensors)")
     p.add_argument("--work", default="toy-pretrain", help="working folder (dataset, VAE, run outputs, state)")
     p.add_argument("--images", type=int, help="training images (default 20000)")
