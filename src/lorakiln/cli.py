@@ -25,12 +25,28 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     from lorakiln.training.loop import TrainingInterrupted, train
 
+    events = None
+    if args.events:
+        from lorakiln.training.events import EventsFile
+
+        events = EventsFile(args.events)
+        events.write("start", config=str(args.config), output_dir=str(cfg.output.output_dir),
+                     output_name=cfg.output.output_name)
     try:
-        result = train(cfg)
+        result = train(cfg, [events] if events else None)
     except TrainingInterrupted as stop:
+        if events:
+            events.write("stopped", reason=str(stop), lora=stop.lora, state=stop.state)
         print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
               f"  resume: lorakiln train {args.config} --set train.resume={stop.state}")
         return 130
+    except Exception as err:
+        if events:
+            events.write("error", message=str(err), kind=type(err).__name__)
+        raise
+    finally:
+        if events:
+            events.close()
     name = result.lora_path.stem
     if cfg.train.mode == "full":
         print(f"\nmodel written: {result.lora_path}\n"
@@ -226,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="apply a preset under the file's values (see `lorakiln presets`)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the config and dataset and print the step arithmetic; load no model")
+    p.add_argument("--events", metavar="FILE", help="also append the run's events (steps, loss, saves, "
+                   "samples, end) to FILE as JSON lines, for the web UI or scripts (training/events.py)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")

@@ -1,0 +1,70 @@
+"""`lorakiln train --events FILE`: the run's events as JSON lines for the UI and scripts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import draw_dataset
+
+from lorakiln.cli import main
+from lorakiln.training.events import EventsFile, read_events
+
+RUN_TOML = """
+[model]
+pretrained_model = "tiny:sd1"
+[data]
+train_data_dir = "train"
+resolution = 64
+min_bucket_reso = 64
+max_bucket_reso = 128
+[network]
+network_dim = 4
+[train]
+train_batch_size = 2
+max_train_epochs = 2
+seed = 1
+[output]
+output_dir = "out"
+output_name = "last"
+save_every_n_epochs = 1
+"""
+
+
+def test_train_writes_start_steps_saves_and_done(tmp_path: Path) -> None:
+    draw_dataset(tmp_path / "train")
+    (tmp_path / "run.toml").write_text(RUN_TOML, encoding="utf-8")
+    events_path = tmp_path / "events.jsonl"
+    assert main(["train", str(tmp_path / "run.toml"), "--events", str(events_path)]) == 0
+    events = read_events(events_path)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert events[0]["output_name"] == "last" and events[0]["output_dir"] == str(tmp_path / "out")
+    steps = [e for e in events if e["event"] == "step"]
+    total = steps[0]["total_steps"]
+    assert total == 4 * 5 * 2 // 2  # 4 images × 5 repeats × 2 epochs / batch 2
+    assert steps[-1]["step"] == total and steps[-1]["eta"] == 0
+    assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})
+    assert {s["epoch"] for s in steps} == {1, 2}
+    saves = [Path(e["path"]).name for e in events if e["event"] == "save"]
+    assert saves == ["last-000001.safetensors"]
+    assert Path(events[-1]["path"]).is_file() and events[-1]["step"] == total
+    assert "epoch" in kinds
+
+
+def test_step_events_are_throttled_but_keep_losses_and_the_last_step(tmp_path: Path) -> None:
+    sink = EventsFile(tmp_path / "e.jsonl", min_interval=3600)
+    for step in range(1, 11):
+        sink("step", {"step": step, "epoch": 0, "loss": 0.5 if step == 5 else None, "total_steps": 10})
+    sink("save", {"path": tmp_path / "x.safetensors"})
+    sink.close()
+    written = read_events(tmp_path / "e.jsonl")
+    assert [e.get("step") for e in written] == [1, 5, 10, None]
+    assert written[1]["loss"] == 0.5 and written[-1]["path"] == str(tmp_path / "x.safetensors")
+
+
+def test_reader_leaves_a_half_written_line(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text(json.dumps({"event": "start"}) + "\n" + '{"event": "st', encoding="utf-8")
+    assert read_events(path) == [{"event": "start"}]
+    assert read_events(tmp_path / "missing.jsonl") == []
