@@ -33,6 +33,7 @@ from torch import nn
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools.lowrank import LowRank
 from lorakiln.networks.apply import _resolve
+from lorakiln.networks.hooks import HookedAdapter
 from lorakiln.networks.lora import delta_weight
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def _fit_to(target: nn.Module, f: LowRank, key: str, name: str) -> LowRank:
     return f
 
 
-class ZipModule(nn.Module):
+class ZipModule(HookedAdapter):
     """One base module's subject/style branches and (when both exist) merger vectors m_c, m_s.
 
     The base module is held as a plain attribute (not a submodule, so its weights never enter
@@ -79,9 +80,8 @@ class ZipModule(nn.Module):
 
     def __init__(self, key: str, target: nn.Module, subject: LowRank | None, style: LowRank | None,
                  device: torch.device) -> None:
-        super().__init__()
+        super().__init__(target)
         self.key = key
-        object.__setattr__(self, "_target", target)
         self.inputs = (subject, style)
         self.branches = [None if f is None else self._frozen(f, device) for f in (subject, style)]
         in_dim = (subject or style).down.shape[1]  # type: ignore[union-attr]
@@ -90,29 +90,15 @@ class ZipModule(nn.Module):
         self.m_c = nn.Parameter(torch.ones(in_dim, device=device)) if both else None
         self.m_s = nn.Parameter(torch.ones(in_dim, device=device)) if both else None
         self.mode: str = "base"
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     @staticmethod
     def _frozen(f: LowRank, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, float]:
         return f.up.to(device, torch.float32), f.down.to(device, torch.float32), f.alpha / f.rank
 
     @property
-    def target(self) -> nn.Module:
-        return self._target  # type: ignore[no-any-return]
-
-    @property
     def learns(self) -> bool:
         """Whether both LoRAs patch this module (only then are there mergers to learn)."""
         return self.m_c is not None
-
-    def attach(self) -> None:
-        if self._handle is None:
-            self._handle = self.target.register_forward_hook(self._hook)
-
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
     def coefficients(self, mode: str) -> tuple[torch.Tensor | float | None, torch.Tensor | float | None]:
         """(subject, style) column scales for `mode`: a merger vector, a strength, or None (off)."""

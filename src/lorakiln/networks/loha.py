@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorakiln.networks.hooks import HookedAdapter
 from lorakiln.networks.lora import resolve_alpha
 
 # LyCORIS's LoHa init standard deviations (``LohaModule.__init__``; "need more experiments").
@@ -77,7 +78,7 @@ def loha_delta(
     return (half1 * half2 * scale).reshape(target_shape)
 
 
-class WeightDeltaAdapter(nn.Module):
+class WeightDeltaAdapter(HookedAdapter):
     """Base of adapters whose branch is ``F(x; ΔW)``: LoHa, LoKr.
 
     These algorithms have no cheap factorised forward for convolutions, so they rebuild ΔW from
@@ -92,7 +93,7 @@ class WeightDeltaAdapter(nn.Module):
     """
 
     def __init__(self, target: nn.Module, multiplier: float = 1.0) -> None:
-        super().__init__()
+        super().__init__(target)
         if isinstance(target, nn.Linear):
             self._conv_args: dict[str, object] | None = None
         elif isinstance(target, nn.Conv2d):
@@ -110,30 +111,6 @@ class WeightDeltaAdapter(nn.Module):
             )
         self.target_shape = tuple(target.weight.shape)
         self.multiplier = float(multiplier)
-        object.__setattr__(self, "_target", target)  # plain attribute: not a submodule
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
-
-    # -- attachment -------------------------------------------------------------------------
-
-    @property
-    def target(self) -> nn.Module:
-        """The base module this adapter patches."""
-        return self._target  # type: ignore[no-any-return]
-
-    @property
-    def attached(self) -> bool:
-        return self._handle is not None
-
-    def attach(self) -> None:
-        """Start adding the branch to the target's output (idempotent)."""
-        if self._handle is None:
-            self._handle = self.target.register_forward_hook(self._hook)
-
-    def detach(self) -> None:
-        """Stop patching the target; its output is the base output again (idempotent)."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
     # -- maths ------------------------------------------------------------------------------
 

@@ -35,6 +35,8 @@ import math
 import torch
 from torch import nn
 
+from lorakiln.networks.hooks import HookedAdapter
+
 
 def resolve_alpha(dim: int, alpha: float | None) -> float:
     """kohya rule: ``network_alpha`` None or 0 means alpha = rank (scale 1) — formats.md §1."""
@@ -60,7 +62,7 @@ def delta_weight(
     return (product * scale).reshape(target_shape)
 
 
-class LoRAModule(nn.Module):
+class LoRAModule(HookedAdapter):
     """Low-rank adapter for one Linear or Conv2d of the base model.
 
     Its own ``state_dict`` is ``{"lora_down.weight", "lora_up.weight", "alpha"}`` — exactly the
@@ -77,7 +79,7 @@ class LoRAModule(nn.Module):
         dropout: float = 0.0,
         multiplier: float = 1.0,
     ) -> None:
-        super().__init__()
+        super().__init__(target)
         alpha = resolve_alpha(dim, alpha)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
@@ -114,30 +116,6 @@ class LoRAModule(nn.Module):
         # `network_dropout` instead drops the `down` output; both regularise the branch only.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.target_shape = tuple(weight.shape)
-        object.__setattr__(self, "_target", target)  # plain attribute: not a submodule
-        self._handle: torch.utils.hooks.RemovableHandle | None = None
-
-    # -- attachment -------------------------------------------------------------------------
-
-    @property
-    def target(self) -> nn.Module:
-        """The base module this adapter patches."""
-        return self._target  # type: ignore[no-any-return]
-
-    @property
-    def attached(self) -> bool:
-        return self._handle is not None
-
-    def attach(self) -> None:
-        """Start adding the LoRA branch to the target's output (idempotent)."""
-        if self._handle is None:
-            self._handle = self.target.register_forward_hook(self._hook)
-
-    def detach(self) -> None:
-        """Stop patching the target; its output is the base output again (idempotent)."""
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
     # -- maths ------------------------------------------------------------------------------
 
