@@ -295,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("toy", help="the toy world: its datasets, the toy base model's pretraining, detectors")
     toy_cmd.add_arguments(p.add_subparsers(dest="toy_verb", required=True))
     p.set_defaults(func=_lazy("lorakiln.toyworld.command", "run"))
+    from lorakiln.ui import server as ui_server
+
+    p = sub.add_parser("ui", help="the web UI: dataset import and captions, the run form, training queue "
+                       "(binds 127.0.0.1 unless --listen; never a public share link)")
+    ui_server.add_arguments(p)
+    p.set_defaults(func=_lazy("lorakiln.ui.server", "run"))
     return parser
 
 

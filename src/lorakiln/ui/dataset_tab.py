@@ -1,0 +1,235 @@
+"""The Dataset tab: import photos, review and edit captions, check the folder and the trigger word.
+
+Handlers are plain functions (values in, values out) so tests call them without a browser; each
+one calls the same package functions as `lorakiln dataset …` (`prep.init.init_dataset`,
+`prep.check.check_dataset`, `data.token_check.check_token`). Errors come back as a message in the
+tab rather than as exceptions, because a web form has no stderr.
+
+The dataset of a project is always `<project>/train` (the run TOML's `data.train_data_dir`
+defaults to it), and captions are the same-stem `.txt` files next to the images.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from lorakiln.errors import LorakilnError
+
+CAPTION_EXT = ".txt"
+THUMB_SIDE = 256
+
+
+def dataset_dir(project: str | Path) -> Path:
+    """The project's training folder. Not created here: only an import creates it (with the
+    project), so viewing a mistyped project path leaves no folders behind."""
+    return Path(project).expanduser() / "train"
+
+
+def _repeats(value: Any) -> int | str:
+    text = str(value).strip() or "auto"
+    if text == "auto":
+        return "auto"
+    try:
+        return int(float(text))
+    except ValueError:
+        raise LorakilnError(f"repeats {value!r} is neither a whole number nor 'auto'") from None
+
+
+def _token_text(token: str) -> str:
+    from lorakiln.data.token_check import check_token
+
+    try:
+        return check_token(token).format()
+    except ValueError as err:
+        return f"token {token!r}: {err}"
+
+
+def import_from_path(project: str, source: str, token: str, class_token: str = "", repeats: Any = "auto") -> str:
+    """`dataset init` from a folder on the server into `<project>/train` (the source is only read)."""
+    from lorakiln.prep.init import init_dataset
+
+    if not (source or "").strip():
+        return "error: enter the folder that holds your photos"
+    try:
+        result = init_dataset(Path(source.strip()).expanduser(), dataset_dir(project), (token or "").strip(),
+                              class_token=(class_token or "").strip() or None,
+                              repeats=_repeats(repeats))  # type: ignore[arg-type]
+    except LorakilnError as err:
+        return f"error: {err}"
+    return result.format() + "\n" + _token_text(token.strip())
+
+
+def refuse_non_images(files: list[str]) -> str | None:
+    """Why this upload batch is refused (the first file Pillow cannot read, by its name), or None.
+
+    Checked before anything is copied, so a batch with a stray document imports nothing rather
+    than half of itself."""
+    for path in files:
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as exc:  # Pillow raises many types for non-images and broken files
+            return (f"error: {Path(path).name} is not an image Pillow can read ({type(exc).__name__}); "
+                    "nothing was imported from this upload")
+    return None
+
+
+def import_uploads(project: str, files: list[Any] | None, token: str, class_token: str = "",
+                   repeats: Any = "auto") -> str:
+    """Import uploaded images (gradio temp files) the same way as a folder import."""
+    paths = [str(getattr(f, "name", f)) for f in (files or [])]
+    if not paths:
+        return "error: choose one or more images to upload first"
+    refused = refuse_non_images(paths)
+    if refused:
+        return refused
+    with tempfile.TemporaryDirectory(prefix="lorakiln-upload-") as tmp:
+        for path in paths:  # keep the uploaded names: they become the dataset's file names
+            shutil.copy2(path, Path(tmp) / Path(path).name)
+        return import_from_path(project, tmp, token, class_token, repeats)
+
+
+def dataset_images(project: str) -> list[Path]:
+    """The images of `<project>/train`, as the caption tools find them."""
+    from lorakiln.data.caption_edit import find_images
+
+    root = dataset_dir(project)
+    return find_images(root) if root.is_dir() else []
+
+
+def read_caption(image: str | Path) -> str:
+    """The caption of `image` ("" when it has none)."""
+    from lorakiln.data.caption_edit import read_caption_file
+
+    caption = read_caption_file(Path(image), CAPTION_EXT)
+    if caption.error:
+        raise LorakilnError(caption.error)
+    return caption.text or ""
+
+
+def gallery(project: str) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+    """Thumbnails with captions for the gallery, and the image paths in the same order.
+
+    Thumbnails (not paths) go to the browser so any project folder works without widening the
+    folders gradio may serve."""
+    items, paths = [], []
+    for path in dataset_images(project):
+        try:
+            with Image.open(path) as im:
+                thumb = im.convert("RGB")
+                thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            caption = read_caption(path)
+        except Exception as exc:  # an unreadable file is shown by name, not hidden
+            thumb, caption = Image.new("RGB", (THUMB_SIDE // 4, THUMB_SIDE // 4), (90, 0, 0)), f"unreadable: {exc}"
+        items.append((thumb, f"{path.name}: {caption}"))
+        paths.append(str(path))
+    return items, paths
+
+
+def select_image(paths: list[str], index: int | None) -> tuple[str, str, str]:
+    """The image at gallery `index`: (its path, its caption, a message)."""
+    if index is None or not 0 <= index < len(paths or []):
+        return "", "", "select an image in the gallery"
+    try:
+        return paths[index], read_caption(paths[index]), ""
+    except LorakilnError as err:
+        return paths[index], "", f"error: {err}"
+
+
+def save_caption(project: str, image: str, text: str) -> str:
+    """Write `text` as the caption of `image`, atomically: a failed write keeps the old caption."""
+    from lorakiln.atomic import write_text_atomic
+
+    if not image:
+        return "error: select an image first"
+    path = Path(image)
+    root = dataset_dir(project).resolve()
+    if not path.is_file() or root not in path.resolve().parents:
+        return f"error: {image} is not an image of this project's dataset ({root})"
+    caption = path.with_suffix(CAPTION_EXT)
+    try:
+        write_text_atomic(caption, text.strip())
+    except OSError as err:
+        return f"error: {caption} could not be written ({err.strerror or err}); the old caption is kept"
+    return f"saved {caption}"
+
+
+def check_report(project: str, token: str = "") -> str:
+    """`lorakiln dataset check` of `<project>/train`, with the project's run TOML when there is one."""
+    from lorakiln.config.load import build_config, load_config
+    from lorakiln.prep.check import check_dataset
+    from lorakiln.training.prepare import lint_options
+
+    folder = dataset_dir(project)
+    override = [f"data.train_data_dir={json.dumps(str(folder.resolve()))}"]
+    run_toml = Path(project).expanduser() / "run.toml"
+    try:
+        if run_toml.is_file():
+            cfg = load_config(run_toml, override)
+        else:  # no run TOML yet: the trainer's defaults, a placeholder model (nothing is loaded)
+            cfg = build_config({"model": {"pretrained_model": "tiny:sd1"}, "data": {}}, overrides=override)
+        report = check_dataset(cfg, token=(token or "").strip() or None, options=lint_options(cfg))
+    except LorakilnError as err:
+        return f"error: {err}"
+    return report.format()
+
+
+def token_report(token: str) -> str:
+    """`lorakiln dataset token` for the trigger word."""
+    token = (token or "").strip()
+    return _token_text(token) if token else "enter a trigger word"
+
+
+def build(project: Any) -> tuple[Any, Any, Any]:
+    """The tab's components and events, inside an open `gr.Blocks`; `project` is the folder textbox.
+    Returns (gallery function, its outputs) for the app's load event."""
+    import gradio as gr
+
+    paths = gr.State([])
+    with gr.Row():
+        token = gr.Textbox(label="trigger word", placeholder="zwx", info="a rare word the LoRA binds to")
+        class_token = gr.Textbox(label="class word", placeholder="man", info="optional (folder `N_token class`)")
+        repeats = gr.Textbox(label="repeats", value="auto", info="a number, or auto (lands 1500–2000 steps)")
+    with gr.Accordion("import images into <project>/train", open=True):
+        with gr.Row():
+            source = gr.Textbox(label="folder on this machine", scale=4)
+            from_path = gr.Button("import folder", scale=1)
+        uploads = gr.File(label="or upload images", file_count="multiple", type="filepath")
+        from_upload = gr.Button("import uploads")
+        import_log = gr.Textbox(label="import", lines=6, interactive=False)
+    refresh = gr.Button("refresh gallery")
+    pictures = gr.Gallery(label="dataset", columns=6, height=420, allow_preview=False)
+    with gr.Row():
+        chosen = gr.Textbox(label="image", interactive=False, scale=2)
+        caption = gr.Textbox(label="caption", lines=3, scale=5)
+        save = gr.Button("save caption", scale=1)
+    caption_msg = gr.Markdown()
+    with gr.Row():
+        check = gr.Button("check dataset")
+        check_tok = gr.Button("check trigger word")
+    report = gr.Textbox(label="report", lines=14, interactive=False)
+
+    def on_select(current: list[str], evt: gr.SelectData) -> tuple[str, str, str]:
+        return select_image(current, evt.index if isinstance(evt.index, int) else None)
+
+    # gradio finds the event argument by its annotation object; `from __future__ import annotations`
+    # leaves a string that names a local import, so set the object itself.
+    on_select.__annotations__["evt"] = gr.SelectData
+
+    options = [token, class_token, repeats]
+    from_path.click(import_from_path, [project, source, *options], import_log).then(
+        gallery, project, [pictures, paths])
+    from_upload.click(import_uploads, [project, uploads, *options], import_log).then(
+        gallery, project, [pictures, paths])
+    refresh.click(gallery, project, [pictures, paths])
+    pictures.select(on_select, paths, [chosen, caption, caption_msg])
+    save.click(save_caption, [project, chosen, caption], caption_msg).then(gallery, project, [pictures, paths])
+    check.click(check_report, [project, token], report)
+    check_tok.click(token_report, token, report)
+    return gallery, project, [pictures, paths]

@@ -1,0 +1,81 @@
+"""`lorakiln ui`'s launch policy (local by default, never a share link) and a real launch."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lorakiln.errors import ConfigError
+from lorakiln.ui.server import add_arguments, launch_options
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_launch_policy() -> None:
+    assert launch_options(parse()) == {"server_name": "127.0.0.1", "server_port": 7860, "auth": None,
+                                       "share": False}
+    assert launch_options(parse("--listen", "--host", "10.0.0.2"))["server_name"] == "0.0.0.0"
+    assert launch_options(parse("--host", "10.0.0.2", "--port", "9000"))["server_name"] == "10.0.0.2"
+    opts = launch_options(parse("--auth", "me:s3:cret", "--listen"))
+    assert opts["auth"] == ("me", "s3:cret") and opts["share"] is False
+    for bad in ("nocolon", ":pw", "me:", " :pw"):
+        with pytest.raises(ConfigError, match="USER:PASS"):
+            launch_options(parse("--auth", bad))
+    with pytest.raises(ConfigError, match="port"):
+        launch_options(parse("--port", "70000"))
+
+
+def test_cli_refuses_a_malformed_auth(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from lorakiln.cli import main
+
+    assert main(["ui", "--project", str(tmp_path), "--auth", "justaname"]) == 2
+    assert "USER:PASS" in capsys.readouterr().err
+
+
+def test_cli_parser_imports_neither_gradio_nor_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from lorakiln.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('gradio', 'torch', 'lorakiln.ui.app') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("listen", [False, True])
+def test_real_launch_binds_as_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listen: bool) -> None:
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    from lorakiln.ui.app import build_app
+
+    args = parse("--port", str(free_port()), *(["--listen"] if listen else []))
+    options = launch_options(args)
+    app = build_app(tmp_path / "proj")
+    try:
+        app.launch(**options, prevent_thread_lock=True, quiet=True)
+        assert app.server_name == ("0.0.0.0" if listen else "127.0.0.1") and not app.share
+        with urllib.request.urlopen(f"http://127.0.0.1:{options['server_port']}/", timeout=30) as reply:
+            assert reply.status == 200 and b"lorakiln" in reply.read()
+        if not listen:  # the events are wired: handlers answer through gradio's own API
+            from gradio_client import Client
+
+            client = Client(f"http://127.0.0.1:{options['server_port']}/", verbose=False)
+            status, plot, *_ = client.predict(str(tmp_path / "proj"), "", api_name="/poll_view")
+            assert status == "no runs yet" and plot["columns"] == ["step", "loss"]
+            assert client.predict(str(tmp_path / "proj"), api_name="/gallery") == []
+    finally:
+        app.close()
+    assert (tmp_path / "proj").is_dir()

@@ -1,0 +1,109 @@
+"""The Train tab's handlers: the form round trip, total steps, and Start / Stop / Resume driven by
+the timer's poll handler on real tiny-SD1 trainings (as tests/ui/test_runs.py)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from lorakiln.ui import train_tab as tab
+from lorakiln.ui.forms import field_specs
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_sd1_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A project with a 2-image kohya dataset (5 repeats) in <project>/train and no run TOML."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("LORAKILN_HOME", str(tmp_path / "home"))
+    sub = tmp_path / "train" / "5_zwx"
+    sub.mkdir(parents=True)
+    for i in range(2):
+        img = Image.new("RGB", (64, 64), (60 + 100 * i, 120, 200))
+        ImageDraw.Draw(img).ellipse([10 + 10 * i, 12, 44, 46], fill=(140, 60, 170))
+        img.save(sub / f"z{i}.png")
+        (sub / f"z{i}.txt").write_text("photo of zwx", encoding="utf-8")
+    yield tmp_path
+    for run in tab.queue_for(tmp_path).runs():  # never leave a training behind a failed test
+        if run.status == "running":
+            tab.queue_for(tmp_path).stop(run.id)
+            tab.queue_for(tmp_path).wait(run.id, timeout=60)
+
+
+def tiny_form(project: Path, model: Path, epochs: int) -> tuple[dict, list]:
+    """The new-project form, edited in its components as a user would."""
+    extra, msg, *components = tab.load_form(str(project), "run.toml")
+    assert "new form" in msg and extra == {}
+    edits = {"model.pretrained_model": str(model), "data.resolution": "[64, 64]", "data.enable_bucket": False,
+             "network.network_dim": 4, "network.network_train_unet_only": True, "train.train_batch_size": 1,
+             "train.max_train_epochs": epochs, "train.seed": 1}
+    keys = [s.key for s in field_specs()]
+    for key, value in edits.items():
+        components[keys.index(key)] = value
+    return extra, components
+
+
+def poll_until(project: Path, run_id: str, done: Callable[[tuple], bool], timeout: float = 240) -> tuple:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = tab.poll_view(str(project), run_id)
+        if done(view):
+            return view
+        assert time.monotonic() < deadline, view
+        time.sleep(0.2)
+
+
+def test_form_save_load_round_trip_and_total_steps(project: Path, tiny_sd1_dir: Path) -> None:
+    extra, components = tiny_form(project, tiny_sd1_dir, epochs=3)
+    assert tab.save_form(str(project), "run.toml", extra, *components).startswith("saved")
+    text = (project / "run.toml").read_text(encoding="utf-8")
+    assert 'train_data_dir = "train"' in text and "network_dim = 4" in text
+    extra2, msg, *loaded = tab.load_form(str(project), "run.toml")
+    assert msg.startswith("loaded") and loaded == components
+    steps = tab.total_steps(str(project), "run.toml", extra2, *loaded)
+    assert "total steps = 10 batches x 3 epochs = 30" in steps, steps
+    keys = [s.key for s in field_specs()]
+    bad = list(loaded)
+    bad[keys.index("network.network_dim")] = 0
+    msg = tab.save_form(str(project), "run.toml", extra2, *bad)
+    assert msg.startswith("error") and "network_dim" in msg
+    assert (project / "run.toml").read_text(encoding="utf-8") == text  # nothing written
+    bad[keys.index("network.network_dim")] = 4
+    bad[keys.index("data.resolution")] = "[64,"
+    assert "data.resolution" in tab.save_form(str(project), "run.toml", extra2, *bad)
+    assert tab.total_steps(str(project), "run.toml", extra2, *bad).startswith("error")
+
+
+def test_start_reaches_done_through_the_poll_handler(project: Path, tiny_sd1_dir: Path) -> None:
+    assert tab.poll_view(str(project / "half-typ"), "")[0] == "no runs yet"
+    assert tab.stop_run(str(project), "").startswith("error") and not (project / "half-typ").exists()
+    assert not (project / tab.RUNS_FOLDER).exists()  # polling creates no queue
+    extra, components = tiny_form(project, tiny_sd1_dir, epochs=1)
+    run_id, msg = tab.start_run(str(project), "run.toml", extra, *components)
+    assert run_id and "running" in msg and (project / "run.toml").is_file()
+    status, table, _samples, saves, log = poll_until(project, "", lambda v: ": done" in v[0] or "failed" in v[0])
+    assert f"**{run_id}**: done" in status and "step 10/10" in status, log
+    assert list(table["step"])[-1] == 10 and len(table) >= 1
+    assert saves.endswith("last.safetensors") and Path(saves.splitlines()[-1]).is_file()
+    assert "LoRA written" in log
+
+
+def test_stop_then_resume_reaches_done(project: Path, tiny_sd1_dir: Path) -> None:
+    extra, components = tiny_form(project, tiny_sd1_dir, epochs=8)  # 80 steps
+    run_id, _ = tab.start_run(str(project), "run.toml", extra, *components)
+    poll_until(project, run_id, lambda v: "step " in v[0] and int(v[0].split("step ")[1].split("/")[0]) >= 2)
+    assert "stopping" in tab.stop_run(str(project), run_id)
+    status, *_ = poll_until(project, run_id, lambda v: ": running" not in v[0])
+    assert ": stopped" in status, status
+    stopped = tab.queue_for(project).get(run_id)
+    assert (Path(stopped.state) / "state.json").is_file() and Path(stopped.lora).is_file()
+    new_id, msg = tab.resume_run(str(project), run_id)
+    assert new_id != run_id and f"resumes {run_id}" in msg
+    status, _table, _s, saves, log = poll_until(project, new_id, lambda v: ": running" not in v[0]
+                                                and ": queued" not in v[0])
+    assert ": done" in status and "step 80/80" in status, log
+    assert Path(saves.splitlines()[-1]).is_file()
+    assert tab.resume_run(str(project), new_id)[1].startswith("error")  # done: nothing to resume
