@@ -12,7 +12,8 @@ encoded-then-decoded world scenes with the detectors: that share is a ceiling on
 quality number. The first recipe (1,500 VAE steps, PSNR 22.3 dB) scored only 69.5 % there
 (shape 90 %, colour 76 %: small shapes came back desaturated and their hues shifted), which is
 why the toy model missed the issue's 80 % bar whatever the U-Net learned; 500 and 1,000 more
-steps reached 89.5 %, 93 % and 97.5 % (PSNR 23.7, 24.9 and 25.7 dB), hence the longer schedule.
+steps reached 89.5 %, 93 % and 97.5 % (PSNR 23.7, 24.9 and 25.7 dB), hence the longer schedule:
+4,000 steps from scratch measured 99.5 % (PSNR 29.3 dB).
 """
 
 from __future__ import annotations
