@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from lorakiln.errors import LorakilnError
 from lorakiln.training.events import read_events
@@ -34,18 +33,8 @@ output_name = "last"
 
 
 @pytest.fixture
-def project(tmp_path: Path, tiny_sd1_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A folder with a 2-image kohya dataset (5 repeats) and nothing else."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("LORAKILN_HOME", str(tmp_path / "home"))
-    sub = tmp_path / "train" / "5_zwx"
-    sub.mkdir(parents=True)
-    for i in range(2):
-        img = Image.new("RGB", (64, 64), (60 + 100 * i, 120, 200))
-        ImageDraw.Draw(img).ellipse([10 + 10 * i, 12, 44, 46], fill=(140, 60, 170))
-        img.save(sub / f"z{i}.png")
-        (sub / f"z{i}.txt").write_text("photo of zwx", encoding="utf-8")
-    return tmp_path
+def project(tiny_project: Path, tiny_sd1_dir: Path) -> Path:
+    return tiny_project
 
 
 def write_run(project: Path, name: str, epochs: int = 1, model: Path | None = None) -> Path:

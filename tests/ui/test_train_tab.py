@@ -8,29 +8,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw
 
 from lorakiln.ui import train_tab as tab
 from lorakiln.ui.forms import field_specs
 
 
 @pytest.fixture
-def project(tmp_path: Path, tiny_sd1_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A project with a 2-image kohya dataset (5 repeats) in <project>/train and no run TOML."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("LORAKILN_HOME", str(tmp_path / "home"))
-    sub = tmp_path / "train" / "5_zwx"
-    sub.mkdir(parents=True)
-    for i in range(2):
-        img = Image.new("RGB", (64, 64), (60 + 100 * i, 120, 200))
-        ImageDraw.Draw(img).ellipse([10 + 10 * i, 12, 44, 46], fill=(140, 60, 170))
-        img.save(sub / f"z{i}.png")
-        (sub / f"z{i}.txt").write_text("photo of zwx", encoding="utf-8")
-    yield tmp_path
-    for run in tab.queue_for(tmp_path).runs():  # never leave a training behind a failed test
+def project(tiny_project: Path) -> Iterator[Path]:
+    """A project with the tiny dataset in <project>/train and no run TOML."""
+    yield tiny_project
+    for run in tab.queue_for(tiny_project).runs():  # never leave a training behind a failed test
         if run.status == "running":
-            tab.queue_for(tmp_path).stop(run.id)
-            tab.queue_for(tmp_path).wait(run.id, timeout=60)
+            tab.queue_for(tiny_project).stop(run.id)
+            tab.queue_for(tiny_project).wait(run.id, timeout=60)
 
 
 def tiny_form(project: Path, model: Path, epochs: int) -> tuple[dict, list]:
