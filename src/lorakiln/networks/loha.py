@@ -30,6 +30,7 @@ target's stride/padding/dilation/groups — LyCORIS's non-bypass ``forward``.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -78,7 +79,7 @@ def loha_delta(
     return (half1 * half2 * scale).reshape(target_shape)
 
 
-class WeightDeltaAdapter(HookedAdapter):
+class WeightDeltaAdapter(HookedAdapter, abc.ABC):
     """Base of adapters whose branch is ``F(x; ΔW)``: LoHa, LoKr.
 
     These algorithms have no cheap factorised forward for convolutions, so they rebuild ΔW from
@@ -114,9 +115,9 @@ class WeightDeltaAdapter(HookedAdapter):
 
     # -- maths ------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def delta_weight(self) -> torch.Tensor:
-        """ΔW at multiplier 1, fp32, in the target weight's shape."""
-        raise NotImplementedError
+        """ΔW at multiplier 1, fp32, in the target weight's shape (each algorithm's own maths)."""
 
     def _param_dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
