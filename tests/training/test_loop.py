@@ -147,6 +147,21 @@ def test_resume_matches_uninterrupted_run(run_config, tmp_path) -> None:
     assert (tmp_path / "cut" / "last-000001.safetensors").is_file()
 
 
+def test_step_saves_write_state_too(run_config) -> None:
+    """`save_state` promises a state with every saved LoRA, the step-numbered ones included, so a
+    long run killed without a signal (power cut) resumes from its last step save."""
+    seen: dict[int, int] = {}
+    cfg = run_config(output__save_every_n_steps=7, output__save_state=True)
+
+    def on_save(event: str, info: dict) -> None:
+        state = Path(cfg.output.output_dir) / "last-state" / "state.json"
+        if event == "save" and "-step" in str(info["path"]):
+            seen[int(str(info["path"]).rsplit("step", 1)[1][:8])] = json.loads(state.read_text())["position"]["global_step"]
+
+    train(cfg, callbacks=[on_save], progress=False)
+    assert seen == {7: 7}
+
+
 def test_non_finite_loss_stops_with_files_named(run_config, monkeypatch) -> None:
     real = loop_module.compute_loss
 

@@ -170,6 +170,8 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 _validate(ctx, logger, callbacks)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
                     path = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
+                    if cfg.output.save_state:  # the schema promises state with every saved LoRA
+                        outputs.save_training_state(ctx)
                     _emit(callbacks, "save", path=path)
                 if flag.requested:
                     lora = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
