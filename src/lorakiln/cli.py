@@ -115,20 +115,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_grid(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from lorakiln.errors import ConfigError
-    from lorakiln.inference.grid import epoch_files, parse_axis
+    from lorakiln.inference.grid import epochs_strengths, parse_axis
 
     if args.compare_epochs:
-        final, stems = epoch_files(args.compare_epochs)
         args.lora_dir = args.lora_dir or args.compare_epochs
     params = _generation_params(args)
     if args.compare_epochs:
-        if f"<lora:{final}:" not in params.prompt:
-            params = replace(params, prompt=f"{params.prompt}, <lora:{final}:1.0>")
-        x = parse_axis(args.x) if args.x else parse_axis("Prompt S/R: " + ", ".join([final, *[s for s in stems if s != final]]))
-        y = parse_axis(args.y or "Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5")
+        params, x, y = epochs_strengths(args.compare_epochs, params, args.x, args.y)
     else:
         if not args.x:
             raise ConfigError("grid needs --x (or --compare-epochs)")

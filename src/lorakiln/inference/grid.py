@@ -161,3 +161,24 @@ def epoch_files(output_dir: str | Path) -> tuple[str, list[str]]:
         raise ConfigError(f"{folder} should hold one final LoRA and its -000001… epoch files; found "
                           f"{', '.join(files) or 'no .safetensors'}")
     return finals[0], [*numbered, finals[0]]
+
+
+#: The seed's Y axis for comparing epochs: LoRA strengths from full to half.
+STRENGTHS_AXIS = "Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5"
+
+
+def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | None = None,
+                     y: str | None = None) -> tuple[GenerationParams, Axis, Axis]:
+    """The seed-000 comparison plot of a training output folder: (params, X, Y).
+
+    X swaps the final LoRA's name for each epoch file (A1111's Prompt S/R replaces the first
+    value, so the prompt must name the final LoRA — it is appended at 1.0 when missing); Y swaps
+    its strength 1.0 for 0.9 … 0.5. `x`/`y` replace either axis. The CLI's `grid
+    --compare-epochs` and the UI's Test tab both come here.
+    """
+    final, stems = epoch_files(output_dir)
+    if f"<lora:{final}:" not in params.prompt:
+        params = replace(params, prompt=f"{params.prompt}, <lora:{final}:1.0>")
+    x_axis = parse_axis(x) if x else parse_axis("Prompt S/R: " + ", ".join([final, *[s for s in stems if s != final]]))
+    return params, x_axis, parse_axis(y or STRENGTHS_AXIS)
+

@@ -1,7 +1,8 @@
-"""The web UI's layout: a project folder on top, then the Dataset and Train tabs.
+"""The web UI's layout: a project folder on top, then the Dataset, Caption, Train, Test and Tools tabs
+(the order of the seed-000 workflow: gather images, caption, train, try the LoRA in A1111, fix it up).
 
 Only layout lives here; each tab's behaviour is in plain handler functions (`dataset_tab`,
-`train_tab`) that tests call directly.
+`caption_tab`, `train_tab`, `generate_tab`, `tools_tab`) that tests call directly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ def build_app(project: str | Path) -> Any:
     """A `gradio.Blocks` for `project` (created if missing); `server.run` launches it."""
     import gradio as gr
 
-    from lorakiln.ui import dataset_tab, train_tab
+    from lorakiln.ui import caption_tab, dataset_tab, generate_tab, tools_tab, train_tab
 
     root = Path(project).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -24,8 +25,15 @@ def build_app(project: str | Path) -> Any:
                             "run TOML <project>/run.toml, runs in <project>/.lorakiln-runs (created if missing)")
         with gr.Tab("Dataset"):
             show_gallery, gallery_in, gallery_out = dataset_tab.build(folder)
+        with gr.Tab("Caption"):
+            caption_tab.build(folder, show_gallery, gallery_in, gallery_out)
         with gr.Tab("Train"):
             count, count_in, count_out = train_tab.build(folder, str(root))
+        with gr.Tab("Test"):
+            defaults, defaults_in, defaults_out = generate_tab.build(folder)
+        with gr.Tab("Tools"):
+            tools_tab.build(folder)
         app.load(show_gallery, gallery_in, gallery_out)
         app.load(count, count_in, count_out)
+        app.load(defaults, defaults_in, defaults_out)
     return app

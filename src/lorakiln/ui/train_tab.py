@@ -12,6 +12,7 @@ Handlers are plain functions; the form's values travel as one positional value p
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,6 +224,27 @@ def poll_view(project: str, run_id: str) -> tuple[str, Any, list[Any], str, str]
     return "  \n".join(lines), table, _images(progress["samples"]), "\n".join(saves), queue.log_tail(run.id)
 
 
+QUEUE_COLUMNS = ["run", "status", "config", "step", "started", "ended", "LoRA", "message"]
+
+
+def queue_table(project: str) -> Any:
+    """Every run of the project's queue, newest first: what ran, how it ended, what it wrote."""
+    import pandas as pd
+
+    queue = existing_queue(project)
+    rows = []
+    for run in reversed(queue.runs() if queue else []):
+        last = queue.progress(run.id)["last"] if queue else None
+        step = f"{last['step']}/{last.get('total_steps', '?')}" if last else ""
+        rows.append([run.id, run.status, Path(run.config).name, step, _clock(run.started), _clock(run.ended),
+                     Path(run.lora).name if run.lora else "", run.message or ""])
+    return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
+
+
+def _clock(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
+
+
 # -- layout --------------------------------------------------------------------------------------
 
 def _component(spec: FieldSpec, value: Any) -> Any:
@@ -273,6 +295,8 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
     samples = gr.Gallery(label="samples", columns=4, height=260)
     saves = gr.Textbox(label="saved LoRAs", lines=3, interactive=False)
     log = gr.Textbox(label="log", lines=12, max_lines=12, interactive=False, autoscroll=True)
+    queue = gr.Dataframe(headers=QUEUE_COLUMNS, label="queue (newest first; type a run's id in 'run' to act on it)",
+                         interactive=False, wrap=True)
     timer = gr.Timer(2.0)
 
     form = [project, path, extra, *components]
@@ -282,5 +306,5 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
     start.click(start_run, form, [run_id, message])
     stop.click(stop_run, [project, run_id], message)
     resume.click(resume_run, [project, run_id], [run_id, message])
-    timer.tick(poll_view, [project, run_id], [status, plot, samples, saves, log])
+    timer.tick(poll_view, [project, run_id], [status, plot, samples, saves, log]).then(queue_table, project, queue)
     return total_steps, form, steps

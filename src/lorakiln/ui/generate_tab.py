@@ -1,0 +1,218 @@
+"""The Test tab: AUTOMATIC1111's txt2img and X/Y/Z plot over the project's LoRAs.
+
+The second half of the seed-000 workflow — load the LoRA in A1111, prompt `<lora:name:0.8>`,
+paste a parameters block, compare epochs × strengths — without leaving the UI. Everything goes
+through `lorakiln.inference` (the same code as `lorakiln generate` / `lorakiln grid`): the prompt
+syntax, samplers, seeds and the PNG infotext are A1111's, so an image made here is redone by
+pasting its parameters into A1111 and the other way round.
+
+The base model is loaded once per (model, VAE) and kept for the life of the UI: a generation
+after the first one costs only its sampling steps. Images are written under
+`<project>/outputs/txt2img` and grids under `<project>/outputs/grids`, with A1111 naming.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from lorakiln.errors import LorakilnError
+from lorakiln.inference.infotext import GenerationParams, format_infotext, parse_infotext
+from lorakiln.ui.forms import load_run_toml
+from lorakiln.ui.train_tab import toml_path
+
+#: The txt2img fields in the order the tab's components pass them (`*fields` in the handlers).
+FIELDS: tuple[str, ...] = ("prompt", "negative_prompt", "steps", "sampler", "schedule_type", "cfg_scale", "seed",
+                           "width", "height", "batch_count", "clip_skip")
+_MODELS: dict[tuple[str, str], Any] = {}
+
+
+def _resolved(value: str, base: Path) -> str:
+    """A run-TOML path as the trainer reads it: relative to the TOML's folder when it exists there;
+    anything else (a hub id, `toy`, `tiny:sd1`) as written."""
+    candidate = base / value
+    return str(candidate.resolve()) if value and not Path(value).is_absolute() and candidate.exists() else value
+
+
+def run_defaults(project: str, path: str = "") -> tuple[str, str, str]:
+    """(base model, VAE, LoRA folder) from the project's run TOML, for a tab that opens ready to
+    test what was just trained; empty strings where the TOML is missing or says nothing."""
+    file = toml_path(project, path)
+    if not file.is_file():
+        return "", "", str(Path(project).expanduser() / "output")
+    try:
+        values = load_run_toml(file)
+    except (OSError, ValueError, LorakilnError):
+        return "", "", ""
+    base = file.parent
+    model = values.get("model.pretrained_model") or ""
+    vae = values.get("model.vae") or ""
+    out = values.get("output.output_dir") or "output"
+    return _resolved(str(model), base), _resolved(str(vae), base), str((base / out).resolve())
+
+
+def loaded_model(model: str, vae: str = "") -> Any:
+    """The base model bundle, loaded on first use (the same loader as `lorakiln generate --model`)."""
+    from lorakiln.training.base_model import load_configured_model
+
+    key = ((model or "").strip(), (vae or "").strip())
+    if not key[0]:
+        raise LorakilnError("no base model: fill in 'base model' (a single file, a diffusers folder or a hub id)")
+    if key not in _MODELS:
+        _MODELS.clear()  # one base model in memory at a time: an SDXL bundle is ~7 GB
+        _MODELS[key] = load_configured_model(key[0], vae=key[1] or None)
+    return _MODELS[key]
+
+
+def lora_names(lora_dir: str) -> list[str]:
+    """The `<lora:NAME:…>` names a prompt can use: LoRA files in the folder by stem (A1111's lookup),
+    without pivotal-tuning embedding files and the diffusers copy."""
+    folder = Path((lora_dir or "").strip()).expanduser()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.safetensors")
+                  if not p.stem.endswith("_emb") and p.stem != "pytorch_lora_weights")
+
+
+def add_lora(prompt: str, name: str, strength: float) -> str:
+    """The prompt with `<lora:name:strength>` appended, as A1111's Lora tab card does."""
+    if not name:
+        return prompt
+    tag = f"<lora:{name}:{strength:g}>"
+    return f"{prompt.rstrip()}, {tag}" if prompt.strip() else tag
+
+
+def params_from_fields(*fields: Any) -> GenerationParams:
+    """Generation parameters from the components (numbers arrive as floats from gradio)."""
+    values = dict(zip(FIELDS, fields, strict=True))
+    for key in ("steps", "seed", "width", "height", "batch_count", "clip_skip"):
+        values[key] = int(values[key]) if values[key] is not None else getattr(GenerationParams, key)
+    values["cfg_scale"] = float(values["cfg_scale"])
+    values["schedule_type"] = values["schedule_type"] or None
+    return GenerationParams(**values)
+
+
+def paste_params(text: str) -> tuple[Any, ...]:
+    """(message, *fields) from an A1111 parameters block: the keys it has, A1111's defaults for the rest."""
+    if not (text or "").strip():
+        return ("error: paste an A1111 parameters block first", *fields_of(GenerationParams()))
+    params = parse_infotext(text)
+    ignored = ", ".join(params.extra)
+    msg = "pasted" + (f"; kept but not used here: {ignored}" if ignored else "")
+    return (msg, *fields_of(params))
+
+
+def fields_of(params: GenerationParams) -> list[Any]:
+    values = asdict(params)
+    values["schedule_type"] = values["schedule_type"] or ""
+    return [values[key] for key in FIELDS]
+
+
+def _images(project: str) -> Path:
+    return Path(project).expanduser() / "outputs"
+
+
+def generate_images(project: str, model: str, vae: str, lora_dir: str, *fields: Any) -> tuple[list[Any], str, str]:
+    """Render, save the PNGs with their infotext, and return (gallery items, infotext, message)."""
+    from lorakiln.inference.generate import generate, save_images
+
+    try:
+        params = params_from_fields(*fields)
+        if not params.prompt.strip():
+            return [], "", "error: the prompt is empty"
+        bundle = loaded_model(model, vae)
+        images = generate(bundle, params, lora_dir=lora_dir.strip() or None)
+    except LorakilnError as err:
+        return [], "", f"error: {err}"
+    paths = save_images(images, _images(project) / "txt2img")
+    items = [(item.image, path.name) for item, path in zip(images, paths, strict=True)]
+    return items, format_infotext(images[0].params), f"saved {', '.join(str(p) for p in paths)}"
+
+
+def epochs_grid(project: str, model: str, vae: str, lora_dir: str, x: str, y: str, *fields: Any) -> tuple[Any, str]:
+    """The epochs × strengths plot of the LoRA folder (`lorakiln grid --compare-epochs`): (grid, message).
+
+    `x`/`y` (A1111 axis text, e.g. ``Prompt S/R: last, last-000001``) replace the preset axes."""
+    from lorakiln.inference.grid import epochs_strengths, xyz_grid
+
+    try:
+        params = params_from_fields(*fields)
+        params, x_axis, y_axis = epochs_strengths(lora_dir.strip(), params, x.strip() or None, y.strip() or None)
+        bundle = loaded_model(model, vae)
+        grids = xyz_grid(bundle, replace(params, batch_count=1), x_axis, y_axis, lora_dir=lora_dir.strip(),
+                         progress=True)
+    except LorakilnError as err:
+        return None, f"error: {err}"
+    folder = _images(project) / "grids"
+    folder.mkdir(parents=True, exist_ok=True)
+    number = len(list(folder.glob("xyz_grid-*.png")))
+    path = folder / f"xyz_grid-{number:04d}.png"
+    grid, cells = grids[0]
+    grid.save(path)
+    return grid, (f"{len(x_axis.values)} × {len(y_axis.values)} cells, seed {cells[0].params.seed}; "
+                  f"saved {path}")
+
+
+def build(project: Any) -> tuple[Any, Any, Any]:
+    """The tab inside an open `gr.Blocks`; returns (defaults function, inputs, outputs) for the app's load."""
+    import gradio as gr
+
+    from lorakiln.inference.samplers import sampler_names, schedule_type_names
+
+    defaults = GenerationParams()
+    with gr.Row():
+        model = gr.Textbox(label="base model", info="single file, diffusers folder or hub id (default: the run "
+                           "TOML's model.pretrained_model)", scale=3)
+        vae = gr.Textbox(label="VAE", info="optional", scale=2)
+        lora_dir = gr.Textbox(label="LoRA folder", info="where <lora:NAME:…> files are found (default: the run "
+                              "TOML's output folder)", scale=3)
+    with gr.Row():
+        lora = gr.Dropdown([], label="LoRA", allow_custom_value=True, scale=3)
+        strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="strength", scale=3)
+        add = gr.Button("add to prompt", scale=1)
+        refresh = gr.Button("refresh LoRAs", scale=1)
+    prompt = gr.Textbox(label="prompt", lines=2, placeholder="photo of zwx, <lora:last:0.8>")
+    negative = gr.Textbox(label="negative prompt", lines=1)
+    with gr.Row():
+        steps = gr.Number(label="steps", value=defaults.steps, precision=0)
+        sampler = gr.Dropdown(sampler_names(), label="sampler", value=defaults.sampler)
+        schedule = gr.Dropdown(schedule_type_names(), label="schedule type", value=defaults.schedule_type)
+        cfg = gr.Number(label="CFG scale", value=defaults.cfg_scale)
+        seed = gr.Number(label="seed", value=defaults.seed, precision=0, info="-1: random")
+    with gr.Row():
+        width = gr.Number(label="width", value=defaults.width, precision=0)
+        height = gr.Number(label="height", value=defaults.height, precision=0)
+        batch = gr.Number(label="batch count", value=defaults.batch_count, precision=0)
+        clip_skip = gr.Number(label="clip skip", value=defaults.clip_skip, precision=0)
+    with gr.Accordion("paste A1111 parameters", open=False):
+        pasted = gr.Textbox(label="parameters", lines=4, placeholder="photo of zwx\nNegative prompt: …\n"
+                            "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 512x512")
+        paste = gr.Button("apply")
+    with gr.Row():
+        run = gr.Button("generate", variant="primary")
+        grid_button = gr.Button("epochs × strengths grid")
+    with gr.Accordion("grid axes (empty: the LoRA folder's epochs × strengths 1.0 … 0.5)", open=False):
+        x = gr.Textbox(label="X axis", placeholder="Prompt S/R: last, last-000001, last-000002")
+        y = gr.Textbox(label="Y axis", placeholder="Prompt S/R: 1.0, 0.8, 0.6")
+    message = gr.Markdown()
+    gallery = gr.Gallery(label="images", columns=4, height=360)
+    infotext = gr.Textbox(label="parameters of the first image", lines=3, interactive=False)
+    grid = gr.Image(label="grid", type="pil")
+
+    fields = [prompt, negative, steps, sampler, schedule, cfg, seed, width, height, batch, clip_skip]
+
+    def refresh_loras(folder: str) -> Any:
+        names = lora_names(folder)
+        return gr.Dropdown(choices=names, value=names[-1] if names else None)
+
+    def load_defaults(folder: str) -> tuple[Any, ...]:
+        base, vae_path, loras = run_defaults(folder)
+        return base, vae_path, loras, refresh_loras(loras)
+
+    refresh.click(refresh_loras, lora_dir, lora)
+    add.click(add_lora, [prompt, lora, strength], prompt)
+    paste.click(paste_params, pasted, [message, *fields])
+    run.click(generate_images, [project, model, vae, lora_dir, *fields], [gallery, infotext, message])
+    grid_button.click(epochs_grid, [project, model, vae, lora_dir, x, y, *fields], [grid, message])
+    return load_defaults, project, [model, vae, lora_dir, lora]
