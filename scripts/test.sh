@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
+bash scripts/setup-browser.sh
 .venv/bin/python -m ruff check src tests bench examples
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

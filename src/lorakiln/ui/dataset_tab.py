@@ -204,7 +204,7 @@ def build(project: Any) -> tuple[Any, Any, Any]:
         from_upload = gr.Button("import uploads")
         import_log = gr.Textbox(label="import", lines=6, interactive=False)
     refresh = gr.Button("refresh gallery")
-    pictures = gr.Gallery(label="dataset", columns=6, height=420, allow_preview=False)
+    pictures = gr.Gallery(label="dataset", columns=6, height=420, allow_preview=False, elem_id="dataset-gallery")
     with gr.Row():
         chosen = gr.Textbox(label="image", interactive=False, scale=2)
         caption = gr.Textbox(label="caption", lines=3, scale=5)

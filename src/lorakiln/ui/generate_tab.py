@@ -13,6 +13,7 @@ after the first one costs only its sampling steps. Images are written under
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from lorakiln.ui.train_tab import toml_path
 FIELDS: tuple[str, ...] = ("prompt", "negative_prompt", "steps", "sampler", "schedule_type", "cfg_scale", "seed",
                            "width", "height", "batch_count", "clip_skip")
 _MODELS: dict[tuple[str, str], Any] = {}
+#: One generation at a time: LoRAs are hooked into the shared bundle for the length of a request,
+#: so a grid and a generate running side by side (gradio threads) would see each other's LoRAs.
+_BUSY = threading.Lock()
 
 
 def _resolved(value: str, base: Path) -> str:
@@ -121,8 +125,9 @@ def generate_images(project: str, model: str, vae: str, lora_dir: str, *fields: 
         params = params_from_fields(*fields)
         if not params.prompt.strip():
             return [], "", "error: the prompt is empty"
-        bundle = loaded_model(model, vae)
-        images = generate(bundle, params, lora_dir=lora_dir.strip() or None)
+        folder = lora_dir.strip() or None
+        with _BUSY:  # pivotal-tuning embeddings (<name>_emb) sit beside their LoRA, as the trainer writes them
+            images = generate(loaded_model(model, vae), params, lora_dir=folder, embeddings_dir=folder)
     except LorakilnError as err:
         return [], "", f"error: {err}"
     paths = save_images(images, _images(project) / "txt2img")
@@ -139,9 +144,9 @@ def epochs_grid(project: str, model: str, vae: str, lora_dir: str, x: str, y: st
     try:
         params = params_from_fields(*fields)
         params, x_axis, y_axis = epochs_strengths(lora_dir.strip(), params, x.strip() or None, y.strip() or None)
-        bundle = loaded_model(model, vae)
-        grids = xyz_grid(bundle, replace(params, batch_count=1), x_axis, y_axis, lora_dir=lora_dir.strip(),
-                         progress=True)
+        with _BUSY:
+            grids = xyz_grid(loaded_model(model, vae), replace(params, batch_count=1), x_axis, y_axis,
+                             lora_dir=lora_dir.strip(), embeddings_dir=lora_dir.strip(), progress=True)
     except LorakilnError as err:
         return None, f"error: {err}"
     folder = _images(project) / "grids"
@@ -172,6 +177,7 @@ def build(project: Any) -> tuple[Any, Any, Any]:
         strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="strength", scale=3)
         add = gr.Button("add to prompt", scale=1)
         refresh = gr.Button("refresh LoRAs", scale=1)
+        from_toml = gr.Button("from run TOML", scale=1)
     prompt = gr.Textbox(label="prompt", lines=2, placeholder="photo of zwx, <lora:last:0.8>")
     negative = gr.Textbox(label="negative prompt", lines=1)
     with gr.Row():
@@ -195,8 +201,8 @@ def build(project: Any) -> tuple[Any, Any, Any]:
     with gr.Accordion("grid axes (empty: the LoRA folder's epochs × strengths 1.0 … 0.5)", open=False):
         x = gr.Textbox(label="X axis", placeholder="Prompt S/R: last, last-000001, last-000002")
         y = gr.Textbox(label="Y axis", placeholder="Prompt S/R: 1.0, 0.8, 0.6")
-    message = gr.Markdown()
-    gallery = gr.Gallery(label="images", columns=4, height=360)
+    message = gr.Markdown(elem_id="test-message")
+    gallery = gr.Gallery(label="images", columns=4, height=360, elem_id="test-images")
     infotext = gr.Textbox(label="parameters of the first image", lines=3, interactive=False)
     grid = gr.Image(label="grid", type="pil")
 
@@ -211,6 +217,7 @@ def build(project: Any) -> tuple[Any, Any, Any]:
         return base, vae_path, loras, refresh_loras(loras)
 
     refresh.click(refresh_loras, lora_dir, lora)
+    from_toml.click(load_defaults, project, [model, vae, lora_dir, lora])
     add.click(add_lora, [prompt, lora, strength], prompt)
     paste.click(paste_params, pasted, [message, *fields])
     run.click(generate_images, [project, model, vae, lora_dir, *fields], [gallery, infotext, message])

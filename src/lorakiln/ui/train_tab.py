@@ -290,7 +290,7 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
     with gr.Row():
         start, stop, resume = gr.Button("start", variant="primary"), gr.Button("stop"), gr.Button("resume")
         run_id = gr.Textbox(label="run", info="empty: the latest run", scale=2)
-    status = gr.Markdown()
+    status = gr.Markdown(elem_id="run-status")
     plot = gr.LinePlot(x="step", y="loss", title="loss", height=260)
     samples = gr.Gallery(label="samples", columns=4, height=260)
     saves = gr.Textbox(label="saved LoRAs", lines=3, interactive=False)
