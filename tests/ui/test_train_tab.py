@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lorakiln.errors import ConfigError
 from lorakiln.ui import train_tab as tab
 from lorakiln.ui.forms import field_specs
 
@@ -27,13 +28,29 @@ def tiny_form(project: Path, model: Path, epochs: int) -> tuple[dict, list]:
     """The new-project form, edited in its components as a user would."""
     extra, msg, *components = tab.load_form(str(project), "run.toml")
     assert "new form" in msg and extra == {}
-    edits = {"model.pretrained_model": str(model), "data.resolution": "[64, 64]", "data.enable_bucket": False,
+    edits = {"model.pretrained_model": str(model), "data.resolution": [64, 64], "data.enable_bucket": False,
              "network.network_dim": 4, "network.network_train_unet_only": True, "train.train_batch_size": 1,
              "train.max_train_epochs": epochs, "train.seed": 1}
-    keys = [s.key for s in field_specs()]
+    specs = {s.key: i for i, s in enumerate(field_specs())}
     for key, value in edits.items():
-        components[keys.index(key)] = value
+        components[specs[key]] = tab.to_component(field_specs()[specs[key]], value)
     return extra, components
+
+
+def test_short_forms_in_a_hand_written_toml_load(project: Path) -> None:
+    (project / "run.toml").write_text('[data]\nresolution = 64\n[network]\nnetwork_dim = 4\n', encoding="utf-8")
+    extra, msg, *components = tab.load_form(str(project), "run.toml")
+    keys = [s.key for s in field_specs()]
+    assert msg.startswith("loaded") and components[keys.index("data.resolution")] == "64"
+    assert tab.form_values(extra, tuple(components))["data.resolution"] == 64
+
+
+def test_optional_numbers_are_text_so_empty_means_unset() -> None:
+    spec = next(s for s in field_specs() if s.key == "train.max_train_steps")
+    assert spec.optional and tab.to_component(spec, None) == "" and tab.to_component(spec, 500) == "500"
+    assert tab.from_component(spec, " ") is None and tab.from_component(spec, "500") == 500
+    with pytest.raises(ConfigError, match="train.max_train_steps: 'lots' is not a number"):
+        tab.from_component(spec, "lots")
 
 
 def poll_until(project: Path, run_id: str, done: Callable[[tuple], bool], timeout: float = 240) -> tuple:

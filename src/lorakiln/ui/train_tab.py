@@ -56,9 +56,12 @@ def to_component(spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "bool":
         return {None: "", True: "true", False: "false"}[value] if spec.optional else bool(value)
     if spec.kind in ("list", "pair"):
-        return "" if value is None else json.dumps(list(value))
-    if spec.kind in ("str", "choice"):
-        return "" if value is None else str(value)
+        if value is None:
+            return ""
+        # a TOML may hold the short forms the config accepts (`resolution = 64`, `"64,64"`): shown as written
+        return json.dumps(list(value) if isinstance(value, (list, tuple)) else value)
+    if spec.kind in ("str", "choice") or (spec.optional and spec.kind in ("int", "float")):
+        return "" if value is None else str(value)  # optional numbers are text boxes: empty = unset
     return value
 
 
@@ -77,10 +80,14 @@ def from_component(spec: FieldSpec, value: Any) -> Any:
             return json.loads(value)
         except json.JSONDecodeError:
             raise ConfigError(f"{spec.key}: {value!r} is not a JSON list, e.g. [512, 512]") from None
-    if spec.kind == "int":
-        return int(value) if float(value).is_integer() else value  # a fraction: the config names the key
-    if spec.kind == "float":
-        return float(value)
+    if spec.kind in ("int", "float"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{spec.key}: {value!r} is not a number") from None
+        if spec.kind == "int":
+            return int(number) if number.is_integer() else number  # a fraction: the config names the key
+        return number
     return value
 
 
@@ -258,6 +265,10 @@ def _component(spec: FieldSpec, value: Any) -> Any:
     if spec.kind == "choice":
         return gr.Dropdown(list(("", *spec.choices) if spec.optional else spec.choices), label=label, info=info,
                            value=value, allow_custom_value=True)
+    if spec.kind in ("int", "float") and spec.optional:
+        # gr.Number cannot be empty: the browser sends 0 for a cleared box, which would set
+        # e.g. max_train_steps = 0. A text box keeps "unset" distinct from 0.
+        return gr.Textbox(label=label, info=info + " (empty: unset)", value=value)
     if spec.kind in ("int", "float"):
         return gr.Number(label=label, info=info, value=value, precision=0 if spec.kind == "int" else None)
     if spec.kind in ("list", "pair"):
