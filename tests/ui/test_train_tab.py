@@ -114,3 +114,15 @@ def test_stop_then_resume_reaches_done(project: Path, tiny_sd1_dir: Path) -> Non
     assert ": done" in status and "step 80/80" in status, log
     assert Path(saves.splitlines()[-1]).is_file()
     assert tab.resume_run(str(project), new_id)[1].startswith("error")  # done: nothing to resume
+
+
+def test_presets_fill_the_form(project: Path, tiny_sd1_dir: Path) -> None:
+    extra, components = tiny_form(project, tiny_sd1_dir, epochs=3)
+    keys = [s.key for s in field_specs()]
+    extra2, msg, *filled = tab.apply_preset("kohya-character", {"preset": "old"}, *components)
+    assert msg.startswith("applied preset kohya-character") and "preset" not in extra2
+    values = tab.form_values(extra2, tuple(filled))
+    assert values["network.network_dim"] == 128 and values["train.unet_lr"] == 1e-4  # seed 000's table
+    assert values["data.train_data_dir"] == "train"  # the folders stay
+    assert filled[keys.index("model.pretrained_model")] == components[keys.index("model.pretrained_model")]
+    assert tab.apply_preset("nope", extra, *components)[1].startswith("error: unknown preset 'nope'")

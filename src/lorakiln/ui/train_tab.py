@@ -119,6 +119,27 @@ def load_form(project: str, path: str) -> tuple[Any, ...]:
     return ({k: v for k, v in values.items() if k not in keys}, msg, *component_values(values))
 
 
+def apply_preset(name: str, extra: dict[str, Any], *components: Any) -> tuple[Any, ...]:
+    """(extra, message, *components) with preset `name`'s values written into the form (seed 000's
+    table, seed 003's recipe, …): shown and editable like any value, and saved explicitly."""
+    from lorakiln.config.load import route_flat_keys
+    from lorakiln.config.presets import PRESET_DESCRIPTIONS, get_preset
+
+    if not name:
+        return (extra, "choose a preset first", *components)
+    try:
+        values = form_values(extra, components)
+        for section, table in route_flat_keys(get_preset(name)).items():
+            values |= {f"{section}.{key}": value for key, value in table.items()}
+    except LorakilnError as err:
+        return (extra, f"error: {err}", *components)
+    values.pop("preset", None)  # its values are now in the form itself
+    keys = {s.key for s in field_specs()}
+    return ({k: v for k, v in values.items() if k not in keys},
+            f"applied preset {name}: {PRESET_DESCRIPTIONS.get(name, '')} (save or start to keep it)",
+            *component_values(values))
+
+
 def save_form(project: str, path: str, extra: dict[str, Any], *components: Any) -> str:
     """Validate and write the run TOML; a bad value is reported by its key and nothing is written."""
     file = toml_path(project, path)
@@ -285,6 +306,12 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
         path = gr.Textbox(label="run TOML", value="run.toml", info="relative to the project folder", scale=4)
         load = gr.Button("load", scale=1)
         save = gr.Button("save", scale=1)
+    from lorakiln.config.presets import PRESET_DESCRIPTIONS
+
+    with gr.Row():
+        preset = gr.Dropdown(["", *PRESET_DESCRIPTIONS], value="", label="preset", scale=4,
+                             info="; ".join(f"{k}: {v}" for k, v in PRESET_DESCRIPTIONS.items())[:400])
+        apply = gr.Button("apply preset", scale=1)
     message = gr.Markdown()
     initial = load_form(initial_project, "run.toml")
     fields = []
@@ -312,6 +339,8 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
 
     form = [project, path, extra, *components]
     load.click(load_form, [project, path], [extra, message, *components]).then(total_steps, form, steps)
+    apply.click(apply_preset, [preset, extra, *components], [extra, message, *components]).then(total_steps, form,
+                                                                                                 steps)
     save.click(save_form, form, message).then(total_steps, form, steps)
     count.click(total_steps, form, steps)
     start.click(start_run, form, [run_id, message])
