@@ -38,6 +38,8 @@ def test_defaults_come_from_the_run_toml(tmp_path: Path, tiny_sd1_file: Path) ->
 def test_lora_list_and_prompt_tag(epoch_loras: Path) -> None:
     assert tab.lora_names(str(epoch_loras)) == ["last", "last-000001"]
     assert tab.lora_names("/no/such/folder") == []
+    assert tab.final_lora(["anna", "anna-000001", "anna-step00000032"]) == "anna"
+    assert tab.final_lora(["anna-000001"]) == "anna-000001" and tab.final_lora([]) is None
     assert tab.add_lora("photo of zwx", "last", 0.8) == "photo of zwx, <lora:last:0.8>"
     assert tab.add_lora("", "last", 1.0) == "<lora:last:1>"
 

@@ -79,6 +79,12 @@ def lora_names(lora_dir: str) -> list[str]:
                   if not p.stem.endswith("_emb") and p.stem != "pytorch_lora_weights")
 
 
+def final_lora(names: list[str]) -> str | None:
+    """The name to offer first: a run's final LoRA (no `-000004` epoch or `-step…` suffix), else the last."""
+    finals = [n for n in names if "-step" not in n and not (n.rsplit("-", 1)[-1].isdigit() and "-" in n)]
+    return finals[-1] if finals else (names[-1] if names else None)
+
+
 def add_lora(prompt: str, name: str, strength: float) -> str:
     """The prompt with `<lora:name:strength>` appended, as A1111's Lora tab card does."""
     if not name:
@@ -210,7 +216,7 @@ def build(project: Any) -> tuple[Any, Any, Any]:
 
     def refresh_loras(folder: str) -> Any:
         names = lora_names(folder)
-        return gr.Dropdown(choices=names, value=names[-1] if names else None)
+        return gr.Dropdown(choices=names, value=final_lora(names))
 
     def load_defaults(folder: str) -> tuple[Any, ...]:
         base, vae_path, loras = run_defaults(folder)
