@@ -337,8 +337,12 @@ def test_dora_network_builds_dora_modules_everywhere() -> None:
 def test_training_moves_the_magnitudes(trained) -> None:
     bundle, net, _, base, initial = trained
     assert not torch.allclose(_unet_out(bundle), base, atol=1e-4)
-    moved = sum(not torch.equal(m.dora_scale.detach(), initial[k]) for k, m in net.loras())
-    assert moved == len(net)  # every magnitude got a gradient step
+    still = {k for k, m in net.loras() if torch.equal(m.dora_scale.detach(), initial[k])}
+    # Every magnitude got a gradient step except the mid block's self-attention query and key:
+    # the tiny U-Net's mid block sees an 8x8 latent as one token, and softmax over a single key
+    # is 1 whatever q·k is, so their gradient is exactly 0 (newer torch/diffusers compute it so).
+    mid = "lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_"
+    assert still <= {f"{mid}q", f"{mid}k"}, sorted(still)
     net.set_multiplier(0.0)
     try:
         torch.testing.assert_close(_unet_out(bundle), base, rtol=0, atol=0)
