@@ -96,6 +96,9 @@ def test_start_reaches_done_through_the_poll_handler(project: Path, tiny_sd1_dir
     assert list(table["step"])[-1] == 10 and len(table) >= 1
     assert saves.endswith("last.safetensors") and Path(saves.splitlines()[-1]).is_file()
     assert "LoRA written" in log
+    queue = tab.queue_table(str(project))
+    assert list(queue["run"]) == [run_id] and list(queue["status"]) == ["done"]
+    assert queue["LoRA"][0] == "last.safetensors" and queue["config"][0] == "run.toml" and queue["ended"][0]
 
 
 def test_stop_then_resume_reaches_done(project: Path, tiny_sd1_dir: Path) -> None:

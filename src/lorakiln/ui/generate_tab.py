@@ -20,7 +20,6 @@ from typing import Any
 
 from lorakiln.errors import LorakilnError
 from lorakiln.inference.infotext import GenerationParams, format_infotext, parse_infotext
-from lorakiln.ui.forms import load_run_toml
 from lorakiln.ui.train_tab import toml_path
 
 #: The txt2img fields in the order the tab's components pass them (`*fields` in the handlers).
@@ -32,28 +31,20 @@ _MODELS: dict[tuple[str, str], Any] = {}
 _BUSY = threading.Lock()
 
 
-def _resolved(value: str, base: Path) -> str:
-    """A run-TOML path as the trainer reads it: relative to the TOML's folder when it exists there;
-    anything else (a hub id, `toy`, `tiny:sd1`) as written."""
-    candidate = base / value
-    return str(candidate.resolve()) if value and not Path(value).is_absolute() and candidate.exists() else value
-
-
 def run_defaults(project: str, path: str = "") -> tuple[str, str, str]:
     """(base model, VAE, LoRA folder) from the project's run TOML, for a tab that opens ready to
-    test what was just trained; empty strings where the TOML is missing or says nothing."""
+    test what was just trained. Paths are resolved by the config itself (`load_config`: relative
+    to the TOML, hub ids and `toy` kept), so they are what the trainer used."""
+    from lorakiln.config.load import load_config
+
     file = toml_path(project, path)
     if not file.is_file():
         return "", "", str(Path(project).expanduser() / "output")
     try:
-        values = load_run_toml(file)
+        cfg = load_config(file)
     except (OSError, ValueError, LorakilnError):
         return "", "", ""
-    base = file.parent
-    model = values.get("model.pretrained_model") or ""
-    vae = values.get("model.vae") or ""
-    out = values.get("output.output_dir") or "output"
-    return _resolved(str(model), base), _resolved(str(vae), base), str((base / out).resolve())
+    return cfg.model.pretrained_model, cfg.model.vae or "", cfg.output.output_dir
 
 
 def loaded_model(model: str, vae: str = "") -> Any:

@@ -262,7 +262,8 @@ def queue_table(project: str) -> Any:
     queue = existing_queue(project)
     rows = []
     for run in reversed(queue.runs() if queue else []):
-        last = queue.progress(run.id)["last"] if queue else None
+        # only a running run's events file is read on each 2 s tick: finished runs keep their record
+        last = queue.progress(run.id)["last"] if queue and run.status == "running" else None
         step = f"{last['step']}/{last.get('total_steps', '?')}" if last else ""
         rows.append([run.id, run.status, Path(run.config).name, step, _clock(run.started), _clock(run.ended),
                      Path(run.lora).name if run.lora else "", run.message or ""])
