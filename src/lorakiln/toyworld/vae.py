@@ -80,13 +80,13 @@ def train_vae(vae: torch.nn.Module, images: torch.Tensor, *, steps: int, batch_s
 
 
 def reconstruction_accuracy(vae: torch.nn.Module, n: int = 200, seed: int = 5) -> dict[str, float]:
-    """Share of `n` world scenes (every pair, `split="all"`) whose encode → decode the detectors
+    """Share of `n` freely rotated world scenes (every pair, `split="all"`) whose encode → decode the detectors
     read as the rendered shape, colour and both: the ceiling of the base model's accuracy."""
     from lorakiln.toyworld.detect import detect
     from lorakiln.toyworld.render import render
     from lorakiln.toyworld.world import sample_scenes
 
-    scenes = sample_scenes(n, seed, "all")
+    scenes = sample_scenes(n, seed, "all", rotate=True)
     images = to_tensor([np.asarray(render(scene, 64)) for scene in scenes])
     vae.eval()
     with torch.no_grad():
