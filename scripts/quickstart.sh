@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job: install, then train the quickstart LoRA on the tiny built-in model.
+# The main job: install, then teach the shipped toy base model "zwx" (an orange star) with a LoRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup-venv.sh
-exec .venv/bin/lorakiln train examples/quickstart/config.toml "$@"
+exec .venv/bin/lorakiln train examples/toy-quickstart/config.toml "$@"

@@ -99,6 +99,16 @@ def test_embedding_found_by_stem(bundle, tmp_path: Path) -> None:
     assert np.array_equal(_pixels(out), _pixels(again))
 
 
+def test_a_lora_named_like_the_trigger_word_is_not_an_embedding(tmp_path: Path) -> None:
+    """The quickstart's output folder: zwx.safetensors (a LoRA) and zwx_emb, prompt "a zwx"."""
+    from lorakiln.inference.embeddings import find_embeddings
+
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(1, 2)}, str(tmp_path / "zwx.safetensors"))
+    save_file({"clip_l": torch.zeros(2, 32)}, str(tmp_path / "zwx_emb.safetensors"))
+    found = find_embeddings(["a zwx zwx_emb <lora:zwx:1>"], tmp_path)
+    assert found == {"zwx_emb": tmp_path / "zwx_emb.safetensors"}
+
+
 def test_errors_name_the_missing_thing(bundle, lora_dir: Path) -> None:
     with pytest.raises(LorakilnError, match="LoRA 'nope' not found .* available: zwx"):
         generate(bundle, replace(FAST, prompt="a <lora:nope:1>"), lora_dir=lora_dir)

@@ -9,7 +9,7 @@ import torch
 
 from lorakiln.cli import main
 from lorakiln.errors import ConfigError
-from lorakiln.inference.grid import epoch_files, parse_axis, xyz_grid
+from lorakiln.inference.grid import epoch_files, epochs_strengths, parse_axis, xyz_grid
 from lorakiln.inference.infotext import GenerationParams
 from lorakiln.models.family import SD1
 from lorakiln.models.tiny import build_tiny_sd1_bundle
@@ -65,6 +65,18 @@ def test_grid_cells_and_lora_files_read_once(run_dir: Path, monkeypatch) -> None
     assert sorted(reads) == ["last", "last-000001", "last-000002"]  # each file read once for 12 cells
     assert cells[0].params.prompt == "photo of zwx <lora:last:1.0>"
     assert cells[4].params.prompt == "photo of zwx <lora:last-000001:0.5>"
+
+
+def test_epochs_axis_keeps_a_trigger_word_named_like_the_lora(tmp_path: Path) -> None:
+    """The quickstart names its LoRA "zwx" after its token: only the tag may be swapped."""
+    for stem in ["zwx-000002", "zwx"]:
+        (tmp_path / f"{stem}.safetensors").write_bytes(b"")
+    params, x, y = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx on a grey background"))
+    assert x.names == ["zwx", "zwx-000002"] and y.names[:2] == ["1.0", "0.9"]
+    cell = y.apply(x.apply(params, x.values[1]), y.values[1])
+    assert cell.prompt == "a zwx on a grey background, <lora:zwx-000002:0.9>"
+    _, _, plain = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx <lora:zwx:0.8>"))
+    assert plain.values[0] == "1.0"  # not the tag's strength: A1111's own error will name it
 
 
 def test_cli_compare_epochs(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -26,7 +26,11 @@ EMBEDDING_SUFFIXES = (".safetensors",)
 
 
 def find_embeddings(prompts: list[str], folder: str | Path | None) -> dict[str, Path]:
-    """{stem: file} for embedding files in `folder` whose stem is a word of any prompt."""
+    """{stem: file} for embedding files in `folder` whose stem is a word of any prompt.
+
+    A LoRA in the same folder is not an embedding even when it is named like the prompt's
+    trigger word (the quickstart's `zwx.safetensors` for "a zwx"): it is left to the LoRA
+    loader, as A1111 skips non-embedding files in its embeddings folder."""
     if not folder:
         return {}
     folder = Path(folder)
@@ -35,9 +39,23 @@ def find_embeddings(prompts: list[str], folder: str | Path | None) -> dict[str, 
     text = " ".join(prompts)
     found = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix in EMBEDDING_SUFFIXES and re.search(rf"(?<![\w]){re.escape(path.stem)}(?![\w])", text):
+        if (path.suffix in EMBEDDING_SUFFIXES and re.search(rf"(?<![\w]){re.escape(path.stem)}(?![\w])", text)
+                and not _is_lora(path)):
             found[path.stem] = path
     return found
+
+
+def _is_lora(path: Path) -> bool:
+    """Whether a .safetensors file holds LoRA-family weights (kohya `lora_*` / `.lora_down.` keys,
+    diffusers/PEFT `.lora_A.`), read from its header only."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # not readable: per_encoder_tensors reports it by name
+        return False
+    return any(k.startswith(("lora_unet", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys)
 
 
 def per_encoder_tensors(path: Path, bundle: ModelBundle) -> list[torch.Tensor]:

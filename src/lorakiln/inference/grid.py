@@ -61,8 +61,15 @@ AXES: dict[str, Callable[[GenerationParams, str, str], GenerationParams]] = {
 
 @dataclass(frozen=True)
 class Axis:
+    """An axis type and its values; `labels` (default: the values) are what the grid prints."""
+
     kind: str
     values: tuple[str, ...]
+    labels: tuple[str, ...] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.labels or self.values)
 
     def apply(self, params: GenerationParams, value: str) -> GenerationParams:
         return AXES[self.kind](params, value, self.values[0])
@@ -143,8 +150,8 @@ def xyz_grid(bundle: ModelBundle, params: GenerationParams, x: Axis, y: Axis | N
                         made.append(image)
                         bar.update(1)
                     rows.append(row)
-                title = f"{z.kind}: {zv}" if z else ""
-                out.append((draw_grid(rows, list(x.values), list(y_values) if y else [""], title), made))
+                title = f"{z.kind}: {z.names[z.values.index(zv)]}" if z else ""
+                out.append((draw_grid(rows, x.names, y.names if y else [""], title), made))
     finally:
         loras.close()
     return out
@@ -173,12 +180,20 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
 
     X swaps the final LoRA's name for each epoch file (A1111's Prompt S/R replaces the first
     value, so the prompt must name the final LoRA — it is appended at 1.0 when missing); Y swaps
-    its strength 1.0 for 0.9 … 0.5. `x`/`y` replace either axis. The CLI's `grid
-    --compare-epochs` and the UI's Test tab both come here.
+    its strength 1.0 for 0.9 … 0.5. Both replace inside the `<lora:…>` tag only (labelled with
+    the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is
+    named after it, as the quickstart's is. `x`/`y` (A1111 syntax, A1111 semantics) replace
+    either axis. The CLI's `grid --compare-epochs` and the UI's Test tab both come here.
     """
     final, stems = epoch_files(output_dir)
     if f"<lora:{final}:" not in params.prompt:
         params = replace(params, prompt=f"{params.prompt}, <lora:{final}:1.0>")
-    x_axis = parse_axis(x) if x else parse_axis("Prompt S/R: " + ", ".join([final, *[s for s in stems if s != final]]))
-    return params, x_axis, parse_axis(y or STRENGTHS_AXIS)
+    names = (final, *[s for s in stems if s != final])
+    x_axis = parse_axis(x) if x else Axis("Prompt S/R", tuple(f"<lora:{n}:" for n in names), names)
+    if y:
+        return params, x_axis, parse_axis(y)
+    strengths = parse_axis(STRENGTHS_AXIS).values
+    if f"<lora:{final}:{strengths[0]}>" not in params.prompt:  # the user's tag has another strength
+        return params, x_axis, parse_axis(STRENGTHS_AXIS)  # A1111's error names the first value
+    return params, x_axis, Axis("Prompt S/R", tuple(f":{v}>" for v in strengths), strengths)
 
