@@ -16,7 +16,8 @@ pivotal tuning of "zwx", min-SNR 5, rank 32, 1000 steps at batch 4); and a plain
 `train_dreambooth_lora.py`-like default (rank 4, U-Net only, AdamW 1e-4 constant, 500 steps,
 batch 1). It also reports the base model's accuracy on the held-out shape–colour pairs.
 
-    python bench/quality.py                     # all recipes (~10 min on 2 CPU cores)
+    python bench/quality.py                     # all recipes (the quickstart's alone: 13 min on 2 shared CPU cores,
+                                                # 24 s of it training; the rest is ~100 samples per file and strength)
     python bench/quality.py --recipes quickstart --n 32
     python bench/quality.py --model toy-sd1.safetensors   # a model built by `lorakiln toy pretrain`
 """
