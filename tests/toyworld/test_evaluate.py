@@ -23,6 +23,8 @@ def _fake_generate(concept_learned: bool, obeys_colour: bool, drifts: bool):
     def generate(bundle, params, lora_dir=None, embeddings_dir=None, **kw):
         text = re.sub(r"<lora:[^>]+>", "", params.prompt).strip()
         lora = "<lora:" in params.prompt
+        text, _, background = text.partition(" background")[0].partition(" on ")
+        background = background.split()[-1] if background else "grey"
         words = text.split()[1:]  # drop the article
         colour, noun = (words[0], words[1]) if len(words) > 1 else (None, words[0])
         if noun in ("zwx", "last_emb"):
@@ -34,7 +36,7 @@ def _fake_generate(concept_learned: bool, obeys_colour: bool, drifts: bool):
                 shape = "square" if shape != "square" else "circle"
         out = []
         for i in range(params.batch_count * params.batch_size):
-            scene = Scene(shape, colour or "red", "grey", 0.6, (0.5, 0.5), 10.0 * i)
+            scene = Scene(shape, colour or "red", background, 0.6, (0.5, 0.5), 10.0 * i)
             out.append(GeneratedImage(render(scene, 64), params))
         return out
 
@@ -53,6 +55,15 @@ def test_scores_follow_what_was_drawn(monkeypatch, tmp_path: Path, learned, obey
     q = evaluate.lora_quality(object(), "last", 1.0, tmp_path, n=4)
     assert (q["likeness"], q["adaptability"], q["drift"]) == expected
     assert (q["drift_pixel"] > 0) == drifts
+    assert q["base_kept"] == (0.0 if drifts else 1.0)
+
+
+def test_drift_prompts_name_every_part_of_the_scene() -> None:
+    from lorakiln.toyworld.world import SHAPES, parse_caption
+
+    parsed = [parse_caption(p) for p in evaluate.drift_prompts()]
+    assert sorted(shape for shape, _, _ in parsed) == sorted(SHAPES)
+    assert all(colour and background for _, colour, background in parsed)
 
 
 def test_base_accuracy_and_pivotal_word(monkeypatch, tmp_path: Path) -> None:

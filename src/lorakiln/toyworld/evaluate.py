@@ -6,10 +6,11 @@
   an orange star;
 * **adaptability**: share of "a <colour> zwx" samples that take the new colour *and* keep the
   star shape (seed 000: "swapping out black hair for purple hair");
-* **drift**: how much prompts without the token change when the LoRA is applied at 1.0, as
-  the share of samples whose detected (shape, colour, background) changes and the mean
-  absolute pixel change, same seeds with and without the LoRA (overfitting "smudges" the
-  base model's other subjects).
+* **drift**: how much fully specified prompts without the token ("a red circle on a grey
+  background") change when the LoRA is applied, as the share of samples whose detected
+  (shape, colour, background) changes, the mean absolute pixel change, and the share of
+  samples drawn right without the LoRA that stay right with it — same seeds with and without
+  the LoRA (overfitting "smudges" the base model's other subjects).
 
 Every sample is generated through `lorakiln.inference.generate` (the same code as `lorakiln
 generate`), with fixed seeds, so the numbers are reproducible on a given machine.
@@ -25,7 +26,17 @@ from typing import Any
 import numpy as np
 
 from lorakiln.inference.infotext import GenerationParams
-from lorakiln.toyworld.world import COLOURS, CONCEPT, CONCEPT_TOKEN, describe, heldout_pairs, train_pairs
+from lorakiln.toyworld.world import (
+    COLOURS,
+    CONCEPT,
+    CONCEPT_TOKEN,
+    SHAPES,
+    backgrounds_for,
+    describe,
+    heldout_pairs,
+    parse_caption,
+    train_pairs,
+)
 
 #: Sampling settings for every measurement: the toy model's resolution, A1111's default sampler
 #: (Euler a), 30 steps, CFG 5. With a deterministic sampler (DPM++ 2M, Euler, DDIM) a few seeds'
@@ -110,28 +121,43 @@ def adaptability(bundle: Any, lora: str, strength: float, lora_dir: str | Path, 
     return hits / total
 
 
-#: Base prompts for drift: one trained pair per shape, no token.
 def drift_prompts() -> list[str]:
-    seen: dict[str, str] = {}
-    for shape, colour in train_pairs():
-        seen.setdefault(shape, describe(shape, colour))
-    return list(seen.values())
+    """Base prompts for drift: one trained pair per shape (colours differing), background named too. Every part of
+    the scene is asked for, so a change in what the detectors read is the LoRA's doing, not the
+    seed's free choice of background shifting (a LoRA trained on beige/black/white/grey
+    backgrounds moves unprompted backgrounds toward those)."""
+    trained = train_pairs()
+    prompts: list[str] = []
+    used: set[str] = set()
+    for i, shape in enumerate(SHAPES):  # a different colour for each shape where the world allows
+        colours = [c for s, c in trained if s == shape]
+        colour = next((c for c in colours if c not in used), colours[0])
+        used.add(colour)
+        options = backgrounds_for(colour)
+        prompts.append(describe(shape, colour, options[i % len(options)]))
+    return prompts
 
 
 def drift(bundle: Any, lora: str, strength: float, lora_dir: str | Path, n: int = 4,
           seed: int = SAMPLING.seed) -> dict[str, float]:
-    """How much prompts without the token change with the LoRA applied (same seeds)."""
-    changed = total = 0
+    """How much prompts without the token change with the LoRA applied (same seeds): the share
+    of samples whose detected (shape, colour, background) changes, the mean absolute pixel
+    change, and the share of samples drawn right without the LoRA that stay right with it."""
+    changed = total = right = kept = 0
     pixel = []
     for prompt in drift_prompts():
+        shape, colour, background = parse_caption(prompt)
         before = sample(bundle, prompt, n, seed=seed)
         after = sample(bundle, f"{prompt} <lora:{lora}:{strength}>", n, seed=seed, lora_dir=lora_dir)
         for a, b in zip(before, after, strict=True):
             da, db = a.detection, b.detection
             changed += (da.shape, da.colour, da.background) != (db.shape, db.colour, db.background)
+            if da.matches(shape=shape, colour=colour, background=background):
+                right += 1
+                kept += db.matches(shape=shape, colour=colour, background=background)
             pixel.append(float(np.abs(np.asarray(a.image, float) - np.asarray(b.image, float)).mean() / 255))
             total += 1
-    return {"changed": changed / total, "pixel": float(np.mean(pixel))}
+    return {"changed": changed / total, "pixel": float(np.mean(pixel)), "kept": kept / right if right else 1.0}
 
 
 def lora_quality(bundle: Any, lora: str, strength: float, lora_dir: str | Path, *, n: int = 16) -> dict[str, float]:
@@ -139,4 +165,4 @@ def lora_quality(bundle: Any, lora: str, strength: float, lora_dir: str | Path, 
     d = drift(bundle, lora, strength, lora_dir, n=max(2, n // 4))
     return {"likeness": likeness(bundle, lora, strength, lora_dir, n=n),
             "adaptability": adaptability(bundle, lora, strength, lora_dir, n=max(2, n // 4)),
-            "drift": d["changed"], "drift_pixel": d["pixel"]}
+            "drift": d["changed"], "drift_pixel": d["pixel"], "base_kept": d["kept"]}
