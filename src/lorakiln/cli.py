@@ -59,10 +59,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"  AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt\n"
           f"  ComfyUI: copy it to models/loras and use a LoraLoader node\n"
           f"  diffusers: pipe.load_lora_weights(\"{result.lora_path}\")")
+    emb = result.lora_path.with_name(f"{name}_emb.safetensors")
+    if cfg.pivotal.train_text_encoder_ti and emb.is_file() and "," not in cfg.pivotal.token_abstraction:
+        print(f"  pivotal tuning: {emb.name} goes to A1111's embeddings/ (ComfyUI: models/embeddings);\n"
+              f"    write {emb.stem} where the captions said {cfg.pivotal.token_abstraction}: "
+              f"\"a {emb.stem} … <lora:{name}:0.8>\" (ComfyUI: embedding:{emb.stem})")
     if result.state_path:
         print(f"  state for resume: {result.state_path}")
     if result.grid_path:
         print(f"  epochs × strengths grid: {result.grid_path}")
+    if result.prompts_grid_path:
+        print(f"  epochs × prompts grid:   {result.prompts_grid_path}")
     return 0
 
 

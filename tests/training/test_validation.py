@@ -83,3 +83,28 @@ def test_sample_line_sampler_option_takes_both_spellings() -> None:
     assert parse_sample_line("a --ss DPM++ 2M Karras", GenerationParams()).sampler == "DPM++ 2M Karras"
     with pytest.raises(ConfigError, match=r"p.txt:4: --ss: unknown sampler 'eulr'"):
         parse_sample_line("a --ss eulr", GenerationParams(), "p.txt:4")
+
+
+def test_pivotal_grids_load_each_epochs_embedding_with_its_lora(run_config, tmp_path: Path, monkeypatch) -> None:
+    """The final grids prompt `last_emb` as a user of the saved files does, and the epochs axis
+    swaps `last-000001_emb` in with `last-000001`; several sample prompts add an epochs × prompts
+    sheet (the quickstart's "zwx in other colours")."""
+    from lorakiln.inference import generate as generate_module
+
+    loaded: list[list[str]] = []
+    real = generate_module.load_embeddings
+    monkeypatch.setattr(generate_module, "load_embeddings",
+                        lambda pipe, bundle, files: loaded.append(sorted(files)) or real(pipe, bundle, files))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("photo of zwx --s 2 --d 1\na green zwx --s 2 --d 2\na toy --s 2 --d 3\n", encoding="utf-8")
+    cfg = run_config(train__max_train_epochs=2, output__save_every_n_epochs=1, pivotal__train_text_encoder_ti=True,
+                     pivotal__token_abstraction="zwx", pivotal__train_text_encoder_ti_frac=1.0,
+                     validation__sample_prompts=str(prompts), validation__validation_resolution=64)
+    result = train(cfg, progress=False)
+    out = Path(cfg.output.output_dir)
+    assert {p.name for p in out.glob("*_emb.safetensors")} == {"last-000001_emb.safetensors", "last_emb.safetensors"}
+    assert ["last-000001_emb"] in loaded and ["last_emb"] in loaded
+    assert result.grid_path == out / "last_epochs_x_strengths.png"
+    assert result.prompts_grid_path == out / "last_epochs_x_prompts.png"
+    sheet = Image.open(result.prompts_grid_path)
+    assert sheet.width > 2 * 64 and 3 * 64 < sheet.height < 4 * 64 + 64  # 2 files x 3 prompts

@@ -357,7 +357,9 @@ class ValidationConfig(Section):
     sample_sampler: str = Field("Euler a", description="Sampler for samples and validation: an A1111 name "
                                 "(`DPM++ 2M Karras`) or an sd-scripts one (`euler_a`, `k_dpm_2`, `ddim`).")
     final_grid: bool = Field(True, description="At the end, when epoch files were saved and a sample or "
-                             "validation prompt exists, write an epochs × strengths grid (seed 000's X/Y plot).")
+                             "validation prompt exists, write an epochs × strengths grid of the first prompt "
+                             "(seed 000's X/Y plot) and, with several prompts, an epochs × prompts grid; a "
+                             "pivotal run's cells load each epoch's `_emb` file with its LoRA.")
 
     @field_validator("validation_prompt", mode="before")
     @classmethod

@@ -170,6 +170,14 @@ def epoch_files(output_dir: str | Path) -> tuple[str, list[str]]:
     return finals[0], [*numbered, finals[0]]
 
 
+def _pairs_embeddings(output_dir: str | Path, prompt: str, final: str, names: tuple[str, ...]) -> bool:
+    """Whether the prompt uses the final embedding file and names `final` only in it and the
+    `<lora:>` tag (so swapping the stem renames nothing else), and every epoch has its file."""
+    uses = prompt.count(f"<lora:{final}:") + prompt.count(f"{final}_emb")
+    return (f"{final}_emb" in prompt and prompt.count(final) == uses
+            and all((Path(output_dir) / f"{n}_emb.safetensors").is_file() for n in names))
+
+
 #: The seed's Y axis for comparing epochs: LoRA strengths from full to half.
 STRENGTHS_AXIS = "Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5"
 
@@ -182,14 +190,22 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
     value, so the prompt must name the final LoRA — it is appended at 1.0 when missing); Y swaps
     its strength 1.0 for 0.9 … 0.5. Both replace inside the `<lora:…>` tag only (labelled with
     the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is
-    named after it, as the quickstart's is. `x`/`y` (A1111 syntax, A1111 semantics) replace
-    either axis. The CLI's `grid --compare-epochs` and the UI's Test tab both come here.
+    named after it, as the quickstart's is. A pivotal-tuning run saves each epoch's embeddings
+    beside its LoRA (`zwx-000002_emb`); when the prompt uses `zwx_emb` and names the final stem
+    nowhere else, X swaps the stem in both, so each column shows that epoch's pair, as a plain
+    A1111 S/R of the stem does. `x`/`y` (A1111 syntax, A1111 semantics) replace either axis.
+    The CLI's `grid --compare-epochs` and the UI's Test tab both come here.
     """
     final, stems = epoch_files(output_dir)
     if f"<lora:{final}:" not in params.prompt:
         params = replace(params, prompt=f"{params.prompt}, <lora:{final}:1.0>")
     names = (final, *[s for s in stems if s != final])
-    x_axis = parse_axis(x) if x else Axis("Prompt S/R", tuple(f"<lora:{n}:" for n in names), names)
+    if x:
+        x_axis = parse_axis(x)
+    elif _pairs_embeddings(output_dir, params.prompt, final, names):
+        x_axis = Axis("Prompt S/R", names)
+    else:
+        x_axis = Axis("Prompt S/R", tuple(f"<lora:{n}:" for n in names), names)
     if y:
         return params, x_axis, parse_axis(y)
     strengths = parse_axis(STRENGTHS_AXIS).values

@@ -50,6 +50,8 @@ class TrainResult:
     last_loss: float | None
     #: The epochs × strengths grid written at the end, if any.
     grid_path: Path | None = None
+    #: The epochs × sample prompts grid (at strength 1.0), when there are several prompts.
+    prompts_grid_path: Path | None = None
 
 
 def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: bool = True) -> TrainResult:
@@ -198,10 +200,11 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
         _validate(ctx, logger, callbacks, final=True)
         final = outputs.save_lora(ctx, outputs.final_name(ctx), final=True)
         state = outputs.save_training_state(ctx) if cfg.output.save_state else None
-        grid = validation.final_grid(ctx)
-        if grid is not None:
-            logger.write(f"epochs × strengths grid: {grid}")
-        _emit(callbacks, "done", path=final, step=pos.global_step, grid=grid)
-        return TrainResult(final, state, pos.global_step, pos.epoch, last_loss, grid)
+        grid, sheet = validation.final_grids(ctx)
+        for kind, path in (("epochs × strengths", grid), ("epochs × prompts", sheet)):
+            if path is not None:
+                logger.write(f"{kind} grid: {path}")
+        _emit(callbacks, "done", path=final, step=pos.global_step, grid=grid, prompts_grid=sheet)
+        return TrainResult(final, state, pos.global_step, pos.epoch, last_loss, grid, sheet)
     finally:
         logger.close()

@@ -1,7 +1,8 @@
 """Renders while training: diffusers' validation prompts and kohya's sample prompts, through the
 same `inference.generate` as `lorakiln generate` (A1111 samplers, emphasis, infotext), saved
 under `<output_dir>/validation/` or `<output_dir>/sample/` and logged to TensorBoard; at the end
-an epochs × strengths grid (seed 000's X/Y plot) when epoch files exist.
+an epochs × strengths grid (seed 000's X/Y plot) and an epochs × prompts grid when epoch files
+exist, rendered from the saved files as a user would load them.
 
 Rendering must not change training: the network and U-Net go to eval mode (no LoRA dropout,
 no checkpointing) and every RNG is forked, so a run with renders ends with the same weights as
@@ -104,26 +105,53 @@ def as_batch(images: list[Image]) -> np.ndarray:
     return np.stack([np.asarray(im.convert("RGB")) for im in images])
 
 
-def final_grid(ctx: TrainContext) -> Path | None:
-    """The seed's X/Y plot after training: epoch files × strengths 1.0 … 0.5 for the first sample
-    (or validation) prompt. The training hooks are removed first; each file is hooked in turn."""
-    from lorakiln.inference.grid import epoch_files, parse_axis, xyz_grid
+def _file_prompt(ctx: TrainContext, prompt: str, final: str) -> tuple[str, Path | None]:
+    """(prompt, embeddings folder) as a user of the saved files writes it: a pivotal run with one
+    abstraction prompts `zwx_emb` (its saved embedding, as in A1111), so the epochs axis can swap
+    each epoch's embedding with its LoRA; otherwise the trained tokens stand in (`<s0><s1>`)."""
+    emb = ctx.output_dir / f"{final}_emb.safetensors"
+    if ctx.pivotal is not None and len(ctx.pivotal.abstractions) == 1 and emb.is_file():
+        return ctx.pivotal.replace_abstractions(prompt, emb.stem), ctx.output_dir
+    return ctx.prompt(prompt), None
+
+
+def final_grids(ctx: TrainContext) -> tuple[Path | None, Path | None]:
+    """The seed's X/Y plots after training, from the saved files: epochs × strengths 1.0 … 0.5
+    for the first sample (or validation) prompt, and epochs × prompts at 1.0 when there are
+    several (the concept in other colours or settings, the base's subjects without it). The
+    training hooks are removed first; each file is hooked in turn."""
+    from lorakiln.inference.grid import draw_grid, epoch_files, epochs_strengths, xyz_grid
 
     v = ctx.cfg.validation
     if ctx.full:  # a grid of whole models would load each one; compare them with `lorakiln grid --model`
-        return None
+        return None, None
     prompts = (sample_params(ctx) if v.sample_prompts else validation_params(ctx)) if v.final_grid else []
     if not prompts or not ctx.position.saved_epochs:
-        return None
-    final, stems = epoch_files(ctx.output_dir)
-    base = replace(prompts[0], batch_count=1, prompt=f"{ctx.prompt(prompts[0].prompt)}, <lora:{final}:1.0>",
-                   negative_prompt=ctx.prompt(prompts[0].negative_prompt))
+        return None, None
+    final, _ = epoch_files(ctx.output_dir)
     ctx.network.remove()
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        [(image, _)] = xyz_grid(ctx.bundle, base, parse_axis("Prompt S/R: " + ", ".join([final, *stems[:-1]])),
-                                parse_axis("Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5"), lora_dir=ctx.output_dir,
-                                progress=False)
-    path = ctx.output_dir / f"{final}_epochs_x_strengths.png"
+    if ctx.pivotal is not None:
+        ctx.pivotal.freeze()  # the tokens' rows go into the tables and their hooks come off
+    rows, x_names, paths = [], [], []
+    for i, p in enumerate(prompts):
+        text, embeddings = _file_prompt(ctx, p.prompt, final)
+        params, x, y = epochs_strengths(ctx.output_dir, replace(p, batch_count=1, prompt=text,
+                                                                negative_prompt=ctx.prompt(p.negative_prompt)))
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            grids = xyz_grid(ctx.bundle, params, x, y if i == 0 else None, lora_dir=ctx.output_dir,
+                             embeddings_dir=embeddings, progress=False)
+        [(image, cells)] = grids
+        if i == 0:
+            paths.append(_save_png(image, ctx.output_dir / f"{final}_epochs_x_strengths.png"))
+        rows.append([c.image for c in (cells if i else cells[:len(x.values)])])
+        x_names = x.names
+    if len(prompts) > 1:
+        sheet = draw_grid(rows, x_names, [p.prompt for p in prompts])
+        paths.append(_save_png(sheet, ctx.output_dir / f"{final}_epochs_x_prompts.png"))
+    return paths[0], (paths[1] if len(paths) > 1 else None)
+
+
+def _save_png(image: Image, path: Path) -> Path:
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path

@@ -126,9 +126,10 @@ class PivotalEmbeddings:
         """What replaces `abstraction` in text: its tokens joined without spaces (``<s0><s1>``)."""
         return "".join(self.tokens[abstraction])
 
-    def replace_abstractions(self, text: str) -> str:
-        """``"a photo of TOK"`` → ``"a photo of <s0><s1>"`` for captions and all prompts."""
-        return self._pattern.sub(lambda m: self.token_string(m.group(0)), text)
+    def replace_abstractions(self, text: str, word: str | None = None) -> str:
+        """``"a photo of TOK"`` → ``"a photo of <s0><s1>"`` for captions and all prompts; with
+        `word`, every abstraction becomes that word instead (a saved embedding's stem)."""
+        return self._pattern.sub(lambda m: word if word is not None else self.token_string(m.group(0)), text)
 
     # -- training ---------------------------------------------------------------------------
 
