@@ -147,6 +147,10 @@ def file_configs(
     base = bundled_configs(family)
     unet = infer_unet_config(strip_prefix(sd, (UNET_PREFIX,)), {**base.unet, **hints.get("unet", {})},
                              f"U-Net of {source}")
+    # The bundled SD 1.5 config says it was written by diffusers 0.6.0; with a small sample_size
+    # (the toy model) StableDiffusionPipeline then warns that the checkpoint is pre-0.9 and
+    # rewrites sample_size to 64. This config is inferred here, not read from an old file.
+    unet.pop("_diffusers_version", None)
     vae = infer_vae_config(strip_prefix(sd, VAE_PREFIXES), {**base.vae, **hints.get("vae", {})}, f"VAE of {source}")
     text_sds = text_sds if text_sds is not None else text_state_dicts(sd, family, source)
     text_configs = [
