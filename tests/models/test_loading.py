@@ -63,6 +63,22 @@ def test_single_file_equals_folder(folder_bundle: ModelBundle, tiny_sd1_file: Pa
         assert torch.allclose(te_a(ids)[0], te_b(ids)[0], atol=1e-6)
 
 
+def test_single_file_small_unet_keeps_its_sample_size(tiny_sd1_file: Path) -> None:
+    """A pipeline built from a small single file (the toy model) neither warns nor rewrites sample_size."""
+    import warnings
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    b = load_base_model(tiny_sd1_file)
+    assert b.unet.config.sample_size < 64
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*sample_size", category=FutureWarning)
+        pipe = StableDiffusionPipeline(vae=b.vae, text_encoder=b.text_encoders[0], tokenizer=b.tokenizers[0],
+                                       unet=b.unet, scheduler=EulerDiscreteScheduler(), safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    assert pipe.unet.config.sample_size == b.unet.config.sample_size
+
+
 def test_tiny_source_equals_folder(folder_bundle: ModelBundle) -> None:
     b = load_base_model("tiny:sd1")
     assert b.family is SD1 and b.name == "tiny-sd1"
