@@ -90,7 +90,8 @@ def test_inferred_configs_equal_bundled(sdxl: dict[str, Any]) -> None:
     """Every width of SDXL base — incl. depths [1, 2, 10] and time-embed 256 — comes from shapes."""
     ref = sdxl_configs()
     got = file_configs(sdxl["ldm"], {}, None, "sdxl.safetensors", SDXL)
-    assert got.unet == ref.unet
+    # the file's config is inferred, not the bundled one's diffusers release
+    assert got.unet == {k: v for k, v in ref.unet.items() if k != "_diffusers_version"}
     assert got.vae == ref.vae
     assert got.text_encoders == ref.text_encoders
     assert got.origin == "inferred from tensor shapes (sdxl defaults)"
