@@ -99,6 +99,37 @@ def test_embedding_found_by_stem(bundle, tmp_path: Path) -> None:
     assert np.array_equal(_pixels(out), _pixels(again))
 
 
+def test_same_stem_from_another_folder_means_that_file(tmp_path: Path) -> None:
+    """Two pivotal runs both save `zwx_emb`: comparing them in one session (a bench, the UI)
+    must encode each run's prompt with its own vectors, not the first folder's."""
+    from lorakiln.inference.embeddings import load_embeddings
+    from lorakiln.inference.pipeline import build_pipeline
+    from lorakiln.inference.weighting import encode_prompt
+
+    first, second, third = (tmp_path / n for n in ("run1", "run2", "run3"))
+    vectors = {first: torch.randn(2, 32) * 0.02, second: torch.randn(2, 32) * 0.02, third: torch.randn(3, 32)}
+    for folder, tensor in vectors.items():
+        folder.mkdir()
+        save_file({"clip_l": tensor}, str(folder / "zwx_emb.safetensors"))
+    fresh = build_tiny_sd1_bundle(seed=0)
+    pipe = build_pipeline(fresh)
+    table = fresh.text_encoders[0].get_input_embeddings().weight
+    ids = fresh.tokenizers[0].convert_tokens_to_ids
+    load_embeddings(pipe, fresh, {"zwx_emb": first / "zwx_emb.safetensors"})
+    one, _ = encode_prompt(pipe, fresh, "a zwx_emb")
+    load_embeddings(pipe, fresh, {"zwx_emb": second / "zwx_emb.safetensors"})
+    torch.testing.assert_close(table[ids(["zwx_emb", "zwx_emb_1"])], vectors[second])
+    two, _ = encode_prompt(pipe, fresh, "a zwx_emb")
+    assert not torch.allclose(one, two)
+    load_embeddings(pipe, fresh, {"zwx_emb": first / "zwx_emb.safetensors"})  # back to the first run
+    torch.testing.assert_close(encode_prompt(pipe, fresh, "a zwx_emb")[0], one)
+    with pytest.raises(LorakilnError, match="has 3 vectors but 'zwx_emb' was loaded with 2"):
+        load_embeddings(pipe, fresh, {"zwx_emb": third / "zwx_emb.safetensors"})
+    save_file({"clip_l": torch.zeros(1, 32)}, str(tmp_path / "port.safetensors"))  # a piece of the vocab
+    with pytest.raises(LorakilnError, match="'port' is already a token"):
+        load_embeddings(pipe, fresh, {"port": tmp_path / "port.safetensors"})
+
+
 def test_a_lora_named_like_the_trigger_word_is_not_an_embedding(tmp_path: Path) -> None:
     """The quickstart's output folder: zwx.safetensors (a LoRA) and zwx_emb, prompt "a zwx"."""
     from lorakiln.inference.embeddings import find_embeddings

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import load_file
 
 from lorakiln.errors import LorakilnError
+from lorakiln.networks.pivotal.files import load_textual_inversion_quietly
 
 if TYPE_CHECKING:
     import torch
@@ -75,16 +76,53 @@ def per_encoder_tensors(path: Path, bundle: ModelBundle) -> list[torch.Tensor]:
 
 def load_embeddings(pipe: Any, bundle: ModelBundle, files: dict[str, Path]) -> None:
     """Register each file's vectors under its stem in every text encoder (diffusers expands a
-    multi-vector stem to `stem stem_1 …` in prompts). Registration lives in the bundle's own
-    tokenizers and encoders, so a stem already there (an earlier call, a grid cell) is skipped."""
+    multi-vector stem to `stem stem_1 …` in prompts).
+
+    Registration lives in the bundle's own tokenizers and encoders and is remembered per stem
+    with the file it came from: the same file again (a grid cell, the next image) is skipped;
+    another file with that stem (`zwx_emb` of a second run folder, or the file rewritten) puts
+    its vectors into the stem's rows, so a prompt always means the file it names."""
+    loaded: dict[str, tuple[str, int, int, int]] = bundle.extra.setdefault("embedding_files", {})
     for stem, path in files.items():
-        if stem in bundle.tokenizers[0].get_vocab():
+        stat = path.stat()
+        source = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        if stem in loaded and loaded[stem][:3] == source:
             continue
+        if stem not in loaded and stem in bundle.tokenizers[0].get_vocab():
+            raise LorakilnError(f"{path.name}: {stem!r} is already a token of the model's tokenizer, so the "
+                                "embedding cannot take that word; rename the file (e.g. add `_emb`)")
         vectors = per_encoder_tensors(path, bundle)
-        for name, tensor in zip(bundle.family.te_diffusers_prefixes, vectors, strict=True):
+        names = bundle.family.te_diffusers_prefixes
+        for name, tensor in zip(names, vectors, strict=True):
             width = getattr(pipe, name).get_input_embeddings().weight.shape[1]
             if tensor.shape[-1] != width:
                 raise LorakilnError(f"{path.name}: vectors of width {tensor.shape[-1]} do not fit "
                                     f"{name} (width {width}); it was made for another model")
-            pipe.load_textual_inversion(tensor.reshape(-1, width), token=stem, text_encoder=getattr(pipe, name),
-                                        tokenizer=getattr(pipe, name.replace("text_encoder", "tokenizer")))
+        count = vectors[0].reshape(-1, vectors[0].shape[-1]).shape[0]
+        if stem in loaded:
+            if loaded[stem][3] != count:
+                raise LorakilnError(f"{path.name} has {count} vectors but {stem!r} was loaded with "
+                                    f"{loaded[stem][3]} from {loaded[stem][0]} in this session; rename one "
+                                    "of the files or restart")
+            for name, tensor in zip(names, vectors, strict=True):
+                _overwrite_rows(getattr(pipe, name), getattr(pipe, name.replace("text_encoder", "tokenizer")),
+                                stem, tensor)
+        else:
+            for name, tensor in zip(names, vectors, strict=True):
+                width = tensor.shape[-1]
+                load_textual_inversion_quietly(pipe, tensor.reshape(-1, width), token=stem,
+                                               text_encoder=getattr(pipe, name),
+                                               tokenizer=getattr(pipe, name.replace("text_encoder", "tokenizer")))
+        loaded[stem] = (*source, count)
+
+
+def _overwrite_rows(encoder: Any, tokenizer: Any, stem: str, tensor: torch.Tensor) -> None:
+    """Put `tensor`'s vectors into the rows of `stem stem_1 …`, the tokens diffusers added for it."""
+    import torch
+
+    rows = tensor.reshape(-1, tensor.shape[-1])
+    tokens = [stem, *(f"{stem}_{i}" for i in range(1, rows.shape[0]))]
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    weight = encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[torch.tensor(ids)] = rows.to(device=weight.device, dtype=weight.dtype)

@@ -186,7 +186,25 @@ def load_into_pipeline(
     for tensor, name in zip(file.tensors.values(), text_encoder_names, strict=False):
         tokenizer = getattr(pipe, name.replace("text_encoder", "tokenizer"))
         encoder = getattr(pipe, name)
-        pipe.load_textual_inversion(tensor, token=list(file.tokens), text_encoder=encoder, tokenizer=tokenizer)
+        load_textual_inversion_quietly(pipe, tensor, token=list(file.tokens), text_encoder=encoder,
+                                       tokenizer=tokenizer)
         if fix_pooling:
             pool_at_eos(encoder, tokenizer)
     return list(file.tokens)
+
+
+def load_textual_inversion_quietly(pipe: Any, tensor: torch.Tensor, **kwargs: Any) -> None:
+    """`pipe.load_textual_inversion` without transformers' mean-resizing notice.
+
+    diffusers grows the embedding matrix with `resize_token_embeddings`, whose default
+    initialises the new rows from the old ones' mean and covariance and says so; the rows are
+    overwritten with the file's vectors straight after, so the notice only misleads.
+    """
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        pipe.load_textual_inversion(tensor, **kwargs)
+    finally:
+        hf_logging.set_verbosity(before)
