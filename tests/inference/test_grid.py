@@ -72,9 +72,10 @@ def test_epochs_axis_keeps_a_trigger_word_named_like_the_lora(tmp_path: Path) ->
     for stem in ["zwx-000002", "zwx"]:
         (tmp_path / f"{stem}.safetensors").write_bytes(b"")
     params, x, y = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx on a grey background"))
-    assert x.names == ["zwx", "zwx-000002"] and y.names[:2] == ["1.0", "0.9"]
+    assert x.names == ["zwx-000002", "zwx"] and y.names[:2] == ["1.0", "0.9"]  # training order
+    assert params.prompt == "a zwx on a grey background, <lora:zwx-000002:1.0>"  # S/R's first value
     cell = y.apply(x.apply(params, x.values[1]), y.values[1])
-    assert cell.prompt == "a zwx on a grey background, <lora:zwx-000002:0.9>"
+    assert cell.prompt == "a zwx on a grey background, <lora:zwx:0.9>"
     _, _, plain = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx <lora:zwx:0.8>"))
     assert plain.values[0] == "1.0"  # not the tag's strength: A1111's own error will name it
 
@@ -84,14 +85,16 @@ def test_epochs_axis_swaps_a_pivotal_runs_embeddings_with_its_lora(tmp_path: Pat
     for stem in ["zwx-000002", "zwx", "zwx-000002_emb", "zwx_emb"]:
         (tmp_path / f"{stem}.safetensors").write_bytes(b"")
     params, x, _ = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx_emb on a grey background"))
-    assert x.names == ["zwx", "zwx-000002"]
-    assert x.apply(params, x.values[1]).prompt == "a zwx-000002_emb on a grey background, <lora:zwx-000002:1.0>"
+    assert x.names == ["zwx-000002", "zwx"]
+    assert params.prompt == "a zwx-000002_emb on a grey background, <lora:zwx-000002:1.0>"
+    assert x.apply(params, x.values[1]).prompt == "a zwx_emb on a grey background, <lora:zwx:1.0>"
     # "zwx" also stands alone: a whole-stem swap would rename it, so only the tag moves
     params, x, _ = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx_emb zwx"))
-    assert x.apply(params, x.values[1]).prompt == "a zwx_emb zwx, <lora:zwx-000002:1.0>"
+    assert x.apply(params, x.values[0]).prompt == "a zwx_emb zwx, <lora:zwx-000002:1.0>"
+    assert x.apply(params, x.values[1]).prompt == "a zwx_emb zwx, <lora:zwx:1.0>"
     (tmp_path / "zwx-000002_emb.safetensors").unlink()  # an epoch without its embeddings: tag only
     params, x, _ = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx_emb"))
-    assert x.apply(params, x.values[1]).prompt == "a zwx_emb, <lora:zwx-000002:1.0>"
+    assert x.apply(params, x.values[0]).prompt == "a zwx_emb, <lora:zwx-000002:1.0>"
 
 
 def test_cli_compare_epochs(run_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:

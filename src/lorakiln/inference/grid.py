@@ -186,9 +186,10 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
                      y: str | None = None) -> tuple[GenerationParams, Axis, Axis]:
     """The seed-000 comparison plot of a training output folder: (params, X, Y).
 
-    X swaps the final LoRA's name for each epoch file (A1111's Prompt S/R replaces the first
-    value, so the prompt must name the final LoRA — it is appended at 1.0 when missing); Y swaps
-    its strength 1.0 for 0.9 … 0.5. Both replace inside the `<lora:…>` tag only (labelled with
+    X runs through the epoch files in training order, the final one last, as the seed lists
+    them. The prompt names the final LoRA (appended at 1.0 when missing); A1111's Prompt S/R
+    searches for its first value, so the returned prompt names the first epoch's file instead
+    (with `x` given, the prompt is left as it is). Y swaps the strength 1.0 for 0.9 … 0.5. Both replace inside the `<lora:…>` tag only (labelled with
     the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is
     named after it, as the quickstart's is. A pivotal-tuning run saves each epoch's embeddings
     beside its LoRA (`zwx-000002_emb`); when the prompt uses `zwx_emb` and names the final stem
@@ -199,12 +200,14 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
     final, stems = epoch_files(output_dir)
     if f"<lora:{final}:" not in params.prompt:
         params = replace(params, prompt=f"{params.prompt}, <lora:{final}:1.0>")
-    names = (final, *[s for s in stems if s != final])
+    names = tuple(stems)  # training order, the final file last
     if x:
         x_axis = parse_axis(x)
     elif _pairs_embeddings(output_dir, params.prompt, final, names):
+        params = replace(params, prompt=params.prompt.replace(final, names[0]))
         x_axis = Axis("Prompt S/R", names)
     else:
+        params = replace(params, prompt=params.prompt.replace(f"<lora:{final}:", f"<lora:{names[0]}:"))
         x_axis = Axis("Prompt S/R", tuple(f"<lora:{n}:" for n in names), names)
     if y:
         return params, x_axis, parse_axis(y)
