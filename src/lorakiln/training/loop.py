@@ -145,6 +145,17 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
         _emit(callbacks, folder, paths=paths, step=ctx.position.global_step)
 
 
+def _checkpoint(ctx: TrainContext, name: str, callbacks: list[Callback]) -> None:
+    """Save an intermediate LoRA and, with `output.save_state`, the state beside it.
+
+    The schema promises state with every saved LoRA, so a resume can start from any saved epoch.
+    """
+    path = outputs.save_lora(ctx, name)
+    if ctx.cfg.output.save_state:
+        outputs.save_training_state(ctx)
+    _emit(callbacks, "save", path=path)
+
+
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
     cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
     accum = cfg.train.gradient_accumulation_steps
@@ -171,10 +182,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                       total_steps=plan.total_steps)
                 _validate(ctx, logger, callbacks)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
-                    path = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
-                    if cfg.output.save_state:  # the schema promises state with every saved LoRA
-                        outputs.save_training_state(ctx)
-                    _emit(callbacks, "save", path=path)
+                    _checkpoint(ctx, outputs.step_name(ctx, pos.global_step), callbacks)
                 if flag.requested:
                     lora = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
                     state = outputs.save_training_state(ctx)
@@ -192,11 +200,8 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                     _validate(ctx, logger, callbacks, epoch_end=True)
                 every = cfg.output.save_every_n_epochs
                 if every and pos.epoch % every == 0 and pos.epoch < plan.num_epochs:
-                    path = outputs.save_lora(ctx, outputs.epoch_name(ctx, pos.epoch))
                     pos.saved_epochs.append(pos.epoch)
-                    if cfg.output.save_state:
-                        outputs.save_training_state(ctx)
-                    _emit(callbacks, "save", path=path)
+                    _checkpoint(ctx, outputs.epoch_name(ctx, pos.epoch), callbacks)
         _validate(ctx, logger, callbacks, final=True)
         final = outputs.save_lora(ctx, outputs.final_name(ctx), final=True)
         state = outputs.save_training_state(ctx) if cfg.output.save_state else None
