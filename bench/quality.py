@@ -7,19 +7,24 @@ detectors (`lorakiln.toyworld.evaluate`) at every saved epoch and at strengths 1
 
 * likeness — "a zwx" samples read as an orange star;
 * adaptability — "a <colour> zwx" samples read as a star of that colour (7 colours);
-* drift — prompts without the token whose detected shape/colour/background change with the
-  LoRA at that strength (and the mean pixel change), same seeds.
+* drift — fully specified prompts without the token (one trained pair per shape, background
+  named) whose detected shape/colour/background change with the LoRA at that strength, the
+  mean pixel change, and "kept": the share of samples right without the LoRA still right with it.
 
-Recipes: the toy quickstart's config (`examples/toy-quickstart`); seed 000's table (`kohya-character`: batch 1, 15 repeats,
-5 epochs, AdamW8bit, TE 5e-5 / U-Net 1e-4, dim 128); seed 003's (`pivotal-prodigy`: Prodigy,
-pivotal tuning of "zwx", min-SNR 5, rank 32, 1000 steps at batch 4); and a plain diffusers
+Recipes: the toy quickstart's config (`examples/toy-quickstart`: pivotal tuning of "zwx" from
+"star", TI 5e-3 for half the steps, U-Net LoRA dim 16 at 1e-3, 150 steps at batch 4); seed 000's
+table (`kohya-character`: batch 1, 15 repeats, 5 epochs, AdamW8bit, TE 5e-5 / U-Net 1e-4,
+dim 128, no pivotal tuning); seed 003's (`pivotal-prodigy`: Prodigy, pivotal tuning of "zwx" from
+random tokens, U-Net LoRA, min-SNR 5, rank 32, 1000 steps at batch 4); and a plain diffusers
 `train_dreambooth_lora.py`-like default (rank 4, U-Net only, AdamW 1e-4 constant, 500 steps,
-batch 1). It also reports the base model's accuracy on the held-out shape–colour pairs.
+batch 1). Every recipe overrides the quickstart config, so each names what it does not share.
+It also reports the base model's accuracy on the held-out shape–colour pairs.
 
-    python bench/quality.py                     # all recipes (the quickstart's alone: 13 min on 2 shared CPU cores,
-                                                # 24 s of it training; the rest is ~100 samples per file and strength)
+    python bench/quality.py --n 8               # all recipes: ~1 h on 2 CPU cores (training 55-216 s per recipe;
+                                                # each file at each strength ~1 min, 36 of them)
     python bench/quality.py --recipes quickstart --n 32
     python bench/quality.py --model toy-sd1.safetensors   # a model built by `lorakiln toy pretrain`
+    python bench/quality.py --work runs --no-train        # measure the files an earlier `--work runs` kept
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ QUICKSTART = ROOT / "examples" / "toy-quickstart" / "config.toml"
 #: Overrides over the quickstart config (same data, model, resolution and output layout).
 RECIPES: dict[str, list[str]] = {
     "quickstart": [],
-    "seed-000": ['preset="kohya-character"', "train.unet_lr=1e-4", "train.text_encoder_lr=5e-5",
+    "seed-000": ['preset="kohya-character"', "pivotal.train_text_encoder_ti=false",
+                 "network.network_train_unet_only=false", "train.unet_lr=1e-4", "train.text_encoder_lr=5e-5",
                  "train.max_train_epochs=5", "train.train_batch_size=1", "data.repeats=15",
                  'train.optimizer_type="AdamW8bit"', 'train.lr_scheduler="polynomial"',
                  "network.network_dim=128", "network.network_alpha=128", "output.save_every_n_epochs=1"],
@@ -46,8 +52,9 @@ RECIPES: dict[str, list[str]] = {
                  "train.train_batch_size=4", "train.learning_rate=1.0", "train.unet_lr=1.0",
                  "train.text_encoder_lr=1.0", 'train.optimizer_type="Prodigy"', 'train.lr_scheduler="constant"',
                  "network.network_dim=32", "network.network_alpha=32", "output.save_every_n_steps=250",
-                 "output.save_every_n_epochs=None"],
-    "diffusers-default": ["network.network_dim=4", "network.network_alpha=4", "network.network_train_unet_only=true",
+                 "output.save_every_n_epochs=None", "network.network_train_unet_only=true",
+                 "pivotal.initializer_concept=None", "pivotal.text_encoder_ti_lr=None"],
+    "diffusers-default": ["pivotal.train_text_encoder_ti=false", "network.network_dim=4", "network.network_alpha=4", "network.network_train_unet_only=true",
                           "train.unet_lr=1e-4", 'train.lr_scheduler="constant"', 'train.optimizer_type="AdamW"',
                           "train.max_train_steps=500", "train.train_batch_size=1", "output.save_every_n_steps=125",
                           "output.save_every_n_epochs=None"],
@@ -103,6 +110,8 @@ def main() -> None:
     parser.add_argument("--work", help="keep the trained LoRAs here (default: a temporary folder)")
     parser.add_argument("--json", help="also write the results as JSON to this file")
     parser.add_argument("--model", default="toy", help="toy base model (default: the shipped `toy`)")
+    parser.add_argument("--no-train", action="store_true",
+                        help="measure the recipes' files already in --work instead of training them again")
     args = parser.parse_args()
 
     import torch
@@ -111,25 +120,31 @@ def main() -> None:
     from lorakiln.toyworld import evaluate
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.no_train and not args.work:
+        parser.error("--no-train measures the files of an earlier run: give its --work folder")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lorakiln-quality-"))
+    missing = [n for n in args.recipes if args.no_train and not (work / n / "zwx.safetensors").is_file()]
+    if missing:
+        parser.error(f"--no-train: no {work}/<recipe>/zwx.safetensors for {', '.join(missing)}; train them first")
     bundle = load_base_model(args.model)
     base = evaluate.base_accuracy(bundle, n=8)
     print(f"base model, held-out pairs: {base['accuracy']:.0%} correct (shape {base['shape']:.0%}, "
           f"colour {base['colour']:.0%}, {base['samples']} samples)")
     rows: list[dict[str, Any]] = []
     for name in args.recipes:
-        folder = train_recipe(name, work, args.model)
+        folder = work / name if args.no_train else train_recipe(name, work, args.model)
         for stem in checkpoints(folder):
             for strength in args.strengths:
                 q = evaluate.lora_quality(bundle, stem, strength, folder, n=args.n)
                 rows.append({"recipe": name, "file": stem, "strength": strength, **q})
                 print(f"  {name:18} {stem:22} {strength:4.1f}  likeness {q['likeness']:5.0%}  adaptability "
-                      f"{q['adaptability']:5.0%}  drift {q['drift']:5.0%} ({q['drift_pixel']:.3f})", file=sys.stderr)
-    print("\n| recipe | file | strength | likeness | adaptability | drift (changed) | drift (pixels) |")
-    print("|---|---|---|---|---|---|---|")
+                      f"{q['adaptability']:5.0%}  drift {q['drift']:5.0%} ({q['drift_pixel']:.3f}, kept "
+                      f"{q['base_kept']:.0%})", file=sys.stderr)
+    print("\n| recipe | file | strength | likeness | adaptability | drift (changed) | drift (pixels) | base kept |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['recipe']} | {r['file']} | {r['strength']:.1f} | {r['likeness']:.0%} | {r['adaptability']:.0%} "
-              f"| {r['drift']:.0%} | {r['drift_pixel']:.3f} |")
+              f"| {r['drift']:.0%} | {r['drift_pixel']:.3f} | {r['base_kept']:.0%} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"base": base, "rows": rows}, indent=2), encoding="utf-8")
 
