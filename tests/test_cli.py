@@ -69,3 +69,16 @@ def test_version(argv, capsys) -> None:
     with pytest.raises(SystemExit):
         main(argv)
     assert "lorakiln" in capsys.readouterr().out
+
+
+def test_library_start_up_notices_are_quiet(caplog, capsys) -> None:
+    """bitsandbytes' hub-kernel notice and transformers' "install torchvision" advice do not
+    apply to lorakiln; errors from the same loggers still show."""
+    import logging
+
+    assert main(["presets"]) == 0
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("bitsandbytes.backends.cpu.ops").warning("Failed to load CPU gemm_4bit_forward")
+        logging.getLogger("transformers.utils.import_utils").warning("requires torchvision (not installed)")
+        logging.getLogger("bitsandbytes.backends.cpu.ops").error("a real error")
+    assert [r.getMessage() for r in caplog.records] == ["a real error"]

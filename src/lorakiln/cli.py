@@ -342,7 +342,23 @@ def _add_dataset_verbs(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_lazy("lorakiln.prep.caption_command", "run_sheet"))
 
 
+#: Library loggers whose start-up notices do not apply to lorakiln: bitsandbytes tries a 4-bit CPU
+#: GEMM kernel from the hub (lorakiln uses no 4-bit layers), and transformers tells CPU installs
+#: to add torchvision for image processors lorakiln never calls (torchvision would pull a CUDA
+#: torch; see the README's set-up). Real errors from both still print.
+QUIET_LOGGERS = ("bitsandbytes.backends.cpu.ops", "transformers.utils.import_utils")
+
+
+def quiet_library_notices() -> None:
+    """Raise the named loggers to ERROR so a run's output starts with lorakiln's own lines."""
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_notices()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
