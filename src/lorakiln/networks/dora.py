@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from lorakiln.networks.loha import WeightDeltaAdapter
-from lorakiln.networks.lora import LoRAModule, delta_weight, resolve_alpha
+from lorakiln.networks.lora import AlphaScaled, LoRAModule, delta_weight
 
 #: Per-module key of the magnitude vector (LyCORIS ``LoConModule.weight_list``, formats.md §2).
 DORA_KEY = "dora_scale"
@@ -123,7 +123,7 @@ def dora_delta(
     return dora_weight(weight, delta, magnitude, axis) - weight.float()
 
 
-class DoRAModule(WeightDeltaAdapter):
+class DoRAModule(AlphaScaled, WeightDeltaAdapter):
     """LoRA/LoCon with weight decomposition for one Linear or Conv2d.
 
     ``state_dict()`` is LyCORIS's LoCon-with-``dora_wd`` module: ``lora_down.weight``,
@@ -154,16 +154,7 @@ class DoRAModule(WeightDeltaAdapter):
         self.lora_up = factors.lora_up
         weight = target.weight.detach()
         self.dora_scale = nn.Parameter(weight_norm(weight, TRAINING_AXIS))
-        alpha = resolve_alpha(dim, alpha)
-        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32, device=weight.device))
-        self.dim = dim
-        self.scale = alpha / dim
-
-    def set_alpha(self, alpha: float | None) -> None:
-        """Change alpha (e.g. from a loaded file) and the cached scale with it."""
-        alpha = resolve_alpha(self.dim, alpha)
-        self.alpha.fill_(alpha)
-        self.scale = alpha / self.dim
+        self.init_alpha(dim, alpha, weight.device)
 
     def lora_delta(self) -> torch.Tensor:
         """The LoRA part ``ΔW = (alpha/dim) · up @ down`` that moves the direction."""

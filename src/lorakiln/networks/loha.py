@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakiln.networks.hooks import HookedAdapter
-from lorakiln.networks.lora import resolve_alpha
+from lorakiln.networks.lora import AlphaScaled, resolve_alpha
 
 # LyCORIS's LoHa init standard deviations (``LohaModule.__init__``; "need more experiments").
 _STD_B, _STD_A, _STD_TUCKER = 1.0, 0.1, 0.1
@@ -136,7 +136,7 @@ class WeightDeltaAdapter(HookedAdapter, abc.ABC):
         return output + self(args[0]).to(output.dtype)
 
 
-class LoHaModule(WeightDeltaAdapter):
+class LoHaModule(AlphaScaled, WeightDeltaAdapter):
     """LoHa adapter for one Linear or Conv2d; ``state_dict()`` is the LyCORIS per-module keys."""
 
     def __init__(
@@ -183,15 +183,7 @@ class LoHaModule(WeightDeltaAdapter):
         nn.init.normal_(self.hada_w1_a, std=_STD_A)
         nn.init.normal_(self.hada_w2_b, std=_STD_B)
         nn.init.zeros_(self.hada_w2_a)  # one zero factor ⇒ ΔW = 0: exact no-op at init
-        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32, device=device))
-        self.dim = dim
-        self.scale = alpha / dim
-
-    def set_alpha(self, alpha: float | None) -> None:
-        """Change alpha (e.g. from a loaded file) and the cached scale with it."""
-        alpha = resolve_alpha(self.dim, alpha)
-        self.alpha.fill_(alpha)
-        self.scale = alpha / self.dim
+        self.init_alpha(dim, alpha, device)
 
     def delta_weight(self) -> torch.Tensor:
         return loha_delta(

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from lorakiln.networks.loha import WeightDeltaAdapter, tucker_rebuild
-from lorakiln.networks.lora import resolve_alpha
+from lorakiln.networks.lora import AlphaScaled, resolve_alpha
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _side(
     return a.float() @ b.float()
 
 
-class LoKrModule(WeightDeltaAdapter):
+class LoKrModule(AlphaScaled, WeightDeltaAdapter):
     """LoKr adapter for one Linear or Conv2d; ``state_dict()`` is the LyCORIS per-module keys.
 
     Options (LyCORIS ``network_args`` of the same names): ``factor`` (−1: most balanced split),
@@ -196,20 +196,16 @@ class LoKrModule(WeightDeltaAdapter):
         else:
             nn.init.kaiming_uniform_(self.lokr_w1_a, a=math.sqrt(5))
             nn.init.kaiming_uniform_(self.lokr_w1_b, a=math.sqrt(5))
-        self.dim = dim
-        self.register_buffer("alpha", torch.tensor(0.0, dtype=torch.float32, device=device))
-        self.set_alpha(alpha)
+        self.init_alpha(dim, alpha, device)
 
     @property
     def fully_full(self) -> bool:
         """Both factors full matrices: no rank anywhere, so LyCORIS pins alpha = dim (scale 1)."""
         return self.use_w1 and self.use_w2
 
-    def set_alpha(self, alpha: float | None) -> None:
-        """Set alpha and the cached scale; with both factors full alpha is forced to ``dim``."""
-        alpha = float(self.dim) if self.fully_full else resolve_alpha(self.dim, alpha)
-        self.alpha.fill_(alpha)
-        self.scale = alpha / self.dim
+    def effective_alpha(self, alpha: float | None) -> float:
+        """With both factors full alpha is forced to ``dim`` (LyCORIS); else kohya's rule."""
+        return float(self.dim) if self.fully_full else resolve_alpha(self.dim, alpha)
 
     def delta_weight(self) -> torch.Tensor:
         return lokr_delta(

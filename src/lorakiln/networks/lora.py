@@ -47,6 +47,36 @@ def resolve_alpha(dim: int, alpha: float | None) -> float:
     return float(alpha)
 
 
+class AlphaScaled(nn.Module):
+    """The kohya `alpha` bookkeeping every rank-based adapter shares (formats.md §1).
+
+    A 0-dim float32 `alpha` buffer, saved in files as `<module>.alpha` like kohya's
+    `register_buffer("alpha", torch.tensor(alpha))`, and the python-float `scale = alpha / dim`
+    the maths multiplies by (a float, so forward costs no extra tensor op). LoRA, LoHa, LoKr
+    and DoRA mix this in; an adapter with its own alpha rule overrides `effective_alpha`.
+    """
+
+    dim: int
+    alpha: torch.Tensor
+    scale: float
+
+    def init_alpha(self, dim: int, alpha: float | None, device: torch.device | str | None) -> None:
+        """Register the buffer and set the scale (call once, at the end of `__init__`)."""
+        self.dim = dim
+        self.register_buffer("alpha", torch.tensor(0.0, dtype=torch.float32, device=device))
+        self.set_alpha(alpha)
+
+    def effective_alpha(self, alpha: float | None) -> float:
+        """The alpha this adapter uses for a requested one: kohya's None/0 → dim."""
+        return resolve_alpha(self.dim, alpha)
+
+    def set_alpha(self, alpha: float | None) -> None:
+        """Change alpha (e.g. from a loaded file) and the cached python-float scale with it."""
+        value = self.effective_alpha(alpha)
+        self.alpha.fill_(value)
+        self.scale = value / self.dim
+
+
 def delta_weight(
     up: torch.Tensor, down: torch.Tensor, scale: float, target_shape: torch.Size | tuple[int, ...]
 ) -> torch.Tensor:
@@ -62,7 +92,7 @@ def delta_weight(
     return (product * scale).reshape(target_shape)
 
 
-class LoRAModule(HookedAdapter):
+class LoRAModule(AlphaScaled, HookedAdapter):
     """Low-rank adapter for one Linear or Conv2d of the base model.
 
     Its own ``state_dict`` is ``{"lora_down.weight", "lora_up.weight", "alpha"}`` — exactly the
@@ -107,10 +137,7 @@ class LoRAModule(HookedAdapter):
         # freshly injected network leaves the base output unchanged.
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_up.weight)
-        # 0-dim buffer like kohya's `register_buffer("alpha", torch.tensor(alpha))` (§1).
-        self.register_buffer("alpha", torch.tensor(alpha, dtype=torch.float32, device=device))
-        self.dim = dim
-        self.scale = alpha / dim
+        self.init_alpha(dim, alpha, device)
         self.multiplier = float(multiplier)
         # Dropout on the LoRA branch input (PEFT's `lora_dropout` placement). kohya's
         # `network_dropout` instead drops the `down` output; both regularise the branch only.
@@ -118,12 +145,6 @@ class LoRAModule(HookedAdapter):
         self.target_shape = tuple(weight.shape)
 
     # -- maths ------------------------------------------------------------------------------
-
-    def set_alpha(self, alpha: float | None) -> None:
-        """Change alpha (e.g. from a loaded file) and the cached python-float scale with it."""
-        alpha = resolve_alpha(self.dim, alpha)
-        self.alpha.fill_(alpha)
-        self.scale = alpha / self.dim
 
     def lora_output(self, x: torch.Tensor) -> torch.Tensor:
         """The unscaled-by-multiplier branch ``up(down(dropout(x))) · scale`` in LoRA dtype."""
