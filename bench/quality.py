@@ -114,18 +114,15 @@ def main() -> None:
                         help="measure the recipes' files already in --work instead of training them again")
     args = parser.parse_args()
 
-    import torch
-
     from lorakiln.models.loading import load_base_model
     from lorakiln.toyworld import evaluate
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    if args.no_train and not args.work:
-        parser.error("--no-train measures the files of an earlier run: give its --work folder")
+    if args.no_train:
+        missing = [n for n in args.recipes if not args.work or not (Path(args.work) / n / "zwx.safetensors").is_file()]
+        if missing:
+            parser.error(f"--no-train measures an earlier run's files: no <work>/<recipe>/zwx.safetensors for "
+                         f"{', '.join(missing)} (--work {args.work}); give that run's --work folder")
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="lorakiln-quality-"))
-    missing = [n for n in args.recipes if args.no_train and not (work / n / "zwx.safetensors").is_file()]
-    if missing:
-        parser.error(f"--no-train: no {work}/<recipe>/zwx.safetensors for {', '.join(missing)}; train them first")
     bundle = load_base_model(args.model)
     base = evaluate.base_accuracy(bundle, n=8)
     print(f"base model, held-out pairs: {base['accuracy']:.0%} correct (shape {base['shape']:.0%}, "

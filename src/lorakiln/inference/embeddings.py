@@ -91,36 +91,31 @@ def load_embeddings(pipe: Any, bundle: ModelBundle, files: dict[str, Path]) -> N
         if stem not in loaded and stem in bundle.tokenizers[0].get_vocab():
             raise LorakilnError(f"{path.name}: {stem!r} is already a token of the model's tokenizer, so the "
                                 "embedding cannot take that word; rename the file (e.g. add `_emb`)")
-        vectors = per_encoder_tensors(path, bundle)
-        names = bundle.family.te_diffusers_prefixes
-        for name, tensor in zip(names, vectors, strict=True):
-            width = getattr(pipe, name).get_input_embeddings().weight.shape[1]
+        parts = []  # (encoder, tokenizer, vectors [n, width]) per text encoder
+        for name, tensor in zip(bundle.family.te_diffusers_prefixes, per_encoder_tensors(path, bundle), strict=True):
+            encoder, tokenizer = getattr(pipe, name), getattr(pipe, name.replace("text_encoder", "tokenizer"))
+            width = encoder.get_input_embeddings().weight.shape[1]
             if tensor.shape[-1] != width:
                 raise LorakilnError(f"{path.name}: vectors of width {tensor.shape[-1]} do not fit "
                                     f"{name} (width {width}); it was made for another model")
-        count = vectors[0].reshape(-1, vectors[0].shape[-1]).shape[0]
-        if stem in loaded:
-            if loaded[stem][3] != count:
-                raise LorakilnError(f"{path.name} has {count} vectors but {stem!r} was loaded with "
-                                    f"{loaded[stem][3]} from {loaded[stem][0]} in this session; rename one "
-                                    "of the files or restart")
-            for name, tensor in zip(names, vectors, strict=True):
-                _overwrite_rows(getattr(pipe, name), getattr(pipe, name.replace("text_encoder", "tokenizer")),
-                                stem, tensor)
-        else:
-            for name, tensor in zip(names, vectors, strict=True):
-                width = tensor.shape[-1]
-                load_textual_inversion_quietly(pipe, tensor.reshape(-1, width), token=stem,
-                                               text_encoder=getattr(pipe, name),
-                                               tokenizer=getattr(pipe, name.replace("text_encoder", "tokenizer")))
+            parts.append((encoder, tokenizer, tensor.reshape(-1, width)))
+        count = parts[0][2].shape[0]
+        if stem in loaded and loaded[stem][3] != count:
+            raise LorakilnError(f"{path.name} has {count} vectors but {stem!r} was loaded with "
+                                f"{loaded[stem][3]} from {loaded[stem][0]} in this session; rename one "
+                                "of the files or restart")
+        for encoder, tokenizer, rows in parts:
+            if stem in loaded:
+                _overwrite_rows(encoder, tokenizer, stem, rows)
+            else:
+                load_textual_inversion_quietly(pipe, rows, token=stem, text_encoder=encoder, tokenizer=tokenizer)
         loaded[stem] = (*source, count)
 
 
-def _overwrite_rows(encoder: Any, tokenizer: Any, stem: str, tensor: torch.Tensor) -> None:
-    """Put `tensor`'s vectors into the rows of `stem stem_1 …`, the tokens diffusers added for it."""
+def _overwrite_rows(encoder: Any, tokenizer: Any, stem: str, rows: torch.Tensor) -> None:
+    """Put `rows` (`[n, width]`) into the rows of `stem stem_1 …`, the tokens diffusers added for it."""
     import torch
 
-    rows = tensor.reshape(-1, tensor.shape[-1])
     tokens = [stem, *(f"{stem}_{i}" for i in range(1, rows.shape[0]))]
     ids = tokenizer.convert_tokens_to_ids(tokens)
     weight = encoder.get_input_embeddings().weight

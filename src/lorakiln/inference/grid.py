@@ -189,8 +189,8 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
     X runs through the epoch files in training order, the final one last, as the seed lists
     them. The prompt names the final LoRA (appended at 1.0 when missing); A1111's Prompt S/R
     searches for its first value, so the returned prompt names the first epoch's file instead
-    (with `x` given, the prompt is left as it is). Y swaps the strength 1.0 for 0.9 … 0.5. Both replace inside the `<lora:…>` tag only (labelled with
-    the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is
+    (with `x` given, the prompt is left as it is). Y swaps the strength 1.0 for 0.9 … 0.5. Both
+    replace inside the `<lora:…>` tag only (labelled with the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is
     named after it, as the quickstart's is. A pivotal-tuning run saves each epoch's embeddings
     beside its LoRA (`zwx-000002_emb`); when the prompt uses `zwx_emb` and names the final stem
     nowhere else, X swaps the stem in both, so each column shows that epoch's pair, as a plain
