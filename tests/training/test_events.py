@@ -63,6 +63,17 @@ def test_step_events_are_throttled_but_keep_losses_and_the_last_step(tmp_path: P
     assert written[1]["loss"] == 0.5 and written[-1]["path"] == str(tmp_path / "x.safetensors")
 
 
+def test_first_step_is_written_on_a_freshly_booted_machine(tmp_path: Path, monkeypatch) -> None:
+    """`time.monotonic()` counts from boot: a machine up for seconds must still log step 1."""
+    clock = iter([5.0, 5.1, 5.2, 5.3])
+    monkeypatch.setattr("lorakiln.training.events.time.monotonic", lambda: next(clock))
+    sink = EventsFile(tmp_path / "e.jsonl", min_interval=3600)
+    for step in range(1, 4):
+        sink("step", {"step": step, "epoch": 0, "loss": None, "total_steps": 10})
+    sink.close()
+    assert [e["step"] for e in read_events(tmp_path / "e.jsonl")] == [1]
+
+
 def test_reader_leaves_a_half_written_line(tmp_path: Path) -> None:
     path = tmp_path / "e.jsonl"
     path.write_text(json.dumps({"event": "start"}) + "\n" + '{"event": "st', encoding="utf-8")

@@ -42,7 +42,9 @@ class EventsFile:
         self.min_interval = min_interval
         self._started = time.monotonic()
         self._first_step: int | None = None
-        self._last_write = 0.0
+        # None, not 0.0: time.monotonic() counts from boot, so on a machine up for less than
+        # min_interval a 0.0 start would throttle away the first step.
+        self._last_write: float | None = None
 
     def write(self, event: str, **info: Any) -> None:
         """Append one event (any JSON-serialisable fields; paths become strings)."""
@@ -61,7 +63,8 @@ class EventsFile:
         step, total = int(info["step"]), int(info["total_steps"])
         if self._first_step is None:
             self._first_step, self._started = step - 1, now
-        if now - self._last_write < self.min_interval and step < total and info.get("loss") is None:
+        throttled = self._last_write is not None and now - self._last_write < self.min_interval
+        if throttled and step < total and info.get("loss") is None:
             return
         self._last_write = now
         elapsed = now - self._started
