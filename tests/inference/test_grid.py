@@ -53,8 +53,8 @@ def test_epoch_files_orders_like_the_seed(run_dir: Path) -> None:
 
 def test_grid_cells_and_lora_files_read_once(run_dir: Path, monkeypatch) -> None:
     reads: list[str] = []
-    real = apply_module.read_lora_file
-    monkeypatch.setattr(apply_module, "read_lora_file", lambda p: reads.append(Path(p).stem) or real(p))
+    real = apply_module.read_lora_checked
+    monkeypatch.setattr(apply_module, "read_lora_checked", lambda p: reads.append(Path(p).stem) or real(p))
     bundle = build_tiny_sd1_bundle(seed=0)
     grids = xyz_grid(bundle, P, parse_axis("Prompt S/R: last, last-000001, last-000002"),
                      parse_axis("Prompt S/R: 1.0, 0.5"), parse_axis("Steps: 2, 3"), lora_dir=run_dir, progress=False)

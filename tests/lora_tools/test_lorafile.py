@@ -37,7 +37,7 @@ def test_refusals(tmp_path: Path) -> None:
     first = write_kohya_lora(tmp_path / "a.safetensors", f, SD1)
     with pytest.raises(LorakilnError, match="exists; pass --force"):
         write_kohya_lora(first, f, SD1)
-    with pytest.raises(LorakilnError, match="one of the inputs"):
+    with pytest.raises(LorakilnError, match="never writes over its inputs"):
         write_kohya_lora(first, f, SD1, force=True, inputs=[first])
     with pytest.raises(LorakilnError, match="must end in .safetensors"):
         write_kohya_lora(tmp_path / "a.pt", f, SD1)

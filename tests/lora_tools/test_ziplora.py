@@ -248,7 +248,7 @@ def test_cli_refuses_bad_inputs_before_loading_a_model(tmp_path: Path,
         return capsys.readouterr().err
 
     assert "no such LoRA file" in run(tmp_path / "missing.safetensors", b, tmp_path / "o.safetensors")
-    assert "one of the inputs" in run(a, b, b)
+    assert "never writes over its inputs" in run(a, b, b)
     assert "same file" in run(a, a, tmp_path / "o.safetensors")
     assert "sd1 LoRA but xl.safetensors is a sdxl LoRA" in run(a, xl, tmp_path / "o.safetensors")
     assert "LoHa module" in run(a, loha, tmp_path / "o.safetensors")

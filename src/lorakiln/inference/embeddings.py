@@ -13,10 +13,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from safetensors.torch import load_file
-
 from lorakiln.errors import LorakilnError
 from lorakiln.networks.pivotal.files import load_textual_inversion_quietly
+from lorakiln.safetensors_check import load_checked, read_layout, refuse_non_finite
 
 if TYPE_CHECKING:
     import torch
@@ -48,20 +47,16 @@ def find_embeddings(prompts: list[str], folder: str | Path | None) -> dict[str, 
 
 def _is_lora(path: Path) -> bool:
     """Whether a .safetensors file holds LoRA-family weights (kohya `lora_*` / `.lora_down.` keys,
-    diffusers/PEFT `.lora_A.`), read from its header only."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-    except Exception:  # not readable: per_encoder_tensors reports it by name
-        return False
+    diffusers/PEFT `.lora_A.`), read from its header only. The prompt names this file, so a
+    damaged one is refused here, naming it (`safetensors_check`)."""
+    keys = list(read_layout(path).tensors)
     return any(k.startswith(("lora_unet", "lora_te")) or ".lora_down." in k or ".lora_A." in k for k in keys)
 
 
 def per_encoder_tensors(path: Path, bundle: ModelBundle) -> list[torch.Tensor]:
     """The embedding tensor for each text encoder of `bundle`, from any accepted layout."""
-    tensors = load_file(str(path))
+    tensors, _ = load_checked(path)
+    refuse_non_finite(path, tensors, what="embedding")
     keys = list(bundle.family.ti_file_keys)
     if all(k in tensors for k in keys):
         return [tensors[k] for k in keys]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lorakiln.atomic import atomic_path
-from lorakiln.errors import LorakilnError
+from lorakiln.errors import LorakilnError, OutputWriteError
 from lorakiln.inference.embeddings import find_embeddings, load_embeddings
 from lorakiln.inference.infotext import GenerationParams, png_info
 from lorakiln.inference.pipeline import build_pipeline
@@ -130,14 +130,21 @@ def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | P
 
 def save_images(images: list[GeneratedImage], folder: str | Path) -> list[Path]:
     """A1111 naming, `00000-<seed>.png`, continuing the folder's numbering; infotext embedded."""
-    folder = Path(folder)
+    from lorakiln.lora_tools.outputs import check_output
+
+    folder = check_output(folder, [], verb="generate --output-dir", force=True, folder_output=True)
     folder.mkdir(parents=True, exist_ok=True)
     numbers = [int(p.name.split("-", 1)[0]) for p in folder.glob("*.png") if p.name.split("-", 1)[0].isdigit()]
     start = max(numbers, default=-1) + 1
     paths = []
     for i, item in enumerate(images):
         path = folder / f"{start + i:05d}-{item.params.seed}.png"
-        with atomic_path(path) as tmp:
-            item.image.save(tmp, format="PNG", pnginfo=png_info(item.params))
+        try:
+            with atomic_path(path) as tmp:
+                item.image.save(tmp, format="PNG", pnginfo=png_info(item.params))
+        except OSError as err:  # a full disk or read-only folder: one message, the images before it kept
+            if err.errno not in OutputWriteError.ERRNOS:
+                raise
+            raise OutputWriteError.from_os_error(path, err) from None
         paths.append(path)
     return paths

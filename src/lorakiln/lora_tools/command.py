@@ -21,7 +21,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--modules", action="store_true", help="also list every module (key, rank, alpha, target)")
     p.add_argument(
-        "--no-verify", action="store_true", help="skip re-hashing the tensor data to check sshs_model_hash"
+        "--no-verify", action="store_true", help="read the header only: skip re-hashing the tensor data "
+        "(sshs_model_hash) and checking it for NaN/inf values"
     )
     p.set_defaults(lora_func="run_info")
     p = sub.add_parser(

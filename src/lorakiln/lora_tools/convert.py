@@ -22,16 +22,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
-from lorakiln.atomic import write_bytes_atomic
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools import inspect as lora_inspect
 from lorakiln.lora_tools.inspect import ModuleEntry
 from lorakiln.lora_tools.lorafile import kohya_file_metadata
+from lorakiln.lora_tools.outputs import check_output, write_output
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
+from lorakiln.networks.file_checks import read_lora_checked
 
 Target = Literal["kohya", "diffusers"]
 TARGETS: tuple[str, ...] = ("kohya", "diffusers")
@@ -189,6 +190,7 @@ def convert_lora(
     if to not in TARGETS:
         raise LorakilnError(f"unknown target format {to!r}; valid: {', '.join(TARGETS)}")
     source = lora_inspect.resolve_input(src)
+    out_path = check_output(output_path(dst, to), [source], verb="lora convert", force=force)
     header = lora_inspect.read_header(source)
     modules, bundled, foreign = lora_inspect.group_modules(list(header.tensors))
     if not modules:
@@ -215,10 +217,7 @@ def convert_lora(
             f"{source.name}: key {foreign[0]!r} is not part of a LoRA module; refusing to drop it"
         )
     fam = _pick_family(info_family, reason, family, modules, source)
-    out_path = output_path(dst, to)
-    if out_path.exists() and not force:
-        raise LorakilnError(f"{out_path} exists; pass --force to overwrite it")
-    tensors = load_file(str(source))
+    tensors = read_lora_checked(source)[0]  # NaN/inf and rank layout (file_checks)
     notes: list[str] = []
     if to == "diffusers":
         converted = kohya_to_diffusers(tensors, modules, fam, source)
@@ -228,9 +227,8 @@ def convert_lora(
     else:
         converted = diffusers_to_kohya(tensors, modules, header.metadata, fam, source)
         metadata = kohya_file_metadata(header.metadata, converted, fam, out_path.stem)
-    if out_path.is_dir():
-        raise LorakilnError(f"{out_path} is a folder")
-    write_bytes_atomic(out_path, save(converted, metadata))
+    check_output(out_path, [source], verb="lora convert", force=force)  # nothing changed meanwhile
+    write_output(out_path, save(converted, metadata))
     return ConvertResult(source, out_path, source_format, to, fam.name, len(modules), notes)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import write_kohya_lora
+from lorakiln.lora_tools.lorafile import check_lora_output, write_kohya_lora
 from lorakiln.lora_tools.lowrank import LowRank, factorize
 from lorakiln.lora_tools.reduction import (
     ModuleReport,
@@ -89,6 +89,10 @@ class ExtractResult:
 def _load(source: str, role: str, log: Callable[[str], None] | None) -> Any:
     from lorakiln.models.loading import load_base_model
 
+    if Path(source).suffix == ".safetensors" and Path(source).is_file():
+        from lorakiln.safetensors_check import read_layout
+
+        read_layout(source)  # a truncated or damaged file: one clear error before the loader sees it
     if log is not None:
         log(f"loading {role} model {source}")
     return load_base_model(source)
@@ -206,7 +210,7 @@ def extract_lora(
         "conv_rank": spec.conv_rank, "min_diff": min_diff,
     })
     path = write_kohya_lora(output, factors, family, extra_metadata=extra, dtype=save_precision or "float",
-                            force=force, inputs=[base, tuned])
+                            force=force, inputs=[base, tuned], verb="lora extract")
     parts = dict(Counter(p.part for p in kept))
     return ExtractResult(base, tuned, path, family.name, spec, reports, skipped, parts, min_diff, notes)
 
@@ -219,13 +223,7 @@ def _check_inputs(base: str, tuned: str, output: Path, *, min_diff: float, parts
         raise LorakilnError("--no-text-encoder with --no-unet leaves nothing to extract")
     if Path(base).exists() and Path(tuned).exists() and Path(base).resolve() == Path(tuned).resolve():
         raise LorakilnError(f"--base and --tuned are the same model ({base}); the difference would be zero")
-    # write_kohya_lora's own refusals, early
-    if output.suffix != ".safetensors":
-        raise LorakilnError(f"{output}: a kohya LoRA file must end in .safetensors (A1111 and ComfyUI list only those)")
-    if any(Path(p).exists() and output.resolve() == Path(p).resolve() for p in (base, tuned)):
-        raise LorakilnError(f"{output} is one of the models; write the LoRA to a new file")
-    if output.exists() and not force:
-        raise LorakilnError(f"{output} exists; pass --force to overwrite it")
+    check_lora_output(output, [base, tuned], verb="lora extract", force=force)  # write_kohya_lora's, early
 
 
 def _light_tune_note(

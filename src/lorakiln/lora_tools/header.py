@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorakiln.errors import LorakilnError
+from lorakiln.errors import FileFormatError, LorakilnError
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
+from lorakiln.safetensors_check import read_layout
 
 # --------------------------------------------------------------------------------------------
 # safetensors header
@@ -39,7 +40,6 @@ DTYPE_NAMES = {
     "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
     "BOOL": "bool",
 }  # fmt: skip
-_MAX_HEADER = 100 * 2**20  # the safetensors library refuses headers over 100 MB too
 
 
 @dataclass(frozen=True)
@@ -72,14 +72,14 @@ class SafetensorsHeader:
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl"})
 
 
-def _pickle_kind(path: Path, head: bytes, parsed: bool) -> str | None:
-    """What kind of pickle the file is by its magic bytes; by its suffix only if it is not a
-    readable safetensors file (a `.bin` can be either)."""
+def _pickle_kind(path: Path, head: bytes) -> str | None:
+    """What kind of pickle a file that is not a readable safetensors file is, by its magic bytes,
+    else by its suffix (a `.bin` can be either)."""
     if head.startswith(b"PK\x03\x04"):
         return "a zip-packed PyTorch pickle (torch.save)"
     if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return f"a Python pickle (protocol {head[1]})"
-    if not parsed and path.suffix.lower() in _PICKLE_SUFFIXES:
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
         return f"a {path.suffix} file (usually a PyTorch pickle)"
     return None
 
@@ -102,50 +102,24 @@ def resolve_input(path: str | Path) -> Path:
 
 
 def read_header(path: str | Path) -> SafetensorsHeader:
-    """Parse a safetensors header without loading tensors; `LorakilnError` for anything else."""
+    """Parse a safetensors header without loading tensors; `LorakilnError` for anything else.
+
+    Pickles are named as such; any other damage gets `safetensors_check`'s message (the one
+    check every reader shares).
+    """
     path = resolve_input(path)
     if not path.is_file():
         raise LorakilnError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if kind := _pickle_kind(path, head, parsed=True):
-            raise _refuse_pickle(path, kind)
-        header = _parse_header(path, fh, head)
-    if header is None:
-        if kind := _pickle_kind(path, head, parsed=False):
-            raise _refuse_pickle(path, kind)
-        raise LorakilnError(f"{path.name} is not a .safetensors file (its header cannot be read)")
-    return header
-
-
-def _parse_header(path: Path, fh: Any, head: bytes) -> SafetensorsHeader | None:
-    """The header after the 8-byte little-endian length, or None if it is not valid."""
-    size = path.stat().st_size
-    if len(head) < 8:
-        return None
-    (n,) = struct.unpack("<Q", head)
-    if n < 2 or n > min(_MAX_HEADER, size - 8):
-        return None
     try:
-        header = json.loads(fh.read(n))
-        metadata = header.pop("__metadata__", None) or {}
-        tensors = {
-            name: TensorEntry(
-                e["dtype"], tuple(e["shape"]), int(e["data_offsets"][0]), int(e["data_offsets"][1])
-            )
-            for name, e in header.items()
-        }
-    except (
-        UnicodeDecodeError,
-        json.JSONDecodeError,
-        AttributeError,
-        TypeError,
-        KeyError,
-        ValueError,
-        IndexError,
-    ):
-        return None
-    return SafetensorsHeader(path, tensors, {str(k): str(v) for k, v in metadata.items()}, 8 + n, size)
+        layout = read_layout(path)
+    except FileFormatError:  # pickle magic is checked only now: a 640-byte header starts like one
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if kind := _pickle_kind(path, head):
+            raise _refuse_pickle(path, kind) from None
+        raise
+    tensors = {name: TensorEntry(t.dtype, t.shape, t.start, t.end) for name, t in layout.tensors.items()}
+    return SafetensorsHeader(path, tensors, layout.metadata, layout.data_start, layout.file_size)
 
 
 def read_scalar(header: SafetensorsHeader, name: str, fh: Any | None = None) -> float:

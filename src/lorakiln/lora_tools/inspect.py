@@ -49,6 +49,8 @@ from lorakiln.lora_tools.metadata_view import (
     trigger_words,
 )
 from lorakiln.models.family import FAMILIES
+from lorakiln.networks.file_checks import check_rank_layout
+from lorakiln.safetensors_check import scan_non_finite
 
 #: Names that other modules and the tests import from here (they live in `header`/`metadata_view`).
 __all__ = [
@@ -145,6 +147,9 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
     modules, bundled, foreign = group_modules(list(header.tensors))
     if not modules:
         raise LorakilnError(f"{header.path.name} has no LoRA keys: it looks like {describe_non_lora(header)}")
+    check_rank_layout(header.path, {name: t.shape for name, t in header.tensors.items()})
+    if verify_hash:  # the tensor data is read for the hash anyway: refuse NaN/inf as every other verb does
+        scan_non_finite(header.path)
     fmt = detect_format(modules)
     family, reason, notes = detect_family(modules, header.metadata)
     _resolve_all(modules, family)

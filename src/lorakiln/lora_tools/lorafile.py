@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from lorakiln.atomic import write_bytes_atomic
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools.lowrank import LowRank
+from lorakiln.lora_tools.outputs import check_output, write_output
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks.apply import _group_modules, file_family
-from lorakiln.networks.export import precalculate_hashes, read_lora_file, resolve_save_dtype
+from lorakiln.networks.export import precalculate_hashes, resolve_save_dtype
+from lorakiln.networks.file_checks import read_lora_checked
 from lorakiln.networks.metadata import MODELSPEC_VERSION
 from lorakiln.networks.network import NETWORK_MODULE
 
@@ -60,7 +61,7 @@ def read_kohya_lora(path: str | Path, family: str | None = None) -> KohyaLoRA:
         raise LorakilnError(f"{path}: no such LoRA file")
     if path.suffix != ".safetensors":
         raise LorakilnError(f"{path}: LoRA tools read .safetensors files only (pickles can run code)")
-    tensors, metadata = read_lora_file(path)
+    tensors, metadata = read_lora_checked(path)  # structure, NaN/inf, rank layout (file_checks)
     made_for = file_family(tensors, metadata)
     if family is not None and made_for is not None and family != made_for:
         raise LorakilnError(f"{path.name} is a {made_for} LoRA, not {family}")
@@ -122,28 +123,31 @@ def write_kohya_lora(
     extra_metadata: dict[str, str] | None = None,
     dtype: torch.dtype | str | None = None,
     force: bool = False,
-    inputs: Sequence[str | Path] = (),
+    inputs: Sequence[str | Path | None] = (),
+    verb: str = "lora",
 ) -> Path:
     """Write ``{module key: factors}`` as a kohya LoRA at `path`, atomically.
 
     `extra_metadata` (e.g. ``ss_training_comment``, a ``lorakiln_*`` record of the operation)
     overrides the carried-over keys. Refuses to overwrite an existing file unless `force`, and
-    never overwrites one of the inputs (that would lose the user's file if anything failed).
+    never overwrites one of the inputs, whatever `force` says (`outputs.check_output`; callers
+    run the same check before their work, this one guards against the output changing since).
     """
     path = Path(path)
-    if path.suffix != ".safetensors":
-        raise LorakilnError(f"{path}: a kohya LoRA file must end in .safetensors (A1111 and ComfyUI list only those)")
-    if path.is_dir():
-        raise LorakilnError(f"{path} is a folder")
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
-        raise LorakilnError(f"{path} is one of the inputs; write to a new file (the input is kept as it is)")
-    if path.exists() and not force:
-        raise LorakilnError(f"{path} exists; pass --force to overwrite it")
+    check_lora_output(path, inputs, verb=verb, force=force)
     if not modules:
         raise LorakilnError(f"{path}: nothing to write (no modules)")
     tensors = factors_state_dict(modules, dtype)
     md = kohya_file_metadata(dict(source_metadata or {}), tensors, family, path.stem)
     md |= dict(extra_metadata or {})
     md |= precalculate_hashes(tensors, md)
-    write_bytes_atomic(path, save(tensors, md))
+    write_output(path, save(tensors, md))
     return path
+
+
+def check_lora_output(path: str | Path, inputs: Sequence[str | Path | None], *, verb: str, force: bool) -> Path:
+    """`outputs.check_output` for a kohya LoRA file, which must end in ``.safetensors``."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise LorakilnError(f"{path}: a kohya LoRA file must end in .safetensors (A1111 and ComfyUI list only those)")
+    return check_output(path, inputs, verb=verb, force=force)

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorakiln.atomic import write_text_atomic
-from lorakiln.errors import LorakilnError
+from lorakiln.errors import LorakilnError, OutputWriteError
 from lorakiln.lora_tools.lorafile import KohyaLoRA
 from lorakiln.lora_tools.merge_inputs import LoraSpec, ModelDeltas, read_inputs
 from lorakiln.lora_tools.merge_options import (
@@ -36,6 +36,7 @@ from lorakiln.lora_tools.merge_options import (
     merge_record,
     merged_delta,
 )
+from lorakiln.lora_tools.outputs import check_output
 from lorakiln.lora_tools.reduction import resolve_device
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks.export import resolve_save_dtype
@@ -67,10 +68,9 @@ def peek_family(model: str | os.PathLike[str]) -> ModelFamily | None:
         unet_config = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))
         return detect_family_from_config(unet_config, pipeline_class=pipeline, source=str(path))
     if path.is_file() and path.suffix == ".safetensors":
-        from safetensors import safe_open
+        from lorakiln.safetensors_check import read_layout
 
-        with safe_open(str(path), framework="pt") as fh:
-            return detect_family(set(fh.keys()), source=str(path))
+        return detect_family(set(read_layout(path).tensors), source=str(path))  # a damaged file: its error
     return None
 
 
@@ -104,13 +104,11 @@ def _check_output(output: Path, model: str | os.PathLike[str], specs: Sequence[L
         raise LorakilnError(f"{output} is a file; a diffusers model is written as a folder")
     out = output.resolve()
     base = Path(os.fspath(model)).expanduser().resolve()
-    if base.exists() and (out == base or base.is_relative_to(out) or out.is_relative_to(base)):
-        raise LorakilnError(f"{output} is (or holds, or is inside) the base model; write the merge somewhere new "
+    if base.exists() and base.is_dir() and out.is_relative_to(base):
+        raise LorakilnError(f"{output} is inside the base model's folder; write the merge somewhere new "
                             "(the base model is kept as it is)")
-    if any(out == s.path.resolve() for s in specs):
-        raise LorakilnError(f"{output} is one of the input LoRAs; write the merge to a new path")
-    if output.exists() and not force:
-        raise LorakilnError(f"{output} exists; pass --force to overwrite it")
+    check_output(output, [model, *(s.path for s in specs)], verb="lora merge", force=force,
+                 folder_output=kind == "diffusers")
     return kind
 
 
@@ -150,18 +148,29 @@ def merge_into_checkpoint(
     dtype = resolve_save_dtype(precision)
     record = merge_record(specs, loras, options, options.method, base=bundle.name, base_sha256=bundle.sha256,
                           save_precision=precision)
-    if kind == "checkpoint":
-        from lorakiln.models.save import save_bundle_single_file
+    _save(bundle, output, kind, dtype, record)
+    notes = [] if changed else ["no module changed: every input is at strength 0"]
+    return MergeResult(path=output, kind=kind, method=options.method, family=bundle.family.name,
+                       inputs=[s.label() for s in specs], modules=changed, notes=notes,
+                       precision=str(dtype).removeprefix("torch."))
 
-        save_bundle_single_file(bundle, output, dtype=dtype, metadata={RECORD_KEY: record})
-    else:
+
+def _save(bundle: ModelBundle, output: Path, kind: str, dtype: torch.dtype | None, record: str) -> None:
+    """Write the merged model; a full disk or a read-only folder becomes one `OutputWriteError`
+    (the writers are atomic, so nothing that existed before is lost)."""
+    try:
+        if kind == "checkpoint":
+            from lorakiln.models.save import save_bundle_single_file
+
+            save_bundle_single_file(bundle, output, dtype=dtype, metadata={RECORD_KEY: record})
+            return
         from lorakiln.models.save import save_bundle_diffusers
 
         for module in (bundle.unet, bundle.vae, *bundle.text_encoders):
             module.to(dtype)
         save_bundle_diffusers(bundle, output)
         write_text_atomic(output / RECORD_FILE, json.dumps(json.loads(record), indent=2) + "\n")
-    notes = [] if changed else ["no module changed: every input is at strength 0"]
-    return MergeResult(path=output, kind=kind, method=options.method, family=bundle.family.name,
-                       inputs=[s.label() for s in specs], modules=changed, notes=notes,
-                       precision=str(dtype).removeprefix("torch."))
+    except OSError as err:
+        if err.errno not in OutputWriteError.ERRNOS:
+            raise
+        raise OutputWriteError.from_os_error(output, err) from None

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from lorakiln.errors import LorakilnError
@@ -36,6 +35,7 @@ from lorakiln.models.family import ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.apply import AppliedLoRA, apply_lora_file, file_family
 from lorakiln.networks.file_adapters import FileDeltaAdapter
+from lorakiln.safetensors_check import read_layout
 
 if TYPE_CHECKING:
     from lorakiln.models.bundle import ModelBundle
@@ -85,13 +85,8 @@ class LoraSpec:
 
 def _declared_family(path: Path) -> str | None:
     """The family a file says it is for, from its header only (no tensor data read)."""
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            keys = dict.fromkeys(fh.keys())
-            metadata = dict(fh.metadata() or {})
-    except Exception as err:  # safetensors raises its own error types for a damaged header
-        raise LorakilnError(f"{path}: not a readable .safetensors file ({err})") from err
-    return file_family(keys, metadata)  # type: ignore[arg-type]  # only the keys are looked at
+    layout = read_layout(path)  # a damaged file is refused here, naming the broken rule
+    return file_family(dict.fromkeys(layout.tensors), layout.metadata)  # type: ignore[arg-type]  # keys only
 
 
 def check_files(specs: Sequence[LoraSpec]) -> None:
@@ -236,8 +231,12 @@ class FileDeltas:
         shape = self.shapes[key]
         if algo == "lora":
             return lora.lora_factors(key).delta().reshape(shape)
-        with torch.no_grad():
-            return FileDeltaAdapter(_stand_in(shape), algo, parts).delta_weight().detach()
+        try:
+            with torch.no_grad():
+                return FileDeltaAdapter(_stand_in(shape), algo, parts).delta_weight().detach()
+        except (RuntimeError, ValueError) as err:  # factors that do not multiply out to the module's shape
+            raise LorakilnError(f"{lora.path}: module {key} ({algo}): its factors do not make a {tuple(shape)} "
+                                f"weight ({err}); the file is damaged or was made for another model") from None
 
     def close(self) -> None:
         """Nothing to release (symmetry with `ModelDeltas`)."""

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, write_kohya_lora
+from lorakiln.lora_tools.lorafile import KohyaLoRA, check_lora_output, write_kohya_lora
 from lorakiln.lora_tools.lowrank import LowRank, factorize
 from lorakiln.lora_tools.merge_checkpoint import load_base
 from lorakiln.lora_tools.merge_inputs import (
@@ -189,12 +189,8 @@ def merge_to_lora(
     options.check(to_lora=True)
     resolve_device(options.device)  # a bad --device fails before any file is read
     output = Path(output)
-    if output.suffix != ".safetensors":
-        raise LorakilnError(f"{output}: a merged LoRA is written as a .safetensors file")
-    if any(output.resolve() == s.path.resolve() for s in specs):
-        raise LorakilnError(f"{output} is one of the inputs; write to a new file (the input is kept as it is)")
-    if output.exists() and not options.force:
-        raise LorakilnError(f"{output} exists; pass --force to overwrite it")
+    inputs = [*(s.path for s in specs), model]
+    check_lora_output(output, inputs, verb="lora merge", force=options.force)
     bundle = None
     if model is not None:
         bundle, loras = load_base(model, specs, options)
@@ -226,7 +222,7 @@ def merge_to_lora(
     extra[RECORD_KEY] = merge_record(specs, loras, options, method, ranks=ranks, energy=energy)
     dtype = resolve_save_dtype(options.save_precision) or _input_precision(loras)
     write_kohya_lora(output, modules, loras[0].family, source_metadata=_common_metadata(loras),
-                     extra_metadata=extra, dtype=dtype, force=options.force, inputs=[s.path for s in specs])
+                     extra_metadata=extra, dtype=dtype, force=options.force, inputs=inputs, verb="lora merge")
     return MergeResult(path=output, kind="lora", method=method, family=loras[0].family.name,
                        inputs=[s.label() for s in specs], modules=len(modules), reports=reports, energy=energy,
                        precision=str(dtype).removeprefix("torch."))

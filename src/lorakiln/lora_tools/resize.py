@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, read_kohya_lora, write_kohya_lora
+from lorakiln.lora_tools.lorafile import KohyaLoRA, check_lora_output, read_kohya_lora, write_kohya_lora
 from lorakiln.lora_tools.lowrank import LowRank, choose_rank, factorize
 from lorakiln.lora_tools.reduction import (
     ModuleReport,
@@ -161,6 +161,7 @@ def resize_lora(
     source = Path(source)
     spec = make_rank_spec(rank, conv_rank if conv_rank is not None else rank, dynamic, dynamic_param)
     dev = resolve_device(device)
+    check_lora_output(output, [source], verb="lora resize", force=force)  # before any SVD
     _check_kohya_file(source)
     lora = read_kohya_lora(source)
     _refuse_non_lora(lora)
@@ -194,7 +195,8 @@ def resize_lora(
         "from_rank": old_dim,
     })
     path = write_kohya_lora(output, factors, lora.family, source_metadata=lora.metadata, extra_metadata=extra,
-                            dtype=save_precision or _input_dtype(lora), force=force, inputs=[source])
+                            dtype=save_precision or _input_dtype(lora), force=force, inputs=[source],
+                            verb="lora resize")
     notes = []
     kept = [r for r in reports if spec.method == "fixed" and spec.for_module(r.kxk_conv)[1] > r.before]
     if kept:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, read_kohya_lora, write_kohya_lora
+from lorakiln.lora_tools.lorafile import KohyaLoRA, check_lora_output, read_kohya_lora, write_kohya_lora
 from lorakiln.lora_tools.ziplora_modules import ZipSet
 from lorakiln.lora_tools.ziplora_train import (
     METHODS,
@@ -112,7 +112,7 @@ def _header_family(path: Path) -> str | None:
     return detect_family(modules, header.metadata)[0]
 
 
-def _check_paths(subject: Path, style: Path, output: Path, force: bool) -> None:
+def _check_paths(subject: Path, style: Path, output: Path, force: bool, model: str | None) -> None:
     for p in (subject, style):
         if not p.is_file():
             raise LorakilnError(f"{p}: no such LoRA file")
@@ -120,14 +120,7 @@ def _check_paths(subject: Path, style: Path, output: Path, force: bool) -> None:
             raise LorakilnError(f"{p}: ZipLoRA reads .safetensors LoRA files only (pickles can run code)")
     if subject.resolve() == style.resolve():
         raise LorakilnError(f"--subject and --style are the same file ({subject}); pass two different LoRAs")
-    if output.suffix != ".safetensors":
-        raise LorakilnError(f"{output}: the output must end in .safetensors "
-                            "(A1111 and ComfyUI list only those)")
-    if output.resolve() in (subject.resolve(), style.resolve()):
-        raise LorakilnError(f"{output} is one of the inputs; write to a new file "
-                            "(the inputs are kept as they are)")
-    if output.exists() and not force:
-        raise LorakilnError(f"{output} exists; pass --force to overwrite it")
+    check_lora_output(output, [subject, style, model], verb="lora ziplora", force=force)
 
 
 def _check_plain(lora: KohyaLoRA) -> None:
@@ -141,13 +134,13 @@ def _check_plain(lora: KohyaLoRA) -> None:
 
 
 def load_inputs(subject: str | Path, style: str | Path, output: str | Path, *, force: bool = False,
-                family: str | None = None) -> tuple[KohyaLoRA, KohyaLoRA] | None:
+                family: str | None = None, model: str | None = None) -> tuple[KohyaLoRA, KohyaLoRA] | None:
     """Check paths, families and module kinds before any model is loaded.
 
     Returns both files read, or None when neither says its family (they are then read with the
     base model's family once it is loaded, `family`)."""
     subject, style, output = Path(subject), Path(style), Path(output)
-    _check_paths(subject, style, output, force)
+    _check_paths(subject, style, output, force, model)
     families = {p: _header_family(p) for p in (subject, style)}
     known = {f for f in families.values() if f is not None}
     if len(known) > 1:
@@ -243,7 +236,7 @@ def ziplora_merge(model: str | ModelBundle, subject: str | Path, style: str | Pa
     if not subject_prompt.strip() or not style_prompt.strip():
         raise LorakilnError("--subject-prompt and --style-prompt must not be empty: the loss compares each "
                             "LoRA on its own prompt (e.g. \"a sks dog\", \"a cat in szn style\")")
-    loras = load_inputs(subject, style, output, force=force)
+    loras = load_inputs(subject, style, output, force=force, model=model if isinstance(model, str) else None)
     device = _device(options)
     bundle, autocast = _prepare_bundle(model, options, device)
     fam = bundle.family.name
@@ -268,7 +261,8 @@ def ziplora_merge(model: str | ModelBundle, subject: str | Path, style: str | Pa
     md = _metadata(loras[0], loras[1], (subject_prompt, style_prompt), bundle, options, history, kept)
     path = write_kohya_lora(output, modules, bundle.family, extra_metadata=md, force=force,
                             dtype=_file_dtype(loras[0], loras[1], options.save_precision),
-                            inputs=[loras[0].path, loras[1].path])
+                            inputs=[loras[0].path, loras[1].path, model if isinstance(model, str) else None],
+                            verb="lora ziplora")
     only = [sum(1 for m in zips.modules.values() if m.inputs[i] is not None and not m.learns) for i in (0, 1)]
     return ZipLoRAResult(path, fam, len(mergers), only[0], only[1], mergers, history, kept)
 

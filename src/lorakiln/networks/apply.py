@@ -26,8 +26,8 @@ import torch
 from lorakiln.errors import LorakilnError
 from lorakiln.networks import keymap
 from lorakiln.networks.dora import DORA_KEY
-from lorakiln.networks.export import read_lora_file
 from lorakiln.networks.file_adapters import FileDeltaAdapter, detect_algo
+from lorakiln.networks.file_checks import check_fits, read_lora_checked
 from lorakiln.networks.lora import LoRAModule
 
 if TYPE_CHECKING:
@@ -106,24 +106,21 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
                     name: str | None = None) -> AppliedLoRA:
     """Hook the LoRA in `path` into `bundle` at the given strengths and return its handle."""
     path = Path(path)
-    tensors, metadata = read_lora_file(path)
+    tensors, metadata = read_lora_checked(path)  # structure, NaN/inf and rank layout, before any hook
     made_for = file_family(tensors, metadata)
     if made_for is not None and made_for != bundle.family.name:
         raise LorakilnError(f"{path.name} is a LoRA for {made_for}, but the loaded base model is "
                             f"{bundle.family.name}; pick a {bundle.family.name} LoRA or another base model")
     groups = _group_modules(path, tensors, bundle.family)
     applied = AppliedLoRA(name or path.stem, path)
-    for key, (algo, parts) in groups.items():
-        target = _resolve(bundle, key)
-        if algo == "lora" and DORA_KEY not in parts:
-            module: LoRAModule | FileDeltaAdapter = _lora_module(target, parts)
-        else:
-            try:
-                module = FileDeltaAdapter(target, algo, parts)
-            except ValueError as err:
-                raise LorakilnError(f"{path.name}: {key}: {err}") from None
-        module.eval().attach()
-        applied.modules[key] = module
+    try:
+        for key, (algo, parts) in groups.items():
+            module = _module_for(path, key, _resolve(bundle, key), algo, parts, bundle.family.name)
+            module.eval().attach()
+            applied.modules[key] = module
+    except BaseException:
+        applied.remove()  # a refused file leaves no hook behind (grids and merges go on with the model)
+        raise
     applied.set_strength(te, unet)
     output_axis = sum(1 for m in applied.modules.values()
                       if isinstance(m, FileDeltaAdapter) and m.dora_axis == "output")
@@ -136,12 +133,29 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
     return applied
 
 
-def _lora_module(target: nn.Module, parts: dict[str, torch.Tensor]) -> LoRAModule:
+def _module_for(path: Path, key: str, target: nn.Module, algo: str, parts: dict[str, torch.Tensor],
+                family: str) -> LoRAModule | FileDeltaAdapter:
+    """The adapter for one file module on `target`, refused with its key if it does not fit."""
+    if algo == "lora" and DORA_KEY not in parts:
+        return _lora_module(path, key, target, parts, family)
+    try:
+        module = FileDeltaAdapter(target, algo, parts)
+        module.delta_weight()  # builds ΔW once: factors of the wrong size fail here, not mid-sampling
+    except (ValueError, RuntimeError) as err:
+        raise LorakilnError(f"{path}: module {key} ({algo}) does not fit this {family} model: {err}; the file "
+                            "was made for another base model or is damaged") from None
+    return module
+
+
+def _lora_module(path: Path, key: str, target: nn.Module, parts: dict[str, torch.Tensor],
+                 family: str) -> LoRAModule:
     down, up = parts["lora_down.weight"], parts["lora_up.weight"]
     alpha = parts.get("alpha")
     module = LoRAModule(target, dim=down.shape[0], alpha=float(alpha) if alpha is not None else None)
     if isinstance(target, torch.nn.Conv2d) and down.dim() == 2:  # A1111: reshape 2-D down for convs
         down, up = down[:, :, None, None], up[:, :, None, None]
+    check_fits(path, key, target, (down, up),
+               (module.lora_down.weight.shape, module.lora_up.weight.shape), family)
     with torch.no_grad():
         module.lora_down.weight.copy_(down.reshape(module.lora_down.weight.shape))
         module.lora_up.weight.copy_(up.reshape(module.lora_up.weight.shape))
