@@ -11,19 +11,67 @@ from lorakiln import __version__
 from lorakiln.errors import LorakilnError
 
 
+def _resume_override(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`--resume [STATE]` as the `train.resume` override: STATE relative to the current folder,
+    or without a value this output's own `<output_name>-state` (an error when it has none)."""
+    import json
+
+    from lorakiln.config.load import load_config
+    from lorakiln.errors import ConfigError
+    from lorakiln.training.recovery import find_state
+
+    if args.resume is None:
+        return overrides
+    if args.resume:
+        state = Path(args.resume).expanduser().resolve()
+    else:
+        out = load_config(args.config, overrides).output
+        state = Path(out.output_dir) / f"{out.output_name}-state"
+        try:
+            find_state(state)
+        except LorakilnError:
+            if state.exists():  # there, but incomplete or damaged: find_state's message says how
+                raise
+            raise ConfigError(f"--resume: this output has no state to resume: {state} does not exist. "
+                              "States are saved with output.save_state = true and on Ctrl-C/SIGTERM; "
+                              "start without --resume, or name a state folder: --resume PATH") from None
+    return [*_without_resume(overrides), f"train.resume={json.dumps(str(state))}"]
+
+
+def _without_resume(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].strip() != "train.resume"]
+
+
+def resume_command(args: argparse.Namespace, state: Path) -> str:
+    """The command that continues this run from `state`: the same config, preset, overrides and
+    events file, shell-quoted (shlex.quote), so pasting it resumes into the same output."""
+    import shlex
+
+    parts = ["lorakiln", "train", str(args.config)]
+    if args.preset:
+        parts += ["--preset", args.preset]
+    for item in _without_resume(list(args.set or [])):
+        parts += ["--set", item]
+    if args.events:
+        parts += ["--events", str(args.events)]
+    return shlex.join([*parts, "--resume", str(state)])
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from lorakiln.config.load import load_config
 
     overrides = list(args.set or [])
     if args.preset:
         overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, _resume_override(args, overrides))
     if args.dry_run:
         from lorakiln.training.prepare import describe_plan
 
         describe_plan(cfg, log=print)
         return 0
     from lorakiln.training.loop import TrainingInterrupted, train
+    from lorakiln.training.save_errors import SaveFailed
+    from lorakiln.training.signals import StopSignal
 
     events = None
     if args.events:
@@ -38,8 +86,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if events:
             events.write("stopped", reason=str(stop), lora=stop.lora, state=stop.state)
         print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
-              f"  resume: lorakiln train {args.config} --set train.resume={stop.state}")
+              f"  resume: {resume_command(args, stop.state)}")
         return 130
+    except StopSignal as stop:
+        reason = f"stopped by {stop.name} before the first training step (loading or caching); nothing to save"
+        if events:
+            events.write("stopped", reason=reason, lora=None, state=None)
+        print(reason)
+        return 130
+    except SaveFailed as err:
+        if events:
+            events.write("error", message=str(err), kind=type(err).__name__)
+        if err.state is None:
+            raise
+        raise SaveFailed(f"{err}\n  resume: {resume_command(args, err.state)}", err.state) from err
     except Exception as err:
         if events:
             events.write("error", message=str(err), kind=type(err).__name__)
@@ -241,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.unet_lr=2e-4 (repeatable)")
     p.add_argument("--preset", help="apply a preset under the file's values (see `lorakiln presets`)")
+    p.add_argument("--resume", nargs="?", const="", metavar="STATE",
+                   help="continue exactly from a saved state folder; without STATE, this output's own "
+                   "<output_name>-state (same as --set train.resume=STATE)")
     p.add_argument("--dry-run", action="store_true",
                    help="check the config and dataset and print the step arithmetic; load no model")
     p.add_argument("--events", metavar="FILE", help="also append the run's events (steps, loss, saves, "
@@ -364,6 +427,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except LorakilnError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        # A full disk, a quota, a read-only or forbidden folder is the user's to fix, not a bug: one
+        # line naming the file. Any other OSError keeps its traceback (a bug should be seen).
+        from lorakiln.errors import OutputWriteError
+
+        if err.errno not in OutputWriteError.ERRNOS:
+            raise
+        print(f"error: {OutputWriteError.from_os_error(err.filename, err, atomic=False)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

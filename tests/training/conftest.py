@@ -42,22 +42,58 @@ def draw_dataset(root: Path, count: int = 4, folder: str = "5_zwx toy") -> Path:
     return root
 
 
+def _raw_run() -> dict[str, Any]:
+    return {
+        "model": {"pretrained_model": "tiny:sd1"},
+        "data": {"train_data_dir": "train", "resolution": 64, "min_bucket_reso": 64,
+                 "max_bucket_reso": 128},
+        "network": {"network_dim": 4, "network_alpha": 2},
+        "train": {"train_batch_size": 2, "max_train_epochs": 1, "unet_lr": 1e-3,
+                  "text_encoder_lr": 5e-4, "seed": 1},
+        "output": {"output_dir": "out", "output_name": "last"},
+    }
+
+
+def make_run_config(root: Path, **overrides: Any) -> RunConfig:
+    """A RunConfig over a fresh 4-image dataset in `root`; keyword args are dotted overrides
+    (`train__unet_lr=2e-4` for `train.unet_lr`)."""
+    draw_dataset(root / "train")
+    sets = [f"{k.replace('__', '.')}={_toml(v)}" for k, v in overrides.items()]
+    return build_config(_raw_run(), base_dir=root, overrides=sets)
+
+
+def write_run_toml(root: Path, **overrides: Any) -> Path:
+    """The same run as `make_run_config`, as `root/run.toml` for `lorakiln train` subprocesses."""
+    import tomli_w
+
+    from lorakiln.config.load import apply_overrides
+
+    draw_dataset(root / "train")
+    sets = [f"{k.replace('__', '.')}={_toml(v)}" for k, v in overrides.items()]
+    path = root / "run.toml"
+    path.write_text(tomli_w.dumps(apply_overrides(_raw_run(), sets)), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def run_config(tmp_path: Path) -> Callable[..., RunConfig]:
     """Factory: a RunConfig over a fresh 4-image dataset; keyword args are dotted overrides."""
     def make(**overrides: Any) -> RunConfig:
-        draw_dataset(tmp_path / "train")
-        raw = {
-            "model": {"pretrained_model": "tiny:sd1"},
-            "data": {"train_data_dir": "train", "resolution": 64, "min_bucket_reso": 64,
-                     "max_bucket_reso": 128},
-            "network": {"network_dim": 4, "network_alpha": 2},
-            "train": {"train_batch_size": 2, "max_train_epochs": 1, "unet_lr": 1e-3,
-                      "text_encoder_lr": 5e-4, "seed": 1},
-            "output": {"output_dir": "out", "output_name": "last"},
-        }
-        sets = [f"{k.replace('__', '.')}={_toml(v)}" for k, v in overrides.items()]
-        return build_config(raw, base_dir=tmp_path, overrides=sets)
+        return make_run_config(tmp_path, **overrides)
+    return make
+
+
+@pytest.fixture(scope="session")
+def config_maker() -> Callable[..., RunConfig]:
+    """`make_run_config` for fixtures wider than one test (e.g. a module's reference run)."""
+    return make_run_config
+
+
+@pytest.fixture
+def run_toml(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: `tmp_path/run.toml` for the same run as `run_config`, for `lorakiln train`."""
+    def make(**overrides: Any) -> Path:
+        return write_run_toml(tmp_path, **overrides)
     return make
 
 

@@ -16,6 +16,8 @@ Events (``event`` key) and their fields:
 * ``save`` — ``path`` of a LoRA (epoch, step or final) file;
 * ``sample`` / ``validation`` — ``paths`` of the PNGs rendered at ``step``;
 * ``epoch`` — ``epoch`` finished, ``step``;
+* ``phase`` — ``name`` of the phase starting: ``preparing`` (dataset, model, caches),
+  ``training``, ``final grids`` (training/loop.py);
 * ``done`` — ``path`` of the final LoRA, ``step``, ``grid`` (epochs × strengths PNG or None);
 * ``stopped`` — ``reason``, ``lora`` and ``state`` written on SIGINT/SIGTERM (resume from it);
 * ``error`` — ``message`` of the error that ended the run.

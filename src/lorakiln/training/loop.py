@@ -5,7 +5,11 @@
    forward + backward, clip, optimizer and LR step.
 3. Every `detect_anomaly_every` steps the loss and gradient norm are checked for NaN/inf.
 4. LoRAs (and optionally states) are saved per epoch / per N steps, and at the end.
-5. SIGINT/SIGTERM stop the loop after the current step with a saved state and LoRA.
+5. SIGINT/SIGTERM stop the loop after the current step with a saved state and LoRA; while
+   loading, caching or rendering they stop at once (signals.py).
+
+The whole run holds `<output_dir>/<output_name>.lock` (lock.py), taken before the model loads,
+and starts by clearing what interrupted saves of that output left (recovery.py).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import outputs, validation
+from lorakiln.training import outputs, recovery, validation
+from lorakiln.training.lock import OutputLock
 from lorakiln.training.progress import TrainLogger
-from lorakiln.training.signals import StopFlag, stop_on_signals
+from lorakiln.training.save_errors import reported
+from lorakiln.training.signals import StopFlag, StopSignal, stop_on_signals
 from lorakiln.training.step import compute_loss
 
 if TYPE_CHECKING:
@@ -55,13 +61,27 @@ class TrainResult:
 
 
 def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: bool = True) -> TrainResult:
-    """Run a whole training as the config says; the CLI and the UI both call this."""
+    """Run a whole training as the config says; the CLI and the UI both call this.
+
+    A signal before the first step (loading, caching) raises `StopSignal`: nothing is saved
+    because nothing was trained yet."""
     from lorakiln.training.prepare import prepare
 
-    ctx = prepare(cfg, log=print if progress else None)
+    log = print if progress else None
+    callbacks = callbacks or []
     flag = StopFlag()
-    with stop_on_signals(flag):
-        return run_loop(ctx, flag, callbacks or [], progress=progress)
+    out = cfg.output
+    with stop_on_signals(flag), OutputLock(out.output_dir, out.output_name, log=log):
+        recovery.clean_leftovers(Path(out.output_dir), out.output_name, log)
+        if cfg.train.resume:  # a missing or incomplete state fails here, before the model loads
+            _, note = recovery.find_state(cfg.train.resume)
+            if note and log:
+                log(f"notice: {note}")
+        _emit(callbacks, "phase", name="preparing")
+        with flag.raising():
+            ctx = prepare(cfg, log=log)
+        _emit(callbacks, "phase", name="training")
+        return run_loop(ctx, flag, callbacks, progress=progress)
 
 
 def _emit(callbacks: list[Callback], event: str, **info: Any) -> None:
@@ -133,12 +153,19 @@ def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
         logger.write(f"step {step}: the text encoder is now fixed (train_text_encoder_frac = {frac})")
 
 
-def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], *, epoch_end: bool = False,
-              final: bool = False) -> None:
-    """Validation and sample renders that are due now (validation.py)."""
+def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], flag: StopFlag, *,
+              epoch_end: bool = False, final: bool = False) -> None:
+    """Validation and sample renders that are due now (validation.py). A signal stops a render at
+    once; the caller then saves (render restores the RNGs and module modes on the way out)."""
     for folder, prompts in validation.due_jobs(ctx, epoch_end=epoch_end, final=final):
-        rendered = validation.render(ctx, prompts)
-        paths = validation.save(ctx, folder, rendered)
+        try:
+            with flag.raising():
+                rendered = validation.render(ctx, prompts)
+        except StopSignal:
+            logger.write(f"{flag.name}: {folder} renders stopped")
+            return
+        with reported(ctx, ctx.output_dir / folder):
+            paths = validation.save(ctx, folder, rendered)
         for i, (params, images) in enumerate(zip(prompts, rendered, strict=True)):
             logger.images(f"{folder}/{i}: {params.prompt[:60]}", validation.as_batch([g.image for g in images]),
                           ctx.position.global_step)
@@ -150,10 +177,44 @@ def _checkpoint(ctx: TrainContext, name: str, callbacks: list[Callback]) -> None
 
     The schema promises state with every saved LoRA, so a resume can start from any saved epoch.
     """
-    path = outputs.save_lora(ctx, name)
+    path = _save_lora(ctx, name)
     if ctx.cfg.output.save_state:
-        outputs.save_training_state(ctx)
+        _save_state(ctx)
     _emit(callbacks, "save", path=path)
+
+
+def _save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
+    """`outputs.save_lora`, with a full disk reported as one message (save_errors.py)."""
+    with reported(ctx, ctx.output_dir / f"{stem}.safetensors"):
+        return outputs.save_lora(ctx, stem, final=final)
+
+
+def _save_state(ctx: TrainContext) -> Path:
+    with reported(ctx, outputs.state_dir(ctx)):
+        return outputs.save_training_state(ctx)
+
+
+def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger) -> None:
+    """After a signal: save a LoRA and a state at this step, then raise `TrainingInterrupted`."""
+    if not flag.requested:
+        return
+    step = ctx.position.global_step
+    lora = _save_lora(ctx, outputs.step_name(ctx, step))
+    state = _save_state(ctx)
+    logger.write(f"{flag.name}: saved {lora} and state {state}; continue with --resume {state}")
+    raise TrainingInterrupted(f"training interrupted by {flag.name} at step {step}", lora, state)
+
+
+def _final_grids(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
+                 callbacks: list[Callback]) -> tuple[Path | None, Path | None]:
+    """The final grids, which a signal skips at once: the LoRA is already complete."""
+    _emit(callbacks, "phase", name="final grids")
+    try:
+        with reported(ctx, ctx.output_dir), flag.raising():
+            return validation.final_grids(ctx)
+    except StopSignal as stop:
+        logger.write(f"{stop.name}: final grids skipped; the trained LoRA is complete")
+        return None, None
 
 
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
@@ -180,16 +241,10 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 logger.step(pos.global_step, pos.epoch, loss, outputs.current_lrs(ctx))
                 _emit(callbacks, "step", step=pos.global_step, epoch=pos.epoch, loss=loss,
                       total_steps=plan.total_steps)
-                _validate(ctx, logger, callbacks)
+                _validate(ctx, logger, callbacks, flag)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
                     _checkpoint(ctx, outputs.step_name(ctx, pos.global_step), callbacks)
-                if flag.requested:
-                    lora = outputs.save_lora(ctx, outputs.step_name(ctx, pos.global_step))
-                    state = outputs.save_training_state(ctx)
-                    logger.write(f"{flag.name}: saved {lora} and state {state}; continue with "
-                                 f"--set train.resume={state}")
-                    raise TrainingInterrupted(f"training interrupted by {flag.name} at step "
-                                              f"{pos.global_step}", lora, state)
+                _stop_if_requested(ctx, flag, logger)
             if pos.batch_in_epoch >= len(batches):
                 logger.epoch_end(pos.epoch, pos.global_step,
                                  sum(epoch_losses) / len(epoch_losses) if epoch_losses else None)
@@ -197,15 +252,18 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 pos.batch_in_epoch = 0
                 _emit(callbacks, "epoch", epoch=pos.epoch, step=pos.global_step)
                 if pos.epoch < plan.num_epochs:
-                    _validate(ctx, logger, callbacks, epoch_end=True)
+                    _validate(ctx, logger, callbacks, flag, epoch_end=True)
                 every = cfg.output.save_every_n_epochs
                 if every and pos.epoch % every == 0 and pos.epoch < plan.num_epochs:
                     pos.saved_epochs.append(pos.epoch)
                     _checkpoint(ctx, outputs.epoch_name(ctx, pos.epoch), callbacks)
-        _validate(ctx, logger, callbacks, final=True)
-        final = outputs.save_lora(ctx, outputs.final_name(ctx), final=True)
-        state = outputs.save_training_state(ctx) if cfg.output.save_state else None
-        grid, sheet = validation.final_grids(ctx)
+                if pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
+                    _stop_if_requested(ctx, flag, logger)  # a signal during the epoch-end renders
+        # Training is complete: a signal from here on only skips the remaining renders.
+        _validate(ctx, logger, callbacks, flag, final=True)
+        final = _save_lora(ctx, outputs.final_name(ctx), final=True)
+        state = _save_state(ctx) if cfg.output.save_state else None
+        grid, sheet = _final_grids(ctx, flag, logger, callbacks)
         for kind, path in (("epochs × strengths", grid), ("epochs × prompts", sheet)):
             if path is not None:
                 logger.write(f"{kind} grid: {path}")

@@ -65,12 +65,14 @@ def build_data(cfg: RunConfig, class_data: Any = None, dataset: Any = None) -> t
 
 def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Any, Any, StepPlan]:
     """Dataset checks and the printed step breakdown; used by `--dry-run` and by `prepare`."""
+    from lorakiln.config.preflight import preflight
     from lorakiln.training.optimizers import validate_optimizer_name
     from lorakiln.training.schedulers import validate_scheduler_name
 
     validate_optimizer_name(cfg.train.optimizer_type)
     validate_scheduler_name(cfg.train.lr_scheduler)
     _check_render_settings(cfg)
+    preflight(cfg, log=log)  # paths, weights headers, output_dir, folder names, batch size: one error
     dataset, data = build_data(cfg)
     plan = plan_steps(cfg, data.num_batches_per_epoch)
     lint = lint_training_data(cfg, dataset)

@@ -3,16 +3,21 @@
 A state folder holds the adapter (`network.safetensors`), the optimizer, LR-schedule and
 grad-scaler states (`optimizer.pt`, `schedule.pt`, read back with `weights_only=True`), every
 RNG state (`rng.safetensors` + `state.json`; no pickles, so a state folder cannot run code) and
-the loop position plus the resolved config (`state.json`). It is written to a temporary sibling and
-renamed into place, so an interruption mid-save leaves the previous state intact.
+the loop position plus the resolved config (`state.json`). It is written to a temporary sibling
+`.<name>-state.<random>.tmp/`, every file fsynced and `state.json` last (it marks the folder
+complete), then swapped in by two renames. A folder cannot be renamed over a non-empty one in one
+portable step, so a kill between the renames leaves no `<name>-state` for a moment; resume then
+uses the newest complete neighbour (recovery.py), so a complete state is always reachable.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lorakiln.errors import TrainingError
+from lorakiln.training import recovery
 
 STATE_VERSION = 1
 
@@ -64,6 +70,55 @@ def _set_rng_state(tensors: dict[str, torch.Tensor], states: dict[str, Any]) -> 
         torch.cuda.set_rng_state_all(cuda)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file or folder to disk, so a power cut after the rename cannot leave it empty
+    (ext4 and XFS may otherwise commit the rename before the data)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # folders cannot be opened on Windows; its renames are durable already
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+#: The swap's steps, named so a test can fail each one as a kill would (test_state_swap.py).
+_rename: Callable[[Path, Path], None] = os.rename
+_remove_tree: Callable[[Path], None] = shutil.rmtree
+
+
+def _write_files(folder: Path, tmp: Path, network_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                 schedule: Any, scaler: Any, meta: dict[str, Any]) -> None:
+    """Write every state file of `folder` into `tmp`, `state.json` last, each flushed to disk."""
+    writers: list[tuple[str, Callable[[Path], None]]] = [
+        ("network.safetensors", lambda p: save_file(
+            {k: v.detach().float().cpu().contiguous() for k, v in network_state.items()}, str(p))),
+        ("optimizer.pt", lambda p: torch.save(optimizer.state_dict(), p)),
+        ("schedule.pt", lambda p: torch.save({"schedule": schedule.state_dict(),
+                                              "scaler": scaler.state_dict() if scaler is not None else None}, p)),
+        ("rng.safetensors", lambda p: save_file(_rng_tensors(), str(p))),
+        ("state.json", lambda p: p.write_text(json.dumps(meta, indent=2), encoding="utf-8")),
+    ]
+    for name, write in writers:
+        try:
+            write(tmp / name)
+        except Exception as err:
+            raise StateWriteError(folder, name, err) from err
+        _fsync(tmp / name)
+    _fsync(tmp)
+
+
+class StateWriteError(Exception):
+    """A state file could not be written (disk full, …); the previous state is untouched."""
+
+    def __init__(self, folder: Path, name: str, cause: BaseException) -> None:
+        super().__init__(f"{folder / name}: {cause}")
+        self.folder, self.name, self.cause = folder, name, cause
+
+
 def save_state(
     folder: Path,
     *,
@@ -74,28 +129,22 @@ def save_state(
     position: LoopPosition,
     config: dict[str, Any],
 ) -> Path:
-    """Write the state folder atomically (temp folder, then rename)."""
+    """Write the state folder: a complete temporary folder first, then the two-rename swap."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in network_state.items()},
-                  str(tmp / "network.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "schedule.pt")
-        save_file(_rng_tensors(), str(tmp / "rng.safetensors"))
         meta = {"version": STATE_VERSION, "position": asdict(position), "config": config, "rng": _rng_json()}
-        (tmp / "state.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-        old = None
+        _write_files(folder, tmp, network_state, optimizer, schedule, scaler, meta)
+        old = folder.with_name(f".{folder.name}.old")
+        if old.exists():
+            _remove_tree(old)
         if folder.exists():
-            old = folder.with_name(f".{folder.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            folder.rename(old)
-        tmp.rename(folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _rename(folder, old)
+        _rename(tmp, folder)
+        _fsync(folder.parent)
+        if old.exists():
+            _remove_tree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -117,36 +166,53 @@ class LoadedState:
     config: dict[str, Any]
 
 
-def load_state(folder: str | Path) -> LoadedState:
-    """Read a state folder, with an error naming what is missing."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        old = folder.with_name(f".{folder.name}.old")
-        hint = f" (an interrupted save left {old}; rename it to {folder.name})" if old.is_dir() else ""
-        raise TrainingError(f"resume state {folder} does not exist{hint}; pass a folder written by "
-                            "save_state, such as <output_dir>/<output_name>-state")
-    needed = ["state.json", "network.safetensors", "optimizer.pt", "schedule.pt", "rng.safetensors"]
-    missing = [n for n in needed if not (folder / n).is_file()]
+def _read(folder: Path, name: str, reader: Callable[[Path], Any]) -> Any:
+    """Read one state file; a damaged one becomes an error naming it (recovery.damaged)."""
+    try:
+        return reader(folder / name)
+    except Exception as err:
+        raise recovery.damaged(folder, name, err) from None
+
+
+def _need(folder: Path, name: str, value: Any, *keys: str) -> None:
+    """A file that loaded but lacks a key is as damaged as one that does not load."""
+    missing = [k for k in keys if not isinstance(value, dict) or k not in value]
     if missing:
-        raise TrainingError(f"resume state {folder} is incomplete: missing {', '.join(missing)}")
-    meta = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    if meta.get("version") != STATE_VERSION:
-        raise TrainingError(f"resume state {folder} has version {meta.get('version')}, "
+        raise recovery.damaged(folder, name, KeyError(f"no {', '.join(missing)}"))
+
+
+def load_state(folder: str | Path) -> LoadedState:
+    """Read a state folder (or, after an interrupted save, the complete state beside it), with an
+    error naming any file that is missing or damaged. Pickled files load with `weights_only=True`:
+    tensors and plain values only, never code (PyTorch's torch.load documentation)."""
+    folder, _note = recovery.find_state(folder)
+    meta = _read(folder, "state.json", lambda p: json.loads(p.read_text(encoding="utf-8")))
+    _need(folder, "state.json", meta, "version", "position", "config", "rng")
+    if meta["version"] != STATE_VERSION:
+        raise TrainingError(f"resume state {folder} has version {meta['version']}, "
                             f"this lorakiln reads version {STATE_VERSION}")
-    sched = torch.load(folder / "schedule.pt", weights_only=True)
+    sched = _read(folder, "schedule.pt", lambda p: torch.load(p, weights_only=True))
+    _need(folder, "schedule.pt", sched, "schedule", "scaler")
+    try:
+        position = LoopPosition(**meta["position"])
+    except TypeError as err:
+        raise recovery.damaged(folder, "state.json", err) from None
     return LoadedState(
         folder=folder,
-        network_state=load_file(str(folder / "network.safetensors")),
-        optimizer_state=torch.load(folder / "optimizer.pt", weights_only=True),
+        network_state=_read(folder, "network.safetensors", lambda p: load_file(str(p))),
+        optimizer_state=_read(folder, "optimizer.pt", lambda p: torch.load(p, weights_only=True)),
         schedule_state=sched["schedule"],
         scaler_state=sched["scaler"],
-        rng_tensors=load_file(str(folder / "rng.safetensors")),
+        rng_tensors=_read(folder, "rng.safetensors", lambda p: load_file(str(p))),
         rng_states=meta["rng"],
-        position=LoopPosition(**meta["position"]),
+        position=position,
         config=meta["config"],
     )
 
 
 def restore_rng(state: LoadedState) -> None:
     """Put every RNG back where it was when the state was saved."""
-    _set_rng_state(state.rng_tensors, state.rng_states)
+    try:
+        _set_rng_state(state.rng_tensors, state.rng_states)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise recovery.damaged(state.folder, "rng.safetensors / state.json (generator states)", err) from None
