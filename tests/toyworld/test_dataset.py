@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lorakiln.data import scan_dataset
+from lorakiln.errors import DatasetError
 from lorakiln.toyworld.dataset import MANIFEST, write_concept_dataset, write_world_dataset
 from lorakiln.toyworld.world import caption, parse_caption, sample_scenes, train_pairs
 
@@ -72,8 +73,9 @@ def test_concept_dataset(tmp_path: Path) -> None:
 def test_refuses_non_empty_folder_and_bad_options(tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError):
+    with pytest.raises(DatasetError, match="already holds files"):
         write_world_dataset(tmp_path / "full", n=1, seed=0)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
     with pytest.raises(ValueError, match="repeats"):
         write_world_dataset(tmp_path / "if", n=1, seed=0, repeats=2)
     with pytest.raises(ValueError, match="layout"):

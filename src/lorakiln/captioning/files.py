@@ -9,7 +9,9 @@ touches the user's folder lives here so both follow the same rules:
   caption must describe the picture the trainer will see, not the raw sensor pixels;
 * an existing caption is kept — the file is not even opened for writing — unless `overwrite`;
   the model is not loaded at all when every image already has one;
-* writes are atomic (`lorakiln.atomic`) and UTF-8, and images are never written, moved or renamed;
+* writes are atomic (`lorakiln.atomic`) and UTF-8, and images are never written, moved or renamed:
+  an image suffix as caption extension is refused, and every caption target is checked against
+  the images by path and file identity (`data/caption_target.py`);
 * an unreadable image is reported by path and skipped: one bad download must not cost the
   captions of the other 200 images.
 """
@@ -25,10 +27,10 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from lorakiln.atomic import write_text_atomic
+from lorakiln.data.caption_target import ImageGuard, check_caption_extension
 from lorakiln.data.dataset import IMAGE_EXTENSIONS
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN, check_folder
 from lorakiln.data.metadata_file import read_metadata
-from lorakiln.data.scan_common import normalize_caption_extension
 from lorakiln.errors import ConfigError, DatasetError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -208,11 +210,7 @@ class CaptionFiles:
     """Per-image caption files: `<stem><ext>` beside each image (kohya's layout)."""
 
     def __init__(self, extension: str, overwrite: bool) -> None:
-        ext = normalize_caption_extension(extension)
-        if ext == "." or any(sep in ext for sep in ("/", "\\")) or ext.lower() in IMAGE_EXTENSIONS:
-            raise ConfigError(f"caption extension {extension!r} cannot be used: give a text suffix such as "
-                              "\".txt\" or \".caption\" (an image suffix would overwrite the images)")
-        self.extension = ext
+        self.extension = check_caption_extension(extension)  # never an image suffix: see caption_target
         self.overwrite = overwrite
 
     def target(self, image: Path) -> Path:
@@ -362,9 +360,11 @@ def _pending(images: Sequence[Path], sink: CaptionSink, summary: CaptionSummary)
     """Images to caption; kept ones and same-stem clashes (`a.png` + `a.jpg`) go to the summary."""
     pending: list[Path] = []
     claimed: dict[Path, Path] = {}
+    guard = ImageGuard(images)
     for image in images:
         if isinstance(sink, CaptionFiles):
             target = sink.target(image)
+            guard.refuse(target, verb="caption")
             if target in claimed:
                 # kohya pairs a caption with an image by stem, so a.png and a.jpg would share a.txt
                 summary.failed.append((image, f"shares the caption file {target.name} with "

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 from lorakiln.atomic import atomic_path
+from lorakiln.data.caption_target import ImageGuard, check_caption_extension
 from lorakiln.data.captions import split_tags
 from lorakiln.data.dataset import IMAGE_EXTENSIONS
-from lorakiln.data.scan_common import normalize_caption_extension, raise_if_problems
+from lorakiln.data.scan_common import raise_if_problems
 from lorakiln.errors import ConfigError, DatasetError
 
 Position = Literal["start", "end"]
@@ -310,15 +311,6 @@ def find_images(root: Path, *, recursive: bool = True) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).parts)
 
 
-def check_caption_extension(caption_extension: str) -> str:
-    """Normalized extension (".txt"); refuses one that would name an image or nothing."""
-    ext = normalize_caption_extension(caption_extension)
-    if ext == "." or ext.lower() in IMAGE_EXTENSIONS:
-        raise ConfigError(f"caption extension {caption_extension!r} cannot be used for captions; "
-                          "use the extension of your caption files, e.g. .txt")
-    return ext
-
-
 def read_caption_file(image: Path, ext: str) -> CaptionFile:
     """Read the caption of `image`; errors are recorded on the result, never raised."""
     path = image.with_suffix(ext)
@@ -435,10 +427,12 @@ def plan_edit(folder: str | os.PathLike[str], edits: Sequence[CaptionEdit], *, c
     without: list[Path] = []
     unchanged = 0
     seen: set[Path] = set()
+    guard = ImageGuard(f.image for f in files)
     for file in files:
         if file.path in seen:
             continue
         seen.add(file.path)
+        guard.refuse(file.path, verb="dataset edit")
         old = file.caption
         new = old
         for edit in edits:

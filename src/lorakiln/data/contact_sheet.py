@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lorakiln.atomic import atomic_path
 from lorakiln.data.caption_edit import CaptionFile, collect_captions
+from lorakiln.data.caption_target import ImageGuard
 from lorakiln.data.images import open_image_rgb
 from lorakiln.errors import ConfigError
 
@@ -252,6 +253,9 @@ def write_contact_sheet(folder: str | os.PathLike[str], output: str | os.PathLik
     layout, font = make_layout(len(entries), columns=columns, thumb=thumb, caption_lines=caption_lines)
     chunks = [entries[i:i + max_per_page] for i in range(0, len(entries), max_per_page)]
     paths = page_paths(out, len(chunks))
+    guard = ImageGuard(e.image for e in entries)  # a hard link to an image outside the folder, too
+    for path in paths:
+        guard.refuse(path, verb="dataset sheet")
     missing = sum(1 for e in entries if caption_label(e)[1])
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
         for number, (chunk, path) in enumerate(zip(chunks, paths, strict=True), start=1):

@@ -2,9 +2,11 @@
 
 Every open goes through `open_image_rgb`, which applies the EXIF orientation first: phones
 store portrait photos as landscape pixels plus an orientation tag, and training on the raw
-pixels would teach the LoRA sideways faces. Transparency is composited on white (not
-dropped): `Image.convert("RGB")` keeps whatever colour sits under transparent pixels — often
-black or garbage — which the model would otherwise learn as a background.
+pixels would teach the LoRA sideways faces. Every Pillow mode is first brought to 8 bits with
+its real range (`image_modes.to_8bit`: a 16-bit PNG is scaled, not clipped to white).
+Transparency is composited on white, `image_modes.BACKGROUND` (not dropped):
+`Image.convert("RGB")` keeps whatever colour sits under transparent pixels — often black or
+garbage — which the model would otherwise learn as a background.
 
 Geometry (`plan_crop`) is separate from pixels (`load_pixels`) so the loader can compute SDXL's
 size/crop conditioning for a cached latent without decoding the image again.
@@ -20,6 +22,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps
 
+from lorakiln.data.image_modes import BACKGROUND, to_8bit
+
 if TYPE_CHECKING:
     import torch
 
@@ -27,8 +31,9 @@ if TYPE_CHECKING:
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
-#: Bumped whenever resizing/cropping changes, so stale cached latents are never reused.
-PREPROCESS_VERSION = "1"
+#: Bumped whenever resizing/cropping or the pixel conversion changes, so stale cached latents are
+#: never reused. "2": 16-bit, 32-bit, float and CMYK images are converted with their real range.
+PREPROCESS_VERSION = "2"
 
 
 def probe_image(path: Path) -> tuple[int, int]:
@@ -52,7 +57,7 @@ def probe_image(path: Path) -> tuple[int, int]:
 
 
 def open_image_rgb(path: Path) -> Image.Image:
-    """Open `path`, apply EXIF orientation and return an RGB image (alpha over white)."""
+    """Open `path`, apply EXIF orientation and return 8-bit RGB (real range, alpha over white)."""
     return flatten_to_rgb(open_oriented(path))
 
 
@@ -64,12 +69,14 @@ def open_oriented(path: Path) -> Image.Image:
 
 
 def flatten_to_rgb(img: Image.Image) -> Image.Image:
-    """RGB with any transparency composited on white (see the module docstring)."""
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # palette transparency → real alpha, then composite below
-    if img.mode in ("RGBA", "LA", "PA"):
+    """8-bit RGB of any Pillow mode, transparency composited on white (see the module docstring).
+
+    `Image.alpha_composite` blends straight (not premultiplied) alpha: out = a·pixel + (1 − a)·255.
+    """
+    img = to_8bit(img)
+    if img.mode in ("RGBA", "LA"):
         rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
         img = Image.alpha_composite(background, rgba)
     return img.convert("RGB")
 

@@ -31,8 +31,10 @@ from lorakiln.errors import DatasetError
 logger = logging.getLogger(__name__)
 
 _FOLDER_RE = re.compile(r"(?P<repeats>[^_]*)_(?P<rest>.*)", re.DOTALL)
-#: A folder name that starts like kohya's `<repeats>_`: what `scan_dataset` looks for.
-KOHYA_FOLDER_RE = re.compile(r"\d+_.*", re.DOTALL)
+#: A folder name that starts like kohya's `<repeats>_`: what `scan_dataset` looks for. A sign is
+#: accepted here so `-3_zwx` is recognised as a kohya folder with a bad repeat count (and named in
+#: the error) rather than as a stray folder.
+KOHYA_FOLDER_RE = re.compile(r"[+-]?\d+_.*", re.DOTALL)
 
 __all__ = ["KOHYA_FOLDER_RE", "MAX_LISTED_PROBLEMS", "normalize_caption_extension", "parse_folder_name",
            "scan_kohya_dataset", "scan_kohya_subset"]
@@ -48,12 +50,15 @@ def parse_folder_name(name: str) -> tuple[int, str, str | None]:
     if match is None:
         raise ValueError(f"has no `<repeats>_` prefix; rename it to e.g. `10_{name}` "
                          "(10 = how many times each image is seen per epoch)")
-    raw = match["repeats"]
-    if not (raw.isascii() and raw.isdigit()):
-        raise ValueError(f"repeats {raw!r} is not a whole number; rename it to e.g. `10_{match['rest']}`")
+    raw, rest = match["repeats"], match["rest"]
+    signed = raw[1:] if raw[:1] in "+-" else raw
+    if not (signed.isascii() and signed.isdigit()):
+        raise ValueError(f"repeats {raw!r} is not a whole number; rename it to e.g. `10_{rest}`")
     repeats = int(raw)
-    if repeats < 1:
-        raise ValueError(f"repeats is {repeats}; use at least 1, e.g. `1_{match['rest']}`")
+    if repeats < 1:  # kohya's int() accepts "+3" as 3, so does this
+        example = f"{abs(repeats)}_{rest}" if repeats else f"1_{rest}"
+        raise ValueError(f"has repeats {raw}; the number before `_` is how many times each image is seen per "
+                         f"epoch and must be a positive whole number, e.g. `{example}`")
     words = match["rest"].strip().split(None, 1)
     token = words[0] if words else ""
     return repeats, token, (words[1] if len(words) > 1 else None)
@@ -117,6 +122,8 @@ def scan_kohya_subset(folder: Path, index: int, ext: str, report: ScanReport,
         repeats, token, class_token, name_ok = 1, "", None, False
     if not image_files(folder)[1]:
         report.empty_folders.append(folder)
+    elif name_ok and not token:
+        report.no_token_folders.append(folder)
     subset = scan_captioned_folder(
         folder, index=index, repeats=repeats, token=token, class_token=class_token, ext=ext, report=report,
         pool=pool, no_caption_fix=f"add one, or put the trigger word in the folder name (`{repeats}_<token>`)")

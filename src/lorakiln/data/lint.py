@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from lorakiln.data.captions import split_tags
 from lorakiln.data.dataset import Dataset
+from lorakiln.data.image_modes import BACKGROUND_NAME, describe_mode
 from lorakiln.data.quality import (
     BLUR_THRESHOLD,
     DUPLICATE_DISTANCE,
@@ -119,12 +120,27 @@ def image_findings(stats: Sequence[ImageStats], options: LintOptions) -> list[Fi
         out.append(Finding("warning", "grayscale",
                            f"{len(gray)} image(s) are grayscale ({_names(gray)}); caption them 'black and white' "
                            "or 'monochrome', or the LoRA learns the look as part of the subject", _listed(gray)))
+    out += mode_findings(stats)
     alpha = [s.path for s in stats if s.error is None and s.has_alpha]
     if alpha:
         out.append(Finding("info", "transparency",
-                           f"{len(alpha)} image(s) have transparent pixels ({_names(alpha)}); they are trained on a "
-                           "white background", _listed(alpha)))
+                           f"{len(alpha)} image(s) have transparent pixels ({_names(alpha)}); they are trained "
+                           f"composited on a {BACKGROUND_NAME} background", _listed(alpha)))
     return out
+
+
+def mode_findings(stats: Sequence[ImageStats]) -> list[Finding]:
+    """One note per Pillow mode that is not plain 8-bit RGB(A): what the loader turns it into.
+
+    A user who exported 16-bit PNGs or CMYK JPEGs should see that they were converted, and how,
+    rather than discover it in the samples.
+    """
+    by_mode: dict[str, list[Path]] = {}
+    for s in stats:
+        if s.error is None and describe_mode(s.mode):
+            by_mode.setdefault(s.mode, []).append(s.path)
+    return [Finding("info", "image-mode", f"{len(paths)} image(s) are {describe_mode(mode)} ({_names(paths)})",
+                    _listed(paths)) for mode, paths in sorted(by_mode.items())]
 
 
 def _has_word(caption: str, word: str) -> bool:

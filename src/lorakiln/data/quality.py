@@ -14,9 +14,10 @@ user can act on before training:
 * **perceptual hash**: `imagehash.phash` (64-bit DCT hash); a small Hamming distance means the
   same photo re-encoded, resized or lightly edited — a near-duplicate that only adds weight to
   one pose.
-* **grayscale / alpha**: a black-and-white photo teaches "monochrome" as part of the concept
-  unless captioned; transparent pixels are composited on white by the loader (`images.py`), which
-  the user should know about.
+* **grayscale / alpha / mode**: a black-and-white photo teaches "monochrome" as part of the concept
+  unless captioned; transparent pixels are composited on white by the loader (`images.py`), and
+  16-bit, float and CMYK files are converted to 8-bit RGB (`image_modes.py`), which the user
+  should know about. The file's Pillow mode is kept so the report can say which conversion ran.
 
 Measurements run in a thread pool (Pillow and numpy release the GIL).
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lorakiln.data.image_modes import GRAY_MODES, to_8bit
 from lorakiln.data.images import flatten_to_rgb, open_oriented
 
 #: Long side the sharpness measure works at (downscale only).
@@ -62,6 +64,7 @@ class ImageStats:
     sha256: str = ""
     grayscale: bool = False
     has_alpha: bool = False  # some pixel is (partly) transparent
+    mode: str = ""  # Pillow mode of the file ("I;16", "CMYK", ...)
     error: str | None = None
 
 
@@ -79,19 +82,18 @@ def edge_sharpness(gray: np.ndarray) -> float:
     return float(np.sqrt(np.mean(lap[edges] ** 2)) / np.mean(grad[edges]))
 
 
-def _alpha_used(img: Image.Image) -> bool:
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode not in ("RGBA", "LA", "PA"):
+def _alpha_used(eight_bit: Image.Image) -> bool:
+    """`eight_bit` is `to_8bit`'s result: alpha, if any, is a real "A" channel by now."""
+    if eight_bit.mode not in ("RGBA", "LA"):
         return False
-    return int(np.asarray(img.getchannel("A")).min()) < 255
+    return int(np.asarray(eight_bit.getchannel("A")).min()) < 255
 
 
-def _is_grayscale(img: Image.Image) -> bool:
-    if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+def _is_grayscale(img: Image.Image, rgb: Image.Image) -> bool:
+    if img.mode in GRAY_MODES:
         return True
-    rgb = np.asarray(img.convert("RGB"), dtype=np.int16)
-    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    pixels = np.asarray(rgb, dtype=np.int16)
+    spread = pixels.max(axis=2) - pixels.min(axis=2)
     return int(spread.max()) <= GRAY_TOLERANCE
 
 
@@ -102,9 +104,10 @@ def measure_image(path: Path) -> ImageStats:
     try:
         data = path.read_bytes()
         img = open_oriented(path)
-        has_alpha = _alpha_used(img)
-        grayscale = _is_grayscale(img)
-        rgb = flatten_to_rgb(img)
+        eight_bit = to_8bit(img)
+        has_alpha = _alpha_used(eight_bit)
+        rgb = flatten_to_rgb(eight_bit)
+        grayscale = _is_grayscale(img, rgb)
         width, height = rgb.size
         small = rgb.copy()
         small.thumbnail((SHARPNESS_SIDE, SHARPNESS_SIDE), Image.Resampling.LANCZOS)  # never enlarges
@@ -113,7 +116,8 @@ def measure_image(path: Path) -> ImageStats:
     except Exception as exc:  # Pillow raises many types for broken files
         return ImageStats(path=path, error=f"{type(exc).__name__}: {exc}")
     return ImageStats(path=path, width=width, height=height, sharpness=edge_sharpness(gray), phash=phash,
-                      sha256=hashlib.sha256(data).hexdigest(), grayscale=grayscale, has_alpha=has_alpha)
+                      sha256=hashlib.sha256(data).hexdigest(), grayscale=grayscale, has_alpha=has_alpha,
+                      mode=img.mode)
 
 
 def measure_images(paths: Sequence[Path], max_workers: int | None = None) -> list[ImageStats]:

@@ -52,6 +52,7 @@ class ScanReport:
     ignored_images: list[Path] = field(default_factory=list)
     unlisted_images: list[Path] = field(default_factory=list)
     empty_folders: list[Path] = field(default_factory=list)
+    no_token_folders: list[Path] = field(default_factory=list)  # kohya `10_`: nothing after the `_`
 
     @property
     def num_missing_captions(self) -> int:
@@ -206,6 +207,13 @@ def warning_messages(report: ScanReport, ext: str) -> list[tuple[str, str]]:
     if report.empty_folders:
         out.append(("empty-folder", f"{len(report.empty_folders)} folder(s) have no images "
                     f"(.jpg/.jpeg/.png/.webp/.bmp), e.g. {report.empty_folders[0]}; they add nothing to training"))
+    if report.no_token_folders:
+        folder = report.no_token_folders[0]
+        out.append(("no-trigger-word", f"{len(report.no_token_folders)} folder(s) have no trigger word after the "
+                    f"repeats (e.g. {str(folder)!r}): kohya's folder rule is `<repeats>_<token>[ <class>]`, so "
+                    "these images train only on their caption files' text, nothing else ties them to a trigger "
+                    "word, and an image without a caption would have an empty prompt (lorakiln refuses it); "
+                    f"rename the folder to e.g. `{folder.name}zwx` and put zwx in the captions"))
     if report.missing or report.empty_captions:
         example = (report.missing or report.empty_captions)[0]
         out.append(("missing-caption", f"{report.num_missing_captions} image(s) have no {ext} caption "

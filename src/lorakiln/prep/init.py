@@ -9,11 +9,15 @@ range". On top of that, the things that silently go wrong when people do it by h
   sideways in any tool that ignores the tag);
 * formats Pillow reads but trainers skip (TIFF, GIF, …) are converted; JPEG stays JPEG, and a file
   that needs no change is copied byte for byte (no re-encoding loss);
+* pixels other trainers misread are made 8-bit with their real range (`data/image_modes.py`): a
+  16-bit PNG (mode `I;16`) would otherwise be clipped to white, a CMYK JPEG read with a
+  tool-dependent formula; transparency is kept (lorakiln's loader puts it on white);
 * stems are made unique (`a.jpg` + `a.png` would share `a.txt`);
 * same-stem caption files (`.txt`, `.caption`, …) travel with their image, as `.txt`.
 
 The source folder is only read. The destination subfolder must not exist yet or be empty, so
-nothing is ever overwritten.
+nothing is ever overwritten, and a destination that is the source, lies inside it or holds it is
+refused (`io_guard`), whatever the spelling (symlinks, `..`).
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from typing import Literal
 from PIL import Image, ImageOps
 
 from lorakiln.data.dataset import IMAGE_EXTENSIONS
+from lorakiln.data.image_modes import to_8bit
+from lorakiln.data.images import flatten_to_rgb
 from lorakiln.data.scan_common import KNOWN_CAPTION_EXTENSIONS
 from lorakiln.errors import DatasetError
+from lorakiln.io_guard import refuse_overwriting_inputs
 
 Kind = Literal["character", "object", "style"]
 #: Target optimizer steps per kind. Character/object: seed 000 ("between 1500 and 2000 for
@@ -41,6 +48,8 @@ EPOCH_RANGE = (5, 20)
 CONVERTIBLE = frozenset({".tif", ".tiff", ".gif"})
 _ORIENTATION_TAG = 0x0112
 JPEG_QUALITY = 95
+#: Modes every trainer reads right; anything else (16-bit, float, CMYK, palette, 1-bit) is re-encoded.
+PLAIN_MODES = frozenset({"RGB", "RGBA", "L", "LA"})
 
 
 @dataclass(frozen=True)
@@ -163,18 +172,18 @@ def _import_image(source: Path, dest_stem: Path, max_side: int | None) -> tuple[
     suffix = source.suffix.lower()
     if suffix in CONVERTIBLE or suffix == ".bmp":
         reasons.append(f"{suffix} to .png")
+    if img.mode not in PLAIN_MODES:
+        reasons.append(f"mode {img.mode} to 8-bit")
     if not reasons:
         target = dest_stem.with_suffix(".jpg" if suffix == ".jpeg" else suffix)
         shutil.copy2(source, target)
         return target, None
-    if fmt == "JPEG":
+    if fmt == "JPEG":  # JPEG has no alpha: flattened as the loader would
         target = dest_stem.with_suffix(".jpg")
-        img.convert("RGB").save(target, "JPEG", quality=JPEG_QUALITY, subsampling=0)
+        flatten_to_rgb(img).save(target, "JPEG", quality=JPEG_QUALITY, subsampling=0)
     else:
         target = dest_stem.with_suffix(".png")
-        if img.mode not in ("RGB", "RGBA", "L", "LA"):
-            img = img.convert("RGBA" if "transparency" in img.info or img.mode in ("PA", "P") else "RGB")
-        img.save(target, "PNG")
+        to_8bit(img).save(target, "PNG")
     return target, ", ".join(reasons)
 
 
@@ -193,9 +202,11 @@ def init_dataset(src: str | Path, dest: str | Path, token: str, *, class_token: 
     if not files:
         raise DatasetError(f"no images under {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS | CONVERTIBLE))})")
     out_root = Path(dest).expanduser()
-    if out_root.resolve() == source.resolve() or source.resolve() in out_root.resolve().parents:
-        raise DatasetError(f"--dest {str(out_root)!r} is inside the source folder; pick a folder outside it "
-                           "(the source is never modified)")
+    refuse_overwriting_inputs(out_root, [source], verb="dataset init", folder_output=True)
+    if source.resolve() in out_root.resolve().parents:
+        raise DatasetError(f"--dest {str(out_root)!r} is inside the source folder {str(source)!r}, so the "
+                           "copies would mix with the photos; pick a folder outside it (the source is never "
+                           "modified)")
     if repeats != "auto" and (not isinstance(repeats, int) or repeats < 1):
         raise DatasetError(f"--repeats {repeats!r} must be a whole number ≥ 1 or 'auto'")
     # Count readable images first: the folder name carries the repeats, which `auto` derives from it.

@@ -58,12 +58,10 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from PIL import Image
-
+    from lorakiln.data.images import open_image_rgb
     from lorakiln.toyworld.detect import detect
 
     for name in args.images:
-        with Image.open(Path(name)) as im:
-            d = detect(im.convert("RGB"))
+        d = detect(open_image_rgb(Path(name)))
         print(f"{name}: {d.colour} {d.shape} on {d.background}")
     return 0

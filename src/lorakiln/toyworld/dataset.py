@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN
+from lorakiln.errors import DatasetError
 from lorakiln.toyworld.render import render
 from lorakiln.toyworld.world import CONCEPT_TOKEN, Scene, Split, caption, concept_scenes, sample_scenes
 
@@ -30,10 +31,15 @@ MANIFEST = "scenes.jsonl"
 
 
 def _prepare(folder: str | os.PathLike[str]) -> Path:
-    """Create `folder`; refuse a non-empty one so two datasets never mix silently."""
+    """Create `folder`; refuse a file or a non-empty folder, so two datasets never mix silently and
+    nothing already there (a user's own images) is ever overwritten."""
     root = Path(folder).expanduser()
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise FileExistsError(f"{root} exists and is not an empty folder; choose a new folder")
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder; nothing was written. Choose a new folder for the "
+                           "toy dataset")
+    if root.exists() and any(root.iterdir()):
+        raise DatasetError(f"{root} already holds files; nothing was written. Choose a new or empty folder for "
+                           "the toy dataset")
     root.mkdir(parents=True, exist_ok=True)
     return root
 
