@@ -1,6 +1,8 @@
 """The whole UI workflow in a real headless Chromium (Debian's `chromium`, driven by Playwright):
-create a project, import three images, edit a caption, start a tiny training, stop it, resume it,
-watch progress reach the end, see the LoRA listed, generate an image with it and see it.
+open the project the server was started on (shown read-only), import three images, edit a
+caption, start a tiny training, stop it, resume it, watch progress reach the end, see the LoRA
+listed, generate an image with it and see it. The server runs as a user starts it, with the
+tiny model's folder as its `--models-dir`.
 
 `scripts/test.sh` installs both (`scripts/setup-browser.sh`). Where the browser is missing the
 test is skipped, unless LORAKILN_E2E=required (as `.ci/run` sets), where that is a failure.
@@ -54,16 +56,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """`lorakiln ui` as a user starts it, in its own process; yields (URL, home folder)."""
+def server(tmp_path: Path, tiny_sd1_file: Path) -> Iterator[tuple[str, Path]]:
+    """`lorakiln ui --project <home>/anna --models-dir <tiny model's folder>` in its own process;
+    yields (URL, home folder)."""
     _browser_or_skip()
     port = _free_port()
     home = tmp_path / "loras"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False",
            "LORAKILN_HOME": str(tmp_path / "lkhome")}
     log = (tmp_path / "ui.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "lorakiln", "ui", "--project", str(home / "first"), "--port",
-                             str(port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "lorakiln", "ui", "--project", str(home / "anna"), "--port",
+                             str(port), "--models-dir", str(tiny_sd1_file.parent)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 300  # a cold start imports gradio and torch
@@ -149,10 +153,10 @@ def test_project_to_generated_image_in_chromium(server: tuple[str, Path], tmp_pa
         page.goto(url)
         expect(page.get_by_text("lorakiln").first).to_be_visible()
 
-        # 1. a new project: type its folder; the import creates it
+        # 1. the project is the server's: shown, not editable
         folder = _field(page, "project folder")
-        folder.fill(str(project))
-        folder.press("Tab")
+        expect(folder).to_have_value(str(project.resolve()))
+        expect(folder).not_to_be_editable()
         _field(page, "trigger word").fill("zwx")
         _field(page, "repeats").fill("5")
         page.screenshot(path=str(shots / "1-project.png"), full_page=True)
@@ -192,6 +196,7 @@ def test_project_to_generated_image_in_chromium(server: tuple[str, Path], tmp_pa
         page.get_by_role("button", name="load", exact=True).click()
         epochs = _field(page, "train.max_train_epochs")
         expect(epochs).to_have_value("1", timeout=30_000)
+        _wait_value(_field(page, "total steps"), "optimizer steps: 15", 60)  # the load's own count has landed
         epochs.fill("8")  # 3 images × 5 repeats × 8 epochs = 120 steps: long enough to stop midway
         epochs.press("Tab")
         page.get_by_role("button", name="count steps").click()

@@ -10,6 +10,7 @@ from PIL import Image
 from lorakiln.captioning.blip import BlipOptions
 from lorakiln.captioning.tagger import TaggerOptions
 from lorakiln.ui.caption_tab import SETTINGS, caption
+from lorakiln.ui.sandbox import Sandbox
 
 
 def _settings(**changes: object) -> list[object]:
@@ -23,6 +24,11 @@ def _settings(**changes: object) -> list[object]:
     return [values[k] for k in SETTINGS]
 
 
+def _box(project: Path, model: Path) -> Sandbox:
+    """The project, with the test's caption model folder as a --models-dir."""
+    return Sandbox.for_project(project, model=[model])
+
+
 def _dataset(project: Path) -> Path:
     folder = project / "train" / "10_zwx"
     folder.mkdir(parents=True)
@@ -34,27 +40,31 @@ def _dataset(project: Path) -> Path:
 
 def test_tagger_with_prefix_keeps_existing_captions(tmp_path: Path, tiny_tagger: Path) -> None:
     folder = _dataset(tmp_path)
-    report = caption(str(tmp_path), *_settings(method="tagger", model=str(tiny_tagger), prefix="zwx, ",
+    report = caption(_box(tmp_path, tiny_tagger), *_settings(method="tagger", model=str(tiny_tagger), prefix="zwx, ",
                                                exclude_tags="solo"))
     assert "captioned 1 image" in report and "kept 1 existing caption" in report, report
     assert (folder / "red.txt").read_text(encoding="utf-8").strip() == "zwx, long hair, hatsune miku"
     assert (folder / "blue.txt").read_text(encoding="utf-8") == "my own caption"  # never lost
-    report = caption(str(tmp_path), *_settings(method="tagger", model=str(tiny_tagger), overwrite=True))
+    report = caption(_box(tmp_path, tiny_tagger), *_settings(method="tagger", model=str(tiny_tagger), overwrite=True))
     assert "captioned 2 images" in report
     assert (folder / "blue.txt").read_text(encoding="utf-8").strip() == "blue sky"
 
 
 def test_blip_lengths_reach_the_model(tmp_path: Path, tiny_blip: Path) -> None:
     folder = _dataset(tmp_path)
-    caption(str(tmp_path), *_settings(model=str(tiny_blip), min_length=7, num_beams=2.0, postfix=", photo"))
+    caption(_box(tmp_path, tiny_blip), *_settings(model=str(tiny_blip), min_length=7, num_beams=2.0, postfix=", photo"))
     text = (folder / "red.txt").read_text(encoding="utf-8").strip()
     assert text.endswith(", photo") and len(text.removesuffix(", photo").split()) == 7 - 4  # 4 prompt tokens
 
 
-def test_errors_are_messages(tmp_path: Path, tiny_blip: Path) -> None:
-    assert "import images in the Dataset tab first" in caption(str(tmp_path), *_settings())
+def test_errors_are_messages(tmp_path: Path, tiny_blip: Path, tiny_tagger: Path) -> None:
+    assert "import images in the Dataset tab first" in caption(_box(tmp_path, tiny_blip), *_settings())
     _dataset(tmp_path)
-    report = caption(str(tmp_path), *_settings(model=str(tiny_blip), min_length=50, max_length=10))
+    report = caption(_box(tmp_path, tiny_blip), *_settings(model=str(tiny_blip), min_length=50, max_length=10))
     assert report.startswith("error") or "\nerror: " in report
     assert "--max-length 10 is below --min-length 50" in report
-    assert "error: --threshold" in caption(str(tmp_path), *_settings(method="tagger", general_threshold=2.0))
+    assert "error: --threshold" in caption(_box(tmp_path, tiny_blip), *_settings(method="tagger", general_threshold=2.0))
+    outside = tmp_path.parent / f"{tmp_path.name}-models"
+    outside.mkdir()
+    report = caption(_box(tmp_path, tiny_blip), *_settings(model=str(outside)))
+    assert report.startswith("error") and "outside the folders this UI may read" in report and "--models-dir" in report

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lorakiln.ui import dataset_tab as tab
+from lorakiln.ui.sandbox import Sandbox
 
 
 def photos(folder: Path, n: int = 3) -> list[Path]:
@@ -26,15 +27,23 @@ def test_import_from_a_folder_reads_the_source_only(tmp_path: Path) -> None:
     photos(src)
     (src / "p0.txt").write_text("photo of zwx", encoding="utf-8")
     before = sorted(p.name for p in src.iterdir())
-    msg = tab.import_from_path(str(tmp_path / "proj"), str(src), "zwx", "man", "2")
+    box = Sandbox.for_project(tmp_path / "proj", data=[src])  # `lorakiln ui --data-dir photos`
+    msg = tab.import_from_path(box, str(src), "zwx", "man", "2")
     assert "3 image(s)" in msg and "token 'zwx'" in msg
     folder = tmp_path / "proj" / "train" / "2_zwx man"
     assert sorted(p.name for p in folder.iterdir()) == ["p0.png", "p0.txt", "p1.png", "p2.png"]
     assert sorted(p.name for p in src.iterdir()) == before
-    again = tab.import_from_path(str(tmp_path / "proj"), str(src), "zwx", "man", "2")
+    again = tab.import_from_path(box, str(src), "zwx", "man", "2")
     assert again.startswith("error:") and "not empty" in again  # never overwrites
-    assert tab.import_from_path(str(tmp_path / "proj"), "", "zwx").startswith("error:")
-    assert "whole number" in tab.import_from_path(str(tmp_path / "proj"), str(src), "zwx", "", "many")
+    assert tab.import_from_path(box, "", "zwx").startswith("error:")
+    assert "whole number" in tab.import_from_path(box, str(src), "zwx", "", "many")
+    photos(tmp_path / "elsewhere")  # not a --data-dir: refused, nothing imported
+    msg = tab.import_from_path(box, str(tmp_path / "elsewhere"), "other", "", "2")
+    assert msg.startswith("error:") and "--data-dir" in msg and not (box.project / "train" / "2_other").exists()
+    for word, other in (("../../zwx", ""), ("zwx", "../man"), ("a/b", ""), (".hidden", "")):
+        msg = tab.import_from_path(box, str(src), word, other, "3")
+        assert msg.startswith("error:") and "contains a path" in msg, msg
+    assert sorted(p.name for p in (box.project / "train").iterdir()) == ["2_zwx man"]
 
 
 def test_uploads_are_checked_first_and_a_non_image_refuses_the_batch(tmp_path: Path) -> None:
@@ -45,14 +54,20 @@ def test_uploads_are_checked_first_and_a_non_image_refuses_the_batch(tmp_path: P
     notes = up / "notes.txt"
     notes.write_text("hello", encoding="utf-8")
     project = tmp_path / "proj"
+    box = Sandbox.for_project(project)
     for bad in (fake, notes):
-        msg = tab.import_uploads(str(project), [str(images[0]), str(bad), str(images[1])], "zwx", "", "3")
+        msg = tab.import_uploads(box, [str(images[0]), str(bad), str(images[1])], "zwx", "", "3")
         assert msg.startswith("error:") and bad.name in msg and "nothing was imported" in msg
         assert not (project / "train").exists()
-    msg = tab.import_uploads(str(project), [str(p) for p in images], "zwx", "", "3")
+    msg = tab.import_uploads(box, [str(p) for p in images], "zwx", "", "3")
     assert "2 image(s)" in msg, msg
     assert sorted(p.name for p in (project / "train" / "3_zwx").iterdir()) == ["p0.png", "p1.png"]
-    assert tab.import_uploads(str(project), [], "zwx").startswith("error:")
+    assert tab.import_uploads(box, [], "zwx").startswith("error:")
+    named = up / "sub"
+    named.mkdir()
+    photos(named, 1)  # gradio keeps an upload's own name; a name with a path keeps only its last part
+    msg = tab.import_uploads(box, [str(named / "p0.png"), str(images[0])], "two", "", "1")
+    assert sorted(p.name for p in (project / "train" / "1_two").iterdir()) == ["p0-1.png", "p0.png"], msg
 
 
 @pytest.fixture
@@ -66,20 +81,20 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def test_caption_select_edit_save_and_read_back(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    items, paths = tab.gallery(str(dataset))
+    items, paths = tab.gallery(Sandbox.for_project(dataset))
     assert [Path(p).name for p in paths] == ["p0.png", "p1.png", "p2.png"]
     assert items[0][1] == "p0.png: photo of zwx" and items[2][1] == "p2.png: "
     image, caption, msg = tab.select_image(paths, 1)
     assert (Path(image).name, caption, msg) == ("p1.png", "photo of a man", "")
-    assert tab.save_caption(str(dataset), image, "photo of zwx, a man ").startswith("saved")
+    assert tab.save_caption(Sandbox.for_project(dataset), image, "photo of zwx, a man ").startswith("saved")
     assert tab.read_caption(image) == "photo of zwx, a man"
     assert tab.select_image(paths, 2)[1] == ""  # no caption yet
-    assert tab.save_caption(str(dataset), paths[2], "zwx smiling").startswith("saved")
-    assert tab.gallery(str(dataset))[0][2][1] == "p2.png: zwx smiling"
-    assert tab.select_image(paths, 7)[2] and tab.save_caption(str(dataset), "", "x").startswith("error")
+    assert tab.save_caption(Sandbox.for_project(dataset), paths[2], "zwx smiling").startswith("saved")
+    assert tab.gallery(Sandbox.for_project(dataset))[0][2][1] == "p2.png: zwx smiling"
+    assert tab.select_image(paths, 7)[2] and tab.save_caption(Sandbox.for_project(dataset), "", "x").startswith("error")
     outside = dataset.parent / "elsewhere.png"
     Image.new("RGB", (8, 8)).save(outside)
-    assert "not an image of this project" in tab.save_caption(str(dataset), str(outside), "x")
+    assert "not an image of this project" in tab.save_caption(Sandbox.for_project(dataset), str(outside), "x")
 
     import lorakiln.atomic as atomic
 
@@ -89,17 +104,17 @@ def test_caption_select_edit_save_and_read_back(dataset: Path, monkeypatch: pyte
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(atomic, "write_text_atomic", failing_write)
-    msg = tab.save_caption(str(dataset), image, "a new caption that is lost")
+    msg = tab.save_caption(Sandbox.for_project(dataset), image, "a new caption that is lost")
     assert msg.startswith("error:") and "old caption is kept" in msg
     assert tab.read_caption(image) == "photo of zwx, a man"
     assert sorted(p.name for p in Path(image).parent.iterdir() if p.name.startswith(".")) == []
 
 
 def test_check_and_token_reports_name_the_problems(dataset: Path) -> None:
-    report = tab.check_report(str(dataset), "zwx")
+    report = tab.check_report(Sandbox.for_project(dataset), "zwx")
     assert "3 image(s)" in report and "caption-without-token" in report and "p1.png" in report
     assert "missing-caption" in report and "p2.png" in report and "total steps" in report
-    assert "error" in tab.check_report(str(dataset.parent / "empty"), "zwx")
+    assert "error" in tab.check_report(Sandbox.for_project(dataset.parent / "empty"), "zwx")
     assert "ok" in tab.token_report("zwx")
     common = tab.token_report("dog")
     assert "warning" in common and "common word" in common

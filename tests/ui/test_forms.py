@@ -11,14 +11,23 @@ from PIL import Image
 from lorakiln.config.load import load_config
 from lorakiln.config.schema import SECTIONS
 from lorakiln.errors import ConfigError
-from lorakiln.ui.forms import GROUPS, field_specs, load_run_toml, raw_from_values, save_run_toml, step_summary
+from lorakiln.ui.forms import (
+    GROUPS,
+    SERVER_ONLY_KEYS,
+    field_specs,
+    load_run_toml,
+    raw_from_values,
+    save_run_toml,
+    step_summary,
+)
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "config.toml"
 
 
 def test_every_schema_key_is_a_field_with_help_and_known_group() -> None:
     specs = {s.key: s for s in field_specs()}
-    assert set(specs) == {f"{sec}.{name}" for sec, model in SECTIONS.items() for name in model.model_fields}
+    every = {f"{sec}.{name}" for sec, model in SECTIONS.items() for name in model.model_fields}
+    assert set(specs) == every - SERVER_ONLY_KEYS and "model.allow_pickle" in SERVER_ONLY_KEYS  # never a form field
     assert all(key in specs for keys in GROUPS.values() for key in keys)  # no stale group entry
     assert all(s.help for s in specs.values())
     assert specs["train.unet_lr"].group == "learning rates" and specs["train.noise_offset"].group == "advanced"
@@ -61,5 +70,5 @@ def test_live_step_count_is_the_trainers_and_errors_are_messages(tmp_path: Path)
     values = load_run_toml(QUICKSTART) | {"data.train_data_dir": "train", "train.max_train_epochs": 5,
                                           "train.train_batch_size": 1, "data.resolution": "64,64"}
     text = step_summary(values, tmp_path)
-    assert "225" in text  # 3 images × 15 repeats × 5 epochs / batch 1 (the seed's arithmetic)
+    assert "225" in text  # 3 images × 15 repeats × 5 epochs / batch 1
     assert step_summary(values | {"data.train_data_dir": "nowhere"}, tmp_path).startswith("error:")

@@ -109,3 +109,27 @@ def test_failed_run_keeps_its_message_and_queue_survives(project: Path) -> None:
     (project / "queue" / "queue.json").write_text("{", encoding="utf-8")
     with pytest.raises(LorakilnError, match="not valid JSON"):
         RunQueue(project / "queue")
+
+
+def test_the_check_runs_at_submit_and_again_at_start(project: Path) -> None:
+    """The web UI's sandbox check: a run refused at submit is never queued; a TOML changed after
+    submit (or a hand-edited queue.json) is refused when its turn comes, and the next run starts."""
+    refuse: set[str] = set()
+
+    def check(config: Path, overrides: list[str]) -> None:
+        if config.stem in refuse:
+            raise LorakilnError(f"{config.name}: outside the project")
+
+    queue = RunQueue(project / "queue", check=check)
+    refuse.add("a")
+    with pytest.raises(LorakilnError, match="outside the project"):
+        queue.submit(write_run(project, "a"))
+    assert queue.runs() == []
+    refuse.clear()
+    first, second = queue.submit(write_run(project, "b")), queue.submit(write_run(project, "c"))
+    refuse.add("b")  # changed while queued
+    running = queue.poll()
+    assert queue.get(first.id).status == "failed" and queue.get(first.id).pid is None
+    assert "refused: b.toml: outside the project" in (queue.get(first.id).message or "")
+    assert running is not None and running.id == second.id
+    assert queue.wait(second.id).status == "failed"  # its model does not exist: it ran, and failed

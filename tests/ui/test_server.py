@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -22,8 +23,9 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_launch_policy() -> None:
     assert launch_options(parse()) == {"server_name": "127.0.0.1", "server_port": 7860, "auth": None,
                                        "share": False}
-    assert launch_options(parse("--listen", "--host", "10.0.0.2"))["server_name"] == "0.0.0.0"
-    assert launch_options(parse("--host", "10.0.0.2", "--port", "9000"))["server_name"] == "10.0.0.2"
+    assert launch_options(parse("--listen", "--host", "10.0.0.2", "--auth", "a:b"))["server_name"] == "0.0.0.0"
+    opts = launch_options(parse("--host", "10.0.0.2", "--port", "9000", "--insecure-no-auth"))
+    assert opts["server_name"] == "10.0.0.2" and opts["auth"] is None
     opts = launch_options(parse("--auth", "me:s3:cret", "--listen"))
     assert opts["auth"] == ("me", "s3:cret") and opts["share"] is False
     for bad in ("nocolon", ":pw", "me:", " :pw"):
@@ -31,6 +33,9 @@ def test_launch_policy() -> None:
             launch_options(parse("--auth", bad))
     with pytest.raises(ConfigError, match="port"):
         launch_options(parse("--port", "70000"))
+    for exposed in (("--listen",), ("--host", "10.0.0.2"), ("--host", "0.0.0.0")):
+        with pytest.raises(ConfigError, match="--auth USER:PASS"):
+            launch_options(parse(*exposed))
 
 
 def test_cli_refuses_a_malformed_auth(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -59,23 +64,29 @@ def free_port() -> int:
 @pytest.mark.parametrize("listen", [False, True])
 def test_real_launch_binds_as_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listen: bool) -> None:
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    from lorakiln.ui.app import build_app
+    from lorakiln.ui.sandbox import Sandbox
+    from lorakiln.ui.server import serve
 
-    args = parse("--port", str(free_port()), *(["--listen"] if listen else []))
+    args = parse("--project", str(tmp_path / "proj"), "--port", str(free_port()),
+                 *(["--listen", "--auth", "me:pw"] if listen else []))
     options = launch_options(args)
-    app = build_app(tmp_path / "proj")
+    app = serve(Sandbox.from_args(args), options, [], prevent_thread_lock=True, quiet=True)
     try:
-        app.launch(**options, prevent_thread_lock=True, quiet=True)
         assert app.server_name == ("0.0.0.0" if listen else "127.0.0.1") and not app.share
-        with urllib.request.urlopen(f"http://127.0.0.1:{options['server_port']}/", timeout=30) as reply:
+        url = f"http://127.0.0.1:{options['server_port']}/"
+        if listen:  # a login is required before anything else
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{url}gradio_api/info", timeout=30)
+            assert refused.value.code == 401
+            return
+        with urllib.request.urlopen(url, timeout=30) as reply:
             assert reply.status == 200 and b"lorakiln" in reply.read()
-        if not listen:  # the events are wired: handlers answer through gradio's own API
-            from gradio_client import Client
+        from gradio_client import Client  # the events are wired: handlers answer through gradio's own API
 
-            client = Client(f"http://127.0.0.1:{options['server_port']}/", verbose=False)
-            status, plot, *_ = client.predict(str(tmp_path / "proj"), "", api_name="/poll_view")
-            assert status == "no runs yet" and plot["columns"] == ["step", "loss"]
-            assert client.predict(str(tmp_path / "proj"), api_name="/gallery") == []
+        client = Client(url, verbose=False)
+        status, plot, *_ = client.predict("", api_name="/poll_view")
+        assert status == "no runs yet" and plot["columns"] == ["step", "loss"]
+        assert client.predict(api_name="/gallery") == []
     finally:
         app.close()
     assert (tmp_path / "proj").is_dir()

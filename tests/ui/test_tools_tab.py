@@ -10,17 +10,18 @@ import torch
 from safetensors import safe_open
 
 from lorakiln.ui import tools_tab as tab
+from lorakiln.ui.sandbox import Sandbox
 
 
-def _project(tmp_path: Path, epoch_loras: Path) -> Path:
+def _project(tmp_path: Path, epoch_loras: Path) -> Sandbox:
     (tmp_path / "output").mkdir()
     for stem in ("last", "last-000001"):
         shutil.copy(epoch_loras / f"{stem}.safetensors", tmp_path / "output")
-    return tmp_path
+    return Sandbox.for_project(tmp_path)
 
 
 def test_info_relative_to_the_project(tmp_path: Path, epoch_loras: Path) -> None:
-    project = str(_project(tmp_path, epoch_loras))
+    project = _project(tmp_path, epoch_loras)
     text = tab.info(project, "output/last.safetensors")
     assert "Base model  SD 1.x" in text and "Loads in    AUTOMATIC1111" in text and "rank 2" in text
     assert "lora_unet_" in tab.info(project, "output/last.safetensors", modules=True)
@@ -29,7 +30,7 @@ def test_info_relative_to_the_project(tmp_path: Path, epoch_loras: Path) -> None
 
 
 def test_resize_then_refuse_to_overwrite(tmp_path: Path, epoch_loras: Path) -> None:
-    project = str(_project(tmp_path, epoch_loras))
+    project = _project(tmp_path, epoch_loras)
     report = tab.resize(project, "output/last.safetensors", "output/last-r1.safetensors", 1, None, "", None)
     assert "last-r1.safetensors" in report and not report.startswith("error")
     with safe_open(str(tmp_path / "output" / "last-r1.safetensors"), "pt") as f:
@@ -45,7 +46,7 @@ def test_resize_then_refuse_to_overwrite(tmp_path: Path, epoch_loras: Path) -> N
 
 
 def test_convert_to_diffusers(tmp_path: Path, epoch_loras: Path) -> None:
-    project = str(_project(tmp_path, epoch_loras))
+    project = _project(tmp_path, epoch_loras)
     report = tab.convert(project, "output/last.safetensors", "output/diffusers.safetensors", "diffusers")
     assert not report.startswith("error"), report
     with safe_open(str(tmp_path / "output" / "diffusers.safetensors"), "pt") as f:
@@ -54,7 +55,7 @@ def test_convert_to_diffusers(tmp_path: Path, epoch_loras: Path) -> None:
 
 
 def test_merge_two_loras_into_one(tmp_path: Path, epoch_loras: Path) -> None:
-    project = str(_project(tmp_path, epoch_loras))
+    project = _project(tmp_path, epoch_loras)
     report = tab.merge(project, "output/last.safetensors:0.7\noutput/last-000001.safetensors:0.3\n",
                        "output/merged.safetensors", "", "", "sum", None, None)
     assert "merged.safetensors" in report and "exact concatenation" in report, report

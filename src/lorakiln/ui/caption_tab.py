@@ -5,6 +5,9 @@ and call `caption_with_blip` / `tag_images`, so the rules are the CLI's: existin
 kept unless *overwrite* is ticked, writes are atomic, an unreadable image is reported by name
 and skipped, and the model is loaded only if some image needs a caption. Progress comes from
 the captioner's own tqdm bar, which gradio mirrors (`gr.Progress(track_tqdm=True)`).
+
+A local caption model must lie in the project or a `--models-dir` folder (`Sandbox`); a hub id
+is downloaded as on the CLI.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from lorakiln.errors import LorakilnError
 from lorakiln.ui.dataset_tab import dataset_dir
+from lorakiln.ui.sandbox import Sandbox
 
 #: The tab's settings in the order its components pass them (`*settings`).
 SETTINGS: tuple[str, ...] = (
@@ -25,6 +29,12 @@ _BLIP = ("num_beams", "min_length", "max_length", "sample", "top_p", "text_promp
 _TAGGER = ("general_threshold", "character_threshold", "exclude_tags", "replace_underscores", "include_rating",
            "sort_by_confidence", "tag_separator")
 _INTS = ("batch_size", "num_beams", "min_length", "max_length")
+
+
+def _model(box: Sandbox, value: str | None) -> str:
+    """The caption model: empty (the default), a hub id, or a local folder inside the roots."""
+    value = (value or "").strip()
+    return box.resolve_model(value, "model", what="caption model") if value else ""
 
 
 def _options(settings: dict[str, Any]) -> tuple[str, Any]:
@@ -47,18 +57,19 @@ def _options(settings: dict[str, Any]) -> tuple[str, Any]:
     raise LorakilnError(f"unknown captioning method {method!r}; valid: blip, tagger")
 
 
-def caption(project: str, *settings: Any) -> str:
+def caption(box: Sandbox, *settings: Any) -> str:
     """Caption `<project>/train` with the form's settings; the CLI's summary (or ``error: …``)."""
     from lorakiln.captioning.blip import caption_with_blip
     from lorakiln.captioning.files import OutputOptions
     from lorakiln.captioning.tagger import tag_images
 
     values = dict(zip(SETTINGS, settings, strict=True))
-    root = dataset_dir(project)
+    root = dataset_dir(box)
     if not root.is_dir():
         return f"error: {root} does not exist yet: import images in the Dataset tab first"
     lines: list[str] = []
     try:
+        values["model"] = _model(box, values["model"])
         method, options = _options(values)
         output = OutputOptions(overwrite=bool(values["overwrite"]), progress=True)
         run = caption_with_blip if method == "blip" else tag_images
@@ -68,7 +79,7 @@ def caption(project: str, *settings: Any) -> str:
     return "\n".join([*lines, summary.format()])
 
 
-def build(project: Any, show_gallery: Any, gallery_in: Any, gallery_out: Any) -> None:
+def build(box: Sandbox, show_gallery: Any, gallery_out: Any) -> None:
     """The tab inside an open `gr.Blocks`; after a run the Dataset tab's gallery is refreshed."""
     import gradio as gr
 
@@ -79,7 +90,8 @@ def build(project: Any, show_gallery: Any, gallery_in: Any, gallery_out: Any) ->
     with gr.Row():
         method = gr.Radio(["blip", "tagger"], value="blip", label="method",
                           info="blip: one sentence per image; tagger: WD14 booru-style tags")
-        model = gr.Textbox(label="model", info="local folder or hub id (empty: the default model)", scale=3)
+        model = gr.Textbox(label="model", info="hub id, or a folder in the project or a --models-dir "
+                           "(empty: the default model)", scale=3)
     with gr.Row():
         prefix = gr.Textbox(label="prefix", placeholder="photo of zwx, ", info="text before every caption")
         postfix = gr.Textbox(label="postfix", info="text after every caption")
@@ -108,9 +120,9 @@ def build(project: Any, show_gallery: Any, gallery_in: Any, gallery_out: Any) ->
 
     # gradio shows a progress bar for a handler whose signature has a `gr.Progress` default;
     # track_tqdm mirrors the captioner's own bar into it.
-    def run(folder: str, *settings: Any, progress: Any = gr.Progress(track_tqdm=True)) -> str:  # noqa: B008
-        return caption(folder, *settings)
+    def run(*settings: Any, progress: Any = gr.Progress(track_tqdm=True)) -> str:  # noqa: B008
+        return caption(box, *settings)
 
     settings = [method, model, prefix, postfix, overwrite, batch, beams, min_len, max_len, sample, top_p, text_prompt,
                 threshold, char_threshold, exclude, underscores, rating, by_confidence, separator]
-    start.click(run, [project, *settings], report).then(show_gallery, gallery_in, gallery_out)
+    start.click(run, settings, report).then(show_gallery, None, gallery_out)

@@ -1,12 +1,15 @@
 """The Dataset tab: import photos, review and edit captions, check the folder and the trigger word.
 
-Handlers are plain functions (values in, values out) so tests call them without a browser; each
-one calls the same package functions as `lorakiln dataset …` (`prep.init.init_dataset`,
-`prep.check.check_dataset`, `data.token_check.check_token`). Errors come back as a message in the
-tab rather than as exceptions, because a web form has no stderr.
+Handlers are plain functions (the server's `Sandbox` first, then values) so tests call them
+without a browser; each one calls the same package functions as `lorakiln dataset …`
+(`prep.init.init_dataset`, `prep.check.check_dataset`, `data.token_check.check_token`). Errors
+come back as a message in the tab rather than as exceptions, because a web form has no stderr.
 
 The dataset of a project is always `<project>/train` (the run TOML's `data.train_data_dir`
-defaults to it), and captions are the same-stem `.txt` files next to the images.
+defaults to it), and captions are the same-stem `.txt` files next to the images. Every write
+stays there: a folder import reads only from the project and `--data-dir` folders, uploads are
+stored under a plain file name (``../../x.png`` becomes ``x.png``), and the trigger and class
+words, which become a folder name, may not contain a path.
 """
 
 from __future__ import annotations
@@ -19,16 +22,26 @@ from typing import Any
 
 from PIL import Image
 
+from lorakiln.data.images import open_image_rgb
 from lorakiln.errors import LorakilnError
+from lorakiln.ui.sandbox import Sandbox, SandboxError, safe_basename
 
 CAPTION_EXT = ".txt"
 THUMB_SIDE = 256
 
 
-def dataset_dir(project: str | Path) -> Path:
-    """The project's training folder. Not created here: only an import creates it (with the
-    project), so viewing a mistyped project path leaves no folders behind."""
-    return Path(project).expanduser() / "train"
+def dataset_dir(box: Sandbox) -> Path:
+    """The project's training folder (not created here: only an import creates it)."""
+    return box.project / "train"
+
+
+def _check_words(token: str, class_token: str) -> None:
+    """The words become the folder `<repeats>_<token>[ <class>]` inside `<project>/train`, so a
+    separator or `..` in them would name a folder elsewhere."""
+    for label, word in (("trigger word", token), ("class word", class_token)):
+        if any(c in word for c in "/\\\x00") or ".." in word or word.startswith("."):
+            raise SandboxError(f"{label} {word!r} contains a path ('/', a backslash, '..' or a leading '.'); "
+                               "use a plain word such as zwx")
 
 
 def _repeats(value: Any) -> int | str:
@@ -50,19 +63,30 @@ def _token_text(token: str) -> str:
         return f"token {token!r}: {err}"
 
 
-def import_from_path(project: str, source: str, token: str, class_token: str = "", repeats: Any = "auto") -> str:
-    """`dataset init` from a folder on the server into `<project>/train` (the source is only read)."""
+def _import(box: Sandbox, source: Path, token: str, class_token: str, repeats: Any) -> str:
     from lorakiln.prep.init import init_dataset
 
+    token, class_token = (token or "").strip(), (class_token or "").strip()
+    try:
+        _check_words(token, class_token)
+        result = init_dataset(source, dataset_dir(box), token, class_token=class_token or None,
+                              repeats=_repeats(repeats))  # type: ignore[arg-type]
+        box.resolve_write(result.folder, what="dataset folder")  # the words were checked: a last guard
+    except LorakilnError as err:
+        return f"error: {err}"
+    return result.format() + "\n" + _token_text(token)
+
+
+def import_from_path(box: Sandbox, source: str, token: str, class_token: str = "", repeats: Any = "auto") -> str:
+    """`dataset init` from a folder of the project or a `--data-dir` into `<project>/train`
+    (the source is only read)."""
     if not (source or "").strip():
         return "error: enter the folder that holds your photos"
     try:
-        result = init_dataset(Path(source.strip()).expanduser(), dataset_dir(project), (token or "").strip(),
-                              class_token=(class_token or "").strip() or None,
-                              repeats=_repeats(repeats))  # type: ignore[arg-type]
+        folder = box.resolve_read(source, "data", what="photo folder")
     except LorakilnError as err:
         return f"error: {err}"
-    return result.format() + "\n" + _token_text(token.strip())
+    return _import(box, folder, token, class_token, repeats)
 
 
 def refuse_non_images(files: list[str]) -> str | None:
@@ -80,9 +104,13 @@ def refuse_non_images(files: list[str]) -> str | None:
     return None
 
 
-def import_uploads(project: str, files: list[Any] | None, token: str, class_token: str = "",
+def import_uploads(box: Sandbox, files: list[Any] | None, token: str, class_token: str = "",
                    repeats: Any = "auto") -> str:
-    """Import uploaded images (gradio temp files) the same way as a folder import."""
+    """Import uploaded images the same way as a folder import.
+
+    `files` are gradio's copies in its upload folder (gradio refuses API calls naming any other
+    server file). Each is stored under `safe_basename` of its name, so no name can place a
+    file outside `<project>/train`."""
     paths = [str(getattr(f, "name", f)) for f in (files or [])]
     if not paths:
         return "error: choose one or more images to upload first"
@@ -91,15 +119,24 @@ def import_uploads(project: str, files: list[Any] | None, token: str, class_toke
         return refused
     with tempfile.TemporaryDirectory(prefix="lorakiln-upload-") as tmp:
         for path in paths:  # keep the uploaded names: they become the dataset's file names
-            shutil.copy2(path, Path(tmp) / Path(path).name)
-        return import_from_path(project, tmp, token, class_token, repeats)
+            try:
+                name = safe_basename(path)
+            except SandboxError as err:
+                return f"error: {err}"
+            target = Path(tmp) / name
+            for n in range(1, 1000):
+                if not target.exists():
+                    break
+                target = target.with_name(f"{Path(name).stem}-{n}{Path(name).suffix}")
+            shutil.copy2(path, target)
+        return _import(box, Path(tmp), token, class_token, repeats)
 
 
-def dataset_images(project: str) -> list[Path]:
+def dataset_images(box: Sandbox) -> list[Path]:
     """The images of `<project>/train`, as the caption tools find them."""
     from lorakiln.data.caption_edit import find_images
 
-    root = dataset_dir(project)
+    root = dataset_dir(box)
     return find_images(root) if root.is_dir() else []
 
 
@@ -113,17 +150,16 @@ def read_caption(image: str | Path) -> str:
     return caption.text or ""
 
 
-def gallery(project: str) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+def gallery(box: Sandbox) -> tuple[list[tuple[Image.Image, str]], list[str]]:
     """Thumbnails with captions for the gallery, and the image paths in the same order.
 
     Thumbnails (not paths) go to the browser so any project folder works without widening the
     folders gradio may serve."""
     items, paths = [], []
-    for path in dataset_images(project):
+    for path in dataset_images(box):
         try:
-            with Image.open(path) as im:
-                thumb = im.convert("RGB")
-                thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
+            thumb = open_image_rgb(path)  # the trainer's conversion: a 16-bit PNG shows as trained
+            thumb.thumbnail((THUMB_SIDE, THUMB_SIDE))
             caption = read_caption(path)
         except Exception as exc:  # an unreadable file is shown by name, not hidden
             thumb, caption = Image.new("RGB", (THUMB_SIDE // 4, THUMB_SIDE // 4), (90, 0, 0)), f"unreadable: {exc}"
@@ -142,15 +178,19 @@ def select_image(paths: list[str], index: int | None) -> tuple[str, str, str]:
         return paths[index], "", f"error: {err}"
 
 
-def save_caption(project: str, image: str, text: str) -> str:
-    """Write `text` as the caption of `image`, atomically: a failed write keeps the old caption."""
+def save_caption(box: Sandbox, image: str, text: str) -> str:
+    """Write `text` as the caption of `image`, atomically: a failed write keeps the old caption.
+    `image` comes from the browser, so it is resolved and must be an image of `<project>/train`."""
     from lorakiln.atomic import write_text_atomic
 
     if not image:
         return "error: select an image first"
-    path = Path(image)
-    root = dataset_dir(project).resolve()
-    if not path.is_file() or root not in path.resolve().parents:
+    root = dataset_dir(box).resolve()
+    try:
+        path = box.resolve_write(image, what="image")
+    except SandboxError:
+        return f"error: {image} is not an image of this project's dataset ({root})"
+    if not path.is_file() or root not in path.parents:
         return f"error: {image} is not an image of this project's dataset ({root})"
     caption = path.with_suffix(CAPTION_EXT)
     try:
@@ -160,18 +200,20 @@ def save_caption(project: str, image: str, text: str) -> str:
     return f"saved {caption}"
 
 
-def check_report(project: str, token: str = "") -> str:
+def check_report(box: Sandbox, token: str = "") -> str:
     """`lorakiln dataset check` of `<project>/train`, with the project's run TOML when there is one."""
-    from lorakiln.config.load import build_config, load_config
+    from lorakiln.config.load import build_config
     from lorakiln.prep.check import check_dataset
     from lorakiln.training.prepare import lint_options
 
-    folder = dataset_dir(project)
+    folder = dataset_dir(box)
     override = [f"data.train_data_dir={json.dumps(str(folder.resolve()))}"]
-    run_toml = Path(project).expanduser() / "run.toml"
+    run_toml = box.project / "run.toml"
     try:
-        if run_toml.is_file():
-            cfg = load_config(run_toml, override)
+        if run_toml.is_file():  # its other paths (e.g. sample prompts) may be read: checked like a run's
+            from lorakiln.ui.run_guard import check_run
+
+            cfg = check_run(box, run_toml, override)
         else:  # no run TOML yet: the trainer's defaults, a placeholder model (nothing is loaded)
             cfg = build_config({"model": {"pretrained_model": "tiny:sd1"}, "data": {}}, overrides=override)
         report = check_dataset(cfg, token=(token or "").strip() or None, options=lint_options(cfg))
@@ -186,10 +228,14 @@ def token_report(token: str) -> str:
     return _token_text(token) if token else "enter a trigger word"
 
 
-def build(project: Any) -> tuple[Any, Any, Any]:
-    """The tab's components and events, inside an open `gr.Blocks`; `project` is the folder textbox.
+def build(box: Sandbox) -> tuple[Any, Any]:
+    """The tab's components and events, inside an open `gr.Blocks`, bound to the server's sandbox.
     Returns (gallery function, its outputs) for the app's load event."""
     import gradio as gr
+
+    from lorakiln.ui.app import bind
+
+    show = bind(gallery, box)
 
     paths = gr.State([])
     with gr.Row():
@@ -198,7 +244,8 @@ def build(project: Any) -> tuple[Any, Any, Any]:
         repeats = gr.Textbox(label="repeats", value="auto", info="a number, or auto (lands 1500–2000 steps)")
     with gr.Accordion("import images into <project>/train", open=True):
         with gr.Row():
-            source = gr.Textbox(label="folder on this machine", scale=4)
+            source = gr.Textbox(label="folder on this machine", scale=4, info="in the project or a --data-dir folder: "
+                                + ", ".join(map(str, box.read_roots("data"))))
             from_path = gr.Button("import folder", scale=1)
         uploads = gr.File(label="or upload images", file_count="multiple", type="filepath")
         from_upload = gr.Button("import uploads")
@@ -223,13 +270,11 @@ def build(project: Any) -> tuple[Any, Any, Any]:
     on_select.__annotations__["evt"] = gr.SelectData
 
     options = [token, class_token, repeats]
-    from_path.click(import_from_path, [project, source, *options], import_log).then(
-        gallery, project, [pictures, paths])
-    from_upload.click(import_uploads, [project, uploads, *options], import_log).then(
-        gallery, project, [pictures, paths])
-    refresh.click(gallery, project, [pictures, paths])
+    from_path.click(bind(import_from_path, box), [source, *options], import_log).then(show, None, [pictures, paths])
+    from_upload.click(bind(import_uploads, box), [uploads, *options], import_log).then(show, None, [pictures, paths])
+    refresh.click(show, None, [pictures, paths])
     pictures.select(on_select, paths, [chosen, caption, caption_msg])
-    save.click(save_caption, [project, chosen, caption], caption_msg).then(gallery, project, [pictures, paths])
-    check.click(check_report, [project, token], report)
+    save.click(bind(save_caption, box), [chosen, caption], caption_msg).then(show, None, [pictures, paths])
+    check.click(bind(check_report, box), [token], report)
     check_tok.click(token_report, token, report)
-    return gallery, project, [pictures, paths]
+    return show, [pictures, paths]

@@ -40,6 +40,10 @@ GROUPS: dict[str, tuple[str, ...]] = {
                 "network.conv_alpha", "network.dora_wd", "network.network_train_unet_only"),
 }
 GROUP_ORDER: tuple[str, ...] = (*GROUPS, "advanced")
+#: Keys the form never shows: only the server decides them. `model.allow_pickle` lets a
+#: checkpoint run code when it loads, so a browser must not be able to switch it on
+#: (`run_guard.check_pickles` refuses a run TOML that sets it).
+SERVER_ONLY_KEYS: frozenset[str] = frozenset({"model.allow_pickle"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ def field_specs() -> list[FieldSpec]:
     for section, model in SECTIONS.items():
         for name, field in model.model_fields.items():
             key = f"{section}.{name}"
+            if key in SERVER_ONLY_KEYS:
+                continue
             kind, optional, choices = _kind(field.annotation, key)
             specs.append(FieldSpec(key, kind, _default(field), field.description or "", group_of.get(key, "advanced"),
                                    optional, choices))

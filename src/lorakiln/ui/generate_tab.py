@@ -1,7 +1,7 @@
 """The Test tab: AUTOMATIC1111's txt2img and X/Y/Z plot over the project's LoRAs.
 
-The second half of the seed-000 workflow — load the LoRA in A1111, prompt `<lora:name:0.8>`,
-paste a parameters block, compare epochs × strengths — without leaving the UI. Everything goes
+The second half of the workflow — load the LoRA in A1111, prompt `<lora:name:0.8>`, paste a
+parameters block, compare epochs × strengths — without leaving the UI. Everything goes
 through `lorakiln.inference` (the same code as `lorakiln generate` / `lorakiln grid`): the prompt
 syntax, samplers, seeds and the PNG infotext are A1111's, so an image made here is redone by
 pasting its parameters into A1111 and the other way round.
@@ -9,10 +9,15 @@ pasting its parameters into A1111 and the other way round.
 The base model is loaded once per (model, VAE) and kept for the life of the UI: a generation
 after the first one costs only its sampling steps. Images are written under
 `<project>/outputs/txt2img` and grids under `<project>/outputs/grids`, with A1111 naming.
+
+The base model, VAE, LoRA and embeddings folders come from the browser, so they go through the
+server's `Sandbox`: a built-in or hub id, or a path in the project or the matching `--…-dir`
+folders; a `<lora:NAME:…>` name is a file stem, never a path.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,6 +25,7 @@ from typing import Any
 
 from lorakiln.errors import LorakilnError
 from lorakiln.inference.infotext import GenerationParams, format_infotext, parse_infotext
+from lorakiln.ui.sandbox import Sandbox, SandboxError
 from lorakiln.ui.train_tab import toml_path
 
 #: The txt2img fields in the order the tab's components pass them (`*fields` in the handlers).
@@ -31,23 +37,23 @@ _MODELS: dict[tuple[str, str], Any] = {}
 _BUSY = threading.Lock()
 
 
-def run_defaults(project: str, path: str = "") -> tuple[str, str, str]:
+def run_defaults(box: Sandbox, path: str = "") -> tuple[str, str, str]:
     """(base model, VAE, LoRA folder) from the project's run TOML, for a tab that opens ready to
     test what was just trained. Paths are resolved by the config itself (`load_config`: relative
     to the TOML, hub ids and `toy` kept), so they are what the trainer used."""
     from lorakiln.config.load import load_config
 
-    file = toml_path(project, path)
-    if not file.is_file():
-        return "", "", str(Path(project).expanduser() / "output")
     try:
+        file = toml_path(box, path)
+        if not file.is_file():
+            return "", "", str(box.project / "output")
         cfg = load_config(file)
     except (OSError, ValueError, LorakilnError):
         return "", "", ""
     return cfg.model.pretrained_model, cfg.model.vae or "", cfg.output.output_dir
 
 
-def loaded_model(model: str, vae: str = "") -> Any:
+def loaded_model(model: str, vae: str = "", allow_pickle: bool = False) -> Any:
     """The base model bundle, loaded on first use (the same loader as `lorakiln generate --model`)."""
     from lorakiln.training.base_model import load_configured_model
 
@@ -56,7 +62,7 @@ def loaded_model(model: str, vae: str = "") -> Any:
         raise LorakilnError("no base model: fill in 'base model' (a single file, a diffusers folder or a hub id)")
     if key not in _MODELS:
         _MODELS.clear()  # one base model in memory at a time: an SDXL bundle is ~7 GB
-        _MODELS[key] = load_configured_model(key[0], vae=key[1] or None)
+        _MODELS[key] = load_configured_model(key[0], vae=key[1] or None, allow_pickle=allow_pickle)
     return _MODELS[key]
 
 
@@ -110,11 +116,32 @@ def fields_of(params: GenerationParams) -> list[Any]:
     return [values[key] for key in FIELDS]
 
 
-def _images(project: str) -> Path:
-    return Path(project).expanduser() / "outputs"
+def _images(box: Sandbox) -> Path:
+    return box.project / "outputs"
 
 
-def generate_images(project: str, model: str, vae: str, lora_dir: str, *fields: Any) -> tuple[list[Any], str, str]:
+_LORA_TAG = re.compile(r"<(?:lora|lyco):([^:>]*)", re.IGNORECASE)
+
+
+def _sources(box: Sandbox, model: str, vae: str, lora_dir: str, embeddings_dir: str,
+             texts: list[str]) -> tuple[Any, str | None, str | None]:
+    """(model bundle, LoRA folder, embeddings folder) from the form, each through the sandbox;
+    embeddings default to the LoRA folder, where a pivotal run writes its `_emb` files."""
+    for name in (m for text in texts for m in _LORA_TAG.findall(text or "")):
+        if re.search(r"[\\/]|^\.|\.\.", name.strip()):
+            raise SandboxError(f"<lora:{name}:…>: a LoRA is named by its file stem in the LoRA folder, not by a path")
+    if not (model or "").strip():
+        raise LorakilnError("no base model: pick a base model (a file or diffusers folder, a hub id or tiny:sd1)")
+    model = box.resolve_model(model, "model", what="base model")
+    vae = box.resolve_model(vae, "vae", what="VAE") if (vae or "").strip() else ""
+    loras = str(box.resolve_read(lora_dir, "lora", what="LoRA folder")) if (lora_dir or "").strip() else None
+    emb = (str(box.resolve_read(embeddings_dir, "embedding", what="embeddings folder"))
+           if (embeddings_dir or "").strip() else loras)
+    return loaded_model(model, vae, box.allow_pickle), loras, emb
+
+
+def generate_images(box: Sandbox, model: str, vae: str, lora_dir: str, embeddings_dir: str,
+                    *fields: Any) -> tuple[list[Any], str, str]:
     """Render, save the PNGs with their infotext, and return (gallery items, infotext, message)."""
     from lorakiln.inference.generate import generate, save_images
 
@@ -122,17 +149,19 @@ def generate_images(project: str, model: str, vae: str, lora_dir: str, *fields: 
         params = params_from_fields(*fields)
         if not params.prompt.strip():
             return [], "", "error: the prompt is empty"
-        folder = lora_dir.strip() or None
-        with _BUSY:  # pivotal-tuning embeddings (<name>_emb) sit beside their LoRA, as the trainer writes them
-            images = generate(loaded_model(model, vae), params, lora_dir=folder, embeddings_dir=folder)
+        with _BUSY:
+            bundle, loras, emb = _sources(box, model, vae, lora_dir, embeddings_dir,
+                                          [params.prompt, params.negative_prompt])
+            images = generate(bundle, params, lora_dir=loras, embeddings_dir=emb)
     except LorakilnError as err:
         return [], "", f"error: {err}"
-    paths = save_images(images, _images(project) / "txt2img")
+    paths = save_images(images, _images(box) / "txt2img")
     items = [(item.image, path.name) for item, path in zip(images, paths, strict=True)]
     return items, format_infotext(images[0].params), f"saved {', '.join(str(p) for p in paths)}"
 
 
-def epochs_grid(project: str, model: str, vae: str, lora_dir: str, x: str, y: str, *fields: Any) -> tuple[Any, str]:
+def epochs_grid(box: Sandbox, model: str, vae: str, lora_dir: str, embeddings_dir: str, x: str, y: str,
+                *fields: Any) -> tuple[Any, str]:
     """The epochs × strengths plot of the LoRA folder (`lorakiln grid --compare-epochs`): (grid, message).
 
     `x`/`y` (A1111 axis text, e.g. ``Prompt S/R: last, last-000001``) replace the preset axes."""
@@ -140,13 +169,19 @@ def epochs_grid(project: str, model: str, vae: str, lora_dir: str, x: str, y: st
 
     try:
         params = params_from_fields(*fields)
-        params, x_axis, y_axis = epochs_strengths(lora_dir.strip(), params, x.strip() or None, y.strip() or None)
+        if not (lora_dir or "").strip():
+            raise LorakilnError("pick the LoRA folder whose epochs the grid compares")
+        lora_folder = str(box.resolve_read(lora_dir, "lora", what="LoRA folder"))
+        params, x_axis, y_axis = epochs_strengths(lora_folder, params, x.strip() or None, y.strip() or None)
+        cells = [y_axis.apply(x_axis.apply(params, a), b) for a in x_axis.values for b in y_axis.values]
+        texts = [t for cell in cells for t in (cell.prompt, cell.negative_prompt)]  # S/R can write a tag
         with _BUSY:
-            grids = xyz_grid(loaded_model(model, vae), replace(params, batch_count=1), x_axis, y_axis,
-                             lora_dir=lora_dir.strip(), embeddings_dir=lora_dir.strip(), progress=True)
+            bundle, loras, emb = _sources(box, model, vae, lora_folder, embeddings_dir, texts)
+            grids = xyz_grid(bundle, replace(params, batch_count=1), x_axis, y_axis, lora_dir=loras,
+                             embeddings_dir=emb, progress=True)
     except LorakilnError as err:
         return None, f"error: {err}"
-    folder = _images(project) / "grids"
+    folder = _images(box) / "grids"
     folder.mkdir(parents=True, exist_ok=True)
     number = len(list(folder.glob("xyz_grid-*.png")))
     path = folder / f"xyz_grid-{number:04d}.png"
@@ -156,19 +191,34 @@ def epochs_grid(project: str, model: str, vae: str, lora_dir: str, x: str, y: st
                   f"saved {path}")
 
 
-def build(project: Any) -> tuple[Any, Any, Any]:
-    """The tab inside an open `gr.Blocks`; returns (defaults function, inputs, outputs) for the app's load."""
+def lora_choices(box: Sandbox, folder: str) -> list[str]:
+    """`lora_names` of a folder the sandbox allows (none for any other folder: a listing is a read too)."""
+    try:
+        return lora_names(str(box.resolve_read(folder, "lora", what="LoRA folder"))) if (folder or "").strip() else []
+    except SandboxError:
+        return []
+
+
+def build(box: Sandbox) -> tuple[Any, Any]:
+    """The tab inside an open `gr.Blocks`, bound to the server's sandbox; returns (defaults
+    function, its outputs) for the app's load."""
     import gradio as gr
 
     from lorakiln.inference.samplers import sampler_names, schedule_type_names
+    from lorakiln.ui.app import bind
+
+    def pick(label: str, kind: str, info: str, scale: int) -> Any:
+        return gr.Dropdown(["", *box.listing(kind)], value="", label=label, allow_custom_value=True, scale=scale,
+                           info=info)
 
     defaults = GenerationParams()
     with gr.Row():
-        model = gr.Textbox(label="base model", info="single file, diffusers folder or hub id (default: the run "
-                           "TOML's model.pretrained_model)", scale=3)
-        vae = gr.Textbox(label="VAE", info="optional", scale=2)
-        lora_dir = gr.Textbox(label="LoRA folder", info="where <lora:NAME:…> files are found (default: the run "
-                              "TOML's output folder)", scale=3)
+        model = pick("base model", "model", "a file or diffusers folder of the project or a --models-dir, a hub id, "
+                     "or tiny:sd1 (default: the run TOML's model.pretrained_model)", 3)
+        vae = pick("VAE", "vae", "optional", 2)
+        lora_dir = pick("LoRA folder", "lora", "where <lora:NAME:…> files are found: the project or a --lora-dir "
+                        "(default: the run TOML's output folder)", 3)
+        emb_dir = pick("embeddings folder", "embedding", "textual-inversion files (empty: the LoRA folder)", 2)
     with gr.Row():
         lora = gr.Dropdown([], label="LoRA", allow_custom_value=True, scale=3)
         strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="strength", scale=3)
@@ -206,17 +256,17 @@ def build(project: Any) -> tuple[Any, Any, Any]:
     fields = [prompt, negative, steps, sampler, schedule, cfg, seed, width, height, batch, clip_skip]
 
     def refresh_loras(folder: str) -> Any:
-        names = lora_names(folder)
+        names = lora_choices(box, folder)
         return gr.Dropdown(choices=names, value=final_lora(names))
 
-    def load_defaults(folder: str) -> tuple[Any, ...]:
-        base, vae_path, loras = run_defaults(folder)
+    def load_defaults() -> tuple[Any, ...]:
+        base, vae_path, loras = run_defaults(box)
         return base, vae_path, loras, refresh_loras(loras)
 
     refresh.click(refresh_loras, lora_dir, lora)
-    from_toml.click(load_defaults, project, [model, vae, lora_dir, lora])
+    from_toml.click(load_defaults, None, [model, vae, lora_dir, lora])
     add.click(add_lora, [prompt, lora, strength], prompt)
     paste.click(paste_params, pasted, [message, *fields])
-    run.click(generate_images, [project, model, vae, lora_dir, *fields], [gallery, infotext, message])
-    grid_button.click(epochs_grid, [project, model, vae, lora_dir, x, y, *fields], [grid, message])
-    return load_defaults, project, [model, vae, lora_dir, lora]
+    run.click(bind(generate_images, box), [model, vae, lora_dir, emb_dir, *fields], [gallery, infotext, message])
+    grid_button.click(bind(epochs_grid, box), [model, vae, lora_dir, emb_dir, x, y, *fields], [grid, message])
+    return load_defaults, [model, vae, lora_dir, lora]

@@ -19,6 +19,11 @@ kept) | ``interrupted`` (the process vanished without saying why, e.g. a power c
 from its last saved state if there is one) | ``cancelled`` (stopped before it started).
 Runs are started with a new process session, so stopping the UI (Ctrl-C) does not stop a
 training; a UI started again finds the running process and keeps watching it.
+
+A queue may be given a `check` (the web UI passes `run_guard.check_run` bound to its sandbox):
+it is called with the run TOML and overrides when a run is submitted and again just before its
+process starts, so neither a TOML edited in between nor a hand-edited ``queue.json`` can start
+a training the check refuses; such a run ends ``failed`` with the check's message.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -68,10 +74,12 @@ class RunQueue:
     The UI calls `poll` from a timer; nothing here needs a thread.
     """
 
-    def __init__(self, folder: str | Path, *, python: str = sys.executable) -> None:
+    def __init__(self, folder: str | Path, *, python: str = sys.executable,
+                 check: Callable[[Path, list[str]], Any] | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.python = python
+        self.check = check
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._runs: dict[str, Run] = self._load()
         self._adopt_orphans()
@@ -123,6 +131,8 @@ class RunQueue:
         config = Path(config).resolve()
         if not config.is_file():
             raise LorakilnError(f"{config}: no such run config; save the settings first")
+        if self.check is not None:
+            self.check(config, list(overrides or []))
         run_id = f"{len(self._runs) + 1:04d}-{config.stem}"
         while run_id in self._runs:  # never reuse an id, even after edits to queue.json
             run_id = f"{run_id}-x"
@@ -160,10 +170,10 @@ class RunQueue:
             if run.status == "running" and not self._alive(run):
                 self._finish(run)
         running = next((r for r in self._runs.values() if r.status == "running"), None)
-        if running is None:
-            queued = [r for r in self.runs() if r.status == "queued"]
-            if queued:
-                running = self._start(queued[0])
+        for queued in ([r for r in self.runs() if r.status == "queued"] if running is None else []):
+            started = self._start(queued)  # a run its check refuses ends failed: try the next one
+            if started.status == "running":
+                return started
         return running
 
     def wait(self, run_id: str, timeout: float = 600.0, interval: float = 0.2) -> Run:
@@ -177,6 +187,13 @@ class RunQueue:
         return self.get(run_id)
 
     def _start(self, run: Run) -> Run:
+        if self.check is not None:
+            try:
+                self.check(Path(run.config), list(run.overrides))
+            except LorakilnError as err:
+                run.status, run.ended, run.message = "failed", time.time(), f"refused: {err}"
+                self._save()
+                return run
         folder = self.run_dir(run.id)
         folder.mkdir(parents=True, exist_ok=True)
         cmd = [self.python, "-m", "lorakiln", "train", run.config, "--events", str(self.events_path(run.id))]

@@ -5,8 +5,12 @@ and saved through `forms.save_run_toml` (so the form cannot hold a value the CLI
 Trainings go through `runs.RunQueue` — one `lorakiln train` process at a time under
 `<project>/.lorakiln-runs` — and the timer's `poll` both advances the queue and reads progress.
 
-Handlers are plain functions; the form's values travel as one positional value per field in
-`field_specs()` order (`*values`), which is what gradio passes for a list of inputs.
+Handlers are plain functions whose first argument is the server's `Sandbox`; the form's values
+travel as one positional value per field in `field_specs()` order (`*values`), which is what
+gradio passes for a list of inputs. The run TOML is a `.toml` file inside the project, and every
+path key of the config is checked by `run_guard` on save, on count and before a run is queued
+(the queue checks again when the run starts), so a browser cannot point a training at files
+outside the server's folders or switch pickles on.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from typing import Any
 
 from lorakiln.errors import ConfigError, LorakilnError
 from lorakiln.ui.forms import GROUP_ORDER, FieldSpec, field_specs, load_run_toml, save_run_toml, step_summary
+from lorakiln.ui.run_guard import check_run, check_values
 from lorakiln.ui.runs import RunQueue
+from lorakiln.ui.sandbox import Sandbox, SandboxError
 
 RUNS_FOLDER = ".lorakiln-runs"
 #: A new project's form: the Dataset tab's folder and an output folder inside the project.
@@ -27,26 +33,28 @@ _BOOL3 = {"": None, "true": True, "false": False}
 _QUEUES: dict[Path, RunQueue] = {}
 
 
-def queue_for(project: str | Path) -> RunQueue:
-    """One queue object per project for the life of the UI: it holds the child process handles."""
-    folder = (Path(project).expanduser() / RUNS_FOLDER).resolve()
+def queue_for(box: Sandbox) -> RunQueue:
+    """One queue object per project for the life of the UI: it holds the child process handles.
+    Every run it starts is checked against `box` first (`run_guard.check_run`)."""
+    folder = box.project / RUNS_FOLDER
     if folder not in _QUEUES:
-        _QUEUES[folder] = RunQueue(folder)
+        _QUEUES[folder] = RunQueue(folder, check=lambda config, overrides: check_run(box, config, overrides))
     return _QUEUES[folder]
 
 
-def existing_queue(project: str | Path) -> RunQueue | None:
-    """The project's queue if it has one: the timer polls whatever the project box holds, even
-    mid-typing, and must not create run folders in half-typed paths."""
-    folder = (Path(project).expanduser() / RUNS_FOLDER).resolve()
-    return queue_for(project) if folder in _QUEUES or (folder / "queue.json").is_file() else None
+def existing_queue(box: Sandbox) -> RunQueue | None:
+    """The project's queue if it has one: polling alone creates no run folders."""
+    folder = box.project / RUNS_FOLDER
+    return queue_for(box) if folder in _QUEUES or (folder / "queue.json").is_file() else None
 
 
-def toml_path(project: str | Path, path: str | None) -> Path:
-    """The run TOML: `path` (relative to the project) or `<project>/run.toml`."""
-    root = Path(project).expanduser()
-    given = Path((path or "").strip() or "run.toml").expanduser()
-    return given if given.is_absolute() else root / given
+def toml_path(box: Sandbox, path: str | None) -> Path:
+    """The run TOML: `path` (relative to the project) or `<project>/run.toml`; a `.toml` file
+    inside the project (so a save can never replace another kind of file)."""
+    file = box.resolve_write((path or "").strip() or "run.toml", what="run TOML")
+    if file.suffix.lower() != ".toml":
+        raise SandboxError(f"run TOML {path!r}: name a .toml file (e.g. run.toml)")
+    return file
 
 
 # -- form values <-> component values --------------------------------------------------------
@@ -103,9 +111,12 @@ def component_values(values: dict[str, Any]) -> list[Any]:
 
 # -- handlers -----------------------------------------------------------------------------------
 
-def load_form(project: str, path: str) -> tuple[Any, ...]:
+def load_form(box: Sandbox, path: str) -> tuple[Any, ...]:
     """(extra keys, message, *component values) of the run TOML, or a new project's form."""
-    file = toml_path(project, path)
+    try:
+        file = toml_path(box, path)
+    except LorakilnError as err:
+        return ({}, f"error: {err}", *component_values({s.key: s.default for s in field_specs()} | NEW_PROJECT))
     if file.is_file():
         try:
             values = load_run_toml(file)
@@ -113,6 +124,9 @@ def load_form(project: str, path: str) -> tuple[Any, ...]:
             values, msg = {s.key: s.default for s in field_specs()} | NEW_PROJECT, f"error: {file}: {err}"
         else:
             msg = f"loaded {file}"
+            if values.get("model.allow_pickle") and not box.allow_pickle:
+                msg += ("; note: it sets model.allow_pickle = true, which the UI refuses (pickles run code when "
+                        "loaded): remove it or train this file with `lorakiln train`")
     else:
         values, msg = {s.key: s.default for s in field_specs()} | NEW_PROJECT, f"{file} does not exist yet: new form"
     keys = {s.key for s in field_specs()}
@@ -120,8 +134,8 @@ def load_form(project: str, path: str) -> tuple[Any, ...]:
 
 
 def apply_preset(name: str, extra: dict[str, Any], *components: Any) -> tuple[Any, ...]:
-    """(extra, message, *components) with preset `name`'s values written into the form (seed 000's
-    table, seed 003's recipe, …): shown and editable like any value, and saved explicitly."""
+    """(extra, message, *components) with preset `name`'s values written into the form: shown and
+    editable like any value, and saved explicitly."""
     from lorakiln.config.load import route_flat_keys
     from lorakiln.config.presets import PRESET_DESCRIPTIONS, get_preset
 
@@ -140,33 +154,39 @@ def apply_preset(name: str, extra: dict[str, Any], *components: Any) -> tuple[An
             *component_values(values))
 
 
-def save_form(project: str, path: str, extra: dict[str, Any], *components: Any) -> str:
-    """Validate and write the run TOML; a bad value is reported by its key and nothing is written."""
-    file = toml_path(project, path)
+def save_form(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> str:
+    """Validate (config and sandbox) and write the run TOML; a bad value is reported by its key
+    and nothing is written."""
     try:
-        save_run_toml(file, form_values(extra, components))
+        file = toml_path(box, path)
+        values = form_values(extra, components)
+        check_values(box, values, file)
+        save_run_toml(file, values)
     except LorakilnError as err:
         return f"error: {err}"
     return f"saved {file}"
 
 
-def total_steps(project: str, path: str, extra: dict[str, Any], *components: Any) -> str:
-    """The trainer's step arithmetic for the form as it is now (relative paths from the TOML's folder)."""
+def total_steps(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> str:
+    """The trainer's step arithmetic for the form as it is now (relative paths from the TOML's folder);
+    the dataset is only counted when the sandbox allows its folder."""
     try:
+        file = toml_path(box, path)
         values = form_values(extra, components)
+        check_values(box, values, file)
     except LorakilnError as err:
         return f"error: {err}"
-    return step_summary(values, toml_path(project, path).parent)
+    return step_summary(values, file.parent)
 
 
-def start_run(project: str, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str]:
+def start_run(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str]:
     """Save the form, queue a training of it and start it if nothing else runs: (run id, message)."""
-    saved = save_form(project, path, extra, *components)
+    saved = save_form(box, path, extra, *components)
     if saved.startswith("error"):
         return "", saved
-    queue = queue_for(project)
+    queue = queue_for(box)
     try:
-        run = queue.submit(toml_path(project, path))
+        run = queue.submit(toml_path(box, path))
     except LorakilnError as err:
         return "", f"error: {err}"
     queue.poll()
@@ -178,9 +198,9 @@ def _current(queue: RunQueue, run_id: str) -> str | None:
     return (run_id or "").strip() or (runs[-1].id if runs else None)
 
 
-def stop_run(project: str, run_id: str) -> str:
+def stop_run(box: Sandbox, run_id: str) -> str:
     """Stop the run (SIGINT: the trainer saves a LoRA and a state); a queued one is cancelled."""
-    queue = existing_queue(project)
+    queue = existing_queue(box)
     current = _current(queue, run_id) if queue else None
     if queue is None or current is None:
         return "error: no run to stop"
@@ -191,9 +211,9 @@ def stop_run(project: str, run_id: str) -> str:
     return f"run {run.id}: {'cancelled' if run.status == 'cancelled' else 'stopping (saving a LoRA and state)'}"
 
 
-def resume_run(project: str, run_id: str) -> tuple[str, str]:
+def resume_run(box: Sandbox, run_id: str) -> tuple[str, str]:
     """Queue a continuation of a stopped run from its state: (new run id, message)."""
-    queue = existing_queue(project)
+    queue = existing_queue(box)
     current = _current(queue, run_id) if queue else None
     if queue is None or current is None:
         return "", "error: no run to resume"
@@ -205,27 +225,30 @@ def resume_run(project: str, run_id: str) -> tuple[str, str]:
     return run.id, f"run {run.id} resumes {current}: {queue.get(run.id).status}"
 
 
-def _images(paths: list[str], limit: int = 12) -> list[Any]:
-    """Loaded copies of the newest images: served from memory, so output folders outside the
-    project need not be opened to gradio's file server."""
-    from PIL import Image
+def _images(box: Sandbox, paths: list[str], limit: int = 12) -> list[Any]:
+    """Loaded copies of the newest images (served from memory, not by gradio's file server),
+    only from inside the project, where the UI's runs write."""
+    from lorakiln.data.images import open_image_rgb
 
     shown = []
     for path in paths[-limit:]:
         try:
-            with Image.open(path) as im:
-                shown.append((im.convert("RGB"), Path(path).name))
+            box.resolve_write(path)
+        except SandboxError:
+            continue
+        try:
+            shown.append((open_image_rgb(Path(path)), Path(path).name))
         except OSError:
             continue
     return shown
 
 
-def poll_view(project: str, run_id: str) -> tuple[str, Any, list[Any], str, str]:
+def poll_view(box: Sandbox, run_id: str) -> tuple[str, Any, list[Any], str, str]:
     """Advance the queue, then (status, loss table, samples, saved LoRAs, log tail) of the run."""
     import pandas as pd
 
     empty = pd.DataFrame({"step": [], "loss": []})
-    queue = existing_queue(project)
+    queue = existing_queue(box)
     if queue is None:
         return "no runs yet", empty, [], "", ""
     queue.poll()
@@ -249,17 +272,17 @@ def poll_view(project: str, run_id: str) -> tuple[str, Any, list[Any], str, str]
         lines.append("other runs: " + "; ".join(others))
     saves = [*progress["saves"], *([run.lora] if run.lora and run.lora not in progress["saves"] else [])]
     table = pd.DataFrame(progress["losses"], columns=["step", "loss"]) if progress["losses"] else empty
-    return "  \n".join(lines), table, _images(progress["samples"]), "\n".join(saves), queue.log_tail(run.id)
+    return "  \n".join(lines), table, _images(box, progress["samples"]), "\n".join(saves), queue.log_tail(run.id)
 
 
 QUEUE_COLUMNS = ["run", "status", "config", "step", "started", "ended", "LoRA", "message"]
 
 
-def queue_table(project: str) -> Any:
+def queue_table(box: Sandbox) -> Any:
     """Every run of the project's queue, newest first: what ran, how it ended, what it wrote."""
     import pandas as pd
 
-    queue = existing_queue(project)
+    queue = existing_queue(box)
     rows = []
     for run in reversed(queue.runs() if queue else []):
         # only a running run's events file is read on each 2 s tick: finished runs keep their record
@@ -276,10 +299,21 @@ def _clock(stamp: float | None) -> str:
 
 # -- layout --------------------------------------------------------------------------------------
 
-def _component(spec: FieldSpec, value: Any) -> Any:
+#: Path keys offered as drop-downs of the server's folders (`Sandbox.listing`), by kind.
+PICKED: dict[str, str] = {"model.pretrained_model": "model", "model.vae": "vae", "network.network_weights": "lora",
+                          "data.train_data_dir": "data"}
+
+
+def _component(spec: FieldSpec, value: Any, box: Sandbox) -> Any:
     import gradio as gr
 
     label, info = spec.key, spec.help
+    if spec.key in PICKED:
+        kind = PICKED[spec.key]
+        choices = [*([""] if spec.optional else []), *box.listing(kind)]
+        where = ", ".join(map(str, box.read_roots(kind)))
+        return gr.Dropdown(choices, label=label, value=value, allow_custom_value=True,
+                           info=f"{info} (a path in {where}; relative paths are relative to the run TOML)")
     if spec.kind == "bool" and not spec.optional:
         return gr.Checkbox(label=label, info=info, value=value)
     if spec.kind == "bool":
@@ -298,9 +332,12 @@ def _component(spec: FieldSpec, value: Any) -> Any:
     return gr.Textbox(label=label, info=info, value=value)
 
 
-def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
-    """The tab inside an open `gr.Blocks`; returns (load function, inputs, outputs) for the app's load."""
+def build(box: Sandbox) -> tuple[Any, Any, Any]:
+    """The tab inside an open `gr.Blocks`, bound to the server's sandbox; returns (load function,
+    inputs, outputs) for the app's load."""
     import gradio as gr
+
+    from lorakiln.ui.app import bind
 
     extra = gr.State({})
     with gr.Row():
@@ -314,14 +351,14 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
                              info="; ".join(f"{k}: {v}" for k, v in PRESET_DESCRIPTIONS.items())[:400])
         apply = gr.Button("apply preset", scale=1)
     message = gr.Markdown()
-    initial = load_form(initial_project, "run.toml")
+    initial = load_form(box, "run.toml")
     fields = []
     specs = field_specs()
     for group in GROUP_ORDER:
         with gr.Accordion(group, open=group != "advanced"):
             for spec, value in zip(specs, initial[2:], strict=True):
                 if spec.group == group:
-                    fields.append((specs.index(spec), _component(spec, value)))
+                    fields.append((specs.index(spec), _component(spec, value, box)))
     components = [c for _, c in sorted(fields, key=lambda item: item[0])]
     with gr.Row():
         steps = gr.Textbox(label="total steps", lines=4, interactive=False, scale=4)
@@ -338,14 +375,16 @@ def build(project: Any, initial_project: str) -> tuple[Any, Any, Any]:
                          interactive=False, wrap=True)
     timer = gr.Timer(2.0)
 
-    form = [project, path, extra, *components]
-    load.click(load_form, [project, path], [extra, message, *components]).then(total_steps, form, steps)
-    apply.click(apply_preset, [preset, extra, *components], [extra, message, *components]).then(total_steps, form,
+    form = [path, extra, *components]
+    count_steps = bind(total_steps, box)
+    load.click(bind(load_form, box), [path], [extra, message, *components]).then(count_steps, form, steps)
+    apply.click(apply_preset, [preset, extra, *components], [extra, message, *components]).then(count_steps, form,
                                                                                                  steps)
-    save.click(save_form, form, message).then(total_steps, form, steps)
-    count.click(total_steps, form, steps)
-    start.click(start_run, form, [run_id, message])
-    stop.click(stop_run, [project, run_id], message)
-    resume.click(resume_run, [project, run_id], [run_id, message])
-    timer.tick(poll_view, [project, run_id], [status, plot, samples, saves, log]).then(queue_table, project, queue)
-    return total_steps, form, steps
+    save.click(bind(save_form, box), form, message).then(count_steps, form, steps)
+    count.click(count_steps, form, steps)
+    start.click(bind(start_run, box), form, [run_id, message])
+    stop.click(bind(stop_run, box), [run_id], message)
+    resume.click(bind(resume_run, box), [run_id], [run_id, message])
+    timer.tick(bind(poll_view, box), [run_id], [status, plot, samples, saves, log]).then(bind(queue_table, box), None,
+                                                                                          queue)
+    return count_steps, form, steps
