@@ -133,3 +133,27 @@ def test_the_check_runs_at_submit_and_again_at_start(project: Path) -> None:
     assert "refused: b.toml: outside the project" in (queue.get(first.id).message or "")
     assert running is not None and running.id == second.id
     assert queue.wait(second.id).status == "failed"  # its model does not exist: it ran, and failed
+
+
+def test_a_state_swap_killed_between_renames_is_still_offered_for_resume(project: Path) -> None:
+    """A kill between `<name>-state` → `.<name>-state.old` and the new folder's rename leaves no
+    `<name>-state`; the queue offers the complete state beside it, as the trainer would load it."""
+    import json
+
+    from lorakiln.training.recovery import STATE_FILES
+    from lorakiln.ui.runs import Run
+
+    queue = RunQueue(project / "queue")
+    out = project / "out-x"
+    old = out / ".last-state.old"
+    old.mkdir(parents=True)
+    for name in STATE_FILES:
+        (old / name).write_bytes(b"x")
+    (old / "state.json").write_text(json.dumps({"position": {"global_step": 4}}), encoding="utf-8")
+    run = Run(id="0001-x", config=str(project / "x.toml"))
+    queue.events_path(run.id).parent.mkdir(parents=True, exist_ok=True)
+    queue.events_path(run.id).write_text(json.dumps({"event": "start", "output_dir": str(out),
+                                                     "output_name": "last"}) + "\n", encoding="utf-8")
+    assert queue._latest_state(run) == str(old)
+    (old / "state.json").unlink()  # incomplete: nothing to offer
+    assert queue._latest_state(run) is None

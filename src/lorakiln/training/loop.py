@@ -72,11 +72,8 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
     flag = StopFlag()
     out = cfg.output
     with stop_on_signals(flag), OutputLock(out.output_dir, out.output_name, log=log):
+        # A missing or incomplete resume state fails in prepare's preflight, before the model loads.
         recovery.clean_leftovers(Path(out.output_dir), out.output_name, log)
-        if cfg.train.resume:  # a missing or incomplete state fails here, before the model loads
-            _, note = recovery.find_state(cfg.train.resume)
-            if note and log:
-                log(f"notice: {note}")
         _emit(callbacks, "phase", name="preparing")
         with flag.raising():
             ctx = prepare(cfg, log=log)

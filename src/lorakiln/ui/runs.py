@@ -267,12 +267,19 @@ class RunQueue:
         return self._log_tail(run_id, lines)
 
     def _latest_state(self, run: Run) -> str | None:
-        """The state folder the run's trainer last wrote (`<output_dir>/<name>-state`), if any."""
+        """The state the run's trainer last wrote (`<output_dir>/<name>-state`), if any — found by
+        the trainer's own rule (`recovery.find_state`), so a kill between the two renames of a state
+        swap still offers the complete state the save left beside it."""
+        from lorakiln.training.recovery import find_state
+
         start = next((e for e in read_events(self.events_path(run.id)) if e["event"] == "start"), None)
         if start is None:
             return None
-        state = Path(start["output_dir"]) / f"{start['output_name']}-state"
-        return str(state) if (state / "state.json").is_file() else None
+        try:
+            state, _note = find_state(Path(start["output_dir"]) / f"{start['output_name']}-state")
+        except LorakilnError:
+            return None
+        return str(state)
 
 
 def _without_resume(overrides: list[str]) -> list[str]:
