@@ -27,7 +27,7 @@ def test_launch_policy() -> None:
     opts = launch_options(parse("--host", "10.0.0.2", "--port", "9000", "--insecure-no-auth"))
     assert opts["server_name"] == "10.0.0.2" and opts["auth"] is None
     opts = launch_options(parse("--auth", "me:s3:cret", "--listen"))
-    assert opts["auth"] == ("me", "s3:cret") and opts["share"] is False
+    assert opts["auth"] == [("me", "s3:cret")] and opts["share"] is False
     for bad in ("nocolon", ":pw", "me:", " :pw"):
         with pytest.raises(ConfigError, match="USER:PASS"):
             launch_options(parse("--auth", bad))
@@ -90,3 +90,18 @@ def test_real_launch_binds_as_told(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     finally:
         app.close()
     assert (tmp_path / "proj").is_dir()
+
+
+def test_auth_file_keeps_the_password_out_of_the_command_line(tmp_path: Path) -> None:
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# who may log in\nme:s3:cret\n\n  you:pw  \n", encoding="utf-8")
+    opts = launch_options(parse("--listen", "--auth-file", str(logins)))
+    assert opts["auth"] == [("me", "s3:cret"), ("you", "pw")]
+    logins.write_text("me:ok\njustaname\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="line 2: not USER:PASS"):
+        launch_options(parse("--auth-file", str(logins)))
+    logins.write_text("# nobody\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="holds no USER:PASS"):
+        launch_options(parse("--listen", "--auth-file", str(logins)))
+    with pytest.raises(ConfigError, match="cannot be read"):
+        launch_options(parse("--auth-file", str(tmp_path / "missing.txt")))

@@ -5,7 +5,7 @@ Jupyter's and AUTOMATIC1111's security advice:
 
 * it binds 127.0.0.1 unless `--listen` is given, and never asks gradio for a public share link;
 * a server reachable from the network (`--listen`, or a `--host` that is not a loopback
-  address) needs a login (`--auth`); running it without one takes the explicit
+  address) needs a login (`--auth`, or `--auth-file` to keep the password out of `ps`); running it without one takes the explicit
   `--insecure-no-auth`, which prints a red warning (A1111 likewise refuses extensions
   installs under `--listen` unless told otherwise);
 * `--allow-pickle` (pickle checkpoints in runs) is refused together with such a server;
@@ -48,7 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--listen", action="store_true", help=f"bind {LISTEN_HOST}: reachable from the network "
                    "(requires --auth); overrides --host")
-    p.add_argument("--auth", metavar="USER:PASS", help="require this login")
+    p.add_argument("--auth", metavar="USER:PASS", help="require this login (visible to other users of this "
+                   "machine in `ps`; prefer --auth-file)")
+    p.add_argument("--auth-file", metavar="FILE", help="require a login from FILE: one USER:PASS per line "
+                   "(blank lines and # comments ignored), as AUTOMATIC1111's --gradio-auth-path")
     p.add_argument("--insecure-no-auth", action="store_true", help="allow --listen without --auth: anyone who "
                    "can reach the port can start trainings and write files in the project")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -68,6 +71,34 @@ def parse_auth(value: str | None) -> tuple[str, str] | None:
     return user.strip(), password
 
 
+def read_auth_file(value: str | None) -> list[tuple[str, str]]:
+    """The logins of `--auth-file`: one ``USER:PASS`` per line, so the password stays out of the
+    process list (AUTOMATIC1111's `--gradio-auth-path` does the same for its UI)."""
+    if value is None:
+        return []
+    from pathlib import Path
+
+    path = Path(value).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--auth-file {path}: cannot be read ({getattr(err, 'strerror', None) or err}); "
+                          "write one USER:PASS per line") from None
+    logins = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            login = parse_auth(line.strip())
+        except ConfigError:
+            raise ConfigError(f"--auth-file {path}, line {number}: not USER:PASS (both parts non-empty)") from None
+        if login:
+            logins.append(login)
+    if not logins:
+        raise ConfigError(f"--auth-file {path} holds no USER:PASS line; add one, e.g. me:s3cret")
+    return logins
+
+
 def is_loopback(host: str) -> bool:
     """Whether binding `host` keeps the UI on this machine."""
     if host == "localhost":
@@ -85,12 +116,13 @@ def launch_options(args: argparse.Namespace) -> dict[str, Any]:
     if not 0 < port < 65536:
         raise ConfigError(f"--port {port} is not a TCP port (1–65535)")
     host = LISTEN_HOST if args.listen else (args.host or DEFAULT_HOST)
-    auth = parse_auth(args.auth)
+    logins = [a for a in [parse_auth(args.auth)] if a] + read_auth_file(getattr(args, "auth_file", None))
+    auth = logins or None
     exposed = not is_loopback(host)
     if exposed and auth is None and not getattr(args, "insecure_no_auth", False):
         raise ConfigError(f"{'--listen' if args.listen else f'--host {host}'} makes the UI reachable from the "
                           "network, where anyone could start trainings and write files: add --auth USER:PASS "
-                          "(or, on a network you fully trust, --insecure-no-auth)")
+                          "or --auth-file FILE (or, on a network you fully trust, --insecure-no-auth)")
     if exposed and getattr(args, "allow_pickle", False):
         raise ConfigError("--allow-pickle cannot be combined with a network-reachable UI (--listen or a "
                           "non-loopback --host): a pickle runs any code when loaded; drop one of the two")
