@@ -314,7 +314,7 @@ def test_the_policy_for_listen_auth_and_pickles() -> None:
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    assert launch_options(p.parse_args(["--listen", "--auth", "me:pw"]))["auth"] == ("me", "pw")
+    assert launch_options(p.parse_args(["--listen", "--auth", "me:pw"]))["auth"] == [("me", "pw")]
     assert launch_options(p.parse_args(["--listen", "--insecure-no-auth"]))["auth"] is None
     assert launch_options(p.parse_args(["--allow-pickle"]))["server_name"] == "127.0.0.1"
     assert launch_options(p.parse_args(["--host", "::1"]))["server_name"] == "::1"  # loopback: no login needed
