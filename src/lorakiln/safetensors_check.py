@@ -52,6 +52,10 @@ class TensorSpan:
     start: int
     end: int
 
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
 
 @dataclass(frozen=True)
 class Layout:

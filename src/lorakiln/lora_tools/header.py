@@ -28,7 +28,7 @@ from lorakiln.errors import FileFormatError, LorakilnError
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
-from lorakiln.safetensors_check import read_layout
+from lorakiln.safetensors_check import Layout, TensorSpan, looks_like_pickle, read_layout
 
 # --------------------------------------------------------------------------------------------
 # safetensors header
@@ -42,31 +42,9 @@ DTYPE_NAMES = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class TensorEntry:
-    """One tensor as the header describes it (``data_offsets`` are relative to the data start)."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    path: Path
-    tensors: dict[str, TensorEntry]
-    metadata: dict[str, str]
-    #: Byte offset of the tensor data (8-byte length + JSON header).
-    data_start: int
-    file_size: int
+#: The checked header of `safetensors_check` under the names this package has always used.
+SafetensorsHeader = Layout
+TensorEntry = TensorSpan
 
 
 _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl"})
@@ -75,10 +53,8 @@ _PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".bin", ".pkl"})
 def _pickle_kind(path: Path, head: bytes) -> str | None:
     """What kind of pickle a file that is not a readable safetensors file is, by its magic bytes,
     else by its suffix (a `.bin` can be either)."""
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip-packed PyTorch pickle (torch.save)"
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return f"a Python pickle (protocol {head[1]})"
+    if looks_like_pickle(head):
+        return "a zip-packed PyTorch pickle (torch.save)" if head[:1] == b"P" else f"a Python pickle (protocol {head[1]})"
     if path.suffix.lower() in _PICKLE_SUFFIXES:
         return f"a {path.suffix} file (usually a PyTorch pickle)"
     return None
@@ -118,8 +94,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         if kind := _pickle_kind(path, head):
             raise _refuse_pickle(path, kind) from None
         raise
-    tensors = {name: TensorEntry(t.dtype, t.shape, t.start, t.end) for name, t in layout.tensors.items()}
-    return SafetensorsHeader(path, tensors, layout.metadata, layout.data_start, layout.file_size)
+    return layout
 
 
 def read_scalar(header: SafetensorsHeader, name: str, fh: Any | None = None) -> float:
