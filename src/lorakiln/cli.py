@@ -169,8 +169,18 @@ def _generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def
     return params
 
 
+def _check_output_dir(folder: str, verb: str) -> Path:
+    """Refuse an --output-dir that is a file, lies under one or is not writable, before the base
+    model loads: found when the images are saved, the mistake cost the loading and sampling and
+    ended in an OS traceback."""
+    from lorakiln.lora_tools.outputs import check_output
+
+    return check_output(folder, [], verb=verb, force=True, folder_output=True)
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
     params = _generation_params(args)
+    _check_output_dir(args.output_dir, "generate --output-dir")
     from lorakiln.inference.generate import generate, save_images
     from lorakiln.training.base_model import load_configured_model
 
@@ -195,11 +205,11 @@ def _cmd_grid(args: argparse.Namespace) -> int:
             raise ConfigError("grid needs --x (or --compare-epochs)")
         x, y = parse_axis(args.x), parse_axis(args.y) if args.y else None
     z = parse_axis(args.z) if args.z else None
+    out = _check_output_dir(args.output_dir, "grid --output-dir")
     from lorakiln.inference.grid import xyz_grid
     from lorakiln.training.base_model import load_configured_model
 
     bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     for i, (grid, _cells) in enumerate(xyz_grid(bundle, params, x, y, z, lora_dir=args.lora_dir,
                                                 embeddings_dir=args.embeddings_dir)):
@@ -222,7 +232,10 @@ def _cmd_config_doc(args: argparse.Namespace) -> int:
 
     text = render_markdown()
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        from lorakiln.atomic import write_text_atomic
+        from lorakiln.lora_tools.outputs import check_output
+
+        write_text_atomic(check_output(args.output, [], verb="config doc --output", force=True), text)
     else:
         sys.stdout.write(text)
     return 0
@@ -237,12 +250,14 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 def _cmd_config_import(args: argparse.Namespace) -> int:
     from lorakiln.config.importers import import_config, read_source
-    from lorakiln.errors import ConfigError
 
     text, name = read_source(args.source)
-    out = Path(args.output) if args.output else None
-    if out is not None and out.exists() and not args.force:
-        raise ConfigError(f"{out} exists; pass --force to overwrite it")
+    out = None
+    if args.output:  # the source (a path or command text) is never written over, even with --force
+        from lorakiln.lora_tools.outputs import check_output
+
+        out = check_output(args.output, [] if args.source == "-" else [args.source], verb="config import",
+                           force=args.force)
     result = import_config(text, source_name=name, fmt=args.format,
                            base_dir=out.resolve().parent if out else Path.cwd())
     if out is None:

@@ -257,3 +257,32 @@ def test_two_encoder_file_satisfies_a1111_comfyui_rules(real_width_encoders: lis
     for i, (key, width) in enumerate((("clip_l", 768), ("clip_g", 1280))):
         picked = comfy_embedding(sd, key, width)  # each ComfyUI SDXL tokenizer takes its own key
         assert picked is not None and torch.equal(picked, emb.vectors(i))
+
+
+# -- damaged files --------------------------------------------------------------------------------
+
+BROKEN = Path(__file__).resolve().parents[1] / "fixtures" / "broken"
+
+
+@pytest.mark.parametrize(("name", "says"), [("truncated-data", "truncated file"), ("header-not-json", "not JSON"),
+                                            ("pickle", "Python pickle"), ("nan-embedding", "NaN")])
+def test_a_damaged_embeddings_file_is_refused_naming_it(name: str, says: str, tmp_path: Path) -> None:
+    """The shared checks, not the safetensors library's text (or NaN vectors loaded silently)."""
+    from lorakiln.errors import FileFormatError
+
+    path = tmp_path / f"{name}_emb.safetensors"
+    path.write_bytes((BROKEN / f"{name}.safetensors").read_bytes())
+    with pytest.raises(FileFormatError, match=says) as err:
+        load_embeddings(path)
+    assert str(err.value).startswith(f"{path}:")
+
+
+def test_embeddings_metadata_that_is_not_json_is_refused(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from lorakiln.errors import FileFormatError
+
+    path = tmp_path / "x_emb.safetensors"
+    save_file({"clip_l": torch.zeros(2, 32)}, str(path), metadata={MD_TOKENS: "<s0>, <s1>"})
+    with pytest.raises(FileFormatError, match=f"{MD_TOKENS} is '<s0>, <s1>', not the JSON list"):
+        load_embeddings(path)

@@ -219,3 +219,15 @@ def test_diffusers_state_dict_names_and_folded_scale(network: LoRANetwork, tmp_p
     torch.testing.assert_close(tensors[f"{name}.lora_B.weight"], network[key].lora_up.weight * (ALPHA / DIM))
     torch.testing.assert_close(tensors[f"{name}.lora_A.weight"], network[key].lora_down.weight)
     assert save_diffusers_lora(network, tmp_path / "x.safetensors").name == "x.safetensors"
+
+
+def test_read_lora_file_refuses_a_damaged_file_naming_it(tmp_path: Path) -> None:
+    """The shared structure check, not the safetensors library's own error text."""
+    from lorakiln.errors import FileFormatError
+
+    broken = Path(__file__).resolve().parents[1] / "fixtures" / "broken" / "truncated-data.safetensors"
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(broken.read_bytes())
+    with pytest.raises(FileFormatError, match="a truncated file") as err:
+        read_lora_file(path)
+    assert str(err.value).startswith(f"{path}:")

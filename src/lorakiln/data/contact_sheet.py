@@ -26,6 +26,7 @@ from lorakiln.data.caption_edit import CaptionFile, collect_captions
 from lorakiln.data.caption_target import ImageGuard
 from lorakiln.data.images import open_image_rgb
 from lorakiln.errors import ConfigError
+from lorakiln.lora_tools.outputs import check_output as check_writable
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
@@ -228,7 +229,7 @@ def check_output(output: str | os.PathLike[str], root: Path) -> Path:
     if path.is_relative_to(root):
         raise ConfigError(f"contact sheet {str(path)!r} is inside the dataset folder {str(root)!r}, where it would "
                           f"be trained as an image; write it elsewhere, e.g. -o {root.parent / 'sheet.png'}")
-    return path
+    return check_writable(path, [], verb="dataset sheet", force=True)  # not a folder, nor under a file
 
 
 def write_contact_sheet(folder: str | os.PathLike[str], output: str | os.PathLike[str] = "sheet.png", *,

@@ -51,15 +51,11 @@ def read_checkpoint(path: Path, *, allow_pickle: bool) -> tuple[dict[str, torch.
     """Return `(state_dict, metadata)` of a `.safetensors` file, or of a pickle when allowed."""
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        # the shared structure check: a truncated download or a renamed pickle gets the one
+        # message that names the file and the broken rule, not the library's own text
+        from lorakiln.safetensors_check import load_checked
 
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = dict(fh.metadata() or {})
-            return load_file(str(path)), metadata
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise ModelLoadError(f"cannot read {path} as safetensors: {exc}") from exc
+        return load_checked(path)
     if suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise pickle_refusal(path)

@@ -15,13 +15,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from lorakiln.atomic import atomic_path
 from lorakiln.errors import LorakilnError
 from lorakiln.networks import keymap
+from lorakiln.networks.file_checks import read_lora_checked
 from lorakiln.networks.network import LoRANetwork
+from lorakiln.safetensors_check import load_checked
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -171,8 +172,22 @@ def save_diffusers_lora(
 
 
 def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load a ``.safetensors`` LoRA's tensors and metadata (for resume and inspection)."""
-    path = Path(path)
-    with safe_open(str(path), framework="pt") as fh:
-        metadata = dict(fh.metadata() or {})
-    return load_file(str(path)), metadata
+    """Load a ``.safetensors`` LoRA's tensors and metadata (for inspection; values are not
+    checked, so a NaN file can be examined). A damaged file is the shared `FileFormatError`."""
+    return load_checked(path)
+
+
+def load_network_weights(network: LoRANetwork, path: str | Path) -> None:
+    """Start `network` from the LoRA file `path` (the trainer's ``network.network_weights``).
+
+    The file passes `read_lora_checked` first: NaN or infinite weights would make every step's
+    loss NaN, and factors that disagree on the rank would fail later as a shape error. A file
+    that does not fit the network gets its path in the message, since a key list alone does not
+    say which of the config's files to change.
+    """
+    tensors, _ = read_lora_checked(path)
+    try:
+        network.load_kohya_state_dict(tensors)
+    except LorakilnError as err:
+        raise LorakilnError(f"network.network_weights {path} does not fit the network this config builds: "
+                            f"{err}") from None

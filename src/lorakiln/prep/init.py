@@ -35,7 +35,7 @@ from lorakiln.data.image_modes import to_8bit
 from lorakiln.data.images import flatten_to_rgb
 from lorakiln.data.scan_common import KNOWN_CAPTION_EXTENSIONS
 from lorakiln.errors import DatasetError
-from lorakiln.io_guard import refuse_overwriting_inputs
+from lorakiln.lora_tools.outputs import check_output
 
 Kind = Literal["character", "object", "style"]
 #: Target optimizer steps per kind. Character/object: seed 000 ("between 1500 and 2000 for
@@ -202,7 +202,7 @@ def init_dataset(src: str | Path, dest: str | Path, token: str, *, class_token: 
     if not files:
         raise DatasetError(f"no images under {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS | CONVERTIBLE))})")
     out_root = Path(dest).expanduser()
-    refuse_overwriting_inputs(out_root, [source], verb="dataset init", folder_output=True)
+    check_output(out_root, [source], verb="dataset init", force=True, folder_output=True)
     if source.resolve() in out_root.resolve().parents:
         raise DatasetError(f"--dest {str(out_root)!r} is inside the source folder {str(source)!r}, so the "
                            "copies would mix with the photos; pick a folder outside it (the source is never "

@@ -36,8 +36,12 @@ def run(args: argparse.Namespace) -> int:
 def run_pretrain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from lorakiln.lora_tools.outputs import check_output
     from lorakiln.toyworld.pretrain import PretrainPlan, pretrain
 
+    # both checked before the hour of work, which would otherwise end in an OS traceback
+    check_output(args.work, [], verb="toy pretrain --work", force=True, folder_output=True)
+    check_output(args.out, [], verb="toy pretrain --out", force=True)
     plan = PretrainPlan()
     for key, value in (("images", args.images), ("steps", args.steps), ("vae_steps", args.vae_steps)):
         if value is not None:

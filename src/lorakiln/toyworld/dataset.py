@@ -22,6 +22,7 @@ from typing import Literal
 
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN
 from lorakiln.errors import DatasetError
+from lorakiln.lora_tools.outputs import check_output
 from lorakiln.toyworld.render import render
 from lorakiln.toyworld.world import CONCEPT_TOKEN, Scene, Split, caption, concept_scenes, sample_scenes
 
@@ -40,6 +41,7 @@ def _prepare(folder: str | os.PathLike[str]) -> Path:
     if root.exists() and any(root.iterdir()):
         raise DatasetError(f"{root} already holds files; nothing was written. Choose a new or empty folder for "
                            "the toy dataset")
+    check_output(root, [], verb="toy dataset", force=True, folder_output=True)  # its parents: folders, writable
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -328,9 +328,9 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
                                       lokr_factor=net.lokr_factor,
                                       lokr_decompose_both=net.lokr_decompose_both, dora_wd=net.dora_wd)
     if cfg.network.network_weights:
-        from lorakiln.networks.export import read_lora_file
+        from lorakiln.networks.export import load_network_weights
 
-        network.load_kohya_state_dict(read_lora_file(cfg.network.network_weights)[0])
+        load_network_weights(network, cfg.network.network_weights)
     network.to(device)
     _enable_memory_options(cfg, bundle, train_te or pivotal is not None)
 

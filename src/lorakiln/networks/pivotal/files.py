@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from lorakiln.atomic import atomic_path
+from lorakiln.errors import FileFormatError
 from lorakiln.models.family import ModelFamily
 from lorakiln.networks.pivotal.tokens import TOKEN_FORMAT, PivotalEmbeddings, pool_at_eos
+from lorakiln.safetensors_check import load_checked, refuse_non_finite
 
 #: File key of encoder i (kohya `sdxl_train_textual_inversion.py`, diffusers advanced script).
 EMBEDDING_KEYS: tuple[str, ...] = ("clip_l", "clip_g")
@@ -146,23 +147,45 @@ class EmbeddingsFile:
 
 
 def load_embeddings(path: str | Path) -> EmbeddingsFile:
-    """Read a pivotal-tuning embeddings file (ours, or the diffusers script's)."""
+    """Read a pivotal-tuning embeddings file (ours, or the diffusers script's).
+
+    Through the shared checks (`load_checked`, `refuse_non_finite`): a damaged file or NaN
+    vectors end in one `FileFormatError` naming the file, as for every other file lorakiln reads,
+    and so do rows or metadata that disagree.
+    """
     path = Path(path)
-    with safe_open(str(path), framework="pt") as fh:
-        md = dict(fh.metadata() or {})
-    raw = load_file(str(path))
-    order = json.loads(md[MD_KEYS]) if MD_KEYS in md else [k for k in EMBEDDING_KEYS if k in raw]
-    order += sorted(k for k in raw if k not in order)
+    raw, md = load_checked(path)
+    refuse_non_finite(path, raw, what="embedding")
+    order = _metadata_json(path, md, MD_KEYS, [k for k in EMBEDDING_KEYS if k in raw])
+    order = [k for k in order if k in raw] + sorted(k for k in raw if k not in order)
     tensors = {k: raw[k] for k in order}
+    if any(t.dim() != 2 for t in tensors.values()):
+        shapes = {k: list(t.shape) for k, t in tensors.items()}
+        raise FileFormatError(f"{path}: an embedding is [tokens, width] per encoder, but the file holds {shapes}")
     counts = {k: t.shape[0] for k, t in tensors.items()}
     if len(set(counts.values())) > 1:
-        raise ValueError(f"{path}: encoders have different token counts {counts}")
+        raise FileFormatError(f"{path}: encoders have different token counts {counts}; the file is damaged")
     n = next(iter(counts.values()), 0)
-    tokens = json.loads(md[MD_TOKENS]) if MD_TOKENS in md else [TOKEN_FORMAT.format(i) for i in range(n)]
+    tokens = _metadata_json(path, md, MD_TOKENS, [TOKEN_FORMAT.format(i) for i in range(n)])
     if len(tokens) != n:
-        raise ValueError(f"{path}: metadata names {len(tokens)} tokens for {n} rows")
-    abstractions = json.loads(md.get(MD_ABSTRACTIONS, "{}"))
+        raise FileFormatError(f"{path}: metadata names {len(tokens)} tokens for {n} rows; the file is damaged")
+    abstractions = _metadata_json(path, md, MD_ABSTRACTIONS, {})
     return EmbeddingsFile(tensors, md, tokens, abstractions)
+
+
+def _metadata_json(path: Path, md: Mapping[str, str], key: str, default: Any) -> Any:
+    """The JSON value of metadata `key` (`default` when absent); text that is not JSON of the
+    default's type is a `FileFormatError` naming the file rather than a `JSONDecodeError`."""
+    if key not in md:
+        return default
+    try:
+        value = json.loads(md[key])
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, type(default)):
+        raise FileFormatError(f"{path}: metadata {key} is {md[key]!r}, not the JSON {type(default).__name__} "
+                              "lorakiln writes there; the file is damaged")
+    return value
 
 
 def load_into_pipeline(
