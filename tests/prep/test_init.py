@@ -8,16 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from prep_support import tree_digest
 
 from lorakiln.cli import main
 from lorakiln.data import scan_dataset
 from lorakiln.errors import DatasetError
 from lorakiln.prep.init import init_dataset, plan_repeats
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -38,9 +34,9 @@ def photos(tmp_path: Path, noise_image) -> Path:
 
 
 def test_init_gives_a_clean_kohya_folder_the_trainer_accepts(photos: Path, tmp_path: Path) -> None:
-    before = _digest(photos)
+    before = tree_digest(photos)
     result = init_dataset(photos, tmp_path / "train", "zwx", class_token="toy", repeats=10)
-    assert _digest(photos) == before  # the source is only read
+    assert tree_digest(photos) == before  # the source is only read
     assert result.folder == tmp_path / "train" / "10_zwx toy"
     names = sorted(p.name for p in result.folder.iterdir())
     # a.png shared a.txt with a.jpg in the source (kohya would read it for both), so both keep it
@@ -50,7 +46,7 @@ def test_init_gives_a_clean_kohya_folder_the_trainer_accepts(photos: Path, tmp_p
     assert (result.folder / "scan.txt").read_text(encoding="utf-8") == "photo of zwx, scan"  # .caption → .txt
     with Image.open(result.folder / "phone.jpg") as im:
         assert im.size == (100, 200) and im.getexif().get(0x0112, 1) == 1  # pixels rotated, tag gone
-    assert _digest(result.folder)["a.jpg"] == hashlib.sha256((photos / "a.jpg").read_bytes()).hexdigest()
+    assert tree_digest(result.folder)["a.jpg"] == hashlib.sha256((photos / "a.jpg").read_bytes()).hexdigest()
     dataset = scan_dataset(tmp_path / "train")  # the trainer's scanner: no error
     assert dataset.num_images == 6 and dataset.subsets[0].repeats == 10
     assert dataset.subsets[0].class_token == "toy"

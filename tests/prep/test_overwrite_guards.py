@@ -3,20 +3,15 @@ through the CLI (exit 2, a message, the inputs byte-identical)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import pytest
+from prep_support import tree_digest
 
 from lorakiln.cli import main
 from lorakiln.data.caption_target import ImageGuard
 from lorakiln.io_guard import OverwriteInputError
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -37,11 +32,11 @@ def dataset(tmp_path: Path, noise_image) -> Path:
 
 
 def _refused(argv: list[str], folder: Path, capsys: pytest.CaptureFixture[str]) -> str:
-    before = _digest(folder)
+    before = tree_digest(folder)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err
-    assert _digest(folder) == before
+    assert tree_digest(folder) == before
     return err
 
 
@@ -64,9 +59,9 @@ def test_edit_refuses_an_image_caption_extension(dataset: Path, capsys: pytest.C
 
 
 def test_edit_writes_only_caption_files_atomically(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    images = {k: v for k, v in _digest(dataset).items() if not k.endswith(".txt")}
+    images = {k: v for k, v in tree_digest(dataset).items() if not k.endswith(".txt")}
     assert main(["dataset", "edit", str(dataset), "--add", "photo"]) == 0
-    after = _digest(dataset)
+    after = tree_digest(dataset)
     assert {k: v for k, v in after.items() if not k.endswith(".txt")} == images
     assert sorted(p.name for p in (dataset / "10_zwx").iterdir()) == ["a.gif", "a.png", "a.txt", "b.png", "b.txt"]
     assert (dataset / "10_zwx" / "a.txt").read_text(encoding="utf-8") == "zwx, red, photo"
