@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lorakiln.atomic import temp_folder_beside
 from lorakiln.models.clip_tokenizer import CLIP_VOCAB_SIZE
 
 
@@ -54,7 +54,7 @@ def save_bundle_diffusers(bundle: Any, folder: str | os.PathLike[str]) -> Path:
                                        scheduler=bundle.noise_scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = temp_folder_beside(folder)
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         if folder.exists():  # replace the previous save: move it aside first, drop it after

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from lorakiln.atomic import temp_folder_beside
 from lorakiln.errors import TrainingError
 from lorakiln.training import recovery
 
@@ -132,7 +132,7 @@ def save_state(
     """Write the state folder: a complete temporary folder first, then the two-rename swap."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    tmp = temp_folder_beside(folder, suffix=".tmp")
     try:
         meta = {"version": STATE_VERSION, "position": asdict(position), "config": config, "rng": _rng_json()}
         _write_files(folder, tmp, network_state, optimizer, schedule, scaler, meta)
