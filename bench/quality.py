@@ -12,9 +12,11 @@ detectors (`lorakiln.toyworld.evaluate`) at every saved epoch and at strengths 1
   mean pixel change, and "kept": the share of samples right without the LoRA still right with it.
 
 Recipes: the toy quickstart's config (`examples/toy-quickstart`: pivotal tuning of "zwx" from
-"star", TI 5e-3 for half the steps, U-Net LoRA dim 16 at 1e-3, 150 steps at batch 4); seed 000's
-table (`kohya-character`: batch 1, 15 repeats, 5 epochs, AdamW8bit, TE 5e-5 / U-Net 1e-4,
-dim 128, no pivotal tuning); seed 003's (`pivotal-prodigy`: Prodigy, pivotal tuning of "zwx" from
+"star", TI 5e-3 for half the steps, U-Net LoRA dim 16 at 1e-3, 150 steps at batch 4);
+`kohya-community`, the kohya_ss community table of the kohya_ss + AUTOMATIC1111 LoRA walkthrough
+(preset `kohya-character`: batch 1, 15 repeats, 5 epochs, AdamW8bit, TE 5e-5 / U-Net 1e-4,
+dim 128, no pivotal tuning); `diffusers-advanced`, the diffusers advanced SDXL recipe
+(`train_dreambooth_lora_sdxl_advanced.py`; preset `pivotal-prodigy`: Prodigy, pivotal tuning of "zwx" from
 random tokens, U-Net LoRA, min-SNR 5, rank 32, 1000 steps at batch 4); and a plain diffusers
 `train_dreambooth_lora.py`-like default (rank 4, U-Net only, AdamW 1e-4 constant, 500 steps,
 batch 1). Every recipe overrides the quickstart config, so each names what it does not share.
@@ -43,12 +45,12 @@ QUICKSTART = ROOT / "examples" / "toy-quickstart" / "config.toml"
 #: Overrides over the quickstart config (same data, model, resolution and output layout).
 RECIPES: dict[str, list[str]] = {
     "quickstart": [],
-    "seed-000": ['preset="kohya-character"', "pivotal.train_text_encoder_ti=false",
+    "kohya-community": ['preset="kohya-character"', "pivotal.train_text_encoder_ti=false",
                  "network.network_train_unet_only=false", "train.unet_lr=1e-4", "train.text_encoder_lr=5e-5",
                  "train.max_train_epochs=5", "train.train_batch_size=1", "data.repeats=15",
                  'train.optimizer_type="AdamW8bit"', 'train.lr_scheduler="polynomial"',
                  "network.network_dim=128", "network.network_alpha=128", "output.save_every_n_epochs=1"],
-    "seed-003": ['preset="pivotal-prodigy"', 'pivotal.token_abstraction="zwx"', "train.max_train_steps=1000",
+    "diffusers-advanced": ['preset="pivotal-prodigy"', 'pivotal.token_abstraction="zwx"', "train.max_train_steps=1000",
                  "train.train_batch_size=4", "train.learning_rate=1.0", "train.unet_lr=1.0",
                  "train.text_encoder_lr=1.0", 'train.optimizer_type="Prodigy"', 'train.lr_scheduler="constant"',
                  "network.network_dim=32", "network.network_alpha=32", "output.save_every_n_steps=250",
@@ -59,6 +61,9 @@ RECIPES: dict[str, list[str]] = {
                           "train.max_train_steps=500", "train.train_batch_size=1", "output.save_every_n_steps=125",
                           "output.save_every_n_epochs=None"],
 }
+
+#: Earlier recipe names, still accepted by `--recipes` (not listed in its choices).
+RECIPE_ALIASES: dict[str, str] = {"seed-000": "kohya-community", "seed-003": "diffusers-advanced"}
 
 
 def _kohya_repeats(data_dir: Path, repeats: int, work: Path) -> Path:
@@ -104,7 +109,8 @@ def checkpoints(folder: Path) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES),
+                        type=lambda name: RECIPE_ALIASES.get(name, name))
     parser.add_argument("--strengths", nargs="+", type=float, default=[1.0, 0.7])
     parser.add_argument("--n", type=int, default=16, help="samples per likeness measurement")
     parser.add_argument("--work", help="keep the trained LoRAs here (default: a temporary folder)")

@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> None:
 
 def step_flops(ctx) -> float:  # type: ignore[no-untyped-def]
     """FLOPs of one training micro-step (forward + backward), counted once with
-    `FlopCounterMode` (performance.md: report achieved FLOP/s, not just seconds)."""
+    `FlopCounterMode` (to report achieved FLOP/s, not just seconds)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from lorakiln.training.step import compute_loss

@@ -1,7 +1,7 @@
 """Draw the quickstart's training images: one made-up subject, "zwx", in varied scenes.
 
 zwx is a purple, round-bodied toy with two white eyes and a yellow antenna. Following the
-seed's advice on data (variety of backgrounds, sizes and positions; captions describe what
+kohya_ss community advice on data (variety of backgrounds, sizes and positions; captions describe what
 changes, not what is constant), each image varies background colour, size, position and
 whether a ground line is drawn, and its caption says so. Deterministic: re-running writes the
 same files.
