@@ -224,7 +224,7 @@ def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         pytest.fail("the work started before the output path was checked")
 
-    monkeypatch.setattr("lorakiln.training.base_model.load_configured_model", refuse)
+    monkeypatch.setattr("lorakiln.models.configured.load_configured_model", refuse)
     monkeypatch.setattr("lorakiln.toyworld.pretrain.pretrain", refuse)
 
 

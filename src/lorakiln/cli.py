@@ -1,5 +1,5 @@
 """The `lorakiln` command: verbs and dispatch only, no logic; heavy imports stay lazy so
-`lorakiln --help` is instant (ARCHITECTURE.md)."""
+`lorakiln --help` is instant (no torch/diffusers import before a verb runs)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
     cfg = load_config(args.config, _resume_override(args, overrides))
     if args.dry_run:
-        from lorakiln.training.prepare import describe_plan
+        from lorakiln.training.plan import describe_plan
 
         describe_plan(cfg, log=print)
         return 0
@@ -173,7 +173,7 @@ def _check_output_dir(folder: str, verb: str) -> Path:
     """Refuse an --output-dir that is a file, lies under one or is not writable, before the base
     model loads: found when the images are saved, the mistake cost the loading and sampling and
     ended in an OS traceback."""
-    from lorakiln.lora_tools.outputs import check_output
+    from lorakiln.io_guard import check_output
 
     return check_output(folder, [], verb=verb, force=True, folder_output=True)
 
@@ -182,7 +182,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     params = _generation_params(args)
     _check_output_dir(args.output_dir, "generate --output-dir")
     from lorakiln.inference.generate import generate, save_images
-    from lorakiln.training.base_model import load_configured_model
+    from lorakiln.models.configured import load_configured_model
 
     bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
     images = generate(bundle, params, lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir, progress=True)
@@ -207,7 +207,7 @@ def _cmd_grid(args: argparse.Namespace) -> int:
     z = parse_axis(args.z) if args.z else None
     out = _check_output_dir(args.output_dir, "grid --output-dir")
     from lorakiln.inference.grid import xyz_grid
-    from lorakiln.training.base_model import load_configured_model
+    from lorakiln.models.configured import load_configured_model
 
     bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +233,7 @@ def _cmd_config_doc(args: argparse.Namespace) -> int:
     text = render_markdown()
     if args.output:
         from lorakiln.atomic import write_text_atomic
-        from lorakiln.lora_tools.outputs import check_output
+        from lorakiln.io_guard import check_output
 
         write_text_atomic(check_output(args.output, [], verb="config doc --output", force=True), text)
     else:
@@ -254,7 +254,7 @@ def _cmd_config_import(args: argparse.Namespace) -> int:
     text, name = read_source(args.source)
     out = None
     if args.output:  # the source (a path or command text) is never written over, even with --force
-        from lorakiln.lora_tools.outputs import check_output
+        from lorakiln.io_guard import check_output
 
         out = check_output(args.output, [] if args.source == "-" else [args.source], verb="config import",
                            force=args.force)

@@ -28,7 +28,7 @@ def subject(tmp_path: Path, make_image: MakeImage) -> Path:
 
 
 def test_blip_seed_settings(tiny_blip_dir: Path, subject: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The seed's kohya_ss settings: prefix "photo of <token>, ", 10 beams, min length 25."""
+    """The kohya_ss walkthrough's BLIP settings: prefix "photo of <token>, ", 10 beams, min length 25."""
     rc = _run(str(subject), "--model", str(tiny_blip_dir), "--prefix", "photo of anantn, ", "--num-beams", "10",
               "--min-length", "25", "--caption-extension", "txt")
     assert rc == 0

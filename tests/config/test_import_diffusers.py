@@ -1,8 +1,8 @@
 """`lorakiln config import` of diffusers training command lines.
 
-The two Huggy fixtures are verbatim from ../shared/seeds/003_18ad3f574a2171ac.txt (the SNR
-comparison's arguments with `--optimizer="adamw"`, lines 362-384, and the AdamW-vs-Prodigy
-"all other training parameters" block, lines 412-433), including their shell quirks.
+The two Huggy fixtures are verbatim from the Hugging Face blog "LoRA training scripts of the world,
+unite!" (the SNR comparison's arguments with `--optimizer="adamw"`, and the AdamW-vs-Prodigy
+"all other training parameters" block), including their shell quirks.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`lorakiln config import` of kohya_ss GUI JSON and sd-scripts TOMLs / command lines.
 
-`fixtures/kohya_gui_seed000.json` is the GUI config for the table seed 000 settles on (batch 1,
+`fixtures/kohya_gui_seed000.json` is the GUI config for the kohya_ss community table (batch 1,
 5 epochs, TE 5e-5, U-Net 1e-4, polynomial, AdamW8bit, dim/alpha 128), with the field names and
 value types the kohya_ss GUI writes (numbers as strings, "" for unset, every LyCORIS knob).
 """

@@ -149,7 +149,7 @@ def test_every_preset_validates(name: str) -> None:
 
     cfg = _build({"preset": name})
     assert name in PRESETS and name in PRESET_DESCRIPTIONS
-    if name == "pivotal-prodigy":  # seed 003's recipe
+    if name == "pivotal-prodigy":  # the diffusers advanced SDXL recipe
         t = cfg.train
         assert (t.optimizer_type, t.learning_rate, t.adam_beta2, t.adam_weight_decay) == ("Prodigy", 1.0, 0.99, 0.01)
         assert t.prodigy_safeguard_warmup and t.prodigy_use_bias_correction and t.min_snr_gamma == 5.0

@@ -25,7 +25,7 @@ def _jsonl(folder: Path, rows: list[dict] | list[str]) -> Path:
 
 @pytest.fixture
 def icons(tmp_path: Path, make_image) -> Path:
-    """Three images (one portrait) in an ImageFolder with a `prompt` column, as the seed's 3d_icon."""
+    """Three images (one portrait) in an ImageFolder with a `prompt` column, as the diffusers recipe's 3d_icon."""
     root = tmp_path / "3d_icon"
     make_image(root / "a.png", (96, 64))
     make_image(root / "b.jpg", (90, 60))
@@ -48,7 +48,7 @@ def test_jsonl_captions_sizes_and_metadata(icons: Path) -> None:
     assert [(it.path.relative_to(icons).as_posix(), it.caption) for it in ds.items] == [
         ("a.png", "an icon of TOK, red, small"), ("b.jpg", "an icon of TOK, blue"), ("sub/c.png", "an icon of TOK, red")]
     assert (ds.items[2].width, ds.items[2].height) == (64, 96)
-    assert ds.num_images == 3 and ds.num_repeated_images == 9  # seed "Repeats": images repeated, then shuffled
+    assert ds.num_images == 3 and ds.num_repeated_images == 9  # diffusers `--repeats`: images repeated, then shuffled
     assert ds.caption_extension == "metadata.jsonl" and ds.num_missing_captions == 0
     assert ds.dataset_dirs_info() == {"3d_icon": {"n_repeats": 3, "img_count": 3}}
     assert ds.tag_frequency() == {"3d_icon": {"an icon of TOK": 3, "red": 2, "small": 1, "blue": 1}}

@@ -18,7 +18,7 @@ def test_common_names_are_whole_vocabulary_words_with_their_rank() -> None:
 
 
 def test_rare_token_reports_its_pieces() -> None:
-    report = check_token("anantn")  # the seed's own token
+    report = check_token("anantn")  # the kohya_ss walkthrough's own token
     assert report.pieces == ("an", "ant", "n</w>") and report.ids == (514, 1103, 333)
     assert report.ok and report.verdict == "pieces" and "3 pieces" in report.message
     assert check_token("ohwx").verdict == "rare-word"  # one rare token, kohya users' favourite

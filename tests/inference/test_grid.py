@@ -107,7 +107,7 @@ def test_cli_compare_epochs(run_dir: Path, tmp_path: Path, monkeypatch, capsys) 
 
 
 def test_the_seeds_xy_example_is_one_5x6_labelled_grid(tmp_path: Path) -> None:
-    """X = last, last-000001 … last-000004; Y = 1.0, 0.9 … 0.5 (seed 000, "X/Y/Z Plots")."""
+    """X = last, last-000001 … last-000004; Y = 1.0, 0.9 … 0.5 (the kohya_ss walkthrough, "X/Y/Z Plots")."""
     source = build_tiny_sd1_bundle(seed=0)
     net = create_lora_network(source.unet, source.text_encoders, SD1, dim=2, alpha=2)
     stems = ["last", "last-000001", "last-000002", "last-000003", "last-000004"]

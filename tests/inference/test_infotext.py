@@ -1,4 +1,4 @@
-"""A1111 infotext: the seed's block, round trips, quoting, real-world keys, PNG chunk."""
+"""A1111 infotext: the kohya_ss walkthrough's block, round trips, quoting, real-world keys, PNG chunk."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from lorakiln.inference.infotext import (
     read_png_infotext,
 )
 
-# Seed 000, "Testing": pasted into A1111 with the blue arrow.
+# The kohya_ss + AUTOMATIC1111 LoRA walkthrough, "Testing": pasted into A1111 with the blue arrow.
 SEED_BLOCK = """\
 a portrait of anantn, red hair, handsome face, oil painting, artstation, <lora:last:1.0>
 Negative prompt: ugly, poorly drawn hands, poorly drawn feet, poorly drawn face, out of frame, extra limbs, disfigured, deformed, watermark, signature, bad art, blurry, blurred

@@ -1,4 +1,4 @@
-"""A1111 prompt syntax: extra-network tags (formats.md §3) and parse_prompt_attention's documented examples."""
+"""A1111 prompt syntax: extra-network tags (``extra_networks.py``) and parse_prompt_attention's documented examples."""
 
 from __future__ import annotations
 

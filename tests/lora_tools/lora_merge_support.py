@@ -41,7 +41,7 @@ def save_lora(path: Path, family: ModelFamily = SD1, *, algo: str = "lora", dim:
 
 
 def kohya_deltas(path: Path) -> dict[str, torch.Tensor]:
-    """ΔW = (alpha/rank)·up@down per module, straight from the file's tensors (formats.md §1)."""
+    """ΔW = (alpha/rank)·up@down per module, straight from the file's tensors (kohya's scale)."""
     tensors = load_file(str(path))
     out = {}
     for key in {k.split(".")[0] for k in tensors}:

@@ -47,7 +47,7 @@ def _network(family: ModelFamily, dim: int, alpha: float, seed: int = 0) -> LoRA
 
 
 def _kohya_deltas(path: Path) -> dict[str, torch.Tensor]:
-    """ΔW = (alpha/rank)·up@down per module of a kohya file, flattened (formats.md §1)."""
+    """ΔW = (alpha/rank)·up@down per module of a kohya file, flattened (kohya's scale)."""
     tensors = load_file(str(path))
     out = {}
     for key in {k.split(".")[0] for k in tensors}:
@@ -148,7 +148,7 @@ def test_kohya_diffusers_kohya_round_trip_sdxl(sdxl_net: LoRANetwork, tmp_path: 
 def test_converted_diffusers_file_loads_cleanly_in_diffusers(
     tiny_sd1_dir: Path, library_warnings: list, tmp_path: Path
 ) -> None:
-    """formats.md §6a: no missing/unexpected-key warnings, every module injected, fused ΔW right."""
+    """diffusers as a real client: no missing/unexpected-key warnings, every module injected, fused ΔW right."""
     from diffusers import StableDiffusionPipeline
     from peft.tuners.lora import LoraLayer
 
@@ -202,8 +202,8 @@ def test_kohya_from_diffusers_applies_with_the_same_deltas(sd1_net: LoRANetwork,
 def test_off_style_kohya_names_convert_to_the_same_diffusers_file(
     sd1_net: LoRANetwork, sdxl_net: LoRANetwork, tmp_path: Path
 ) -> None:
-    """SD1 keys with LDM U-Net names (A1111/ComfyUI accept them, §8) and SDXL keys with diffusers U-Net
-    names (diffusers' advanced SDXL script, §5) map to the same modules as the canonical names."""
+    """SD1 keys with LDM U-Net names (A1111/ComfyUI accept them) and SDXL keys with diffusers U-Net
+    names (diffusers' advanced SDXL script) map to the same modules as the canonical names."""
     levels = keymap.UP_ATTENTION_LEVELS
     for net, family, rename in (
         (sd1_net, SD1, lambda path: keymap.diffusers_to_ldm_path(path, levels["sd1"])),
@@ -249,7 +249,7 @@ def test_old_diffusers_naming_converts_like_peft(sd1_net: LoRANetwork, tmp_path:
 
 def test_diffusers_adapter_metadata_scale_is_folded_into_lora_up(tmp_path: Path) -> None:
     """A diffusers file whose `lora_adapter_metadata` sets lora_alpha ≠ r (diffusers applies
-    alpha/r, §5) converts to kohya with the same ΔW; `alpha_pattern` overrides per module."""
+    alpha/r) converts to kohya with the same ΔW; `alpha_pattern` overrides per module."""
     net = _network(SD1, dim=8, alpha=8, seed=5)
     tensors = load_file(str(save_diffusers_lora(net, tmp_path / "plain.safetensors")))
     config = {"unet.r": 8, "unet.lora_alpha": 2, "unet.alpha_pattern": {"proj_in": 8},

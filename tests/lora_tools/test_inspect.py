@@ -123,7 +123,7 @@ def test_family_from_unet_only_keys_without_metadata(files: dict[str, Path], tmp
 
 
 def test_old_diffusers_naming_is_recognised(files: dict[str, Path], tmp_path: Path) -> None:
-    """`…attn1.processor.to_q_lora.down.weight` / `…lora_linear_layer.up.weight` (formats.md §5)."""
+    """`…attn1.processor.to_q_lora.down.weight` / `…lora_linear_layer.up.weight` (older diffusers forms)."""
     old = {}
     for key, value in load_file(str(files["sd1_diffusers"])).items():
         role = "down" if ".lora_A." in key else "up"

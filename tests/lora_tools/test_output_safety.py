@@ -135,7 +135,7 @@ def test_full_disk_loses_nothing(verb: str, existing: bool, work: Path, home: No
         out.parent.mkdir()
         out.write_bytes(b"the previous result")
     inputs = {p: p.read_bytes() for p in (work / "loras").iterdir()}
-    from lorakiln.training.base_model import ensure_tiny_model
+    from lorakiln.models.configured import ensure_tiny_model
 
     ensure_tiny_model("sd1")  # built before the disk "fills up"
     monkeypatch.setattr(Path, "write_bytes", _half_then_full)

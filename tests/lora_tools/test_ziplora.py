@@ -20,13 +20,13 @@ from lorakiln.lora_tools.lorafile import KohyaLoRA, read_kohya_lora
 from lorakiln.lora_tools.lowrank import LowRank
 from lorakiln.lora_tools.ziplora import ZipLoRAOptions, ZipLoRAResult, ziplora_merge
 from lorakiln.lora_tools.ziplora_modules import ZipModule
+from lorakiln.models.conditioning import encode_text
 from lorakiln.models.family import SD1, SDXL, ModelFamily
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle
 from lorakiln.networks.apply import _resolve, apply_lora_file
 from lorakiln.networks.export import kohya_state_dict
 from lorakiln.networks.network import create_lora_network
-from lorakiln.training.conditioning import encode_text
 
 PROMPTS = ("a sks dog", "a cat in oil painting style")
 

@@ -39,7 +39,7 @@ def test_parameter_counts(sd15: dict[str, Any]) -> None:
 
 
 def test_ldm_key_names(sd15: dict[str, Any]) -> None:
-    """Spot checks of formats.md §7 on real-size names; key count of a pruned SD 1.5 file."""
+    """Spot checks of the diffusers→LDM name map on real-size names; key count of a pruned SD 1.5 file."""
     ldm = sd15["ldm"]
     assert len(ldm) == 686 + 248 + 196
     for key in (

@@ -57,7 +57,7 @@ def test_build_sdxl_random_meta(sdxl: dict[str, Any]) -> None:
 
 
 def test_sgm_key_names(sdxl: dict[str, Any]) -> None:
-    """formats.md §7 on real-size names. sd_xl_base_1.0 has 2515 tensors: these 2513 plus TE1's
+    """The diffusers→SGM name map on real-size names. sd_xl_base_1.0 has 2515 tensors: these 2513 plus TE1's
     `position_ids` buffer and OpenCLIP's `logit_scale`."""
     ldm = sdxl["ldm"]
     assert len(ldm) == 1680 + 248 + 196 + 389
@@ -67,7 +67,7 @@ def test_sgm_key_names(sdxl: dict[str, Any]) -> None:
         U + "input_blocks.7.0.skip_connection.weight": (1280, 640, 1, 1),
         U + "input_blocks.6.0.op.weight": (640, 640, 3, 3),
         U + "middle_block.1.transformer_blocks.9.ff.net.2.weight": (1280, 5120),
-        U + "output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),  # up_blocks.0 upsampler (§7)
+        U + "output_blocks.2.2.conv.weight": (1280, 1280, 3, 3),  # up_blocks.0 upsampler
         U + "output_blocks.5.2.conv.weight": (640, 640, 3, 3),
         U + "output_blocks.8.0.skip_connection.weight": (320, 640, 1, 1),
         U + "label_emb.0.0.weight": (1280, 2816),
@@ -113,7 +113,7 @@ def test_export_matches_diffusers_converters(sdxl: dict[str, Any]) -> None:
 
 
 def test_tiny_file_has_the_real_key_names(sdxl: dict[str, Any], tiny_sdxl_file: Path) -> None:
-    """The tiny SDXL differs from the real one in widths only: same tensor names (formats.md §6a)."""
+    """The tiny SDXL differs from the real one in widths only: same tensor names."""
     with safe_open(str(tiny_sdxl_file), "pt") as fh:
         tiny_keys = set(fh.keys())
     assert tiny_keys == set(sdxl["ldm"])

@@ -74,7 +74,7 @@ def test_single_file_equals_folder(folder_bundle: ModelBundle, tiny_sdxl_file: P
 
 
 def test_single_file_layout(tiny_sdxl_file: Path) -> None:
-    """TE2 in OpenCLIP layout (formats.md §7): fused q/k/v, transposed projection, no HF names."""
+    """TE2 in OpenCLIP layout: fused q/k/v, transposed projection, no HF names."""
     with safe_open(str(tiny_sdxl_file), "pt") as fh:
         keys = set(fh.keys())
         in_proj = fh.get_slice(TE2 + "transformer.resblocks.0.attn.in_proj_weight").get_shape()

@@ -1,6 +1,6 @@
 """Fixtures for the LoRA network tests: tiny SD1-shaped models and helpers.
 
-Every model is built from config with fixed seeds (ARCHITECTURE.md: no network, no GPU).
+Every model is built from config with fixed seeds (no network, no GPU).
 The shared `tiny_sd1_dir` / `tiny_sd1_file` fixtures come from `tests/conftest.py`.
 """
 
@@ -16,7 +16,7 @@ from lorakiln.models.family import SD1, ModelFamily
 from lorakiln.models.tiny import TinyComponents, build_tiny_sd1
 from lorakiln.networks.network import LoRANetwork, create_lora_network
 
-#: dim ≠ alpha so every numeric check also proves the alpha/dim scale (formats.md §6a.2).
+#: dim ≠ alpha so every numeric check also proves the alpha/dim scale.
 DIM, ALPHA = 8, 4.0
 
 #: An SDXL-like family (SGM U-Net names, two text encoders) for key-map tests, until the

@@ -278,7 +278,7 @@ def test_locon_targets_on_tiny_sd1(tiny_unet: nn.Module) -> None:
     assert len(paths) == len(set(paths)) == 85
     assert set(paths) == _expected_locon_paths()
     names = {keymap.unet_kohya_name(path, SD1) for path in paths}
-    for name in (  # formats.md §1 "Default targets, LoCon, shapes" (SD1 names)
+    for name in (  # kohya sd-scripts default targets and LoCon (SD1 names)
         "lora_unet_down_blocks_0_resnets_0_conv1",
         "lora_unet_down_blocks_0_resnets_1_conv2",
         "lora_unet_mid_block_resnets_1_time_emb_proj",

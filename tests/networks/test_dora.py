@@ -4,7 +4,7 @@
   tensors: same file keys/shapes, same init seed for seed, same forward at multiplier 1, and the
   fused weight at strength ``s`` equals ``lycoris.functional.general.apply_dora_scale`` (the
   client rule ``W + s·(W' − W)``), which LoConModule's own multiplier does *not* follow.
-* **Axis.** A1111's and ComfyUI's DoRA rules (formats.md §2–§4, written here from their
+* **Axis.** A1111's and ComfyUI's DoRA rules (A1111 ``apply_weight_decompose``, ComfyUI ``weight_decompose``; written here from their
   description, not their code) agree on ``[1, in]`` magnitudes and disagree on ``[out, 1]``.
 * **Tiny SD1.** A fresh network is an exact no-op; three Adam steps move ``dora_scale``; the file
   has ``dora_scale`` ``[1, in(, 1, 1)]`` on real modules, LyCORIS metadata, resumes exactly;
@@ -185,7 +185,7 @@ def test_norm_is_detached_in_the_backward_pass() -> None:
     assert not torch.allclose(detached["lora_up.weight"], full["lora_up.weight"], atol=1e-4)
 
 
-# -- the axis: what A1111 and ComfyUI compute (formats.md §2–§4) -------------------------------------
+# -- the axis: what A1111 and ComfyUI compute --------------------------------------------------------
 
 
 def _a1111_weight(W: torch.Tensor, delta: torch.Tensor, m: torch.Tensor, s: float) -> torch.Tensor:
@@ -327,7 +327,7 @@ def test_dora_network_builds_dora_modules_everywhere() -> None:
     base = _unet_out(bundle)
     net = _dora_network(bundle, "lora")
     assert net.dora and all(type(m) is DoRAModule for _, m in net.loras())
-    assert net.counts() == {"unet": 192, "text_encoder": 72}  # kohya's default targets (formats.md §1)
+    assert net.counts() == {"unet": 192, "text_encoder": 72}  # kohya's default targets (sd-scripts networks/lora.py)
     torch.testing.assert_close(_unet_out(bundle), base, rtol=0, atol=0)
     assert net.network_module == "lycoris.kohya"
     assert net.network_args == {"algo": "lora", "preset": "attn-mlp", "dora_wd": "True", "wd_on_output": "False"}
@@ -373,7 +373,7 @@ def test_file_has_dora_scale_on_real_modules_with_lycoris_metadata(trained) -> N
         assert scale.shape == (1, layer.weight.shape[1], *[1] * (layer.weight.dim() - 2)), name
         assert magnitude_axis(tuple(scale.shape), layer.weight.shape) == "input"
         assert tensors[f"{name}.alpha"].dim() == 0
-    # A1111's rule table (§3) lands every key on an LDM module; ComfyUI's `lora_unet_<diffusers path>`.
+    # A1111's rule table lands every key on an LDM module; ComfyUI's `lora_unet_<diffusers path>`.
     ldm = keymap.sd1_ldm_module_names((n for n, _ in bundle.unet.named_modules()),
                                       (n for n, _ in bundle.text_encoders[0].named_modules()))
     assert not [k for k in modules if keymap.a1111_compvis_name(k) not in ldm]

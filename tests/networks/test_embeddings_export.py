@@ -1,7 +1,7 @@
-"""The ``_emb.safetensors`` file: layout and metadata, diffusers as a real client (formats.md §5,
-seed 003 "Inference"), and the A1111 / ComfyUI embedding rules of formats.md §3 / §4.
+"""The ``_emb.safetensors`` file: layout and metadata, diffusers as a real client (``load_textual_inversion``,
+the diffusers advanced SDXL recipe's "Inference"), and the A1111 / ComfyUI embedding rules.
 
-A1111 and ComfyUI are not installable, so their rules are written here from formats.md (not
+A1111 and ComfyUI are not installable, so their rules are written here from their documented behaviour (not
 copied from their code) as two small functions, and the files are checked against them.
 """
 
@@ -37,11 +37,11 @@ XL_LIKE = dataclasses.replace(SD1, name="xl_like", modelspec_lora_architecture="
 PROMPT = "a photo of <s0><s1>, red"
 
 
-# -- client rules (formats.md) ------------------------------------------------------------------
+# -- client rules ----------------------------------------------------------------------------------
 
 
 def a1111_vectors(data: dict[str, torch.Tensor], expected_width: int) -> int | None:
-    """§3 `create_embedding_from_data`: the vector count, None when skipped for its width.
+    """A1111 `create_embedding_from_data`: the vector count, None when skipped for its width.
 
     Accepts `string_to_param`, the SDXL pair (`clip_g` + `clip_l`, width 1280 + 768) or a
     single-key tensor dict; a dict with several other terms is an error.
@@ -62,7 +62,7 @@ def a1111_vectors(data: dict[str, torch.Tensor], expected_width: int) -> int | N
 
 
 def comfy_embedding(data: dict[str, torch.Tensor], embedding_key: str, width: int) -> torch.Tensor | None:
-    """§4 `load_embed`: `string_to_param`, else the tokenizer's `embedding_key`, else the first
+    """ComfyUI `load_embed`: `string_to_param`, else the tokenizer's `embedding_key`, else the first
     value; None when the width does not match the encoder."""
     if "string_to_param" in data:
         emb: Any = next(iter(data["string_to_param"].values()))  # type: ignore[union-attr]

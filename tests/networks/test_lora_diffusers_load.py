@@ -1,4 +1,4 @@
-"""diffusers as a real client (formats.md §6a): both export formats load cleanly and fuse to ΔW.
+"""diffusers as a real client (tiny pipeline, ``load_lora_weights``, ``fuse_lora``): both export formats load cleanly and fuse to ΔW.
 
 dim 8 / alpha 4 means a loader that ignored alpha would be off by 2× — the fused-weight check
 proves the alpha semantics and the name mapping of all 192 + 72 modules at once.
@@ -110,7 +110,7 @@ def test_locon_kohya_file_loads_in_diffusers_and_fuses_every_conv(
     pipe, library_warnings, tmp_path: Path
 ) -> None:
     """issue 7: a LoCon file (ResNet 3×3 convs, samplers) loads in diffusers where the format
-    allows it — diffusers' kohya converter takes any `lora_down`/`lora_up`/`alpha` module (§5)."""
+    allows it — diffusers' kohya converter takes any `lora_down`/`lora_up`/`alpha` module."""
     net = create_lora_network(pipe.unet, [pipe.text_encoder], SD1, dim=DIM, alpha=ALPHA, algo="locon",
                               conv_dim=4, conv_alpha=2.0)
     randomize_up(net, seed=5)

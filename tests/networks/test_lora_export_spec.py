@@ -1,4 +1,4 @@
-"""Spec tests for the kohya file: the client rules of formats.md §1/§3/§6c, without the clients."""
+"""Spec tests for the kohya file: the rules of kohya sd-scripts and A1111, without the clients."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_key_grammar_and_shapes(saved: tuple[Path, dict[str, str]], network: LoR
 
 
 def test_text_encoder_attention_sets_complete(saved: tuple[Path, dict[str, str]]) -> None:
-    """q, k, v and out_proj together per layer (formats.md §0, §3 TE2 rule, §8)."""
+    """q, k, v and out_proj together per layer (A1111's SDXL TE2 rule, diffusers' out_proj rule)."""
     tensors, _ = read_lora_file(saved[0])
     per_layer: dict[str, set[str]] = defaultdict(set)
     for key in tensors:

@@ -1,4 +1,4 @@
-"""Key map: kohya names from formats.md §1, A1111 resolution (§3) onto LDM names (§7), SGM names.
+"""Key map: kohya sd-scripts names, A1111 resolution (``load_network``) onto LDM names, SGM names.
 
 The A1111 rule table and the diffusers→LDM table are two independent encodings of the client
 rules; agreeing on every name is the check that our files land on real LDM modules.
@@ -18,7 +18,7 @@ from lorakiln.networks.network import LoRANetwork, create_lora_network
 
 
 def test_sd1_examples_from_formats_md() -> None:
-    # formats.md §1 "SD1.x UNet names" / "Text encoder names"
+    # kohya sd-scripts SD1.x U-Net and text-encoder key names
     cases = {
         "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q":
             "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",
@@ -31,7 +31,7 @@ def test_sd1_examples_from_formats_md() -> None:
     for path, key in cases.items():
         assert keymap.unet_kohya_name(path, SD1) == key
         assert keymap.kohya_to_diffusers_module(key, SD1) == ("unet", path)
-    # transformers ≥ 5.6 path (no text_model level) and the classic one give the same key (§8)
+    # transformers ≥ 5.6 path (no text_model level) and the classic one give the same key
     for path in ("encoder.layers.0.self_attn.q_proj", "text_model.encoder.layers.0.self_attn.q_proj"):
         assert (
             keymap.text_encoder_kohya_name(path, 0, SD1)
@@ -114,7 +114,7 @@ def test_ldm_path_roundtrip_sd1(tiny_sd1: TinyComponents) -> None:
 
 
 def _tiny_sdxl_unet() -> nn.Module:
-    """SDXL's U-Net block structure at tiny width (formats.md §6a.1)."""
+    """SDXL's U-Net block structure at tiny width (as diffusers' own LoRA tests build it)."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def _tiny_sdxl_unet() -> nn.Module:
 
 
 def test_sgm_names_match_formats_md_and_diffusers_conversion(tmp_path) -> None:
-    """SGM-style U-Net keys (SDXL, §1) — checked against diffusers' own SGM→diffusers remap."""
+    """SGM-style U-Net keys (SDXL, as kohya) — checked against diffusers' own SGM→diffusers remap."""
     from diffusers import StableDiffusionXLPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -144,7 +144,7 @@ def test_sgm_names_match_formats_md_and_diffusers_conversion(tmp_path) -> None:
 
     unet = _tiny_sdxl_unet()
     net = create_lora_network(unet, [], SGM_FAMILY, dim=4, alpha=2, train_text_encoder=False)
-    assert net.counts() == {"unet": 722}  # formats.md §1 module count for SDXL
+    assert net.counts() == {"unet": 722}  # kohya's module count for SDXL
     for key in (
         "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
         "lora_unet_input_blocks_7_1_proj_in",
@@ -178,7 +178,7 @@ def test_sgm_names_match_formats_md_and_diffusers_conversion(tmp_path) -> None:
 
 
 def test_comfyui_key_map_covers_every_key(tiny_sd1: TinyComponents, network: LoRANetwork) -> None:
-    """ComfyUI's `model_lora_keys_unet/clip` forms for SD1 (formats.md §4), rebuilt from rules.
+    """ComfyUI's `model_lora_keys_unet/clip` forms for SD1 (``comfy/lora.py``), rebuilt from rules.
 
     U-Net: `lora_unet_<diffusers path _>` for every diffusers weight that `unet_to_diffusers`
     knows, i.e. that has an LDM equivalent; CLIP: `lora_te_<text_model… path _>` for every

@@ -45,7 +45,7 @@ def test_counts_and_targets(network: LoRANetwork) -> None:
             assert any(key.endswith("_" + s) for s in UNET_SUFFIXES), key
             assert network.module_paths[key].split(".")[0] in {"down_blocks", "mid_block", "up_blocks"}
         else:
-            # classic `text_model` level kept although transformers 5 drops it (formats.md §8)
+            # classic `text_model` level kept although transformers 5.6 drops it
             assert re.fullmatch(
                 r"lora_te_text_model_encoder_layers_\d+_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc[12])",
                 key,

@@ -291,7 +291,7 @@ def test_factorization_matches_lycoris() -> None:
 
 def _reader_scale(sd: dict[str, torch.Tensor], rank_keys: tuple[str, ...]) -> float:
     """How A1111/ComfyUI read a LyCORIS module's scale: alpha / rank of the first ``*_b`` factor
-    present, else 1 (formats.md §2 "LoKr"; A1111 ``network_hada.py`` uses ``hada_w1_b``)."""
+    present, else 1 (A1111 ``network_lokr.py``; A1111 ``network_hada.py`` uses ``hada_w1_b``)."""
     for key in rank_keys:
         if key in sd:
             return float(sd["alpha"]) / sd[key].shape[0]

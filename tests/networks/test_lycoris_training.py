@@ -1,8 +1,8 @@
 """LoCon / LoHa / LoKr end to end on tiny SD1 (issue 7 item 1).
 
 For each algorithm: a few optimizer steps change the output; the written file follows the
-kohya/LyCORIS key grammar (formats.md §1, §2) and every module name lands on a real LDM module
-through A1111's rule table (§3); applying the file at strength 0.5 in generation equals fusing
+kohya/LyCORIS key grammar (sd-scripts, LyCORIS) and every module name lands on a real LDM module
+through A1111's rule table (``convert_diffusers_name_to_compvis``); applying the file at strength 0.5 in generation equals fusing
 ΔW·0.5 into the weights; a resume through `load_kohya_state_dict` is exact. Plus the config,
 diffusers-export and importer rules that go with the algorithms.
 """
@@ -105,7 +105,7 @@ def test_file_keys_follow_lycoris_grammar_and_a1111_names(trained) -> None:
     for name, params in modules.items():
         assert params == set(net[name].state_dict()), name
         assert tensors[f"{name}.alpha"].dim() == 0
-    # LoCon conv targets are there: ResNet 3×3 convs, time_emb_proj, samplers (formats.md §1).
+    # LoCon conv targets are there: ResNet 3×3 convs, time_emb_proj, samplers (sd-scripts LoCon).
     for probe in ("lora_unet_down_blocks_0_resnets_0_conv1", "lora_unet_down_blocks_0_resnets_0_time_emb_proj",
                   "lora_unet_down_blocks_0_downsamplers_0_conv", "lora_unet_up_blocks_0_upsamplers_0_conv"):
         assert probe in modules, probe

@@ -8,7 +8,7 @@ from pathlib import Path
 from lorakiln.cli import main
 from lorakiln.config.load import build_config
 from lorakiln.prep.check import check_dataset
-from lorakiln.training.prepare import build_data, describe_plan
+from lorakiln.training.plan import build_data, describe_plan
 
 
 def _cfg(root: Path, **data):
@@ -102,9 +102,9 @@ def test_trainer_prints_the_same_warnings_before_loading(tmp_path: Path, noise_i
     for i in range(3):
         noise_image(root / "5_john" / f"{i}.png", (96, 96), seed=i, caption=f"john, shot {i}")
     noise_image(root / "5_john" / "small.png", (40, 40), seed=7, caption="john, small")
-    import lorakiln.training.base_model as base_model
+    import lorakiln.models.configured as configured
 
-    monkeypatch.setattr(base_model, "load_configured_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(configured, "load_configured_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     lines: list[str] = []
     describe_plan(_cfg(root), log=lines.append)
     warnings = [line for line in lines if line.startswith("warning: ")]

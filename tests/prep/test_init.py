@@ -64,7 +64,7 @@ def test_rotated_pixels_match_exif_transpose(photos: Path, tmp_path: Path) -> No
 
 
 def test_auto_repeats_follow_the_seed() -> None:
-    plan = plan_repeats(25)  # the seed: 25 images, batch 1 → 1500–2000 steps
+    plan = plan_repeats(25)  # the kohya_ss walkthrough: 25 images, batch 1 → 1500–2000 steps
     assert 1500 <= plan.steps <= 2000 and plan.repeats >= plan.epochs and 5 <= plan.epochs <= 20
     assert plan.steps == 25 * plan.repeats * plan.epochs
     assert "25 images x" in plan.explain()

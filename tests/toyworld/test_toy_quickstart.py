@@ -9,7 +9,8 @@ import torch
 
 from lorakiln.config.load import load_config
 from lorakiln.models.loading import load_base_model
-from lorakiln.toyworld.model import TOY_UNET_CONFIG, toy_model_path
+from lorakiln.models.toy import toy_model_path
+from lorakiln.toyworld.model import TOY_UNET_CONFIG
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY_QUICKSTART = ROOT / "examples" / "toy-quickstart" / "config.toml"

@@ -11,9 +11,9 @@ from lorakiln.models.loading import load_base_model
 
 
 def test_missing_toy_weights_say_how_to_build_them(monkeypatch) -> None:
-    import lorakiln.toyworld.model as model
+    import lorakiln.models.toy as toy
 
-    monkeypatch.setattr(model, "TOY_WEIGHTS", "weights/not-here.safetensors")
+    monkeypatch.setattr(toy, "TOY_WEIGHTS", "toyworld/weights/not-here.safetensors")
     with pytest.raises(ModelLoadError, match="lorakiln toy pretrain --out"):
         load_base_model("toy")
 

@@ -55,12 +55,12 @@ def test_printed_resume_command_continues_the_same_run(run_toml, tmp_path, monke
 
 
 def test_resume_without_a_state_fails_before_the_model_loads(run_toml, tmp_path, monkeypatch, capsys) -> None:
-    import lorakiln.training.base_model as base_model
+    import lorakiln.models.configured as configured
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(base_model, "load_configured_model", no_load)
+    monkeypatch.setattr(configured, "load_configured_model", no_load)
     toml = run_toml()
     assert main(["train", str(toml), "--resume"]) == 2
     err = capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Seed 003's two Huggy command lines, through `config import`, train on the tiny SDXL model."""
+"""The diffusers advanced SDXL recipe's two Huggy command lines, through `config import`, train on the tiny SDXL model."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ FIXTURES = Path(__file__).resolve().parents[1] / "config" / "fixtures"
 
 
 def _huggy_folder(root: Path) -> Path:
-    """A stand-in for ./huggy_clean: an ImageFolder with a `prompt` column, as the seed's dataset."""
+    """A stand-in for ./huggy_clean: an ImageFolder with a `prompt` column, as the recipe's dataset."""
     root.mkdir()
     rows = []
     for i, colour in enumerate(["gold", "orange"]):

@@ -79,12 +79,12 @@ def test_lock_of_another_host_is_not_taken_over(tmp_path: Path) -> None:
 
 
 def test_output_dir_that_is_a_file_fails_before_the_model_loads(run_config, monkeypatch) -> None:
-    import lorakiln.training.base_model as base_model
+    import lorakiln.models.configured as configured
 
     def no_load(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(base_model, "load_configured_model", no_load)
+    monkeypatch.setattr(configured, "load_configured_model", no_load)
     cfg = run_config()
     Path(cfg.output.output_dir).write_text("not a folder", encoding="utf-8")
     with pytest.raises(TrainingError, match="is a file, not a folder"):

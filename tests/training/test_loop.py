@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lorakiln.errors import TrainingError
+from lorakiln.models.configured import ensure_tiny_model
 from lorakiln.training import loop as loop_module
-from lorakiln.training.base_model import ensure_tiny_model
 from lorakiln.training.loop import TrainingInterrupted, train
 
 
@@ -94,7 +94,7 @@ def _module(pipe, component: str, path: str) -> torch.nn.Module:
     root = getattr(pipe, component)
     try:
         module = root.get_submodule(path)
-    except AttributeError:  # transformers >= 5 has no `text_model.` level (formats.md §8)
+    except AttributeError:  # transformers >= 5.6 has no `text_model.` level
         module = root.get_submodule(path.removeprefix("text_model."))
     return getattr(module, "base_layer", module)
 

@@ -18,6 +18,7 @@ import torch
 from lorakiln.errors import ConfigError
 from lorakiln.training import optimizers
 from lorakiln.training.optim_args import parse_optim_args
+from lorakiln.training.optimizer_setup import same_lr_for_adaptive
 from lorakiln.training.optimizers import build_optimizer, is_adaptive, lr_warning, optimizer_names
 
 
@@ -125,12 +126,26 @@ def test_dadaptation_turns_part_lrs_into_layer_scale() -> None:
     _step(model, opt, seed=1)  # DAdaptAdam would raise here on unequal group lrs
 
 
-def test_prodigy_rejects_unequal_part_lrs_but_allows_frozen_part() -> None:
-    with pytest.raises(ConfigError, match=r"Prodigy.*same learning rate.*\[0\.5, 1\.0\]"):
-        build_optimizer("prodigy", _groups(_model(), (1.0, 0.5)), lr=1.0)
+@pytest.mark.parametrize("name", ["prodigy", "DAdaptLion", "DAdapt_SGD", "DAdaptAdan", "dadaptadagrad"])
+def test_one_lr_optimizers_get_one_lr_for_every_part_but_a_frozen_part_stays_frozen(name: str) -> None:
+    """Unequal part lrs never reach an optimizer that learns one step size (Prodigy asserts at
+    its first step, DAdaptAdan/AdaGrad would silently use the first group's): the trainer's LR
+    policy gives every part `learning_rate`, says so, and leaves a part at 0 frozen."""
+    notes: list[str] = []
     model = _model()
-    opt = build_optimizer("prodigy", _groups(model, (1.0, 0.0)), lr=1.0)
-    _step(model, opt, seed=1)
+    groups = _groups(model, (1.0, 0.5))
+    same_lr_for_adaptive(name, 1.0, groups, notes.append)
+    assert [g["lr"] for g in groups] == [1.0, 1.0]
+    assert "one initial learning rate" in notes[0] and "[0.5, 1.0]" in notes[0]
+    _step(model, build_optimizer(name, groups, lr=1.0), seed=1)
+    model = _model()
+    frozen = _groups(model, (1.0, 0.0))
+    same_lr_for_adaptive(name, 1.0, frozen, notes.append)
+    assert [g["lr"] for g in frozen] == [1.0, 0.0] and len(notes) == 1
+    _step(model, build_optimizer(name, frozen, lr=1.0), seed=1)
+    other = _groups(_model(), (1.0, 0.5))
+    same_lr_for_adaptive("DAdaptAdam", 1.0, other, notes.append)  # keeps ratios as layer_scale
+    assert [g["lr"] for g in other] == [1.0, 0.5]
 
 
 def test_prodigy_accepts_the_diffusers_guide_settings() -> None:

@@ -81,14 +81,14 @@ def test_seed_003_prodigy_settings_reach_the_optimizer(run_config, capsys) -> No
     group = ctx.optimizer.param_groups[0]
     assert group["betas"] == (0.9, 0.99) and group["weight_decay"] == 0.01
     assert group["safeguard_warmup"] is True and group["use_bias_correction"] is True
-    assert {g["lr"] for g in ctx.optimizer.param_groups} == {1.0}  # one initial lr, as the seed says
+    assert {g["lr"] for g in ctx.optimizer.param_groups} == {1.0}  # one initial lr, as the diffusers advanced SDXL recipe says
     assert "one initial learning rate" in capsys.readouterr().out
     assert cfg.train.min_snr_gamma == 5.0
 
 
 def test_optimizer_arg_given_twice_is_an_error(run_config) -> None:
     from lorakiln.errors import ConfigError
-    from lorakiln.training.prepare import optimizer_args
+    from lorakiln.training.optimizer_setup import optimizer_args
 
     cfg = run_config(train__adam_weight_decay=0.01, train__optimizer_args=["weight_decay=0.1"])
     with pytest.raises(ConfigError, match="weight_decay"):

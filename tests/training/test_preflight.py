@@ -13,9 +13,9 @@ from safetensors.torch import save_file
 
 from lorakiln.cli import main
 from lorakiln.config.load import load_config
-from lorakiln.config.preflight import collect_findings, preflight
 from lorakiln.config.weights_format import sniff_weights
 from lorakiln.errors import ConfigError
+from lorakiln.training.preflight import collect_findings, preflight
 
 
 def _image(path: Path, stream: int) -> None:
@@ -155,7 +155,7 @@ def test_output_dir_must_be_a_writable_folder(run: Path, tmp_path: Path, capsys:
     assert rc == 2 and "output.output_dir" in err and "is a file, not a folder" in err
     assert "afile is a file" in _findings(run, 'output.output_dir="afile/sub/out"')["output.output_dir"]
     assert (tmp_path / "afile").read_text(encoding="utf-8") == "x"
-    monkeypatch.setattr("lorakiln.config.preflight.os.access", lambda path, mode: False)
+    monkeypatch.setattr("lorakiln.training.preflight.os.access", lambda path, mode: False)
     assert "is not writable" in _findings(run)["output.output_dir"]
 
 
@@ -165,7 +165,7 @@ def test_config_dir_and_class_data_dir(run: Path, tmp_path: Path, monkeypatch: p
     (tmp_path / "afile").write_text("x", encoding="utf-8")
     assert "is a file" in _findings(run, *prior, 'prior.class_data_dir="afile"')["prior.class_data_dir"]
     (tmp_path / "class").mkdir()
-    monkeypatch.setattr("lorakiln.config.preflight.os.access", lambda path, mode: False)
+    monkeypatch.setattr("lorakiln.training.preflight.os.access", lambda path, mode: False)
     # an existing class folder is only read when it holds enough images: no write check
     assert "prior.class_data_dir" not in _findings(run, *prior, 'prior.class_data_dir="class"')
     assert "prior.class_data_dir" in _findings(run, *prior, 'prior.class_data_dir="class/new"')

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lorakiln.training import prepare as prepare_module
+from lorakiln.training import class_generation
 from lorakiln.training.loop import train
 from lorakiln.training.noise import diffusion_loss
 
@@ -41,7 +41,7 @@ def test_class_images_generated_once_then_reused(run_config, tmp_path: Path, mon
     def forbidden(*args, **kwargs):
         raise AssertionError("class images were generated again")
 
-    monkeypatch.setattr(prepare_module, "_generate_class_images", forbidden)
+    monkeypatch.setattr(class_generation, "generate_class_images", forbidden)
     train(run_config(prior__class_data_dir=str(class_dir), output__output_dir=str(tmp_path / "again"), **PRIOR),
           progress=False)
     assert sorted(class_dir.glob("*.png")) == pngs

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from lorakiln.training.base_model import ensure_tiny_model
+from lorakiln.models.configured import ensure_tiny_model
 from lorakiln.training.loop import train
 
 SDXL = dict(model__pretrained_model="tiny:sdxl", train__max_train_steps=3,
@@ -66,7 +66,7 @@ def test_sdxl_pivotal_lora_loads_in_diffusers(run_config, sdxl_pipe_factory, lib
     assert bool(te_names) == train_te
     assert all(n.startswith("lora_unet_input_blocks_") or n.startswith("lora_unet_middle_block_")
                or n.startswith("lora_unet_output_blocks_") or n.startswith("lora_te") for n in names)
-    # Every name lands on a real module of the SGM single file by the A1111 rules (formats.md §3).
+    # Every name lands on a real module of the SGM single file by the A1111 rules (``load_network``).
     ldm = _a1111_layer_names(tiny_sdxl_file)
     for n in names:
         target = a1111_compvis_name(n)

@@ -32,7 +32,7 @@ def _signal_then_hang(signum: int = signal.SIGTERM):
 
 
 @pytest.mark.parametrize(("module", "attr"), [
-    ("lorakiln.training.base_model", "load_configured_model"),  # loading the model
+    ("lorakiln.models.configured", "load_configured_model"),  # loading the model
     ("lorakiln.data.loader", "TrainData.cache_all"),  # caching latents
 ])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

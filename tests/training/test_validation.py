@@ -66,7 +66,7 @@ def test_bad_sample_line_names_file_and_line(run_config, tmp_path: Path) -> None
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("ok --s 2 --ss k_euler_a\nbad --x 3\n", encoding="utf-8")
     cfg = run_config(validation__sample_prompts=str(prompts), train__max_train_steps=1)
-    from lorakiln.training.prepare import describe_plan
+    from lorakiln.training.plan import describe_plan
 
     with pytest.raises(ConfigError, match=r"prompts.txt:2: unknown sample option --x"):
         describe_plan(cfg, log=None)  # before any model is loaded

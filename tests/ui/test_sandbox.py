@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from lorakiln.config.schema import SECTIONS
+from lorakiln.models.hub_id import looks_like_hub_id
 from lorakiln.ui.hosts import HostPolicy, host_name
 from lorakiln.ui.run_guard import PATH_KEYS, TEXT_KEYS, check_run, text_keys_of_schema
-from lorakiln.ui.sandbox import Sandbox, SandboxError, is_hub_id, safe_basename
+from lorakiln.ui.sandbox import Sandbox, SandboxError, safe_basename
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_writes_stay_in_the_project_and_out_of_its_records(box: Sandbox, tmp_pat
 def test_models_hub_ids_builtins_and_pickles(box: Sandbox, tmp_path: Path) -> None:
     for name in ("tiny:sd1", "toy", "random:sdxl", "runwayml/stable-diffusion-v1-5"):
         assert box.resolve_model(name, "model") == name
-    assert not is_hub_id("../x") and not is_hub_id("a/b.safetensors") and not is_hub_id("/abs/x")
+    assert not looks_like_hub_id("../x") and not looks_like_hub_id("a/b.safetensors") and not looks_like_hub_id("/abs/x")
     (box.project / "org" / "name").mkdir(parents=True)  # an existing folder is a path, not a hub id
     assert box.resolve_model("org/name", "model") == str(box.project / "org" / "name")
     (box.project / "m.ckpt").write_bytes(b"pickle")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -32,6 +31,7 @@ from lorakiln.data.dataset import IMAGE_EXTENSIONS
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN, check_folder
 from lorakiln.data.metadata_file import read_metadata
 from lorakiln.errors import ConfigError, DatasetError, ModelLoadError
+from lorakiln.models.hub_id import looks_like_hub_id
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -166,9 +166,6 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
 def resolve_model_source(model: str, *, what: str, option: str = "--model") -> tuple[Path | None, str | None]:
     """(local folder, None) for an existing folder, (None, repo id) for a hub id, else an error.
 
@@ -181,7 +178,7 @@ def resolve_model_source(model: str, *, what: str, option: str = "--model") -> t
     if path.exists():
         raise ModelLoadError(f"{option} {model!r} is a file; the {what} model is a folder "
                              "(or a Hugging Face repo id such as org/name)")
-    if _HUB_ID_RE.fullmatch(model) and not model.startswith("."):
+    if looks_like_hub_id(model):
         return None, model
     raise ModelLoadError(f"{option} {model!r}: no such folder; pass the folder holding the {what} model "
                          "or a Hugging Face repo id such as org/name")

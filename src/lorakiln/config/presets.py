@@ -1,6 +1,7 @@
 """Named presets: partial configs applied before a run file's own values.
 
-`kohya-character` is the table `../shared/seeds/000_c94283c4d94b173f.txt` recommends after its
+`kohya-character` is the kohya_ss community table that the public kohya_ss + AUTOMATIC1111 LoRA
+walkthrough ("Fine-tuning with LoRA: create your own avatars & styles!") settles on after its
 experiments ("To recap, here are the hyperparameters I finally settled on"): batch 1, 15
 repeats (set by the folder name `15_<token>`), 5 epochs, text encoder lr 5e-5, U-Net lr 1e-4,
 polynomial schedule, AdamW8bit, dim 128, alpha 128.
@@ -25,7 +26,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "network": {"network_dim": 128, "network_alpha": 128},
         "output": {"save_every_n_epochs": 1},
     },
-    # The seed's DAdaptation advice: lr 1 (U-Net), 0.5 (text encoder), constant, decouple=True.
+    # The kohya_ss walkthrough's DAdaptation advice: lr 1 (U-Net), 0.5 (text encoder), constant, decouple=True.
     "dadaptation": {
         "train": {
             "optimizer_type": "DAdaptation",
@@ -37,7 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "network": {"network_dim": 128, "network_alpha": 128},
     },
-    # The seed's Adafactor advice: its own schedule, relative steps, lr 1 / 0.5.
+    # The kohya_ss walkthrough's Adafactor advice: its own schedule, relative steps, lr 1 / 0.5.
     "adafactor": {
         "train": {
             "optimizer_type": "Adafactor",
@@ -49,7 +50,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "network": {"network_dim": 128, "network_alpha": 128},
     },
-    # Seed 003's recipe (the diffusers advanced SDXL script on Huggy): Prodigy at lr 1.0 with its
+    # The diffusers advanced SDXL recipe (`train_dreambooth_lora_sdxl_advanced.py`, Hugging Face blog
+    # "LoRA training scripts of the world, unite!", Huggy example): Prodigy at lr 1.0 with its
     # recommended flags, pivotal tuning (2 new tokens per TOK, fixed halfway), min-SNR 5, rank 32,
     # batch 4, 1000 constant-rate steps.
     "pivotal-prodigy": {
@@ -73,14 +75,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-#: The preset the 000 seed ends on (the `kohya-character` table).
+#: One line per preset for `lorakiln presets` and the UI.
 PRESET_DESCRIPTIONS: dict[str, str] = {
-    "kohya-character": "seed 000's recommended table: batch 1, 5 epochs, TE 5e-5, U-Net 1e-4, "
+    "kohya-character": "the kohya_ss community table (kohya_ss + AUTOMATIC1111 LoRA walkthrough): batch 1, 5 epochs, TE 5e-5, U-Net 1e-4, "
     "polynomial, AdamW8bit, dim 128 / alpha 128 (name the folder 15_<token>)",
     "dadaptation": "DAdaptAdam with decouple, lr 1 / TE 0.5, constant schedule",
     "adafactor": "Adafactor with relative steps and its own schedule, lr 1 / TE 0.5",
-    "pivotal-prodigy": "seed 003's SDXL recipe: Prodigy lr 1.0 (β2 0.99, decay 0.01, safeguard warmup, bias "
-    "correction), pivotal tuning of TOK (2 new tokens, fixed halfway), min-SNR 5, rank 32, batch 4, 1000 steps",
+    "pivotal-prodigy": "the diffusers advanced SDXL recipe (`train_dreambooth_lora_sdxl_advanced.py`): "
+    "Prodigy lr 1.0 (β2 0.99, decay 0.01, safeguard warmup, bias correction), pivotal tuning of TOK (2 new tokens, fixed halfway), min-SNR 5, rank 32, batch 4, 1000 steps",
 }
 
 

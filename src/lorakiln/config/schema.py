@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lorakiln.models.hub_id import looks_like_hub_id
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are validated on set."""
@@ -159,7 +161,7 @@ class NetworkConfig(Section):
     @field_validator("network_module", mode="before")
     @classmethod
     def _kohya_module_name(cls, value: object) -> object:
-        """Accept kohya's ``networks.lora`` (formats.md §1 "Metadata") as ``lora``; point
+        """Accept kohya's ``networks.lora`` (the ``ss_network_module`` sd-scripts writes) as ``lora``; point
         ``lycoris.kohya`` users at the algorithm names, as it needs an ``algo`` to mean anything."""
         if isinstance(value, str):
             name = value.strip().lower()
@@ -252,14 +254,16 @@ class TrainConfig(Section):
                                         validation_alias=AliasChoices("min_snr_gamma", "snr_gamma"))
     adam_beta1: float | None = Field(None, ge=0.0, lt=1.0, description="β1 of Adam-style optimizers "
                                      "(AdamW, Prodigy, Lion...); unset keeps the optimizer's default.")
-    adam_beta2: float | None = Field(None, ge=0.0, lt=1.0, description="β2 (seed 003 uses 0.99 with Prodigy).")
-    adam_weight_decay: float | None = Field(None, ge=0.0, description="Weight decay (seed 003: 0.01 "
+    adam_beta2: float | None = Field(None, ge=0.0, lt=1.0, description="β2 (the diffusers "
+                                     "advanced SDXL recipe uses 0.99 with Prodigy).")
+    adam_weight_decay: float | None = Field(None, ge=0.0, description="Weight decay (diffusers "
+                                            "advanced SDXL recipe: 0.01 "
                                             "with Prodigy); unset keeps the optimizer's default.")
     adam_epsilon: float | None = Field(None, gt=0.0, description="ε of Adam-style optimizers.")
     prodigy_safeguard_warmup: bool | None = Field(None, description="Prodigy `safeguard_warmup` "
-                                                  "(seed 003: true).")
+                                                  "(diffusers advanced SDXL recipe: true).")
     prodigy_use_bias_correction: bool | None = Field(None, description="Prodigy `use_bias_correction` "
-                                                     "(seed 003: true).")
+                                                     "(diffusers advanced SDXL recipe: true).")
     prodigy_decouple: bool | None = Field(None, description="Prodigy `decouple` (AdamW-style decay).")
     prodigy_beta3: float | None = Field(None, ge=0.0, lt=1.0, description="Prodigy `beta3` (step-size "
                                         "EMA; default sqrt(beta2)).")
@@ -297,7 +301,7 @@ class OutputConfig(Section):
 
 
 class PivotalConfig(Section):
-    """Pivotal tuning (seed 003): new tokens trained as textual inversion, then the LoRA."""
+    """Pivotal tuning (as in the diffusers advanced SDXL recipe): new tokens trained as textual inversion, then the LoRA."""
 
     train_text_encoder_ti: bool = Field(False, description="Insert new tokens for `token_abstraction` "
                                         "in every text encoder and train their embeddings.")
@@ -358,7 +362,8 @@ class ValidationConfig(Section):
                                 "(`DPM++ 2M Karras`) or an sd-scripts one (`euler_a`, `k_dpm_2`, `ddim`).")
     final_grid: bool = Field(True, description="At the end, when epoch files were saved and a sample or "
                              "validation prompt exists, write an epochs × strengths grid of the first prompt "
-                             "(seed 000's X/Y plot) and, with several prompts, an epochs × prompts grid; a "
+                             "(the X/Y plot of the kohya_ss + AUTOMATIC1111 LoRA walkthrough) and, with several prompts, an "
+                             "epochs × prompts grid; a "
                              "pivotal run's cells load each epoch's `_emb` file with its LoRA.")
 
     @field_validator("validation_prompt", mode="before")
@@ -414,18 +419,19 @@ class RunConfig(BaseModel):
                                  "directly")
         elif self.output.save_diffusers and self.network.network_module in ("loha", "lokr"):
             raise ValueError(f"output.save_diffusers: diffusers cannot load {self.network.network_module} "
-                             "files (formats.md §5); use the kohya file in AUTOMATIC1111/ComfyUI, or set "
+                             "files (no LoHa/LoKr loader in diffusers/PEFT); use the kohya file in AUTOMATIC1111/ComfyUI, or set "
                              "save_diffusers = false")
         elif self.output.save_diffusers and self.network.dora_wd:
             raise ValueError("output.save_diffusers: diffusers drops DoRA magnitudes (dora_scale) and would "
-                             "apply a plain LoRA (formats.md §5); set network.dora_wd = false for a diffusers "
+                             "apply a plain LoRA (diffusers' `lora_state_dict` warns and drops them); set network.dora_wd = false for a diffusers "
                              "file, or save_diffusers = false and use the kohya file in AUTOMATIC1111/ComfyUI")
         return self
 
     def resolved_paths(self, base: Path) -> RunConfig:
         """Return a copy whose relative paths are made absolute against `base` (the TOML's folder)."""
         def fix(p: str | None, hub_ok: bool = False) -> str | None:
-            if p is None or p == "toy" or p.startswith(("tiny:", "random:")) or (hub_ok and _looks_like_hub_id(p)):
+            hub = hub_ok and p is not None and looks_like_hub_id(p) and not Path(p).exists()
+            if p is None or p == "toy" or p.startswith(("tiny:", "random:")) or hub:
                 return p
             path = Path(p).expanduser()
             return str(path if path.is_absolute() else (base / path).resolve())
@@ -442,18 +448,6 @@ class RunConfig(BaseModel):
         data.output.output_dir = fix(data.output.output_dir) or ""
         data.output.logging_dir = fix(data.output.logging_dir)
         return data
-
-
-def _looks_like_hub_id(value: str) -> bool:
-    """`org/name` with no local meaning: one slash, no dots-only parts, not an existing path."""
-    parts = value.split("/")
-    return (
-        len(parts) == 2
-        and all(parts)
-        and not value.startswith((".", "~"))
-        and not Path(value).exists()
-        and not value.endswith((".safetensors", ".ckpt", ".pt", ".bin"))
-    )
 
 
 SECTIONS: dict[str, type[Section]] = {

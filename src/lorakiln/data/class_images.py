@@ -2,7 +2,7 @@
 
 Prior preservation trains on the model's own samples of the *class* ("a photo of a dog")
 next to the instance images, so the LoRA learns the subject without forgetting what the class
-looks like (the seed's "Prior preservation loss"). Two spellings of the same feature exist:
+looks like ("Prior preservation loss" in the diffusers advanced SDXL recipe). Two spellings of the same feature exist:
 
 * diffusers: `class_data_dir` of images (generated with `class_prompt` when fewer than
   `num_class_images` are present) — images directly in the folder, each with an optional

@@ -26,7 +26,7 @@ from lorakiln.data.caption_edit import CaptionFile, collect_captions
 from lorakiln.data.caption_target import ImageGuard
 from lorakiln.data.images import open_image_rgb
 from lorakiln.errors import ConfigError
-from lorakiln.lora_tools.outputs import check_output as check_writable
+from lorakiln.io_guard import check_output as check_writable
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 

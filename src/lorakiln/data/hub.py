@@ -1,6 +1,6 @@
 """`dataset_name`: a dataset on the Hugging Face Hub, materialised as a local ImageFolder.
 
-The seed's Option 1 ("--dataset_name=LinoyTsaban/3d_icon --caption_column=prompt") loads the
+The diffusers advanced SDXL recipe's Option 1 ("--dataset_name=LinoyTsaban/3d_icon --caption_column=prompt") loads the
 dataset with `datasets.load_dataset`. `datasets` is deliberately *not* a lorakiln dependency
 (it is large and needs the network), so it is imported only here, and its absence is a clear
 error with both fixes. The rows are written once into `dest` as PNG files + `metadata.jsonl`

@@ -1,6 +1,7 @@
 """Scan an ImageFolder dataset: images plus `metadata.jsonl` / `metadata.csv` (or one prompt).
 
-The seed's "Custom Captioning" recipe (diffusers `train_dreambooth_lora_sdxl_advanced.py`)
+The "Custom Captioning" recipe of the Hugging Face blog "LoRA training scripts of the world,
+unite!" (diffusers `train_dreambooth_lora_sdxl_advanced.py`)
 reads a folder in the HF `datasets` ImageFolder layout — one metadata row per image with
 `file_name` and a caption column, `--caption_column=prompt` — and without captions trains every
 image on `--instance_prompt`. Its `--repeats` repeats each image before shuffling, which is
@@ -31,7 +32,7 @@ from lorakiln.data.scan_common import (
 )
 from lorakiln.errors import ConfigError, DatasetError
 
-#: diffusers' default `--caption_column` is None; the seed's example dataset uses "prompt".
+#: diffusers' default `--caption_column` is None; the recipe's example dataset uses "prompt".
 DEFAULT_CAPTION_COLUMN = "prompt"
 #: The ImageFolder builder's column for the image path, relative to the metadata file.
 DEFAULT_IMAGE_COLUMN = "file_name"

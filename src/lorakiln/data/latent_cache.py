@@ -1,7 +1,7 @@
 """VAE latent cache, in memory and/or on disk, keyed so a stale latent is never served.
 
-Caching removes the VAE encode from every step (about +65 % of a step at 512 px,
-shared/reference/performance.md). kohya keys its `.npz` files by image *path* only, so an
+Caching removes the VAE encode from every step (about +65 % of a step at
+512 px). kohya keys its `.npz` files by image *path* only, so an
 edited image or a different VAE silently trains on old latents. Here the key is
 
     sha256(image file bytes) + VAE fingerprint + bucket, resize, crop, flip + preprocess version

@@ -28,6 +28,7 @@ from lorakiln.data.kohya import KOHYA_FOLDER_RE, scan_kohya_dataset
 from lorakiln.data.metadata_file import find_metadata_files
 from lorakiln.data.scan_common import image_files
 from lorakiln.errors import DatasetError
+from lorakiln.models.hub_id import looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ Layout = Literal["kohya", "imagefolder"]
 
 def detect_layout(path: str | os.PathLike[str]) -> Layout:
     """Which scanner `path` needs; a `DatasetError` explaining both layouts if neither fits."""
-    if not Path(path).expanduser().exists() and _looks_like_hub_id(str(path)):
+    if not Path(path).expanduser().exists() and looks_like_hub_id(str(path)):
         raise DatasetError(f"train_data_dir {str(path)!r} does not exist; if it is a dataset on the Hugging "
                            "Face Hub, set dataset_name to it instead (needs `pip install datasets`)")
     root = check_folder(path, "train_data_dir")
@@ -74,9 +75,3 @@ def scan_dataset(path: str | os.PathLike[str], *, caption_extension: str = ".txt
         return scan_kohya_dataset(path, caption_extension, max_workers=max_workers)
     return scan_imagefolder(path, caption_column=caption_column, image_column=image_column,
                             instance_prompt=instance_prompt, repeats=repeats, max_workers=max_workers)
-
-
-def _looks_like_hub_id(text: str) -> bool:
-    """`owner/name` with no other separators, e.g. "LinoyTsaban/3d_icon"."""
-    parts = text.split("/")
-    return len(parts) == 2 and all(parts) and "\\" not in text and not text.startswith((".", "~"))

@@ -1,14 +1,14 @@
 """Dataset findings beyond "can it be read": quality, captions and the trigger word.
 
 The scanners (`kohya.py`, `imagefolder.py`) already stop on anything that would break training
-and collect soft issues. This module adds what seed 000 asks a person to look at by eye, so the
+and collect soft issues. This module adds what the kohya_ss + AUTOMATIC1111 LoRA walkthrough asks a person to look at by eye, so the
 trainer and `lorakiln dataset check` can say it before a single step:
 
 * images below the training resolution (upscaled into their bucket), blurry, near-duplicates,
   grayscale or transparent;
 * captions that do not contain their folder's trigger word, the most frequent words and tags,
   and traits present in *every* caption ("characteristics that are the same in every photo (in
-  my case, 'black hair' and 'brown skin') should not be in the caption", seed 000);
+  my case, 'black hair' and 'brown skin') should not be in the caption", the kohya_ss walkthrough);
 * the trigger word itself, against the real CLIP vocabulary (`token_check.py`).
 
 Findings are plain records; the caller decides how to print them (log lines in the trainer,
@@ -100,7 +100,7 @@ def image_findings(stats: Sequence[ImageStats], options: LintOptions) -> list[Fi
         out.append(Finding("warning", "low-resolution",
                            f"{len(small)} image(s) have fewer pixels than the training resolution {width}x{height} "
                            f"and are upscaled into their bucket, which looks soft ({sizes}); use larger "
-                           "originals, upscale them well beforehand, or leave them out (seed 000)",
+                           "originals, upscale them well beforehand, or leave them out (kohya_ss community advice)",
                            _listed(s.path for s in small)))
     blurry = sorted((s for s in stats if s.error is None and s.sharpness < options.blur_threshold),
                     key=lambda s: s.sharpness)
@@ -108,7 +108,7 @@ def image_findings(stats: Sequence[ImageStats], options: LintOptions) -> list[Fi
         values = ", ".join(f"{Path(s.path).name} {s.sharpness:.2f}" for s in blurry[:5])
         out.append(Finding("warning", "blurry",
                            f"{len(blurry)} image(s) look blurry (edge sharpness below {options.blur_threshold:g}, "
-                           f"a crisp edge scores about 2: {values}); seed 000: 'if a photo is blurry … err on the "
+                           f"a crisp edge scores about 2: {values}); kohya_ss community advice: 'if a photo is blurry … err on the "
                            "side of not including it'",
                            _listed(s.path for s in blurry)))
     for group in duplicate_groups(stats, options.duplicate_distance):
@@ -196,7 +196,7 @@ def caption_findings(dataset: Dataset, options: LintOptions, token: str | None =
         if everywhere:
             shown = ", ".join(repr(t) for t in everywhere[:8])
             out.append(Finding("warning", "trait-in-every-caption",
-                               f"{shown} appear(s) in every caption; seed 000: characteristics that are the same in "
+                               f"{shown} appear(s) in every caption; kohya_ss community advice: characteristics that are the same in "
                                "every photo should not be captioned, so the trigger word absorbs them (remove with "
                                f"`lorakiln dataset edit DIR --remove {everywhere[0]!r}`)"))
     if options.check_tokens:

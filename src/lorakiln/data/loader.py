@@ -10,6 +10,10 @@ run resumed at step N sees exactly the batches and captions it would have seen.
 Prior preservation (`class_data=`) is a component, not a subclass: `epoch_batches` and the step
 arithmetic stay about instance samples only, and `load_batch` appends as many class samples
 (chosen by `prior.ClassSampler`) after them, cropped into the instance batch's bucket.
+
+torch is imported where tensors are made (`load_batch`), not at the top: the step arithmetic
+(`num_batches_per_epoch`, `steps_breakdown`) is what `train --dry-run`, `dataset check` and the UI
+print, and they must not pay seconds of torch import for it.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lorakiln.data.buckets import Bucket, BucketManager, bucket_histogram, bucket_info_metadata
 from lorakiln.data.captions import process_caption
 from lorakiln.data.dataset import Dataset, ImageItem
 from lorakiln.data.images import CropPlan, load_pixels, plan_crop
-from lorakiln.data.latent_cache import EncodeFn, LatentCache
 from lorakiln.data.prior import ClassSampler
 from lorakiln.data.seeding import derive_seed
 from lorakiln.data.steps import BucketSteps, StepsBreakdown, SubsetSteps
 from lorakiln.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lorakiln.data.latent_cache import EncodeFn, LatentCache
 
 #: A sample reference inside an epoch: (index into `TrainData.items`, repeat number).
 SampleRef = tuple[int, int]
@@ -90,6 +97,8 @@ class Batch:
     @property
     def is_prior(self) -> torch.Tensor:
         """CPU BoolTensor [B]: True for class (prior-preservation) rows."""
+        import torch
+
         return torch.arange(len(self.paths)) >= self.num_instance
 
 
@@ -196,6 +205,8 @@ class TrainData:
         centre-cropped (random crop / flip as configured), since a batch must share one size;
         their captions are used verbatim — no shuffling or dropout, as diffusers' class_prompt.
         """
+        import torch
+
         instance = [self.items[i] for i, _ in batch_refs]
         bucket_set = {self.item_buckets[i] for i, _ in batch_refs}
         if len(bucket_set) != 1:

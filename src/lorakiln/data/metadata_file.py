@@ -1,9 +1,9 @@
 """Read an ImageFolder `metadata.jsonl` / `metadata.csv` into rows with line numbers.
 
-This is the layout the HF `datasets` ImageFolder builder reads and the one the seed's
-"Custom Captioning" section asks users to write by hand or with the BLIP notebook: one row per
+This is the layout the HF `datasets` ImageFolder builder reads and the one the
+"Custom Captioning" section of the diffusers advanced SDXL recipe asks users to write by hand or with the BLIP notebook: one row per
 image, a `file_name` column relative to the folder, and a caption column (`prompt` in the
-seed's example dataset, `text` in the datasets docs). We parse it ourselves rather than through
+recipe's example dataset, `text` in the datasets docs). We parse it ourselves rather than through
 `datasets` so that a local folder needs no extra dependency and every mistake can be reported
 with the file name and line number, all at once, before a model is loaded.
 """

@@ -1,6 +1,6 @@
 """Per-image measurements behind `lorakiln dataset check`: sharpness, perceptual hash, colour.
 
-Seed 000's image-selection advice — "high resolution, high quality … if a photo is blurry or low
+The image-selection advice of the kohya_ss + AUTOMATIC1111 LoRA walkthrough — "high resolution, high quality … if a photo is blurry or low
 resolution, err on the side of not including it", variety, one subject — becomes numbers a
 user can act on before training:
 

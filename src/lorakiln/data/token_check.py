@@ -1,6 +1,6 @@
 """Is this trigger word a good choice? A check with the real SD CLIP tokenizer, offline.
 
-Seed 000 warns that a common name (`john`, `mary`) "will be diluted by what the model has
+The kohya_ss + AUTOMATIC1111 LoRA walkthrough warns that a common name (`john`, `mary`) "will be diluted by what the model has
 already learned", and points at SD 1.5's `tokenizer/vocab.json`: "ideally you should pick one
 that isn't on that list". That list is CLIP's BPE vocabulary, which lorakiln ships (it is fully
 determined by the bundled merges, `models/clip_tokenizer.py`), so the check needs no network.
@@ -19,7 +19,7 @@ What a token's vocabulary entry says:
 
 SDXL's second tokenizer (OpenCLIP ViT-bigG) uses the same vocabulary and merges, so one check
 covers both encoders. Pivotal tuning (`[pivotal]`) sidesteps the question: it inserts brand-new
-tokens instead of reusing vocabulary entries (seed 003).
+tokens instead of reusing vocabulary entries (the diffusers advanced SDXL recipe).
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 
 #: Ids below this are single byte symbols (256 plain + 256 with `</w>`), not learned merges.
 FIRST_MERGE_ID = 512
-#: Whole words ranked below this are everyday words (names, colours, objects): the seed's
-#: "john"/"mary" case. ~10k covers the common English vocabulary of CLIP's captions.
+#: Whole words ranked below this are everyday words (names, colours, objects): the kohya_ss
+#: walkthrough's "john"/"mary" case. ~10k covers the common English vocabulary of CLIP's captions.
 COMMON_RANK = 10_000
 #: Whole words ranked above this are rare enough to act as a near-blank single token.
 RARE_RANK = 40_000
@@ -54,7 +54,7 @@ class TokenReport:
 
     @property
     def ok(self) -> bool:
-        """False for the seed's warning case: a common word the model already knows well."""
+        """False for the 'john'/'mary' case: a common word the model already knows well."""
         return self.verdict != "common-word"
 
     def to_dict(self) -> dict[str, Any]:
@@ -111,8 +111,8 @@ def check_token(token: str, *, suggest: int = 5) -> TokenReport:
     if whole and rank is not None and rank < COMMON_RANK:
         verdict = "common-word"
         message = (f"{word!r} is a common word in the SD vocabulary (rank {rank} of 49,408): the base model "
-                   "already knows it, so the LoRA's subject will be mixed with that meaning (the seed's "
-                   "'john'/'mary' warning). Pick a word that is not in the vocabulary.")
+                   "already knows it, so the LoRA's subject will be mixed with that meaning (the kohya_ss "
+                   "community 'john'/'mary' warning). Pick a word that is not in the vocabulary.")
     elif whole and rank is not None and rank >= RARE_RANK:
         verdict = "rare-word"
         message = (f"{word!r} is a single, rare vocabulary word (rank {rank}): little prior meaning, one "
@@ -124,7 +124,7 @@ def check_token(token: str, *, suggest: int = 5) -> TokenReport:
     else:
         verdict = "pieces"
         message = (f"{word!r} is not in the vocabulary: it is split into {len(pieces)} pieces, so it has no "
-                   "single prior meaning (the seed's advice).")
+                   "single prior meaning (kohya_ss community advice).")
         if common:
             message += (f" But the piece(s) {', '.join(repr(c) for c in common)} are common words whose "
                         "meaning comes along; consider dropping them from the token.")

@@ -1,4 +1,5 @@
-"""Textual-inversion embeddings by file stem, with A1111 and ComfyUI semantics (formats.md §3, §4).
+"""Textual-inversion embeddings by file stem, with A1111 and ComfyUI semantics
+(A1111 `modules/textual_inversion/textual_inversion.py`, ComfyUI `comfy/sd1_clip.py` `load_embed`).
 
 A1111 registers every file in the embeddings folder under its stem and replaces that word in the
 prompt; lorakiln loads only the files whose stem appears in the prompt. Accepted layouts:

@@ -130,7 +130,7 @@ def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | P
 
 def save_images(images: list[GeneratedImage], folder: str | Path) -> list[Path]:
     """A1111 naming, `00000-<seed>.png`, continuing the folder's numbering; infotext embedded."""
-    from lorakiln.lora_tools.outputs import check_output
+    from lorakiln.io_guard import check_output
 
     folder = check_output(folder, [], verb="generate --output-dir", force=True, folder_output=True)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """X/Y/Z plots as AUTOMATIC1111 draws them: one labelled grid image per Z value.
 
 Axes (A1111 names): `Prompt S/R` (the first value is searched in the prompt and each value
-replaces it — the seed's epochs × strengths plot is two of these), `Seed`, `Steps`,
+replaces it — the kohya_ss walkthrough's epochs × strengths plot is two of these), `Seed`, `Steps`,
 `CFG Scale`, `Sampler`, `Schedule type`, `Size`, `Clip skip`, `Negative S/R`. The base model is
 loaded once and LoRAs are switched by strength/hooks (`LoRASet`), never reloaded. Every cell uses
 the same seed unless Seed is an axis.
@@ -159,7 +159,7 @@ def xyz_grid(bundle: ModelBundle, params: GenerationParams, x: Axis, y: Axis | N
 
 def epoch_files(output_dir: str | Path) -> tuple[str, list[str]]:
     """(final stem, stems in epoch order ending with the final) of a training output folder:
-    `last-000001 … last-000004, last` as the seed lists them for its X axis."""
+    `last-000001 … last-000004, last` as the kohya_ss walkthrough lists them for its X axis."""
     folder = Path(output_dir)
     files = sorted(p.stem for p in folder.glob("*.safetensors") if not p.stem.endswith("_emb"))
     numbered = [s for s in files if s.rsplit("-", 1)[-1].isdigit() and len(s.rsplit("-", 1)[-1]) == 6]
@@ -178,16 +178,16 @@ def _pairs_embeddings(output_dir: str | Path, prompt: str, final: str, names: tu
             and all((Path(output_dir) / f"{n}_emb.safetensors").is_file() for n in names))
 
 
-#: The seed's Y axis for comparing epochs: LoRA strengths from full to half.
+#: The kohya_ss walkthrough's Y axis for comparing epochs: LoRA strengths from full to half.
 STRENGTHS_AXIS = "Prompt S/R: 1.0, 0.9, 0.8, 0.7, 0.6, 0.5"
 
 
 def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | None = None,
                      y: str | None = None) -> tuple[GenerationParams, Axis, Axis]:
-    """The seed-000 comparison plot of a training output folder: (params, X, Y).
+    """The epochs × strengths comparison plot of a training output folder: (params, X, Y).
 
-    X runs through the epoch files in training order, the final one last, as the seed lists
-    them. The prompt names the final LoRA (appended at 1.0 when missing); A1111's Prompt S/R
+    X runs through the epoch files in training order, the final one last, as the kohya_ss +
+    AUTOMATIC1111 LoRA walkthrough lists them. The prompt names the final LoRA (appended at 1.0 when missing); A1111's Prompt S/R
     searches for its first value, so the returned prompt names the first epoch's file instead
     (with `x` given, the prompt is left as it is). Y swaps the strength 1.0 for 0.9 … 0.5. Both
     replace inside the `<lora:…>` tag only (labelled with the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is

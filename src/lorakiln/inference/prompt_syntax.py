@@ -1,9 +1,9 @@
 """AUTOMATIC1111 prompt syntax: `<lora:name:0.8>` extra networks and `(word:1.3)` attention weights.
 
-Prompts copied from A1111 (like the seed's `a portrait of anantn, ..., <lora:last:1.0>`) must mean
+Prompts copied from A1111 (like the kohya_ss walkthrough's `a portrait of anantn, ..., <lora:last:1.0>`) must mean
 the same here: the `<kind:args>` tags pick networks and strengths and are cut from the text the
 text encoder sees; brackets scale the embedding of the words inside. Semantics follow A1111's
-`modules/extra_networks.py` / `extra_networks_lora.py` (formats.md §3 "Prompt syntax") and
+`modules/extra_networks.py` / `extensions-builtin/Lora/extra_networks_lora.py` and
 `modules/prompt_parser.py` `parse_prompt_attention` (its documented examples are the tests);
 the code here is written from those descriptions.
 """

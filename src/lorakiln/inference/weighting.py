@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from lorakiln.inference.prompt_syntax import parse_prompt_attention
-from lorakiln.training.conditioning import encode_ids
+from lorakiln.models.conditioning import encode_ids
 
 logger = logging.getLogger("lorakiln")
 

@@ -1,10 +1,11 @@
 """`lorakiln lora convert`: kohya ⇄ diffusers/PEFT LoRA files, SD 1.x and SDXL.
 
-The invariant is the delta each module adds, ``ΔW = scale · up @ down`` (formats.md §1, §4):
+The invariant is the delta each module adds, ``ΔW = scale · up @ down`` (as kohya sd-scripts
+writes it and ComfyUI's ``comfy/lora.py`` applies it):
 
 * kohya → diffusers folds ``scale = alpha/rank`` into ``lora_B`` exactly as `save_diffusers_lora`
   does, because diffusers (and ComfyUI/A1111 for ``lora_A/lora_B`` keys) reads a file without
-  alphas as scale 1 (§5 ``get_peft_kwargs``);
+  alphas as scale 1 (diffusers ``get_peft_kwargs``);
 * diffusers → kohya writes ``alpha = rank`` (scale 1), so ``lora_down``/``lora_up`` are the
   diffusers tensors unchanged — bit for bit — unless the diffusers file itself declared another
   scale (``lora_adapter_metadata``), which is then folded into ``lora_up``.
@@ -25,10 +26,10 @@ import torch
 from safetensors.torch import save
 
 from lorakiln.errors import LorakilnError
+from lorakiln.io_guard import check_output, write_output
 from lorakiln.lora_tools import inspect as lora_inspect
 from lorakiln.lora_tools.inspect import ModuleEntry
 from lorakiln.lora_tools.lorafile import kohya_file_metadata
-from lorakiln.lora_tools.outputs import check_output, write_output
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
@@ -60,7 +61,7 @@ def _scaled(up: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def _only_lora(entry: ModuleEntry, source: Path) -> None:
-    """Refuse modules a plain LoRA cannot express (diffusers raises on or drops them, §5)."""
+    """Refuse modules a plain LoRA cannot express (diffusers raises on or drops them)."""
     extra = set(entry.tensors) - {"down", "up", "alpha"}
     if entry.algorithm == "lora" and not extra and {"down", "up"} <= set(entry.tensors):
         return
@@ -92,7 +93,7 @@ def kohya_to_diffusers(
             raise LorakilnError(f"{source.name}: {err.args[0]}; is --family right?") from None
         down, up = tensors[entry.tensors["down"]], tensors[entry.tensors["up"]]
         rank = down.shape[0]
-        alpha = float(tensors[entry.tensors["alpha"]]) if "alpha" in entry.tensors else float(rank)  # §1
+        alpha = float(tensors[entry.tensors["alpha"]]) if "alpha" in entry.tensors else float(rank)  # kohya rule
         name = f"{component}.{path}"
         if f"{name}.lora_A.weight" in out:
             raise LorakilnError(f"{source.name}: two keys map to the diffusers module {name}")
@@ -132,7 +133,7 @@ def diffusers_to_kohya(
             ) from None
         down, up = tensors[entry.tensors["down"]], tensors[entry.tensors["up"]]
         rank = down.shape[0]
-        if "alpha" in entry.tensors:  # ComfyUI/A1111 read a stored alpha (§3, §4)
+        if "alpha" in entry.tensors:  # ComfyUI/A1111 read a stored alpha
             alpha: float | None = float(tensors[entry.tensors["alpha"]])
         else:
             alpha = alpha_rule(entry.key, rank) if alpha_rule else None
@@ -141,7 +142,7 @@ def diffusers_to_kohya(
             raise LorakilnError(f"{source.name}: two modules map to the kohya key {key}")
         out[f"{key}.lora_down.weight"] = down.contiguous()
         out[f"{key}.lora_up.weight"] = _scaled(up, scale)
-        # 0-dim alpha in the file's dtype, as kohya's save_weights casts it (§1).
+        # 0-dim alpha in the file's dtype, as kohya's save_weights casts it.
         out[f"{key}.alpha"] = torch.tensor(float(rank), dtype=down.dtype)
     return out
 

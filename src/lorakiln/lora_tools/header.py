@@ -2,15 +2,17 @@
 
 The file is read from its safetensors header (shapes, dtypes, metadata) plus the few bytes of
 each ``alpha``, so inspecting a 1 GB file costs no more than a 10 MB one and loads no tensors;
-pickled files are refused, never opened. Layouts recognised (``../shared/reference/formats.md``):
+pickled files are refused, never opened. Layouts recognised:
 
-* kohya ``lora_unet_*``/``lora_te*_*`` + ``lora_down``/``lora_up``/``alpha`` (§1);
+* kohya ``lora_unet_*``/``lora_te*_*`` + ``lora_down``/``lora_up``/``alpha`` (sd-scripts ``networks/lora.py``);
 * LyCORIS under the same prefixes: LoHa ``hada_*``, LoKr ``lokr_*``, Tucker ``lora_mid``, DoRA
-  ``dora_scale``, full ``diff`` (§2) — reported, not converted;
+  ``dora_scale``, full ``diff`` (LyCORIS ``modules/*.py``) — reported, not converted;
 * diffusers/PEFT ``unet.…lora_A.weight`` and the older diffusers forms ``…lora.down.weight``,
-  ``…lora_linear_layer.down.weight``, ``…processor.to_q_lora.down.weight`` (§5).
+  ``…lora_linear_layer.down.weight``, ``…processor.to_q_lora.down.weight`` (diffusers ``lora_pipeline.py``,
+  ``lora_conversion_utils.py``).
 
-Module names are translated only through `lorakiln.networks.keymap` (ARCHITECTURE.md).
+Module names are translated only through `lorakiln.networks.keymap`, the one module that
+translates key names.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def _refuse_pickle(path: Path, kind: str) -> LorakilnError:
 
 
 def resolve_input(path: str | Path) -> Path:
-    """A file, or a diffusers LoRA folder holding ``pytorch_lora_weights.safetensors`` (§5)."""
+    """A file, or a diffusers LoRA folder holding ``pytorch_lora_weights.safetensors`` (diffusers' name)."""
     path = Path(path)
     if path.is_dir() and (path / DIFFUSERS_WEIGHT_NAME).is_file():
         return path / DIFFUSERS_WEIGHT_NAME
@@ -122,7 +124,7 @@ KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_"
 DIFFUSERS_COMPONENTS = ("text_encoder_2", "text_encoder", "unet")  # longest first
 
 #: Per-module parameter names after the first "." of a kohya/LyCORIS key → (algorithm, role).
-#: §1 (LoRA), §2 (LyCORIS), §3 (A1111 module types, which also accepts lora_A/lora_B).
+#: kohya LoRA, LyCORIS, and A1111's module types (``network_*.py``, which also accept lora_A/lora_B).
 _KOHYA_PARAMS: dict[str, tuple[str, str]] = {
     "lora_down.weight": ("lora", "down"), "lora_up.weight": ("lora", "up"),
     "lora_mid.weight": ("lora", "mid"), "lora_A.weight": ("lora", "down"), "lora_B.weight": ("lora", "up"),
@@ -136,7 +138,7 @@ _KOHYA_PARAMS: dict[str, tuple[str, str]] = {
     "oft_diag": ("oft", "blocks"), "a1.weight": ("glora", "a1"), "a2.weight": ("glora", "a2"),
     "b1.weight": ("glora", "b1"), "b2.weight": ("glora", "b2"), "on_input": ("ia3", "on_input"),
 }  # fmt: skip
-#: Parameter suffixes of diffusers-style keys (§5) → (algorithm, role, key style).
+#: Parameter suffixes of diffusers-style keys → (algorithm, role, key style).
 _DIFFUSERS_PARAMS: tuple[tuple[str, str, str, str], ...] = (
     ("lora_linear_layer.down.weight", "lora", "down", "diffusers-old"),
     ("lora_linear_layer.up.weight", "lora", "up", "diffusers-old"),
@@ -149,7 +151,7 @@ _DIFFUSERS_PARAMS: tuple[tuple[str, str, str, str], ...] = (
     ("lokr_w1_a", "lokr", "w1_a", "diffusers"), ("lokr_w1_b", "lokr", "w1_b", "diffusers"),
     ("lokr_w2_a", "lokr", "w2_a", "diffusers"), ("lokr_w2_b", "lokr", "w2_b", "diffusers"),
 )  # fmt: skip
-#: diffusers' old attention-processor form: ``…attn1.processor.to_q_lora.down.weight`` (§5 step 3).
+#: diffusers' old attention-processor form: ``…attn1.processor.to_q_lora.down.weight`` (``_convert_unet_lora_key``).
 _ATTN_PROC = re.compile(
     r"(?P<mod>.+?)\.(?:processor\.)?(?P<proj>to_q|to_k|to_v|to_out)_lora\.(?P<role>down|up)\.weight"
 )
@@ -204,7 +206,7 @@ def group_modules(keys: list[str]) -> tuple[dict[str, ModuleEntry], list[str], l
     bundled: list[str] = []
     foreign: list[str] = []
     for key in keys:
-        if key.startswith("bundle_emb."):  # A1111 bundled TI (§3 "Bundled embeddings")
+        if key.startswith("bundle_emb."):  # A1111 bundled TI (``networks.py``)
             bundled.append(key)
             continue
         if key.startswith(KOHYA_PREFIXES):
@@ -243,10 +245,10 @@ def split_component(module: str) -> tuple[str, str]:
 def resolve_kohya_module(key: str, family: ModelFamily) -> tuple[str, str]:
     """``(component, diffusers path)`` of a kohya module key, whichever U-Net naming it uses.
 
-    Beyond `keymap.kohya_to_diffusers_module` this accepts the two off-style namings formats.md
-    reports in the wild: SDXL keys with diffusers-style U-Net names (diffusers' advanced SDXL
-    script, §5) and SD1 keys with LDM names (loaded by A1111/ComfyUI, §8); ``lycoris_`` keys use
-    diffusers U-Net names (§2, §4). Raises ``KeyError`` for keys of another family.
+    Beyond `keymap.kohya_to_diffusers_module` this accepts the two off-style namings found
+    in the wild: SDXL keys with diffusers-style U-Net names (diffusers' advanced SDXL
+    script) and SD1 keys with LDM names (loaded by A1111/ComfyUI, not diffusers); ``lycoris_`` keys use
+    diffusers U-Net names (LyCORIS ``wrapper.py``, read by ComfyUI). Raises ``KeyError`` for keys of another family.
     """
     if key.startswith("lycoris_"):
         key = "lora_unet_" + key[len("lycoris_") :]
@@ -270,8 +272,8 @@ def resolve_kohya_module(key: str, family: ModelFamily) -> tuple[str, str]:
 # family
 # --------------------------------------------------------------------------------------------
 
-#: U-Net name fragments (module path with "."→"_") that only one family's structure has (§7
-#: "Structure": SD1 attentions in down 0–2 / up 1–3, one transformer; SDXL down 1–2 / up 0–1,
+#: U-Net name fragments (module path with "."→"_") that only one family's structure has (U-Net
+#: structure: SD1 attentions in down 0–2 / up 1–3, one transformer; SDXL down 1–2 / up 0–1,
 #: depth 2 or 10, no fourth level).
 _SDXL_UNET = re.compile(
     r"transformer_blocks_[1-9]|up_blocks_0_attentions|output_blocks_[0-2]_1_(transformer|proj|norm)"
@@ -282,7 +284,7 @@ _SD1_UNET = re.compile(
 
 
 def family_from_metadata(metadata: dict[str, str]) -> tuple[str | None, str]:
-    """(family, reason) from ``ss_base_model_version``/``ss_v2``/``modelspec.architecture`` (§1, §3)."""
+    """(family, reason) from ``ss_base_model_version``/``ss_v2``/``modelspec.architecture`` (as A1111's ``detect_version``)."""
     version = metadata.get("ss_base_model_version", "")
     if version.startswith("sdxl"):
         return "sdxl", f"ss_base_model_version = {version}"
@@ -412,7 +414,7 @@ class BlockSummary:
 
 
 def _rank(entry: ModuleEntry, tensors: dict[str, TensorEntry]) -> int | None:
-    """The rank the clients divide alpha by (§1 LoRA: ``down.shape[0]``; §2 LoHa ``w1_b``, LoKr
+    """The rank the clients divide alpha by (LoRA: ``down.shape[0]``; LoHa ``w1_b``, LoKr
     ``w1_b``/``w2_b``; full LoKr factors and ``diff`` have none)."""
     for role in ("down", "w1_b", "w2_b"):
         if role in entry.tensors:
@@ -481,7 +483,7 @@ def _read_alphas(header: SafetensorsHeader, modules: dict[str, ModuleEntry]) -> 
 
 
 def peft_alpha_rule(metadata: dict[str, str]) -> Any:
-    """``(module name, rank) -> alpha`` from diffusers' ``lora_adapter_metadata`` (§5), or None.
+    """``(module name, rank) -> alpha`` from diffusers' ``lora_adapter_metadata``, or None.
 
     diffusers builds each component's PEFT ``LoraConfig`` from it: ``lora_alpha`` with
     ``alpha_pattern`` overrides (PEFT matches a pattern as a suffix of the module name, or as a

@@ -88,7 +88,7 @@ FORMAT_LABELS = {
     "diffusers-old": "diffusers, old naming (lora.down / lora_linear_layer / *_lora.down)",
     "mixed": "mixed kohya and diffusers keys",
 }
-#: What each layout loads in (formats.md §0, §2–§5).
+#: What each layout loads in (from the loaders of A1111, ComfyUI and diffusers).
 FORMAT_CLIENTS = {
     "kohya": "AUTOMATIC1111, Forge, SD.Next, ComfyUI, kohya, diffusers",
     "lycoris": "AUTOMATIC1111, Forge, SD.Next, ComfyUI; not diffusers (it raises on LoHa/LoKr/lora_mid)",
@@ -193,7 +193,7 @@ def _compat_notes(
     bundled: list[str],
     foreign: list[str],
 ) -> list[str]:
-    """Portability problems formats.md documents, as one-line notes."""
+    """Portability problems of the file in the big clients' loaders, as one-line notes."""
     notes: list[str] = []
     if family is None:
         notes.append(
@@ -247,7 +247,7 @@ def _dora_axis(shape: tuple[int, ...]) -> str:
 
 
 def _dora_notes(header: SafetensorsHeader, modules: dict[str, ModuleEntry]) -> list[str]:
-    """DoRA portability (formats.md §2 "DoRA", §5 step 1; `lorakiln.networks.dora`).
+    """DoRA portability (the clients' DoRA axis rules; diffusers' ``lora_state_dict``; `lorakiln.networks.dora`).
 
     Kohya-style ``dora_scale``: diffusers drops it with a warning, so there the file is a plain
     LoRA. Its axis decides whether A1111 and ComfyUI agree: per input column (``[1, in]``) they
@@ -277,7 +277,7 @@ def _dora_notes(header: SafetensorsHeader, modules: dict[str, ModuleEntry]) -> l
 
 
 def _te_attention_notes(modules: dict[str, ModuleEntry]) -> list[str]:
-    """Text-encoder attention must come as q, k, v and out_proj together (§0, §3, §8)."""
+    """Text-encoder attention must come as q, k, v and out_proj together (A1111, diffusers)."""
     layers: dict[str, set[str]] = {}
     for m in modules.values():
         if m.component in (None, "unet") or m.path is None:

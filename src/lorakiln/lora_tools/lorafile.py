@@ -2,10 +2,10 @@
 
 The toolbox commands that produce LoRA files (resize, merge, extract, ZipLoRA) share this
 module, so every file they write has the same layout as lorakiln's trainer writes: kohya keys
-``<module>.lora_down.weight`` / ``.lora_up.weight`` / 0-dim ``.alpha`` (formats.md §1), the
+``<module>.lora_down.weight`` / ``.lora_up.weight`` / 0-dim ``.alpha`` (sd-scripts ``networks/lora.py``), the
 source's ``ss_*`` / ``modelspec.*`` metadata with dim/alpha describing the written tensors, and
 fresh ``sshs_*`` hashes. Reading groups keys the way A1111 does (split at the first ``.``,
-formats.md §3 step 1) through `lorakiln.networks.apply`, so the toolbox and the generator agree
+as ``networks.py`` ``load_network``) through `lorakiln.networks.apply`, so the toolbox and the generator agree
 on what a file contains.
 """
 
@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save
 
 from lorakiln.errors import LorakilnError
+from lorakiln.io_guard import check_output, write_output
 from lorakiln.lora_tools.lowrank import LowRank
-from lorakiln.lora_tools.outputs import check_output, write_output
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks.apply import _group_modules, file_family
 from lorakiln.networks.export import precalculate_hashes, resolve_save_dtype
@@ -40,7 +40,7 @@ class KohyaLoRA:
     metadata: dict[str, str]
 
     def lora_factors(self, key: str) -> LowRank:
-        """The module's plain LoRA/LoCon factors (alpha missing ⇒ alpha = rank, formats.md §1)."""
+        """The module's plain LoRA/LoCon factors (alpha missing ⇒ alpha = rank, as kohya)."""
         algo, parts = self.modules[key]
         if algo != "lora" or "lora_mid.weight" in parts:
             raise LorakilnError(f"{self.path.name}: {key} is a {algo} module; only LoRA/LoCon modules have "
@@ -77,7 +77,7 @@ def read_kohya_lora(path: str | Path, family: str | None = None) -> KohyaLoRA:
 def factors_state_dict(
     modules: dict[str, LowRank], dtype: torch.dtype | str | None = None
 ) -> dict[str, torch.Tensor]:
-    """kohya tensors for ``{module key: factors}``; ``alpha`` is 0-dim in the file dtype (§1)."""
+    """kohya tensors for ``{module key: factors}``; ``alpha`` is 0-dim in the file dtype (as kohya)."""
     dtype = resolve_save_dtype(dtype) or torch.float32
     out: dict[str, torch.Tensor] = {}
     for key in sorted(modules):
@@ -93,7 +93,7 @@ def kohya_file_metadata(
 ) -> dict[str, str]:
     """Keep the source's ``ss_*``/``modelspec.*``; make dim/alpha describe the written tensors
     ("Dynamic" when modules differ, as kohya's resize writes); add kohya's minimum keys (A1111
-    version detection, §3) and the ``sshs_*`` hashes (§1)."""
+    version detection) and the ``sshs_*`` hashes."""
     md = {k: v for k, v in source_md.items() if k.startswith(("ss_", "modelspec."))}
     downs = [k.removesuffix(".lora_down.weight") for k in tensors if k.endswith(".lora_down.weight")]
     ranks = Counter(tensors[f"{m}.lora_down.weight"].shape[0] for m in downs)
@@ -130,7 +130,7 @@ def write_kohya_lora(
 
     `extra_metadata` (e.g. ``ss_training_comment``, a ``lorakiln_*`` record of the operation)
     overrides the carried-over keys. Refuses to overwrite an existing file unless `force`, and
-    never overwrites one of the inputs, whatever `force` says (`outputs.check_output`; callers
+    never overwrites one of the inputs, whatever `force` says (`io_guard.check_output`; callers
     run the same check before their work, this one guards against the output changing since).
     """
     path = Path(path)
@@ -146,7 +146,7 @@ def write_kohya_lora(
 
 
 def check_lora_output(path: str | Path, inputs: Sequence[str | Path | None], *, verb: str, force: bool) -> Path:
-    """`outputs.check_output` for a kohya LoRA file, which must end in ``.safetensors``."""
+    """`io_guard.check_output` for a kohya LoRA file, which must end in ``.safetensors``."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise LorakilnError(f"{path}: a kohya LoRA file must end in .safetensors (A1111 and ComfyUI list only those)")

@@ -4,7 +4,7 @@ Every tool that turns a full ΔW back into a LoRA module (`lora resize`, `lora e
 and TIES/DARE merges) goes through `factorize`, so "how many singular values to keep" and "how
 the kept part is split between ``lora_up`` and ``lora_down``" are decided once.
 
-Rank choice follows kohya's ``networks/resize_lora.py`` dynamic methods (formats.md §1):
+Rank choice follows kohya's ``networks/resize_lora.py`` dynamic methods:
 
 * ``fixed``: the given rank;
 * ``sv_ratio``: keep singular values ``σ > σ_max / ratio`` (strictly, as kohya's ``S > min_sv``);

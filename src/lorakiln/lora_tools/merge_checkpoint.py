@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from lorakiln.atomic import write_text_atomic
 from lorakiln.errors import LorakilnError, OutputWriteError
+from lorakiln.io_guard import check_output
 from lorakiln.lora_tools.lorafile import KohyaLoRA
 from lorakiln.lora_tools.merge_inputs import LoraSpec, ModelDeltas, read_inputs
 from lorakiln.lora_tools.merge_options import (
@@ -36,7 +37,6 @@ from lorakiln.lora_tools.merge_options import (
     merge_record,
     merged_delta,
 )
-from lorakiln.lora_tools.outputs import check_output
 from lorakiln.lora_tools.reduction import resolve_device
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks.export import resolve_save_dtype

@@ -8,8 +8,8 @@ shape the file does not record) is raised here, before the base model is loaded 
 Two sources give the per-module deltas ``ΔWᵢ`` (at strength 1) that every merge method combines:
 
 * `FileDeltas` rebuilds them from the files: LoRA/LoCon as ``(alpha/rank)·up@down``
-  (formats.md §1), LoHa/LoKr through the generator's own `FileDeltaAdapter` (§2; its scale rule
-  is the readers', §3), on a stand-in layer of the target's shape. LoHa and LoKr store conv
+  (kohya), LoHa/LoKr through the generator's own `FileDeltaAdapter` (LyCORIS keys; its scale
+  rule is the readers', A1111's ``calc_scale``), on a stand-in layer of the target's shape. LoHa and LoKr store conv
   factors flattened (``[r, in·kh·kw]``), so a conv target's kernel is only known from Tucker
   cores, a 4-D ``lokr_w2``, another input's LoRA for the same module, or a base model.
 * `ModelDeltas` hooks every file into a loaded base with `apply_lora_file` — the exact path
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from lorakiln.models.bundle import ModelBundle
 
 _SUFFIX = ".safetensors"
-#: DoRA's magnitude key (formats.md §2 "DoRA"): such a module's change depends on the base weight.
+#: DoRA's magnitude key (LyCORIS): such a module's change depends on the base weight.
 DORA_KEY = "dora_scale"
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _STRENGTHS = re.compile(rf"^(?::({_NUMBER})(?::({_NUMBER}))?)?$")
@@ -76,7 +76,7 @@ class LoraSpec:
         return cls(Path(path), te, unet)
 
     def strength(self, key: str) -> float:
-        """The strength for module `key`: U-Net keys take ``unet``, text-encoder keys ``te`` (§3)."""
+        """The strength for module `key`: U-Net keys take ``unet``, text-encoder keys ``te`` (A1111's ``<lora:name:te:unet>``)."""
         return self.unet if key.startswith(keymap.UNET_PREFIX + "_") else self.te
 
     def label(self) -> str:
@@ -136,7 +136,7 @@ def _file_shape(algo: str, parts: dict[str, torch.Tensor]) -> tuple[tuple[int, .
 
     ``exact`` is False when a conv kernel may be flattened into the last axis (LoHa without
     Tucker, LoKr with a decomposed non-Tucker ``w2``): then the shape is ``(out, in·kh·kw)``.
-    A LoRA's own shape is always exact: a 2-D down on a conv is a 1×1 conv to every reader (§3).
+    A LoRA's own shape is always exact: a 2-D down on a conv is a 1×1 conv to every reader (A1111 ``network_lora.py`` reshapes it).
     """
     if algo == "lora":
         down, up = parts["lora_down.weight"], parts["lora_up.weight"]

@@ -5,7 +5,7 @@ Two ways to write the merged modules:
 * **exact concatenation** (the default): a module's ranks add up. With ``sᵢ = alphaᵢ/rankᵢ``
   and strengths ``wᵢ``, ``up = [w₁·s₁·up₁ | w₂·s₂·up₂ | …]``, ``down = [down₁; down₂; …]`` and
   ``alpha = Σ rankᵢ`` (scale 1), so ``up @ down = Σ wᵢ·ΔWᵢ`` exactly: the merged file patches the
-  model as all inputs hooked at their strengths do (formats.md §1 "Alpha, scale"). Modules found
+  model as all inputs hooked at their strengths do (kohya's ``alpha/rank`` scale). Modules found
   in one file only are kept. Only LoRA/LoCon factors can be stacked like this.
 * **SVD** (``--rank`` / ``--dynamic``, kohya's ``svd_merge_lora.py``): each module's merged delta
   is truncated to the target rank and the kept share of ‖ΔW‖² is reported. For a plain sum of
@@ -89,7 +89,7 @@ def concat_module(
     tail = shape[1:]
     up = torch.cat([f.up.flatten(1) * scale for _, f, scale in parts], dim=1)
     down = torch.cat([f.down.reshape(f.rank, *tail) for _, f, _ in parts], dim=0)
-    if len(tail) == 3:  # conv: up is a 1×1 conv [out, r, 1, 1] (formats.md §1 shapes)
+    if len(tail) == 3:  # conv: up is a 1×1 conv [out, r, 1, 1] (kohya LoCon shapes)
         up = up[:, :, None, None]
     return LowRank(up.contiguous(), down.contiguous(), float(down.shape[0]), 1.0)
 

@@ -16,12 +16,13 @@ from typing import Any
 from lorakiln.lora_tools.header import SafetensorsHeader
 
 # --------------------------------------------------------------------------------------------
-# metadata (kohya ss_*, formats.md §1 "Metadata")
+# metadata (kohya ss_*, sd-scripts train_network.py)
 # --------------------------------------------------------------------------------------------
 
 
 def _decode(value: str) -> Any:
-    """JSON-valued metadata decoded, as A1111 does for values starting with ``{`` (§3)."""
+    """JSON-valued metadata decoded, as A1111 does for values starting with ``{``
+    (``read_metadata_from_safetensors``)."""
     if value[:1] in "{[":
         try:
             return json.loads(value)
@@ -259,12 +260,12 @@ def _folder_triggers(tags: dict[str, int], token: str | None, min_count: float) 
 
 
 # --------------------------------------------------------------------------------------------
-# hashes (kohya/A1111 sshs_*, formats.md §1)
+# hashes (kohya/A1111 sshs_*, sd-scripts train_util.precalculate_safetensors_hashes)
 # --------------------------------------------------------------------------------------------
 
 
 def tensor_data_hash(path: str | Path) -> str:
-    """``sshs_model_hash`` as kohya/A1111 define it: sha256 of the bytes after the header (§1)."""
+    """``sshs_model_hash`` as kohya/A1111 define it: sha256 of the bytes after the header."""
     path = Path(path)
     with open(path, "rb") as fh:
         (n,) = struct.unpack("<Q", fh.read(8))

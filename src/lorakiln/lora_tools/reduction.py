@@ -6,8 +6,8 @@ how much of each delta survived. The rank options mean what kohya's scripts mean
 ``--dynamic_param``), the report lines follow kohya's ``--verbose`` (share of the Frobenius norm
 kept), and the ``ss_network_dim``/``ss_network_alpha``/``ss_network_args`` metadata describe
 the written tensors the way kohya's trainer does: dim/alpha are the Linear (and 1×1 conv)
-modules', ``conv_dim``/``conv_alpha`` in ``ss_network_args`` the k×k convs' (formats.md §1
-"Metadata"), and ``"Dynamic"`` stands for "differs per module" as kohya's resize writes.
+modules', ``conv_dim``/``conv_alpha`` in ``ss_network_args`` the k×k convs' (sd-scripts
+``train_network.py`` metadata), and ``"Dynamic"`` stands for "differs per module" as kohya's resize writes.
 """
 
 from __future__ import annotations
@@ -192,8 +192,7 @@ def _one_or_dynamic(values: Iterable[str]) -> str:
 
 def dims_metadata(modules: dict[str, LowRank], network_args: str | None) -> dict[str, str]:
     """``ss_network_dim``/``ss_network_alpha`` of the Linear/1×1 modules and, when there are k×k
-    convs, ``conv_dim``/``conv_alpha`` in ``ss_network_args`` — as kohya's trainer records LoCon
-    (formats.md §1). The source's other network args (e.g. LyCORIS ``algo``) are kept."""
+    convs, ``conv_dim``/``conv_alpha`` in ``ss_network_args`` — as kohya's trainer records LoCon. The source's other network args (e.g. LyCORIS ``algo``) are kept."""
     linear = [f for f in modules.values() if not is_kxk_conv(f.down)]
     convs = [f for f in modules.values() if is_kxk_conv(f.down)]
     main = linear or convs

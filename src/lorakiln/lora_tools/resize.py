@@ -1,6 +1,6 @@
 """`lorakiln lora resize`: lower the rank of a kohya LoRA/LoCon file by SVD.
 
-Each module's applied delta ``ΔW = (alpha/r) · up @ down`` (formats.md §1) is truncated to the
+Each module's applied delta ``ΔW = (alpha/r) · up @ down`` (kohya) is truncated to the
 new rank, which is fixed (``--rank``) or chosen per module by kohya's dynamic rules
 (``sv_ratio``/``sv_fro``/``sv_cumulative``, `lowrank.choose_rank`) and capped by ``--rank`` /
 ``--conv-rank``, as in kohya's ``networks/resize_lora.py``. As there, the module's scale
@@ -45,7 +45,7 @@ from lorakiln.lora_tools.reduction import (
 )
 
 _ALGO_NAMES = {"loha": "LoHa (hada_*)", "lokr": "LoKr (lokr_*)"}
-#: The tensors of a plain kohya LoRA/LoCon module (formats.md §1).
+#: The tensors of a plain kohya LoRA/LoCon module.
 _LORA_PARTS = frozenset({"lora_down.weight", "lora_up.weight", "alpha"})
 
 
@@ -82,7 +82,7 @@ def resize_factors(old: LowRank, spec: RankSpec, device: torch.device | None = N
     new_up = (q_up @ small.up.to(q_up)).float().cpu()
     new_down = (small.down.to(q_down) @ q_down.T).float().cpu().reshape(rank, *old.down.shape[1:])
     if old.down.dim() == 4:
-        new_up = new_up[:, :, None, None]  # a 1×1 conv after the k×k down (formats.md §1 shapes)
+        new_up = new_up[:, :, None, None]  # a 1×1 conv after the k×k down (kohya LoCon shapes)
     return LowRank(new_up.contiguous(), new_down.contiguous(), small.alpha, small.energy)
 
 

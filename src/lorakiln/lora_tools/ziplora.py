@@ -11,7 +11,7 @@ text encoders, effect kept); this module checks the inputs, runs the steps and w
 **Output.** Column scaling of ``ΔW = scale · up @ down`` is scaling ``down``'s input columns, so
 each merged module is the exact rank concatenation ``up = [s_c·up_c, s_s·up_s]``, ``down =
 [down_c·diag(m_c); down_s·diag(m_s)]`` with alpha = rank (scale 1): an ordinary kohya
-LoRA/LoCon file (formats.md §1) of rank r_c + r_s that AUTOMATIC1111, ComfyUI and diffusers
+LoRA/LoCon file of rank r_c + r_s that AUTOMATIC1111, ComfyUI and diffusers
 load. Modules only one input has are copied as they are. Metadata records the inputs (name,
 hash, prompt), base model, steps, lr, λ, latents, the final loss terms and the effect-kept table.
 """
@@ -172,7 +172,7 @@ def _prepare_bundle(model: str | ModelBundle, options: ZipLoRAOptions, device: t
 
     autocast = autocast_dtype_for(options.mixed_precision, device)
     if isinstance(model, str):
-        from lorakiln.training.base_model import load_configured_model
+        from lorakiln.models.configured import load_configured_model
 
         bundle = load_configured_model(model)
     else:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from lorakiln.training.conditioning import Conditioning, condition
+from lorakiln.models.conditioning import Conditioning, condition
 from lorakiln.training.noise import sample_noise, sample_timesteps, step_generator
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """Component configs: the bundled SD 1.5 / SDXL sets, config folders, and shape inference.
 
 A single-file checkpoint stores weights but no config. Rather than fetching the reference repo
-from the hub (what `from_single_file` does by default, formats.md §7), lorakiln reads every
+from the hub (what diffusers' `from_single_file` does by default), lorakiln reads every
 *width* from tensor shapes — block channels, layer counts, transformer depths per level,
 cross-attention width, text hidden size, vocabulary, projection widths — so real SD 1.5 / SDXL
 files and the tiny test models load with no config at all.
@@ -139,7 +139,7 @@ def _check_groups(cfg: dict[str, Any], what: str) -> None:
 def infer_unet_config(sd: Mapping[str, Any], base: Mapping[str, Any], what: str = "U-Net") -> dict[str, Any]:
     """UNet2DConditionModel config from an LDM/SGM U-Net state dict (prefix removed).
 
-    Layout rules (formats.md §7): `input_blocks.0` is `conv_in`; each level has
+    Layout rules (sd-scripts `model_util.py`, diffusers `single_file_utils.py`): `input_blocks.0` is `conv_in`; each level has
     `layers_per_block` resnet(+attention) blocks then one `.0.op` downsampler except the last;
     a level has cross-attention when its first block has a `.1.proj_in`; its transformer depth
     is the number of `transformer_blocks` there (SDXL: 2 and 10). SDXL's `label_emb` is the
@@ -205,7 +205,7 @@ def _transformer_depths(sd: Mapping[str, Any], firsts: list[int], down_attn: lis
 
 
 def fit_time_embed_dim(cfg: dict[str, Any], pooled_dim: int, n_time_ids: int, what: str = "U-Net") -> None:
-    """Set `addition_time_embed_dim` from `label_emb`'s input width (formats.md §6a):
+    """Set `addition_time_embed_dim` from `label_emb`'s input width:
     `projection_class_embeddings_input_dim = n_time_ids · addition_time_embed_dim + pooled_dim`
     (SDXL: 6 · 256 + 1280 = 2816)."""
     total = int(cfg["projection_class_embeddings_input_dim"])

@@ -1,7 +1,7 @@
 """Which `ModelFamily` a checkpoint belongs to, decided from data, not from file names.
 
 Single files are sniffed by key: a family matches when its `single_file_marker` (diffusers'
-`CHECKPOINT_KEY_NAMES`, formats.md §7) and a key under each of its text-encoder prefixes are
+`CHECKPOINT_KEY_NAMES` in `single_file_utils.py`) and a key under each of its text-encoder prefixes are
 present. The text-encoder check matters: SD 2.x has the same U-Net marker as SD 1.x but an
 OpenCLIP encoder under `cond_stage_model.model.`; SDXL's marker sits in its second encoder
 (`conditioner.embedders.1.model.`), which the refiner lacks. Diffusers folders are matched by

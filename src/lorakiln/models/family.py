@@ -3,8 +3,9 @@
 Everything that differs between Stable Diffusion 1.x and SDXL — key prefixes, metadata
 strings, LoRA naming style, default resolution, how the U-Net is conditioned — lives in one
 `ModelFamily` record, so the rest of the code asks the family instead of branching on
-`is_sdxl` (ARCHITECTURE.md). Values come from `../shared/reference/formats.md` §1 (kohya
-metadata, ModelSpec, textual inversion) and §7 (single-file prefixes and layouts).
+`is_sdxl`. Values come from kohya sd-scripts (`train_network.py`
+metadata, `library/sai_model_spec.py`, textual inversion) and from the single-file prefixes and
+layouts of sd-scripts' `model_util.py`/`sdxl_model_util.py` and diffusers' `single_file_utils.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Literal
 
 from lorakiln.errors import ModelLoadError
 
-#: How a text encoder's weights are named inside a single-file checkpoint (formats.md §7):
+#: How a text encoder's weights are named inside a single-file checkpoint:
 #: `hf_clip` — the transformers CLIP layout under a prefix (`…text_model.encoder.layers.N…`);
 #: `open_clip` — OpenCLIP's layout (`transformer.resblocks.N.attn.in_proj_weight` fused q/k/v,
 #: `ln_final`, transposed `text_projection`), used by SDXL's second encoder.
@@ -41,12 +42,12 @@ class ModelFamily:
     #: diffusers/PEFT component name per text encoder, in pipeline order; also the subfolder
     #: of a diffusers model folder that holds it.
     te_diffusers_prefixes: tuple[str, ...]
-    #: U-Net LoRA key style: SD1 uses diffusers names, SDXL the SGM/LDM names (formats.md §0).
+    #: U-Net LoRA key style: SD1 uses diffusers names, SDXL the SGM/LDM names (as kohya).
     unet_key_style: Literal["diffusers", "sgm"]
     #: A key whose presence in a single-file checkpoint identifies the family (diffusers
     #: `CHECKPOINT_KEY_NAMES`).
     single_file_marker: str
-    #: Single-file prefix of each text encoder, in pipeline order (formats.md §7).
+    #: Single-file prefix of each text encoder, in pipeline order.
     te_single_file_prefixes: tuple[str, ...]
     #: diffusers pipeline class used for loading and generation.
     pipeline_class: str
@@ -91,7 +92,7 @@ class ModelFamily:
     vae_fp16_unsafe: bool = False
     #: Tensor name per text encoder in an embeddings file. SD1 uses `clip_l` (not kohya's
     #: `emb_params`): a single-key dict loads in A1111, ComfyUI picks `clip_l` by name, and the
-    #: seed-003 diffusers recipe reads `sd["clip_l"]` (formats.md §3-§5). SDXL: `clip_l`/`clip_g`.
+    #: diffusers advanced SDXL recipe reads `sd["clip_l"]`. SDXL: `clip_l`/`clip_g`.
     ti_file_keys: tuple[str, ...] = ("clip_l",)
     #: `modelspec.architecture` for a textual-inversion embedding of this family.
     modelspec_ti_architecture: str = "stable-diffusion-v1/textual-inversion"

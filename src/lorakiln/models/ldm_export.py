@@ -2,11 +2,11 @@
 
 Why: A1111, ComfyUI and model sites exchange base models as one `.safetensors` in the LDM
 layout, and lorakiln's own tests need such files without downloading any. The names follow
-formats.md §7: `model.diffusion_model.*` (U-Net, diffusers→LDM table — SD 1.x and SDXL use the
+sd-scripts' `save_stable_diffusion_checkpoint`: `model.diffusion_model.*` (U-Net, diffusers→LDM table — SD 1.x and SDXL use the
 same one), `first_stage_model.*` (VAE, LDM `encoder.down.i.block.j` naming, mid-block attention
 as 1x1 convs), and per text encoder the family's prefix and layout
 (`ModelFamily.te_single_file_prefixes` / `te_single_file_layouts`): the classic HF CLIP layout
-`…text_model.*` whatever level the installed transformers uses (formats.md §8), or OpenCLIP's
+`…text_model.*` whatever level the installed transformers uses (≥ 5.6 has none), or OpenCLIP's
 for SDXL's second encoder (`open_clip.py`). Loading goes the other way through diffusers' own
 `convert_ldm_*` / `convert_open_clip_checkpoint` helpers, so round-trip tests check this module
 against diffusers.
@@ -27,6 +27,7 @@ import torch
 
 from lorakiln.atomic import atomic_path
 from lorakiln.models.family import SD1, SDXL, ModelFamily
+from lorakiln.models.ldm_names import diffusers_to_ldm_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -38,13 +39,11 @@ _VAE_ATTN = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_ou
 
 
 def unet_ldm_name(key: str, layers_per_block: int, up_has_attention: list[bool]) -> str:
-    """The LDM name (without `model.diffusion_model.`) of one diffusers U-Net key (formats.md §7).
+    """The LDM name (without `model.diffusion_model.`) of one diffusers U-Net key.
 
-    The table itself lives in `lorakiln.networks.keymap`, the one place names are translated;
-    it assumes SD's two resnets per level (three LDM blocks per level).
+    The table itself is `ldm_names`, shared with the LoRA key map so U-Net paths are translated
+    in one place; it assumes SD's two resnets per level (three LDM blocks per level).
     """
-    from lorakiln.networks.keymap import diffusers_to_ldm_path
-
     if layers_per_block != 2:
         raise ValueError(f"LDM export supports SD's layers_per_block=2, not {layers_per_block}")
     levels = frozenset(i for i, has in enumerate(up_has_attention) if has)
@@ -110,7 +109,7 @@ def text_encoder_to_single_file(
 ) -> dict[str, torch.Tensor]:
     """One text encoder's weights under `prefix`, in the `hf_clip` or `open_clip` layout.
 
-    transformers ≥ 5.6 has no `text_model.` level in `CLIPTextModel` (formats.md §8); older
+    transformers ≥ 5.6 has no `text_model.` level in `CLIPTextModel`; older
     versions (and `CLIPTextModelWithProjection`) have it. Either way an `hf_clip` file gets the
     classic level, which every client expects.
     """

@@ -34,6 +34,7 @@ from lorakiln.models.bundle import ModelBundle
 from lorakiln.models.clip_tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
 from lorakiln.models.detect import detect_family, detect_family_from_config
 from lorakiln.models.family import ModelFamily
+from lorakiln.models.hub_id import looks_like_hub_id
 from lorakiln.models.single_file import (
     PICKLE_SUFFIXES,
     VAE_PREFIXES,
@@ -47,6 +48,7 @@ from lorakiln.models.single_file import (
     unet_from_ldm,
     vae_from_ldm,
 )
+from lorakiln.models.toy import TOY_SOURCE, toy_model_path
 
 __all__ = ["load_base_model", "load_vae", "detect_family", "sha256_file", "make_noise_scheduler"]
 
@@ -56,7 +58,6 @@ HUB_ALLOW = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "text_enco
              "tokenizer_2/*", "scheduler/*"]
 HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb",
               "*openvino*"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: `tiny:<family>[:<seed>]`; the family names are `TINY_BUILDERS`' keys.
 _TINY_SOURCE = re.compile(r"^tiny:(\w+)(?::(\d+))?$")
 #: In-memory tiny model builders (module, function) per `tiny:` name.
@@ -87,8 +88,7 @@ def load_base_model(
     naming the source.
     """
     src = os.fspath(source)
-    if src == "toy":  # the toy world's base model shipped with lorakiln (toyworld/model.py)
-        from lorakiln.toyworld.model import toy_model_path
+    if src == TOY_SOURCE:  # the toy world's base model shipped with lorakiln (`models/toy.py`)
 
         bundle = _load_single_file(toy_model_path(), config_dir=config_dir, allow_pickle=False, dtype=dtype,
                                    tokenizer=tokenizer)
@@ -132,11 +132,6 @@ def _build_tiny(name: str, *, seed: int, dtype: torch.dtype) -> ModelBundle:
         raise ModelLoadError(f"unknown tiny model 'tiny:{name}'; valid: {valid}")
     module, func = TINY_BUILDERS[name]
     return getattr(importlib.import_module(module), func)(seed=seed, dtype=dtype)
-
-
-def looks_like_hub_id(value: str) -> bool:
-    """`org/name` that is not a file name (same rule as the config's path resolution)."""
-    return bool(_HUB_ID.match(value)) and not value.endswith((".safetensors", *PICKLE_SUFFIXES))
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:
@@ -253,7 +248,7 @@ def _load_single_file(
     path: Path, *, config_dir: str | os.PathLike[str] | None, allow_pickle: bool, dtype: torch.dtype,
     tokenizer: str | os.PathLike[str] | None,
 ) -> ModelBundle:
-    """Load an LDM/SGM-layout single file (formats.md §7) without any network access."""
+    """Load an LDM/SGM-layout single file without any network access."""
     from lorakiln.models.tiny import TINY_TOKENIZER_NAME
 
     sd, metadata = read_checkpoint(path, allow_pickle=allow_pickle)

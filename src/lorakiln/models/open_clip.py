@@ -1,6 +1,7 @@
 """SDXL's second text encoder (OpenCLIP ViT-bigG) between its single-file and HF layouts.
 
-SGM checkpoints store it as OpenCLIP saved it (formats.md §7), under
+SGM checkpoints store it as OpenCLIP saved it (sd-scripts
+`convert_sdxl_text_encoder_2_checkpoint`, diffusers `convert_open_clip_checkpoint`), under
 `conditioner.embedders.1.model.`: `transformer.resblocks.N.attn.in_proj_weight` holds q, k and
 v stacked in that order along dim 0; `mlp.c_fc`/`c_proj` are `fc1`/`fc2`; `ln_1`/`ln_2`/`ln_final`
 are the layer norms; `positional_embedding` is a bare tensor; and `text_projection` is applied

@@ -2,7 +2,7 @@
 
 Name conversion is diffusers' own (`convert_ldm_unet_checkpoint`, `convert_ldm_vae_checkpoint`,
 `convert_ldm_clip_checkpoint`, `convert_open_clip_checkpoint` in
-`diffusers.loaders.single_file_utils`, formats.md §7); what lorakiln adds is the config —
+`diffusers.loaders.single_file_utils`); what lorakiln adds is the config —
 inferred from tensor shapes (`arch.py`) instead of fetched from the hub — and strict loading:
 every weight the model expects must be in the file with the right shape, or the error says
 which are not. Which text-encoder layout a file uses is family data
@@ -96,7 +96,7 @@ def strip_prefix(sd: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, 
 
 
 def text_state_dicts(sd: Mapping[str, Any], family: ModelFamily = SD1, source: str = "checkpoint") -> list[dict[str, Any]]:
-    """Each text encoder's weights with HF CLIP names and no `text_model.` level (formats.md §7).
+    """Each text encoder's weights with HF CLIP names and no `text_model.` level.
 
     `hf_clip` layout: the family prefix is stripped by diffusers' `convert_ldm_clip_checkpoint`
     (old SD 1.x files lack the `text_model.` level; both forms work). `open_clip` layout: see
@@ -238,7 +238,7 @@ def text_encoder_from_state(
     """A transformers CLIP text model (`class_name`) from HF-named weights without `text_model.`.
 
     The `text_model.` level is then matched to the installed transformers, as diffusers does:
-    `CLIPTextModel` lost it in ≥ 5.6 (formats.md §8), `CLIPTextModelWithProjection` keeps it;
+    `CLIPTextModel` lost it in ≥ 5.6, `CLIPTextModelWithProjection` keeps it;
     `text_projection` sits outside it either way.
     """
     import transformers

@@ -3,7 +3,7 @@
 Used by the tests and by the quickstart's default base model: SD 1.5's block structure
 (4 U-Net levels, cross-attention in the first three down / last three up blocks, 2 resnets per
 level, a 4-level VAE, a 12-layer CLIP text encoder) at tiny widths, so every module name — and
-therefore every LoRA key — is the real one (formats.md §6a), while a step runs in milliseconds.
+therefore every LoRA key — is the real one (names depend on block structure, not width), while a step runs in milliseconds.
 The tokenizer is a real `CLIPTokenizer` over a small synthetic BPE vocabulary.
 """
 
@@ -196,7 +196,7 @@ TINY_TOKENIZER_NAME = "tiny-sd1"
 
 
 def save_tiny_sd1_single_file(path: str | Path, seed: int = 0) -> Path:
-    """Build the tiny SD 1.x model and write it as one LDM-layout `.safetensors` (formats.md §7).
+    """Build the tiny SD 1.x model and write it as one LDM-layout `.safetensors`.
 
     Same weights as `save_tiny_sd1_diffusers(folder, seed)`; the file's metadata names the
     tiny tokenizer so `load_base_model(path)` needs no config folder.

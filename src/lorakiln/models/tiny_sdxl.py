@@ -1,6 +1,6 @@
 """Tiny SDXL-shaped models built from config with fixed seeds (tests, `tiny:sdxl`).
 
-SDXL's structure at tiny widths (formats.md §6a, §7), so every module name — and therefore
+SDXL's structure at tiny widths (names depend on block structure, not width), so every module name — and therefore
 every LoRA key — is the real one while a training step takes a fraction of a second:
 
 * U-Net: 3 levels, `DownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D` (up mirrored),
@@ -166,7 +166,7 @@ def save_tiny_sdxl_diffusers(folder: str | Path, seed: int = 0) -> Path:
 
 
 def save_tiny_sdxl_single_file(path: str | Path, seed: int = 0) -> Path:
-    """Build the tiny SDXL model and write it as one SGM-layout `.safetensors` (formats.md §7).
+    """Build the tiny SDXL model and write it as one SGM-layout `.safetensors`.
 
     Same weights as `save_tiny_sdxl_diffusers(folder, seed)`; the metadata carries the configs
     and names the tiny tokenizer, so `load_base_model(path)` needs no config folder.

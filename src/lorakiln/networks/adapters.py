@@ -1,6 +1,6 @@
 """Adapter registry (algorithm name → module class and file keys) and LoCon target selection.
 
-Algorithms (names as LyCORIS's ``algo`` network arg, formats.md §2):
+Algorithms (names as LyCORIS's ``algo`` network arg, ``lycoris/kohya.py``):
 
 * ``lora`` — `LoRAModule` (kohya LoRA);
 * ``locon`` — the *same* `LoRAModule`, additionally placed on the U-Net's ResNet and
@@ -39,7 +39,7 @@ class AdapterSpec:
 
     ``key_suffixes`` are every per-module key the algorithm may write (optional ones included:
     Tucker cores, the one-or-the-other LoKr factors); ``network_module`` is the
-    ``ss_network_module`` kohya/LyCORIS record for it (formats.md §1 "Metadata");
+    ``ss_network_module`` kohya/LyCORIS record for it (sd-scripts ``train_network.py`` metadata);
     ``dora_class`` the module class used with ``dora_wd=True`` (None: DoRA is not offered).
     """
 

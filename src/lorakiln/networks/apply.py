@@ -2,7 +2,7 @@
 
 Each file becomes a set of forward hooks (one adapter per file module key, with that key's own
 rank and alpha, so dynamically resized files work) on the bundle's modules. The algorithm is
-detected per module from its keys (formats.md §2): ``lora_down``/``lora_up`` (LoRA and LoCon,
+detected per module from its keys (LyCORIS ``modules/*.py`` key names): ``lora_down``/``lora_up`` (LoRA and LoCon,
 whose conv downs carry the kernel) → `LoRAModule`; ``hada_*`` (LoHa) and ``lokr_*`` (LoKr) →
 `file_adapters.FileDeltaAdapter`, as A1111 (``network_hada.py``/``network_lokr.py``) and ComfyUI
 (``weight_adapter``) detect them. A module with ``dora_scale`` (DoRA, any algorithm) also becomes a
@@ -10,8 +10,8 @@ whose conv downs carry the kernel) → `LoRAModule`; ``hada_*`` (LoHa) and ``lok
 Several files stack;
 strengths change by setting multipliers — no reload, no weight copy (issue: "LoRAs are switched
 by adapter weights, not by reloading"). Key translation goes through `keymap`, the one place
-names are translated; SD1 files with LDM-style U-Net names (accepted by A1111 and ComfyUI,
-formats.md §8) are mapped too.
+names are translated; SD1 files with LDM-style U-Net names (accepted by A1111 and ComfyUI, though
+diffusers rejects them) are mapped too.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def _resolve(bundle: ModelBundle, key: str) -> nn.Module:
             candidates.append(keymap.ldm_to_diffusers_path(path, keymap.UP_ATTENTION_LEVELS[family.name]))
     else:
         root = bundle.text_encoders[family.te_diffusers_prefixes.index(component)]
-        candidates = [path, path.removeprefix("text_model.")]  # transformers >= 5 (formats.md §8)
+        candidates = [path, path.removeprefix("text_model.")]  # transformers >= 5.6 drops `text_model.`
     for candidate in candidates:
         try:
             return root.get_submodule(candidate)
@@ -125,7 +125,7 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
     output_axis = sum(1 for m in applied.modules.values()
                       if isinstance(m, FileDeltaAdapter) and m.dora_axis == "output")
     if output_axis:
-        # formats.md §2 "DoRA": A1111 normalises per input column whatever the shape, ComfyUI divides
+        # DoRA axis: A1111 (`network.py` `apply_weight_decompose`) normalises per input column whatever the shape, ComfyUI divides
         # by the base weight's norm on this axis; lorakiln follows LyCORIS, which trained the file.
         logger.warning("%s: %d DoRA module(s) store per-output-row magnitudes (LyCORIS wd_on_output=True); "
                        "lorakiln applies them as LyCORIS defines them, AUTOMATIC1111 and ComfyUI each compute "
@@ -165,7 +165,8 @@ def _lora_module(path: Path, key: str, target: nn.Module, parts: dict[str, torch
 def _group_modules(
     path: Path, tensors: dict[str, torch.Tensor], family: ModelFamily
 ) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
-    """``{module key: (algo, {suffix: tensor})}``, split at the first ``.`` like A1111 (§3 step 1).
+    """``{module key: (algo, {suffix: tensor})}``, split at the first ``.`` like A1111's ``networks.py``
+    ``load_network``.
 
     Foreign prefixes, unknown suffixes and modules without weights raise `LorakilnError`.
     """

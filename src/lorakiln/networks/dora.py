@@ -15,7 +15,7 @@ path does back-propagate through the norm; forwards are identical, gradients are
 kernel axes — and ``dora_scale`` has shape ``[1, in]`` (Linear) or ``[1, in, 1, 1]`` (Conv2d). In
 LyCORIS terms that is ``dora_wd=True`` with ``wd_on_output=False``; LyCORIS's *default*,
 ``wd_on_output=True`` (``[out, 1(, 1, 1)]``, per output row), is deliberately not used, because
-only the input axis is read the same way by both big clients (formats.md §2 "DoRA"; checked in
+only the input axis is read the same way by both big clients (checked in
 their sources):
 
 * AUTOMATIC1111 ``extensions-builtin/Lora/network.py`` ``apply_weight_decompose`` always
@@ -58,7 +58,7 @@ from torch import nn
 from lorakiln.networks.loha import WeightDeltaAdapter
 from lorakiln.networks.lora import AlphaScaled, LoRAModule, delta_weight
 
-#: Per-module key of the magnitude vector (LyCORIS ``LoConModule.weight_list``, formats.md §2).
+#: Per-module key of the magnitude vector (LyCORIS ``LoConModule.weight_list``).
 DORA_KEY = "dora_scale"
 
 Axis = Literal["input", "output"]
@@ -89,7 +89,7 @@ def weight_norm(weight: torch.Tensor, axis: Axis) -> torch.Tensor:
 
 
 def magnitude_axis(scale_shape: torch.Size | tuple[int, ...], weight_shape: torch.Size | tuple[int, ...]) -> Axis:
-    """Which axis a file's ``dora_scale`` belongs to, by ComfyUI's rule (formats.md §4): its first
+    """Which axis a file's ``dora_scale`` belongs to, by ComfyUI's rule (``comfy/weight_adapter``): its first
     dimension equals the layer's output size → output axis; one value per input channel → input
     axis. Anything else does not fit the layer (ValueError)."""
     out_dim, in_dim = weight_shape[0], weight_shape[1]

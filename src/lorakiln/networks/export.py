@@ -1,10 +1,10 @@
 """Writing LoRA files: the kohya format (primary) and the diffusers/PEFT format (secondary).
 
-formats.md §0: the kohya layout (``lora_unet_*``/``lora_te*_*`` + ``.lora_down.weight``,
+The kohya layout (``lora_unet_*``/``lora_te*_*`` + ``.lora_down.weight``,
 ``.lora_up.weight``, 0-dim ``.alpha``, ``ss_*``/``modelspec.*`` metadata) is the only one every
-client loads; the diffusers layout (``unet.…lora_A.weight``) is offered for diffusers users.
+client loads (AUTOMATIC1111, Forge, SD.Next, ComfyUI, kohya sd-scripts and diffusers); the diffusers layout (``unet.…lora_A.weight``) is offered for diffusers users.
 
-Both writes are atomic (temp file in the same folder, then rename — ARCHITECTURE.md).
+Both writes are atomic (temp file in the same folder, then rename; `lorakiln.atomic`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def resolve_save_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 
 def kohya_state_dict(network: LoRANetwork, dtype: torch.dtype | str | None = None) -> dict[str, torch.Tensor]:
     """The kohya tensor dict: ``network.state_dict()`` on CPU, every tensor (alpha too) cast to
-    ``dtype`` like kohya's ``save_weights`` (formats.md §1 "Alpha, scale, dtype")."""
+    ``dtype`` like kohya's ``save_weights`` (sd-scripts ``networks/lora.py``)."""
     target = resolve_save_dtype(dtype)
     out = {}
     for key, tensor in network.state_dict().items():
@@ -54,7 +54,7 @@ def kohya_state_dict(network: LoRANetwork, dtype: torch.dtype | str | None = Non
     return out
 
 
-# -- hashes (formats.md §1 "Hashes") ---------------------------------------------------------
+# -- hashes (sd-scripts `train_util.precalculate_safetensors_hashes`) -----------------------------------------------------
 
 
 def _data_offset(buf: bytes) -> int:
@@ -121,21 +121,21 @@ def diffusers_state_dict(
 ) -> dict[str, torch.Tensor]:
     """PEFT-named tensors (``unet.<path>.lora_A.weight`` / ``lora_B``) with the scale folded in.
 
-    diffusers reads a file without alphas as alpha = rank, i.e. scale 1 (formats.md §5,
-    ``get_peft_kwargs``); so do ComfyUI and A1111 for ``lora_A/lora_B`` keys (§3, §4). Folding
+    diffusers reads a file without alphas as alpha = rank, i.e. scale 1 (diffusers
+    ``utils/peft_utils.py`` ``get_peft_kwargs``); so do ComfyUI and A1111 for ``lora_A/lora_B`` keys. Folding
     ``alpha/r`` into ``lora_B`` makes every client apply exactly ``(alpha/r)·up@down`` without
     relying on ``lora_adapter_metadata``, which only diffusers reads.
 
     LoCon conv modules export the same way: ``lora_A`` is the k×k ``down`` conv ``[r, in, kh,
     kw]`` and ``lora_B`` the 1×1 ``up`` conv, which is exactly PEFT's ``Conv2d`` LoRA layout.
-    LoHa/LoKr raise `LorakilnError`: diffusers cannot load them (§5). So does DoRA: diffusers
-    drops kohya ``dora_scale`` with only a warning (§5 step 1) and PEFT's DoRA
+    LoHa/LoKr raise `LorakilnError`: diffusers cannot load them (its kohya converter raises). So does
+    DoRA: diffusers' ``lora_state_dict`` drops kohya ``dora_scale`` with only a warning and PEFT's DoRA
     (``lora_magnitude_vector``) normalises per output row, not per input column as lorakiln's
     DoRA does (`lorakiln.networks.dora`), so no diffusers file computes the trained weights.
     """
     if network.algo in ("loha", "lokr"):
         # diffusers' kohya converter raises on any key that is not lora_down/lora_up/alpha and
-        # PEFT has no LoHa/LoKr loader for SD pipelines (formats.md §5 "Kohya detection").
+        # PEFT has no LoHa/LoKr loader for SD pipelines (diffusers ``lora_pipeline.py`` ``lora_state_dict``).
         raise LorakilnError(
             f"diffusers cannot load {network.algo} (LoHa/LoKr) weights; use the kohya .safetensors "
             "file in AUTOMATIC1111/ComfyUI"

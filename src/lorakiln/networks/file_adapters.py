@@ -4,7 +4,8 @@ and any DoRA module (LoRA/LoCon, LoHa or LoKr with ``dora_scale``).
 A file's LoHa/LoKr layout is only known from its keys (which LoKr factors are full, Tucker or
 not, ranks), so instead of re-deriving LyCORIS's construction rules we hold the tensors as they
 are and rebuild ΔW with the same `loha_delta`/`lokr_delta` the training modules use. The scale
-follows the readers, not the writer (formats.md §2 "LoKr", §3 "Scale", §4 "load_lora"):
+follows the readers, not the writer (A1111 ``network.py`` ``calc_scale`` / ``network_lokr.py``, ComfyUI
+``comfy/lora.py`` ``load_lora``):
 
 * LoRA (DoRA only; plain LoRA goes through `LoRAModule`): ``dim = lora_down.shape[0]``, scale
   ``alpha / dim``, no alpha ⇒ 1 (A1111 ``calc_scale``, ComfyUI ``LoRAAdapter``);
@@ -39,7 +40,7 @@ from lorakiln.networks.loha import WeightDeltaAdapter, loha_delta
 from lorakiln.networks.lokr import lokr_delta
 from lorakiln.networks.lora import delta_weight
 
-#: Per-module key suffixes of each algorithm a kohya/LyCORIS file may hold (formats.md §1, §2).
+#: Per-module key suffixes of each algorithm a kohya/LyCORIS file may hold (sd-scripts, LyCORIS ``modules``).
 LORA_SUFFIXES = frozenset({"lora_down.weight", "lora_up.weight", "alpha"})
 LOHA_SUFFIXES = frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2", "alpha"})
 LOKR_SUFFIXES = frozenset(
@@ -50,7 +51,7 @@ LOKR_SUFFIXES = frozenset(
 def detect_algo(suffixes: set[str]) -> str:
     """``lora``/``loha``/``lokr`` from one module's key suffixes; ValueError names what is foreign.
 
-    LoCon files are ``lora``: same keys, conv targets (§2 "LoCon/LoRA"). ``dora_scale`` may come
+    LoCon files are ``lora``: same keys, conv targets (LyCORIS ``modules/locon.py``). ``dora_scale`` may come
     with any of them (LyCORIS ``weight_list``; callers check for it). ``lora_mid`` (LoCon Tucker)
     is a valid LyCORIS key this generator does not apply.
     """

@@ -1,18 +1,22 @@
-"""Key-name translation — the ONLY place module names are rewritten (ARCHITECTURE.md).
+"""Key-name translation — the ONLY place module names are rewritten.
 
-Four naming schemes meet here (formats.md §1, §3, §5, §7):
+Four naming schemes meet here (kohya sd-scripts, A1111, diffusers, LDM/SGM checkpoints):
 
 * **diffusers module paths** of the live model (``down_blocks.0.attentions.0.proj_in``,
-  ``encoder.layers.0.self_attn.q_proj`` — transformers ≥ 5.6 has no ``text_model.`` level, §8);
+  ``encoder.layers.0.self_attn.q_proj`` — transformers ≥ 5.6 has no ``text_model.`` level);
 * **kohya keys** written to files: ``lora_unet_`` + path with ``.``→``_`` (SD1: diffusers path;
-  SDXL: SGM/LDM path, §0/§1), ``lora_te*_`` + the *classic* ``text_model.`` path;
+  SDXL: SGM/LDM path, as sd-scripts writes them), ``lora_te*_`` + the *classic* ``text_model.`` path;
 * **diffusers/PEFT names** (``unet.<path>`` / ``text_encoder.text_model.<path>``) for the
-  second-class diffusers export (§5);
-* **LDM/CompVis names** that A1111 resolves kohya keys to (§3), used by the spec tests to prove
+  second-class diffusers export;
+* **LDM/CompVis names** that A1111 resolves kohya keys to (``networks.py`` ``load_network``), used by the spec tests to prove
   our names land on real LDM modules.
 
-The A1111 rule table and the diffusers→LDM table are written from the rules in formats.md, not
-from any client's code.
+The diffusers ⇄ SGM/LDM U-Net path table itself is `lorakiln.models.ldm_names`: the checkpoint
+writer in `models` needs it too, and `models` sits below `networks`. Every LoRA key is still
+built here, from that one table.
+
+The A1111 rule table and the diffusers→LDM table are written from the clients' documented rules
+(A1111 ``convert_diffusers_name_to_compvis``, sd-scripts ``model_util.py``), not copied from their code.
 """
 
 from __future__ import annotations
@@ -21,9 +25,15 @@ import re
 from collections.abc import Callable, Iterable
 
 from lorakiln.models.family import ModelFamily
+from lorakiln.models.ldm_names import (
+    RESNET_TO_LDM,
+    UP_ATTENTION_LEVELS,
+    diffusers_to_ldm_path,
+    ldm_to_diffusers_path,
+)
 
 UNET_PREFIX = "lora_unet"
-#: Classic HF CLIP root that kohya/A1111/ComfyUI/diffusers all expect in TE keys (§1, §8).
+#: Classic HF CLIP root that kohya/A1111/ComfyUI/diffusers all expect in TE keys (transformers ≥ 5.6 dropped it).
 CLASSIC_TE_ROOT = "text_model."
 
 #: Multi-word tokens of diffusers, SGM and CLIP module paths. Turning a kohya key back into a
@@ -67,110 +77,7 @@ def _underscores_to_path(flat: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# diffusers ⇄ SGM/LDM U-Net paths (formats.md §7 table). Both SD1 and SDXL use 2 resnets per
-# level, hence 3 LDM input blocks per level and 3 output blocks per level.
-# --------------------------------------------------------------------------------------------
-
-#: Up levels whose upsampler sits after an attention (LDM index 2) rather than a resnet (index 1).
-#: SD1: up_blocks 1-3 have attentions; SDXL: up_blocks 0-1 (§7 "Structure").
-UP_ATTENTION_LEVELS: dict[str, frozenset[int]] = {
-    "sd1": frozenset({1, 2, 3}),
-    "sdxl": frozenset({0, 1}),
-}
-_RESNET_TO_LDM = {
-    "norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",
-    "conv2": "out_layers.3", "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection",
-}  # fmt: skip
-_LDM_TO_RESNET = {v: k for k, v in _RESNET_TO_LDM.items()}
-_TOP_LEVEL_TO_LDM = {
-    "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
-    "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-}  # fmt: skip
-_LDM_TO_TOP_LEVEL = {v: k for k, v in _TOP_LEVEL_TO_LDM.items()}
-
-
-def _resnet_suffix(rest: str, table: dict[str, str]) -> str:
-    """Rename a resnet child (`conv1` ⇄ `in_layers.2`, …), keeping any deeper path."""
-    for src, dst in table.items():  # prefix match: LDM names have two parts (`in_layers.2`)
-        if rest == src or rest.startswith(src + "."):
-            return dst + rest[len(src) :]
-    return rest
-
-
-def diffusers_to_ldm_path(path: str, up_attention_levels: frozenset[int]) -> str:
-    """Map a diffusers U-Net module path to its LDM/SGM path (formats.md §7)."""
-    for src, dst in _TOP_LEVEL_TO_LDM.items():
-        if path == src or path.startswith(src + "."):
-            return dst + path[len(src) :]
-    m = re.fullmatch(r"down_blocks\.(\d+)\.(attentions|resnets)\.(\d+)(?:\.(.+))?", path)
-    if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4] or ""
-        return _ldm_block(f"input_blocks.{3 * i + j + 1}", kind, rest)
-    m = re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv(.*)", path)
-    if m:
-        return f"input_blocks.{3 * (int(m[1]) + 1)}.0.op{m[2]}"
-    m = re.fullmatch(r"mid_block\.(attentions|resnets)\.(\d+)(?:\.(.+))?", path)
-    if m:
-        # middle_block is a flat Sequential (resnet, attention, resnet): no inner index.
-        idx = 1 if m[1] == "attentions" else 2 * int(m[2])
-        rest = m[3] or ""
-        if m[1] == "resnets":
-            rest = _resnet_suffix(rest, _RESNET_TO_LDM)
-        return f"middle_block.{idx}" + (f".{rest}" if rest else "")
-    m = re.fullmatch(r"up_blocks\.(\d+)\.(attentions|resnets)\.(\d+)(?:\.(.+))?", path)
-    if m:
-        i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4] or ""
-        return _ldm_block(f"output_blocks.{3 * i + j}", kind, rest)
-    m = re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0(.*)", path)
-    if m:
-        i = int(m[1])
-        return f"output_blocks.{3 * i + 2}.{2 if i in up_attention_levels else 1}{m[2]}"
-    raise KeyError(f"no LDM equivalent known for U-Net module {path!r}")
-
-
-def _ldm_block(block: str, kind: str, rest: str) -> str:
-    if kind == "attentions":  # names inside attention blocks are identical (§7)
-        return f"{block}.1" + (f".{rest}" if rest else "")
-    return f"{block}.0" + (f".{_resnet_suffix(rest, _RESNET_TO_LDM)}" if rest else "")
-
-
-def ldm_to_diffusers_path(path: str, up_attention_levels: frozenset[int]) -> str:
-    """Inverse of `diffusers_to_ldm_path` (used to read SGM-named SDXL kohya keys)."""
-    for src, dst in _LDM_TO_TOP_LEVEL.items():
-        if path == src or path.startswith(src + "."):
-            return dst + path[len(src) :]
-    m = re.fullmatch(r"input_blocks\.(\d+)\.0\.op(.*)", path)
-    if m:
-        return f"down_blocks.{int(m[1]) // 3 - 1}.downsamplers.0.conv{m[2]}"
-    m = re.fullmatch(r"middle_block\.(\d+)(?:\.(.+))?", path)
-    if m:
-        n, rest = int(m[1]), m[2] or ""
-        if n == 1:
-            return "mid_block.attentions.0" + (f".{rest}" if rest else "")
-        rest = _resnet_suffix(rest, _LDM_TO_RESNET)
-        return f"mid_block.resnets.{n // 2}" + (f".{rest}" if rest else "")
-    m = re.fullmatch(r"(input_blocks|output_blocks)\.(\d+)\.(\d+)(?:\.(.+))?", path)
-    if not m:
-        raise KeyError(f"no diffusers equivalent known for LDM module {path!r}")
-    block, n, sub, rest = m[1], int(m[2]), int(m[3]), m[4] or ""
-    if (
-        block == "output_blocks"
-        and n % 3 == 2
-        and (sub == 2 or (sub == 1 and n // 3 not in up_attention_levels))
-    ):
-        return f"up_blocks.{n // 3}.upsamplers.0" + (f".{rest}" if rest else "")
-    kind = "attentions" if sub == 1 else "resnets"
-    tail = rest if kind == "attentions" else _resnet_suffix(rest, _LDM_TO_RESNET)
-    if block == "input_blocks":
-        head = f"down_blocks.{(n - 1) // 3}.{kind}.{(n - 1) % 3}"
-    else:
-        head = f"up_blocks.{n // 3}.{kind}.{n % 3}"
-    return head + (f".{tail}" if tail else "")
-
-
-# --------------------------------------------------------------------------------------------
-# kohya keys (formats.md §1)
+# kohya keys (sd-scripts `networks/lora.py`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -179,7 +86,7 @@ def _unet_levels(family: ModelFamily) -> frozenset[int]:
 
 
 def unet_kohya_name(diffusers_path: str, family: ModelFamily) -> str:
-    """``lora_unet_`` + module path with ``.``→``_``; SGM path for SGM-style families (§0)."""
+    """``lora_unet_`` + module path with ``.``→``_``; SGM path for SGM-style families (as kohya)."""
     path = diffusers_path
     if family.unet_key_style == "sgm":
         path = diffusers_to_ldm_path(path, _unet_levels(family))
@@ -187,12 +94,12 @@ def unet_kohya_name(diffusers_path: str, family: ModelFamily) -> str:
 
 
 def classic_text_model_path(hf_path: str) -> str:
-    """The pre-transformers-5.6 module path (``text_model.encoder…``), whatever is installed (§8)."""
+    """The pre-transformers-5.6 module path (``text_model.encoder…``), whatever transformers is installed."""
     return hf_path if hf_path.startswith(CLASSIC_TE_ROOT) else CLASSIC_TE_ROOT + hf_path
 
 
 def text_encoder_kohya_name(hf_path: str, te_index: int, family: ModelFamily) -> str:
-    """``lora_te[12]_`` + classic ``text_model.`` path with ``.``→``_`` (§1, §8)."""
+    """``lora_te[12]_`` + classic ``text_model.`` path with ``.``→``_`` (as kohya)."""
     prefix = family.te_lora_prefixes[te_index]
     return f"{prefix}_{classic_text_model_path(hf_path).replace('.', '_')}"
 
@@ -220,16 +127,16 @@ def kohya_to_diffusers_module(kohya_name: str, family: ModelFamily) -> tuple[str
 
 
 def peft_module_name(kohya_name: str, family: ModelFamily) -> str:
-    """diffusers/PEFT module name (``unet.<path>``, ``text_encoder.text_model.<path>``, §5)."""
+    """diffusers/PEFT module name (``unet.<path>``, ``text_encoder.text_model.<path>``)."""
     component, path = kohya_to_diffusers_module(kohya_name, family)
     return f"{component}.{path}"
 
 
 # --------------------------------------------------------------------------------------------
-# A1111 `convert_diffusers_name_to_compvis` rules (formats.md §3 step 2) — for the spec tests.
+# A1111 `convert_diffusers_name_to_compvis` rules (`extensions-builtin/Lora/networks.py`) — for the spec tests.
 # --------------------------------------------------------------------------------------------
 
-_A1111_RESNET_SUFFIX = {k: v.replace(".", "_") for k, v in _RESNET_TO_LDM.items()}
+_A1111_RESNET_SUFFIX = {k: v.replace(".", "_") for k, v in RESNET_TO_LDM.items()}
 
 
 def _a1111_block_suffix(kind: str, rest: str) -> str:
@@ -257,7 +164,7 @@ _A1111_RULES: list[tuple[str, Callable[[re.Match[str]], str]]] = [
      lambda m: f"diffusion_model_output_blocks_{2 + 3 * int(m[1])}_{2 if int(m[1]) > 0 else 1}_conv"),
     (r"lora_te_text_model_encoder_layers_(\d+)_(.+)",
      lambda m: f"transformer_text_model_encoder_layers_{m[1]}_{m[2]}"),
-    # SDXL (§3 steps 2 and 4): TE1 is A1111's `0_transformer_text_model…`; TE2 is OpenCLIP,
+    # SDXL (A1111 `load_network` and its fallbacks): TE1 is A1111's `0_transformer_text_model…`; TE2 is OpenCLIP,
     # `1_model_transformer_resblocks_N_…` with fc1/fc2 → mlp_c_fc/mlp_c_proj, self_attn → attn.
     (r"lora_te1_text_model_(.+)", lambda m: f"0_transformer_text_model_{m[1]}"),
     (r"lora_te2_text_model_encoder_layers_(\d+)_(.+)",
@@ -265,14 +172,14 @@ _A1111_RULES: list[tuple[str, Callable[[re.Match[str]], str]]] = [
      + m[2].replace("mlp_fc1", "mlp_c_fc").replace("mlp_fc2", "mlp_c_proj").replace("self_attn", "attn")),
 ]  # fmt: skip
 
-#: A1111's `re_x_proj` fallback (§3 step 4): a q/k/v projection maps to its parent attention
+#: A1111's `re_x_proj` fallback (`networks.py`): a q/k/v projection maps to its parent attention
 #: module (an OpenCLIP `MultiheadAttention` with a fused in_proj), patched only when the q, k,
 #: v and out_proj LoRAs of that layer are all present.
 A1111_X_PROJ = re.compile(r"(.*)_([qkv]_proj)$")
 
 
 def a1111_compvis_name(kohya_module_key: str) -> str:
-    """What A1111 looks up in its LDM layer map for a kohya module key (§3 steps 2 and 4).
+    """What A1111 looks up in its LDM layer map for a kohya module key (``load_network``: regex table, then fallbacks).
 
     Keys no rule matches fall back to ``lora_unet``→``diffusion_model`` (SGM-named keys), as
     A1111 does; anything else is returned unchanged (A1111 then ignores it silently).
@@ -287,7 +194,7 @@ def a1111_compvis_name(kohya_module_key: str) -> str:
 
 
 def sd1_ldm_module_names(unet_module_names: Iterable[str], te_module_names: Iterable[str]) -> set[str]:
-    """A1111's SD1 ``network_layer_mapping`` keys, derived from diffusers module names via §7.
+    """A1111's SD1 ``network_layer_mapping`` keys, derived from diffusers module names via the diffusers→LDM U-Net table.
 
     U-Net modules that have an LDM equivalent become ``diffusion_model_<ldm path _>``; text encoder
     modules become ``transformer_<classic path _>`` (``cond_stage_model.`` is stripped by A1111).

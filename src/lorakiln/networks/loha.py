@@ -9,7 +9,7 @@ The element-wise product of two rank-``dim`` matrices has rank up to ``dim²``, 
 ``r`` reaches the expressiveness of a LoRA of rank ``r²`` with ``2×`` the LoRA-``r`` parameters.
 
 File format and semantics are those of LyCORIS ``lycoris/modules/loha.py`` (``LohaModule``) and
-``lycoris/functional/loha.py`` (formats.md §2 "LoHa"), read by A1111 ``network_hada.py`` and
+``lycoris/functional/loha.py``, read by A1111 ``network_hada.py`` and
 ComfyUI ``weight_adapter/loha.py``:
 
 * keys ``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b`` (plain parameters, no

@@ -10,7 +10,7 @@ with ``out = a·b`` and ``in = c·d`` split by `factorization`. Either factor ma
 ``w2 = lokr_w2_a @ lokr_w2_b`` or, for a k×k conv with Tucker, ``rebuild(lokr_t2, w2_a, w2_b)``.
 
 Shapes, flags and alpha follow LyCORIS ``lycoris/modules/lokr.py`` (``LokrModule.__init__``) so
-our ``state_dict()`` is its file format (formats.md §2 "LoKr"), read by A1111
+our ``state_dict()`` is its file format (LyCORIS ``modules/lokr.py``), read by A1111
 ``network_lokr.py`` and ComfyUI ``weight_adapter/lokr.py``:
 
 * ``w1`` is decomposed iff ``decompose_both and dim < max(a, c)/2 and not full_matrix``;
@@ -24,7 +24,7 @@ our ``state_dict()`` is its file format (formats.md §2 "LoKr"), read by A1111
   decomposed; only when *both* ``w1`` and ``w2`` are full matrices does LyCORIS force
   ``alpha = dim`` (``if self.use_w2 and self.use_w1: alpha = lora_dim``), i.e. scale 1 — which
   is also what readers do, as they take the rank from ``w1_b``/``w2_b`` and use scale 1 when
-  neither exists (formats.md §2);
+  neither exists (LyCORIS);
 * init: a full ``w2`` is zero, else ``w2_b`` is zero (and ``t2``, ``w2_a`` kaiming-uniform);
   ``w1`` (or ``w1_a``, ``w1_b``) kaiming-uniform — an exact no-op at init, in LyCORIS's call
   order so the same seed gives the same tensors.

@@ -1,6 +1,6 @@
 """The LoRA adapter: pure delta maths plus a thin module that hooks it onto a base layer.
 
-Semantics follow kohya sd-scripts exactly (formats.md §1 "Alpha, scale, dtype" and "Default
+Semantics follow kohya sd-scripts exactly (``networks/lora.py``: alpha, scale, dtype and default
 targets, LoCon, shapes"), because the files we export are read by clients that assume them:
 
 * rank ``r`` = ``network_dim``; ``alpha`` None/0 means ``alpha = r``; ``scale = alpha / r``;
@@ -39,7 +39,7 @@ from lorakiln.networks.hooks import HookedAdapter
 
 
 def resolve_alpha(dim: int, alpha: float | None) -> float:
-    """kohya rule: ``network_alpha`` None or 0 means alpha = rank (scale 1) — formats.md §1."""
+    """kohya rule: ``network_alpha`` None or 0 means alpha = rank (scale 1) — sd-scripts ``networks/lora.py``."""
     if dim <= 0:
         raise ValueError(f"LoRA rank (network_dim) must be a positive integer, got {dim}")
     if alpha is None or alpha == 0:
@@ -48,7 +48,7 @@ def resolve_alpha(dim: int, alpha: float | None) -> float:
 
 
 class AlphaScaled(nn.Module):
-    """The kohya `alpha` bookkeeping every rank-based adapter shares (formats.md §1).
+    """The kohya `alpha` bookkeeping every rank-based adapter shares (sd-scripts ``networks/lora.py``).
 
     A 0-dim float32 `alpha` buffer, saved in files as `<module>.alpha` like kohya's
     `register_buffer("alpha", torch.tensor(alpha))`, and the python-float `scale = alpha / dim`
@@ -83,10 +83,10 @@ def delta_weight(
     """ΔW = scale · up @ down, reshaped to the target layer's weight shape.
 
     One function shared by merging, export checks and tests, so "what the adapter adds" is
-    defined once (ARCHITECTURE.md, peft's ``delta_weight`` idea). For a conv target
+    defined once (peft's ``delta_weight`` idea). For a conv target
     ``up`` is ``[out, r, 1, 1]`` and ``down`` ``[r, in, kh, kw]``: a 1×1 conv after a kh×kw conv is
     itself a kh×kw conv whose kernel is the flattened product — the same formula ComfyUI and
-    A1111 use when they patch weights (formats.md §3 "Scale", §4 "load_lora").
+    A1111 use when they patch weights (A1111 ``network.py`` ``finalize_updown``, ComfyUI ``comfy/lora.py``).
     """
     product = up.flatten(1).float() @ down.flatten(1).float()
     return (product * scale).reshape(target_shape)

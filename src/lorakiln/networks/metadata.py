@@ -1,8 +1,8 @@
 """LoRA file metadata: kohya ``ss_*`` keys and Stability ``modelspec.*`` keys.
 
 The trainer fills a typed `TrainingInfo`; `build_metadata` turns it into the ``dict[str, str]``
-safetensors wants, so no caller ever assembles strings. Conventions (formats.md §1 "Metadata",
-"ModelSpec"; §3 "Discovery and metadata"):
+safetensors wants, so no caller ever assembles strings. Conventions (sd-scripts
+``train_network.py`` metadata and ``library/sai_model_spec.py``; A1111 ``network.py`` ``NetworkOnDisk``):
 
 * every value is a ``str``; structured values are ``json.dumps``-ed (A1111's
   ``read_metadata_from_safetensors`` JSON-decodes values starting with ``{``);
@@ -28,7 +28,7 @@ from lorakiln.models.family import ModelFamily
 JSON_KEYS: frozenset[str] = frozenset(
     {"ss_network_args", "ss_tag_frequency", "ss_dataset_dirs", "ss_bucket_info", "ss_datasets"}
 )
-#: kohya `SS_METADATA_MINIMUM_KEYS`: what survives `--no_metadata` (§1).
+#: kohya `SS_METADATA_MINIMUM_KEYS`: what survives `--no_metadata`.
 MINIMUM_KEYS: tuple[str, ...] = (
     "ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
     "ss_network_args",
@@ -54,7 +54,7 @@ class TrainingInfo:
     """Facts about a training run that go into the file; the trainer fills it as it goes."""
 
     output_name: str
-    #: Unix time the run started / this file was saved (kohya writes unix time, §1).
+    #: Unix time the run started / this file was saved (kohya writes unix time).
     training_started_at: float = field(default_factory=time.time)
     training_finished_at: float | None = None
     session_id: int = field(default_factory=lambda: uuid.uuid4().int % 2**31)
@@ -202,7 +202,7 @@ def build_metadata(info: TrainingInfo, network: NetworkSpec, *, minimal: bool = 
 
 
 def build_modelspec(info: TrainingInfo, family: ModelFamily, finished_at: float) -> dict[str, str]:
-    """``modelspec.*`` keys as kohya's ``sai_model_spec.py`` writes them for a LoRA (§1)."""
+    """``modelspec.*`` keys as kohya's ``sai_model_spec.py`` writes them for a LoRA."""
     w, h = info.resolution
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
@@ -211,7 +211,7 @@ def build_modelspec(info: TrainingInfo, family: ModelFamily, finished_at: float)
         "modelspec.title": info.title or info.output_name,
         "modelspec.date": _iso(finished_at),
         "modelspec.resolution": f"{w}x{h}",
-        # ModelSpec spells v-prediction "v" (§1).
+        # ModelSpec spells v-prediction "v" (sai_model_spec.py).
         "modelspec.prediction_type": "v" if info.prediction_type.startswith("v") else "epsilon",
     }
     if info.clip_skip is not None:

@@ -1,15 +1,15 @@
 """`LoRANetwork`: every LoRA module of one training run, stored under its kohya export key.
 
-Injection follows kohya's default targets (formats.md §1 "Default targets"): inside U-Net modules
+Injection follows kohya's default targets (sd-scripts ``networks/lora.py``): inside U-Net modules
 whose class is in ``family.unet_target_blocks`` every Linear and 1×1 Conv2d; inside text-encoder
 modules whose class is in ``family.te_target_blocks`` every Linear. On SD1.5's structure that is
 192 U-Net and 72 text-encoder modules; q/k/v/out_proj always come together, which diffusers and
-A1111 require (§0, §8).
+A1111 require (diffusers drops q/k/v without out_proj; A1111 patches SDXL's TE2 attention only
+with all four).
 
 LoCon/LoHa/LoKr (``algo``, see `lorakiln.networks.adapters`) add the U-Net's ResNet and
 up/down-sampler layers (`adapters.locon_conv_targets`) and, for LoHa/LoKr, use other module
-classes; the key names are the same kohya names (LyCORIS ``kohya.py`` uses kohya's prefixes,
-formats.md §2).
+classes; the key names are the same kohya names (LyCORIS ``kohya.py`` uses kohya's prefixes).
 
 DoRA (``dora_wd``, `lorakiln.networks.dora`) swaps the LoRA/LoCon module class for `DoRAModule`;
 the file gains ``<key>.dora_scale`` and records itself as LyCORIS's (``lycoris.kohya``,
@@ -17,7 +17,7 @@ the file gains ``<key>.dora_scale`` and records itself as LyCORIS's (``lycoris.k
 
 Because each module is registered under its kohya key, ``network.state_dict()`` *is* the kohya
 file's tensor dict (``<key>.lora_down.weight``, ``.lora_up.weight``, ``.alpha`` — or the
-``hada_*``/``lokr_*`` keys of LyCORIS, §2): export is a dtype cast, and resuming from a file is a
+``hada_*``/``lokr_*`` keys of LyCORIS): export is a dtype cast, and resuming from a file is a
 strict load against each module's own ``state_dict()`` keys. kohya keys contain no ``.``, so they
 are valid ``nn.ModuleDict`` keys.
 """
@@ -45,7 +45,7 @@ from lorakiln.networks.lora import resolve_alpha
 
 logger = logging.getLogger(__name__)
 
-#: ``ss_network_module`` of a plain kohya LoRA (formats.md §1 "Metadata").
+#: ``ss_network_module`` of a plain kohya LoRA (as sd-scripts records it).
 NETWORK_MODULE = "networks.lora"
 #: ``ss_network_module`` of LyCORIS-trained files (LoHa, LoKr, DoRA).
 LYCORIS_NETWORK_MODULE = "lycoris.kohya"
@@ -106,7 +106,7 @@ class LoRANetwork(nn.ModuleDict):
         self.dropout = dropout
         self.adapter_opts: dict[str, Any] = dict(adapter_opts or {})
         self.dora = bool(self.adapter_opts.get("dora_wd"))
-        # kohya's networks.lora cannot train DoRA; LyCORIS can (formats.md §1 "Metadata", §2).
+        # kohya's networks.lora cannot train DoRA; LyCORIS can (``ss_network_module = lycoris.kohya``).
         self.network_module = LYCORIS_NETWORK_MODULE if self.dora else spec.network_module
         self.network_args: dict[str, str] = {}
         self.parts: dict[str, str] = {}
@@ -215,11 +215,11 @@ class LoRANetwork(nn.ModuleDict):
         """Load a kohya/LyCORIS tensor dict (e.g. a saved file) into this network, strictly.
 
         The expected keys are each module's own ``state_dict()`` keys (``lora_down.weight``…,
-        ``hada_w1_a``…, ``lokr_w1``… — formats.md §1, §2), so every algorithm and every LoKr
+        ``hada_w1_a``…, ``lokr_w1``… — the sd-scripts and LyCORIS key names), so every algorithm and every LoKr
         factor layout is checked the same way. Missing or unexpected keys and shape mismatches
         raise `LorakilnError` naming them: resuming onto a differently shaped network would
         silently train something else. The one tolerance is a missing ``.alpha``, which every
-        client reads as alpha = rank (§1, §3 "Scale"), so we do too. A file's alpha overrides
+        client reads as alpha = rank (sd-scripts, A1111 ``calc_scale``), so we do too. A file's alpha overrides
         the network's, as it defines the trained function.
         """
         own = {key: module.state_dict() for key, module in self.loras()}
@@ -294,9 +294,9 @@ def create_lora_network(
     ``networks.lora`` with ``conv_dim``) or ``algo`` is ``locon``/``loha``/``lokr`` (LyCORIS
     ``kohya.py``: its default preset "full" includes ``ResnetBlock2D``/``Down/Upsample2D`` and
     ``conv_dim`` defaults to ``network_dim``, ``conv_alpha`` to ``network_alpha``). kohya's own
-    ``conv_alpha`` default is 1 (``networks/lora.py`` ``create_network``; formats.md §1). The
+    ``conv_alpha`` default is 1 (``networks/lora.py`` ``create_network``). The
     preset's by-name extras (``conv_in``/``conv_out``/``time_embedding``) are left out: A1111's
-    name table has no rule for them (§3), so they would be silently dropped there.
+    name table (``convert_diffusers_name_to_compvis``) has no rule for them, so they would be silently dropped there.
 
     Hooks are attached immediately; the base modules stay in place (see `lorakiln.networks.lora`).
     Text encoder *i* is named with ``family.te_lora_prefixes[i]`` / ``te_diffusers_prefixes[i]``.
@@ -363,7 +363,7 @@ def _network_args(
     algo: str, conv_dim: int | None, conv_alpha: float | None, opts: Mapping[str, Any]
 ) -> dict[str, str]:
     """``ss_network_args`` as kohya's ``train_network.py`` writes them: the ``--network_args``
-    ``key=value`` strings as a JSON object of strings (formats.md §1 "Metadata", e.g.
+    ``key=value`` strings as a JSON object of strings (as sd-scripts records them, e.g.
     ``{"conv_dim": "8", "conv_alpha": "4"}``). LoHa/LoKr add LyCORIS's ``algo`` and its option
     names (``lycoris/kohya.py`` ``create_network``: ``algo``, ``factor``, ``decompose_both``,
     ``use_tucker``), so the file says how to train it again with ``lycoris.kohya``.

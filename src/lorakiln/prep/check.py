@@ -2,7 +2,7 @@
 
 It runs exactly what the trainer runs before loading a model — the same scanner (errors that
 would stop training), the same lint (`data/lint.py`, printed as warnings by the trainer) and the
-same step arithmetic (`training.prepare.plan_lines`) — so "check says 1875 steps" and "train
+same step arithmetic (`training.plan.plan_lines`) — so "check says 1875 steps" and "train
 does 1875 steps" cannot disagree. When the scan fails, the image measurements still run on every
 image file under the folder, so one pass shows all problems.
 """
@@ -23,7 +23,7 @@ from lorakiln.data.lint import Finding, LintOptions, image_findings, lint_datase
 from lorakiln.data.quality import measure_images
 from lorakiln.errors import LorakilnError
 
-#: Seed 000: "your goal is to end up with a step count between 1500 and 2000 for character training".
+#: The kohya_ss + AUTOMATIC1111 LoRA walkthrough: "your goal is to end up with a step count between 1500 and 2000 for character training".
 CHARACTER_STEPS = (1500, 2000)
 
 
@@ -76,7 +76,7 @@ class CheckReport:
             lines.append("most frequent words: " + ", ".join(f"{w} ({n})" for w, n in self.top_words))
             if every:
                 lines.append(f"  in every caption: {', '.join(every)} — traits every image shares are better left "
-                             "out of the captions (seed 000)")
+                             "out of the captions (kohya_ss community advice)")
         if self.buckets:
             lines.append("buckets (width x height: images, samples with repeats):")
             lines += [f"  {b}: {v['images']} image(s), {v['samples']} sample(s)" for b, v in self.buckets.items()]
@@ -107,8 +107,7 @@ def _all_images(root: Path) -> list[Path]:
 
 def check_dataset(cfg: RunConfig, *, token: str | None = None, options: LintOptions | None = None) -> CheckReport:
     """Scan, lint and plan `cfg`'s dataset as the trainer would; never raises for dataset problems."""
-    from lorakiln.training.context import plan_steps
-    from lorakiln.training.prepare import build_data, lint_options, plan_lines, scan_training_images
+    from lorakiln.training.plan import build_data, lint_options, plan_lines, plan_steps, scan_training_images
 
     options = options or lint_options(cfg)
     root = cfg.data.dataset_name or cfg.data.train_data_dir or ""
@@ -141,7 +140,8 @@ def check_dataset(cfg: RunConfig, *, token: str | None = None, options: LintOpti
     low, high = CHARACTER_STEPS
     if not low <= plan.total_steps <= high:
         report.findings.append(Finding("info", "step-count",
-                                       f"{plan.total_steps} optimizer steps; seed 000 aims at {low}–{high} for a "
+                                       f"{plan.total_steps} optimizer steps; the kohya_ss community settings aim at "
+                                       f"{low}–{high} for a "
                                        "character (styles take more): change repeats (the folder-name number) "
                                        "or max_train_epochs, or let `lorakiln dataset init --repeats auto` pick them"))
     return report

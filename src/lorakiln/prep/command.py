@@ -14,7 +14,7 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", required=True, help="trigger word, e.g. anantn (checked against the SD vocabulary)")
     p.add_argument("--class", dest="class_token", help="class word, e.g. man (folder `15_anantn man`)")
     p.add_argument("--repeats", default="auto", help="repeats per epoch, or 'auto' (default) to land the "
-                   "seed's step range (1500–2000 for a character)")
+                   "kohya_ss community step range (1500–2000 for a character)")
     p.add_argument("--kind", default="character", choices=["character", "object", "style"],
                    help="what you train; sets the auto step range (style: 3000–4000)")
     p.add_argument("--steps", metavar="LOW-HIGH", help="auto step range instead of --kind's, e.g. 1200-1600")
@@ -99,7 +99,7 @@ def run_check(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from lorakiln.prep.check import check_dataset
-    from lorakiln.training.prepare import lint_options
+    from lorakiln.training.plan import lint_options
 
     cfg = _check_config(args)
     options = lint_options(cfg)

@@ -1,6 +1,6 @@
 """`lorakiln dataset init`: turn a folder of photos into a kohya training folder.
 
-Seed 000's preparation, automated: photos with "unique names (excluding the file extension)" in
+The preparation of the kohya_ss + AUTOMATIC1111 LoRA walkthrough, automated: photos with "unique names (excluding the file extension)" in
 one `<repeats>_<token>` folder, repeats chosen so images × repeats × epochs ÷ batch size lands at
 1500–2000 steps for a character, with "more repeats than epochs" and "epochs in the 5 to 20
 range". On top of that, the things that silently go wrong when people do it by hand:
@@ -35,14 +35,14 @@ from lorakiln.data.image_modes import to_8bit
 from lorakiln.data.images import flatten_to_rgb
 from lorakiln.data.scan_common import KNOWN_CAPTION_EXTENSIONS
 from lorakiln.errors import DatasetError
-from lorakiln.lora_tools.outputs import check_output
+from lorakiln.io_guard import check_output
 
 Kind = Literal["character", "object", "style"]
-#: Target optimizer steps per kind. Character/object: seed 000 ("between 1500 and 2000 for
+#: Target optimizer steps per kind. Character/object: the kohya_ss walkthrough ("between 1500 and 2000 for
 #: character training"). Styles need more variety and steps; lorakiln's default range.
 STEP_RANGES: dict[str, tuple[int, int]] = {"character": (1500, 2000), "object": (1500, 2000),
                                            "style": (3000, 4000)}
-#: Seed 000: "Epochs in the 5 to 20 range are reasonable".
+#: The kohya_ss walkthrough: "Epochs in the 5 to 20 range are reasonable".
 EPOCH_RANGE = (5, 20)
 #: Extra formats converted on import (Pillow decodes them; trainers usually skip them).
 CONVERTIBLE = frozenset({".tif", ".tiff", ".gif"})
@@ -75,7 +75,7 @@ class RepeatsPlan:
 
 def plan_repeats(images: int, *, kind: Kind = "character", batch_size: int = 1,
                  target: tuple[int, int] | None = None) -> RepeatsPlan:
-    """Repeats × epochs whose step count lands in the target range (seed 000's rules).
+    """Repeats × epochs whose step count lands in the target range (the kohya_ss community rules).
 
     Among pairs with epochs in 5–20 the choice prefers, in order: steps inside the range, more
     repeats than epochs, the step count nearest the middle of the range, fewer epochs.

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
 def run_pretrain(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from lorakiln.lora_tools.outputs import check_output
+    from lorakiln.io_guard import check_output
     from lorakiln.toyworld.pretrain import PretrainPlan, pretrain
 
     # both checked before the hour of work, which would otherwise end in an OS traceback

@@ -22,7 +22,7 @@ from typing import Literal
 
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN
 from lorakiln.errors import DatasetError
-from lorakiln.lora_tools.outputs import check_output
+from lorakiln.io_guard import check_output
 from lorakiln.toyworld.render import render
 from lorakiln.toyworld.world import CONCEPT_TOKEN, Scene, Split, caption, concept_scenes, sample_scenes
 

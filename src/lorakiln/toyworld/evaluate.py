@@ -1,11 +1,11 @@
-"""Measure what seed 000 judges by eye, on the toy world, with the detectors.
+"""Measure what the kohya_ss + AUTOMATIC1111 LoRA walkthrough judges by eye, on the toy world, with the detectors.
 
 * **base accuracy**: does the base model draw the prompted shape and colour, especially for
   held-out pairs it never saw together (composition, not memory)?
 * **likeness**: share of "a zwx" samples (LoRA applied) the detectors read as the concept —
   an orange star;
 * **adaptability**: share of "a <colour> zwx" samples that take the new colour *and* keep the
-  star shape (seed 000: "swapping out black hair for purple hair");
+  star shape (the kohya_ss walkthrough: "swapping out black hair for purple hair");
 * **drift**: how much fully specified prompts without the token ("a red circle on a grey
   background") change when the LoRA is applied, as the share of samples whose detected
   (shape, colour, background) changes, the mean absolute pixel change, and the share of
@@ -124,7 +124,7 @@ def adaptability(bundle: Any, lora: str, strength: float, lora_dir: str | Path, 
 def drift_prompts() -> list[str]:
     """Base prompts for drift: one trained pair per shape (colours differing), background named too. Every part of
     the scene is asked for, so a change in what the detectors read is the LoRA's doing, not the
-    seed's free choice of background shifting (a LoRA trained on beige/black/white/grey
+    sampling seed's free choice of background shifting (a LoRA trained on beige/black/white/grey
     backgrounds moves unprompted backgrounds toward those)."""
     trained = train_pairs()
     prompts: list[str] = []

@@ -10,16 +10,11 @@ parameter U-Net (≈0.45 s per batch of 64 on 2 cores), a 4-layer, 64-wide text 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from lorakiln.models.tiny import SD1_SCHEDULER_CONFIG
-
-#: `pretrained_model = "toy"` names the shipped weights (built by `lorakiln toy pretrain`).
-TOY_SOURCE = "toy"
-TOY_WEIGHTS = "weights/toy-sd1.safetensors"
 
 #: Image side the toy model is trained and sampled at.
 TOY_RESOLUTION = 64
@@ -63,19 +58,6 @@ TOY_TEXT_CONFIG: dict[str, Any] = {
     "eos_token_id": 49407,
     "pad_token_id": 49407,
 }
-
-
-def toy_model_path() -> Path:
-    """The shipped toy model file; a clear error if this install lacks it."""
-    from importlib import resources
-
-    from lorakiln.errors import ModelLoadError
-
-    path = Path(str(resources.files("lorakiln.toyworld").joinpath(TOY_WEIGHTS)))
-    if not path.is_file():
-        raise ModelLoadError(f"the toy model ({path}) is not in this install; build it with "
-                             "`lorakiln toy pretrain --out <file>` and pass that file as the base model")
-    return path
 
 
 def build_toy_vae(seed: int = 0) -> Any:

@@ -1,9 +1,9 @@
-"""The run context: step plan, learning-rate resolution, device and precision choices, and the
-objects of one run that the loop reads (`TrainContext`). `prepare.py` fills it."""
+"""The run context: device and precision choices, and the objects of one run that the loop reads
+(`TrainContext`). `prepare.py` fills it; the step plan is `plan.py`'s (torch-free), the learning
+rates `optimizer_setup.py`'s."""
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -15,7 +15,8 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import ConfigError
-from lorakiln.training.conditioning import TextCache
+from lorakiln.models.conditioning import TextCache
+from lorakiln.training.plan import StepPlan
 from lorakiln.training.state import LoopPosition
 
 if TYPE_CHECKING:
@@ -27,16 +28,6 @@ if TYPE_CHECKING:
     from lorakiln.networks.network import LoRANetwork
     from lorakiln.networks.pivotal import PivotalEmbeddings
     from lorakiln.training.ema import EMA
-
-
-@dataclass
-class StepPlan:
-    """How many steps the run takes and why (printed before training)."""
-
-    batches_per_epoch: int
-    steps_per_epoch: int
-    num_epochs: int
-    total_steps: int
 
 
 @dataclass
@@ -98,29 +89,6 @@ class TrainContext:
     def text_encoder_needs_grad(self) -> bool:
         """The text-encoder forward needs gradients for its LoRA or for training embeddings."""
         return self.train_text_encoder or (self.pivotal is not None and self.pivotal.is_training)
-
-
-def plan_steps(cfg: RunConfig, batches_per_epoch: int) -> StepPlan:
-    """Total steps = batches per epoch ÷ accumulation × epochs, unless max_train_steps is set."""
-    accum = cfg.train.gradient_accumulation_steps
-    steps_per_epoch = max(1, math.ceil(batches_per_epoch / accum))
-    if cfg.train.max_train_steps:
-        total = cfg.train.max_train_steps
-        epochs = math.ceil(total / steps_per_epoch)
-    else:
-        epochs = cfg.train.max_train_epochs
-        total = steps_per_epoch * epochs
-    return StepPlan(batches_per_epoch, steps_per_epoch, epochs, total)
-
-
-def resolve_lrs(cfg: RunConfig, train_te: bool) -> tuple[float, float | None]:
-    """(unet_lr, text_encoder_lr): each part's own rate, else the global `learning_rate` —
-    which is therefore ignored when both are set (seed 000, "Learning rates")."""
-    unet_lr = cfg.train.unet_lr if cfg.train.unet_lr is not None else cfg.train.learning_rate
-    if not train_te:
-        return unet_lr, None
-    te_lr = cfg.train.text_encoder_lr if cfg.train.text_encoder_lr is not None else cfg.train.learning_rate
-    return unet_lr, te_lr
 
 
 def wants_text_encoder(cfg: RunConfig) -> bool:

@@ -136,7 +136,7 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
 
 def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
     """Stop training parts whose share of the run is over: the new token embeddings after
-    `train_text_encoder_ti_frac` (seed 003: "pivoting halfway") and the text-encoder LoRA after
+    `train_text_encoder_ti_frac` (diffusers advanced SDXL recipe: "pivoting halfway") and the text-encoder LoRA after
     `train_text_encoder_frac`; the U-Net LoRA trains on. Called after every step and on resume."""
     step, total = ctx.position.global_step, ctx.plan.total_steps
     ti = ctx.pivotal

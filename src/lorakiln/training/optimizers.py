@@ -2,19 +2,20 @@
 
 Names and extra-argument conventions follow kohya sd-scripts (``optimizer_type`` and
 ``optimizer_args = ["decouple=True", ...]``) so settings copied from guides work unchanged.
-Names are matched case-insensitively, ignoring ``_``/``-``, so ``adamw8bit`` and ``AdamW_8bit`` agree.
+The names, aliases and spelling rules are ``config.optimizer_names`` (torch-free, so a config can
+be checked without torch); this module maps each of those names to its constructor.
 
 Every third-party optimizer is imported lazily inside its factory: importing this module costs
 nothing, and a missing optional package only matters to the run that asks for it.
 
-Arguments are checked against the constructor signature (``optim_args.check_known_args``), and
-adaptive optimizers' constraints on per-part learning rates are checked here, before training,
-rather than surfacing as an exception at the first step.
+Arguments are checked against the constructor signature (``optim_args.check_known_args``).
+Per-part learning rates meet adaptive optimizers' constraints before the optimizer is built:
+DAdaptAdam gets ``layer_scale`` here; the optimizers that take one lr for every group get it from
+the trainer's policy (``training.optimizer_setup.same_lr_for_adaptive``).
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import importlib
 import logging
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from lorakiln.config.optimizer_names import OPTIMIZERS, optimizer_names, validate_optimizer_name
 from lorakiln.errors import ConfigError
 from lorakiln.training.optim_args import OptimArgs, accepted_args, check_known_args, parse_optim_args
 
@@ -41,17 +43,12 @@ class _Spec:
     name: str
     load: Callable[[], type[torch.optim.Optimizer]]
     package: str
-    aliases: tuple[str, ...] = ()
     #: kohya's defaults, applied before the user's arguments (which win).
     defaults: Mapping[str, Any] = field(default_factory=dict)
     prepare: Prepare | None = None
     eight_bit: bool = False
     #: Learns its own step size, so ``lr`` is a multiplier that should be ~1.0.
     adaptive: bool = False
-
-
-def _key(name: str) -> str:
-    return name.strip().lower().replace("_", "").replace("-", "").replace(" ", "")
 
 
 def _params(groups: list[dict[str, Any]]) -> Iterable[torch.Tensor]:
@@ -113,25 +110,6 @@ def _prepare_layer_scale(name: str, groups: list[dict[str, Any]], kwargs: dict[s
     logger.info("%s: per-part learning rates %s applied as layer_scale relative to %s.", name, lrs, top)
 
 
-def _single_lr(allow_zero: bool) -> Prepare:
-    """Prodigy / D-Adaptation variants learn one step size for all groups and either raise at the
-    first step when group lrs differ (Prodigy, DAdaptLion, DAdaptSGD; 0 allowed to freeze a part)
-    or silently use the first group's lr (DAdaptAdan, DAdaptAdaGrad). Say so before training.
-    """
-
-    def prepare(name: str, groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> None:
-        lrs = set(_group_lrs(groups, kwargs))
-        if len(lrs - ({0.0} if allow_zero else set())) > 1:
-            zero = " (0 is allowed, to freeze a part)" if allow_zero else ""
-            raise ConfigError(
-                f"Optimizer '{name}' learns one step size for all parameters and needs the same "
-                f"learning rate for every part{zero}; got {sorted(lrs)}. Set unet_lr and "
-                "text_encoder_lr equal (1.0 is usual), or use DAdaptAdam, which supports ratios."
-            )
-
-    return prepare
-
-
 def _attr(module: str, name: str) -> Callable[[], type[torch.optim.Optimizer]]:
     def load() -> type[torch.optim.Optimizer]:
         return getattr(importlib.import_module(module), name)
@@ -139,18 +117,15 @@ def _attr(module: str, name: str) -> Callable[[], type[torch.optim.Optimizer]]:
     return load
 
 
-_SPECS: list[_Spec] = []
+#: Lower-cased canonical name → spec (canonical names have no ``_``/``-``/spaces to fold).
 _REGISTRY: dict[str, _Spec] = {}
 
 
 def _register(spec: _Spec) -> None:
-    """Add ``spec`` under its name and aliases; a duplicate is a programming error."""
-    for alias in (spec.name, *spec.aliases):
-        key = _key(alias)
-        if key in _REGISTRY:
-            raise ValueError(f"optimizer name {alias!r} registered twice")
-        _REGISTRY[key] = spec
-    _SPECS.append(spec)
+    """Add ``spec`` under its canonical name, which must be one of ``config.optimizer_names``."""
+    if spec.name not in OPTIMIZERS or spec.name.lower() in _REGISTRY:
+        raise ValueError(f"optimizer {spec.name!r} is unknown to config.optimizer_names or registered twice")
+    _REGISTRY[spec.name.lower()] = spec
 
 
 _register(_Spec("AdamW", _attr("torch.optim", "AdamW"), "torch", prepare=_prepare_torch_fast_path))
@@ -168,34 +143,21 @@ _register(_Spec("Adafactor", _attr("transformers.optimization", "Adafactor"), "t
 # d·lr as the step. kohya maps "DAdaptation" to the experimental DAdaptAdamPreprint; we map it to
 # the maintained DAdaptAdam. Note: `decouple=True` means AdamW-style decoupled weight decay — it
 # only matters when weight_decay > 0; per-part learning rates become `layer_scale` (see above).
-_register(_Spec("DAdaptAdam", _attr("dadaptation", "DAdaptAdam"), "dadaptation",
-                aliases=("DAdaptation",), prepare=_prepare_layer_scale, adaptive=True))
-for _name, _zero_ok in (("DAdaptLion", True), ("DAdaptSGD", True), ("DAdaptAdan", False), ("DAdaptAdaGrad", False)):
-    _register(_Spec(_name, _attr("dadaptation", _name), "dadaptation", prepare=_single_lr(_zero_ok), adaptive=True))
+_register(_Spec("DAdaptAdam", _attr("dadaptation", "DAdaptAdam"), "dadaptation", prepare=_prepare_layer_scale,
+                adaptive=True))
+for _name in ("DAdaptLion", "DAdaptSGD", "DAdaptAdan", "DAdaptAdaGrad"):
+    _register(_Spec(_name, _attr("dadaptation", _name), "dadaptation", adaptive=True))
 # Prodigy (Mishchenko & Defazio 2023) is D-Adaptation with a faster-growing d estimate. The
 # diffusers LoRA guide recommends lr=1.0, safeguard_warmup=True, use_bias_correction=True,
 # betas=0.9,0.99, weight_decay=0.01 for diffusion LoRAs.
-_register(_Spec("Prodigy", _attr("prodigyopt", "Prodigy"), "prodigyopt", prepare=_single_lr(True),
-                adaptive=True))
-
-
-def optimizer_names() -> list[str]:
-    """Canonical optimizer names, in registry order (for errors, docs and the UI)."""
-    return [s.name for s in _SPECS]
+_register(_Spec("Prodigy", _attr("prodigyopt", "Prodigy"), "prodigyopt", adaptive=True))
+if len(_REGISTRY) != len(OPTIMIZERS):
+    raise ValueError(f"no constructor for {sorted(n for n in OPTIMIZERS if n.lower() not in _REGISTRY)}")
 
 
 def _lookup(name: str) -> _Spec:
-    spec = _REGISTRY.get(_key(name))
-    if spec is not None:
-        return spec
-    close = difflib.get_close_matches(_key(name), list(_REGISTRY), n=1, cutoff=0.5)
-    hint = f" Did you mean '{_REGISTRY[close[0]].name}'?" if close else ""
-    raise ConfigError(f"Unknown optimizer '{name}'.{hint} Valid optimizers: {', '.join(optimizer_names())}.")
-
-
-def validate_optimizer_name(name: str) -> str:
-    """The canonical name for `name`, or a ConfigError listing valid ones (no import, no params)."""
-    return _lookup(name).name
+    """The spec of `name` in any accepted spelling; an unknown name is `validate_optimizer_name`'s error."""
+    return _REGISTRY[validate_optimizer_name(name).lower()]
 
 
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA", "xpu": "XPU", "mps": "MPS", "hpu": "HPU"}

@@ -1,6 +1,6 @@
 """What a run writes: LoRA files (kohya format), the diffusers file, states, names, logs.
 
-Names follow kohya so AUTOMATIC1111 users find what the seed shows: `last.safetensors` at the
+Names follow kohya so AUTOMATIC1111 users find what kohya_ss tutorials show: `last.safetensors` at the
 end, `last-000001.safetensors` per saved epoch, `last-step00000100.safetensors` per N steps,
 and `last-state/` for resume.
 """

@@ -6,11 +6,13 @@ surfaced only after minutes of model loading, or as a traceback. This module loo
 path the config names, reads the header of every weights file (`weights_format.py`), checks that
 `output_dir` can be written, compares the batch size with the number of samples, and checks the
 kohya folder names, then raises one `ConfigError` listing every problem, so one run shows them
-all. The trainer runs it too (`training.prepare.describe_plan`), before the model loads.
+all. The trainer runs it too (`training.plan.describe_plan`), before the model loads. It lives
+with the runs because it checks a run (its resume state, its output folders), and it imports no
+torch, so `--dry-run` stays instant.
 
 What is not a path: `toy`, `tiny:<family>`, `random:<family>` (built-in models) and a hub id
-`owner/name` that names nothing on disk (`models.loading.looks_like_hub_id`, the loader's own
-rule); those are left to the loader.
+`owner/name` that names nothing on disk (`models.hub_id.looks_like_hub_id`, the rule the loader
+uses too); those are left to the loader.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Literal
 from lorakiln.config.schema import RunConfig
 from lorakiln.config.weights_format import sniff_weights
 from lorakiln.errors import ConfigError, LorakilnError
+from lorakiln.models.hub_id import looks_like_hub_id
 
 Severity = Literal["error", "warning"]
 #: Diffusers component folders whose weights the loader reads.
@@ -93,8 +96,6 @@ def _builtin(value: str) -> bool:
 
 def check_model_source(key: str, value: str, allow_pickle: bool, *, builtin_ok: bool) -> list[PreflightFinding]:
     """A base model or VAE: a built-in name, a hub id, a diffusers folder or a weights file."""
-    from lorakiln.models.loading import looks_like_hub_id
-
     if builtin_ok and _builtin(value):
         return []
     path = Path(value).expanduser()

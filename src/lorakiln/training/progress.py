@@ -1,7 +1,7 @@
 """Console progress bar and TensorBoard logging for the training loop.
 
 Loss values reach the host only every `log_every` steps (one device sync per log, not per
-step; performance.md "avoid host syncs").
+step: avoid host syncs).
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ continues the curve exactly (the lambdas themselves are rebuilt from the config,
 
 Warmup (``num_warmup_steps``) is a step count, or — kohya's convention for ``lr_warmup_steps`` —
 a float in (0, 1) meaning that fraction of ``num_training_steps``, truncated to whole steps.
+
+The names themselves are ``config.optimizer_names`` (torch-free, read by config checks too).
 """
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,26 +24,14 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from lorakiln.config.optimizer_names import normalise_scheduler, scheduler_names, validate_scheduler_name
 from lorakiln.errors import ConfigError
-from lorakiln.training.optim_args import (
-    OptimArgs,
-    accepted_args,
-    check_known_args,
-    parse_optim_args,
-    parse_value,
-)
+from lorakiln.training.optim_args import OptimArgs, accepted_args, check_known_args, parse_optim_args
 
 __all__ = ["build_scheduler", "resolve_warmup_steps", "scheduler_names", "validate_scheduler_name"]
 
-_DIFFUSERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-_NAMES = (*_DIFFUSERS, "adafactor")
 # Arguments build_scheduler fills itself; the user cannot pass them through `args`.
 _RESERVED = {"optimizer", "last_epoch", "num_warmup_steps", "num_training_steps"}
-
-
-def scheduler_names() -> list[str]:
-    """Valid scheduler names (for errors, docs and the UI)."""
-    return list(_NAMES)
 
 
 def resolve_warmup_steps(num_warmup_steps: float, num_training_steps: int) -> int:
@@ -59,29 +48,6 @@ def resolve_warmup_steps(num_warmup_steps: float, num_training_steps: int) -> in
     if steps > num_training_steps:
         raise ConfigError(f"lr_warmup_steps ({steps}) is longer than the whole run ({num_training_steps} steps).")
     return steps
-
-
-def _normalise(name: str) -> tuple[str, float | None]:
-    """``"Cosine-With-Restarts"`` → ``cosine_with_restarts``; kohya's ``"adafactor:1e-3"`` → initial lr."""
-    key, _, value = name.partition(":")
-    key = key.strip().lower().replace("-", "_")
-    if key not in _NAMES:
-        close = difflib.get_close_matches(key, _NAMES, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise ConfigError(f"Unknown lr_scheduler '{name}'.{hint} Valid schedulers: {', '.join(_NAMES)}.")
-    if not value:
-        return key, None
-    if key != "adafactor":
-        raise ConfigError(f"lr_scheduler '{name}': only 'adafactor:<initial lr>' takes a ':' value.")
-    initial = parse_value(value, item=name)
-    if not isinstance(initial, int | float) or isinstance(initial, bool):
-        raise ConfigError(f"lr_scheduler '{name}': '{value}' is not a number.")
-    return key, float(initial)
-
-
-def validate_scheduler_name(name: str) -> str:
-    """The canonical scheduler name, or a ConfigError listing valid ones (cheap: no optimizer)."""
-    return _normalise(name)[0]
 
 
 def _adafactor_relative(optimizer: torch.optim.Optimizer) -> bool | None:
@@ -159,7 +125,7 @@ def build_scheduler(
     Polynomial, like diffusers, decays from ``optimizer.defaults["lr"]`` to ``lr_end`` as a factor:
     a group with its own lr ends at ``group_lr * lr_end / defaults_lr``.
     """
-    key, initial_lr = _normalise(name)
+    key, initial_lr = normalise_scheduler(name)
     if isinstance(num_training_steps, bool) or not isinstance(num_training_steps, int) or num_training_steps < 1:
         raise ConfigError(f"num_training_steps must be a positive integer, got {num_training_steps!r}.")
     if key == "cosine_with_restarts" and (not isinstance(num_cycles, int) or num_cycles < 1):

@@ -8,6 +8,9 @@ the loop position plus the resolved config (`state.json`). It is written to a te
 complete), then swapped in by two renames. A folder cannot be renamed over a non-empty one in one
 portable step, so a kill between the renames leaves no `<name>-state` for a moment; resume then
 uses the newest complete neighbour (recovery.py), so a complete state is always reachable.
+
+`restore_into` puts a loaded state into a freshly prepared run (`train.resume`): adapter,
+pivotal embeddings, EMA, optimizer, schedule, scaler, RNGs and loop position.
 """
 
 from __future__ import annotations
@@ -19,15 +22,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from lorakiln.atomic import temp_folder_beside
-from lorakiln.errors import TrainingError
+from lorakiln.errors import LorakilnError, TrainingError
 from lorakiln.training import recovery
+
+if TYPE_CHECKING:
+    from lorakiln.training.context import TrainContext
 
 STATE_VERSION = 1
 
@@ -216,3 +222,49 @@ def restore_rng(state: LoadedState) -> None:
         _set_rng_state(state.rng_tensors, state.rng_states)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise recovery.damaged(state.folder, "rng.safetensors / state.json (generator states)", err) from None
+
+
+def restore_into(ctx: TrainContext, log: Callable[[str], None] | None) -> None:
+    """Restore adapter, optimizer, schedule, scaler, RNGs and loop position from the state folder
+    `train.resume` names, and say which settings differ from the saved run."""
+    state = load_state(ctx.cfg.train.resume or "")
+    pivotal_state = {k: v for k, v in state.network_state.items() if k.startswith("pivotal.")}
+    ema_state = {k: v for k, v in state.network_state.items() if k.startswith("ema.")}
+    ctx.network.load_kohya_state_dict({k: v for k, v in state.network_state.items()
+                                       if k not in pivotal_state and k not in ema_state})
+    if ctx.pivotal is not None:
+        ctx.pivotal.load_state_dict(pivotal_state)
+    if ctx.ema is not None:
+        if not ema_state:
+            raise LorakilnError(f"{state.folder} was saved without train.ema_decay; resume with the same setting")
+        ctx.ema.load_state_dict(ema_state)
+    ctx.optimizer.load_state_dict(state.optimizer_state)
+    ctx.schedule.load_state_dict(state.schedule_state)
+    if state.scaler_state:
+        ctx.scaler.load_state_dict(state.scaler_state)
+    restore_rng(state)
+    ctx.position = state.position
+    changed = changed_keys(state.config, ctx.cfg.model_dump(mode="json"))
+    if log:
+        log(f"resumed from {state.folder} at step {state.position.global_step} "
+            f"(epoch {state.position.epoch + 1}, batch {state.position.batch_in_epoch})")
+        if changed:
+            log("warning: these settings differ from the saved run, so the result will not match an "
+                "uninterrupted run exactly: " + ", ".join(changed))
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted config keys whose values differ between a saved run and this one, ignoring what a
+    resume is expected to change (the resume path, the run length, the outputs)."""
+    ignore = {"train.resume", "train.max_train_epochs", "train.max_train_steps", "output"}
+    out = []
+    for key in sorted(set(old) | set(new)):
+        dotted = f"{prefix}{key}"
+        if dotted in ignore or prefix.rstrip(".") in ignore:
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changed_keys(a, b, dotted + ".")
+        elif a != b:
+            out.append(dotted)
+    return out

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lorakiln.training.conditioning import condition
+from lorakiln.models.conditioning import condition
 from lorakiln.training.noise import diffusion_loss, sample_noise, sample_timesteps, step_generator, target_for
 
 if TYPE_CHECKING:

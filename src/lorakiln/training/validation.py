@@ -1,7 +1,7 @@
 """Renders while training: diffusers' validation prompts and kohya's sample prompts, through the
 same `inference.generate` as `lorakiln generate` (A1111 samplers, emphasis, infotext), saved
 under `<output_dir>/validation/` or `<output_dir>/sample/` and logged to TensorBoard; at the end
-an epochs × strengths grid (seed 000's X/Y plot) and an epochs × prompts grid when epoch files
+an epochs × strengths grid (the X/Y plot of the kohya_ss + AUTOMATIC1111 LoRA walkthrough) and an epochs × prompts grid when epoch files
 exist, rendered from the saved files as a user would load them.
 
 Rendering must not change training: the network and U-Net go to eval mode (no LoRA dropout,
@@ -116,7 +116,7 @@ def _file_prompt(ctx: TrainContext, prompt: str, final: str) -> tuple[str, Path 
 
 
 def final_grids(ctx: TrainContext) -> tuple[Path | None, Path | None]:
-    """The seed's X/Y plots after training, from the saved files: epochs × strengths 1.0 … 0.5
+    """The kohya_ss walkthrough's X/Y plots after training, from the saved files: epochs × strengths 1.0 … 0.5
     for the first sample (or validation) prompt, and epochs × prompts at 1.0 when there are
     several (the concept in other colours or settings, the base's subjects without it). The
     training hooks are removed first; each file is hooked in turn."""

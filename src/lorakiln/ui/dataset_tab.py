@@ -204,7 +204,7 @@ def check_report(box: Sandbox, token: str = "") -> str:
     """`lorakiln dataset check` of `<project>/train`, with the project's run TOML when there is one."""
     from lorakiln.config.load import build_config
     from lorakiln.prep.check import check_dataset
-    from lorakiln.training.prepare import lint_options
+    from lorakiln.training.plan import lint_options
 
     folder = dataset_dir(box)
     override = [f"data.train_data_dir={json.dumps(str(folder.resolve()))}"]

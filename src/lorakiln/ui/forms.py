@@ -67,11 +67,11 @@ def _kind(annotation: Any, key: str) -> tuple[str, bool, tuple[str, ...]]:
     if typing.get_origin(base) is typing.Literal:
         return "choice", optional, tuple(str(a) for a in typing.get_args(base))
     if key == "train.optimizer_type":
-        from lorakiln.training.optimizers import optimizer_names
+        from lorakiln.config.optimizer_names import optimizer_names
 
         return "choice", optional, tuple(optimizer_names())
     if key == "train.lr_scheduler":
-        from lorakiln.training.schedulers import scheduler_names
+        from lorakiln.config.optimizer_names import scheduler_names
 
         return "choice", optional, tuple(scheduler_names())
     origin = typing.get_origin(base)
@@ -170,7 +170,7 @@ def step_summary(values: dict[str, Any], base_dir: str | Path) -> str:
     for the form's live total-steps line; a config or dataset problem comes back as its message."""
     from lorakiln.config.load import build_config
     from lorakiln.errors import LorakilnError
-    from lorakiln.training.prepare import build_data, plan_lines, plan_steps
+    from lorakiln.training.plan import build_data, plan_lines, plan_steps
 
     try:
         cfg = build_config(json.loads(json.dumps(raw_from_values(values))), source="the form",

@@ -55,7 +55,7 @@ def run_defaults(box: Sandbox, path: str = "") -> tuple[str, str, str]:
 
 def loaded_model(model: str, vae: str = "", allow_pickle: bool = False) -> Any:
     """The base model bundle, loaded on first use (the same loader as `lorakiln generate --model`)."""
-    from lorakiln.training.base_model import load_configured_model
+    from lorakiln.models.configured import load_configured_model
 
     key = ((model or "").strip(), (vae or "").strip())
     if not key[0]:

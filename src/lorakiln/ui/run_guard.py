@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lorakiln.config.schema import SECTIONS, RunConfig
-from lorakiln.ui.sandbox import Sandbox, SandboxError, is_hub_id
+from lorakiln.models.hub_id import looks_like_hub_id
+from lorakiln.ui.sandbox import Sandbox, SandboxError
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def check_pickles(box: Sandbox, values: dict[str, Any]) -> None:
                            "run with the CLI (`lorakiln train`), or restart the UI with --allow-pickle on a "
                            "machine only you can reach")
     model = str(values.get("model.pretrained_model") or "")
-    if is_hub_id(model) or is_hub_id(str(values.get("model.vae") or "")):
+    if looks_like_hub_id(model) or looks_like_hub_id(str(values.get("model.vae") or "")):
         raise SandboxError("model.allow_pickle = true with a hub id: the UI never loads pickles it downloaded; "
                            "download the model, check it, and name its local path")
 
@@ -123,7 +124,7 @@ def check_config(box: Sandbox, cfg: RunConfig, base: Path) -> RunConfig:
             continue
         value = str(value)
         if rule.mode == "hub":
-            if not is_hub_id(value) or (base / value).exists() or Path(value).is_absolute():
+            if not looks_like_hub_id(value) or (base / value).exists() or Path(value).is_absolute():
                 raise SandboxError(f"{key} = {value!r}: the UI accepts only a hub dataset id (org/name) here; "
                                    "for a folder use data.train_data_dir")
         elif rule.mode == "model":

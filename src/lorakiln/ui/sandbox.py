@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorakiln.errors import LorakilnError
+from lorakiln.models.hub_id import looks_like_hub_id
 
 #: kind → the ``lorakiln ui`` flag that adds read-only roots for it (shown in refusals).
 KIND_FLAGS: dict[str, str] = {"model": "--models-dir", "vae": "--vae-dir", "lora": "--lora-dir",
@@ -35,11 +36,9 @@ KIND_FLAGS: dict[str, str] = {"model": "--models-dir", "vae": "--vae-dir", "lora
 #: kinds whose roots also serve another kind: A1111 keeps VAEs among models, and a pivotal
 #: run's ``_emb`` files sit next to its LoRA.
 _SHARED: dict[str, tuple[str, ...]] = {"vae": ("model",), "embedding": ("lora",)}
-#: Built-in model names that are not paths (`lorakiln.training.base_model`).
+#: Built-in model names that are not paths (`lorakiln.models.configured`).
 BUILTIN_MODELS = ("toy",)
 BUILTIN_PREFIXES = ("tiny:", "random:")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".toml", ".json")
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 #: Folders inside the project that hold the server's own state: the run queue's records name
 #: the commands it runs, so no request may write there.
@@ -140,7 +139,7 @@ class Sandbox:
         text = (value or "").strip()
         if is_builtin(text):
             return text
-        if is_hub_id(text) and not (base or self.project).joinpath(text).exists() and not Path(text).exists():
+        if looks_like_hub_id(text) and not (base or self.project).joinpath(text).exists() and not Path(text).exists():
             return text  # a loader would take an existing relative folder first: those are paths
         path = self.resolve_read(text, kind, base=base, what=what)
         if path.suffix.lower() in PICKLE_SUFFIXES and not self.allow_pickle:
@@ -175,12 +174,6 @@ class Sandbox:
 def is_builtin(value: str) -> bool:
     """`toy`, `tiny:sd1`, `random:sdxl`, …: models the package builds, no path involved."""
     return value in BUILTIN_MODELS or value.startswith(BUILTIN_PREFIXES)
-
-
-def is_hub_id(value: str) -> bool:
-    """`org/name` as on the Hugging Face Hub: one slash, no `..`, not a file name."""
-    return (bool(_HUB_ID.match(value)) and ".." not in value.split("/")
-            and not value.lower().endswith(_FILE_SUFFIXES))
 
 
 def _candidates(root: Path, kind: str, allow_pickle: bool) -> list[Path]:

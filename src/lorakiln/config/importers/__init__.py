@@ -137,14 +137,14 @@ def _sd_scripts_source(text: str, draft: Draft) -> tuple[dict[str, Any], Any]:
 
 
 def _relative_paths(draft: Draft) -> None:
-    from lorakiln.config.schema import _looks_like_hub_id
+    from lorakiln.models.hub_id import looks_like_hub_id
 
     relative = []
     for dotted in _PATH_KEYS:
         value = draft.get(dotted)
         if not isinstance(value, str) or value.startswith(("tiny:", "random:", "~")) or Path(value).is_absolute():
             continue
-        if dotted.startswith("model.") and _looks_like_hub_id(value):
+        if dotted.startswith("model.") and looks_like_hub_id(value) and not Path(value).exists():
             continue
         relative.append(f"{dotted} = {value!r}")
     if relative:

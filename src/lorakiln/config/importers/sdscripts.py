@@ -160,7 +160,7 @@ class _Mapper:
                 "use_lion_optimizer") else ""
         if not wanted:
             return self.idle(name)
-        from lorakiln.training.optimizers import validate_optimizer_name
+        from lorakiln.config.optimizer_names import validate_optimizer_name
 
         origin = self.label("optimizer_type") if "optimizer_type" in self.args else self.label(name)
         try:
@@ -176,7 +176,7 @@ class _Mapper:
             self.idle(name)
 
     def _scheduler(self, name: str, value: Any) -> None:
-        from lorakiln.training.schedulers import validate_scheduler_name
+        from lorakiln.config.optimizer_names import validate_scheduler_name
 
         if not value:
             return self.idle(name)

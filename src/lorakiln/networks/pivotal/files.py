@@ -2,13 +2,15 @@
 
 One key per text encoder, named from data: ``clip_l`` for the first, ``clip_g`` for the second
 (``EMBEDDING_KEYS``), each ``[n_new, dim]`` with the rows in token order (``<s0>, <s1>, …``).
-This one layout loads in all three clients at once (formats.md; seed 003, "Inference"):
+This one layout loads in all three clients at once (and in the "Inference" section of the
+diffusers advanced SDXL recipe):
 
-* **SD 1.x → ``{"clip_l": [n, 768]}``, exactly one key.** A1111 (§3 ``create_embedding_from_data``)
-  accepts a single-key tensor dict ("diffuser concepts") of width 768 and *rejects* a dict with
-  several terms; ComfyUI (§4 ``load_embed``) picks the SD1 tokenizer's ``embedding_key``
-  ``clip_l`` (or else the first value); diffusers (§5) takes a single-key dict as
-  ``{token: tensor}`` and the seed's recipe ``load_textual_inversion(sd["clip_l"],
+* **SD 1.x → ``{"clip_l": [n, 768]}``, exactly one key.** A1111 (``textual_inversion.py``
+  ``create_embedding_from_data``) accepts a single-key tensor dict ("diffuser concepts") of width
+  768 and *rejects* a dict with several terms; ComfyUI (``sd1_clip.py`` ``load_embed``) picks the
+  SD1 tokenizer's ``embedding_key`` ``clip_l`` (or else the first value); diffusers
+  (``load_textual_inversion``) takes a single-key dict as ``{token: tensor}`` and the diffusers
+  advanced SDXL recipe ``load_textual_inversion(sd["clip_l"],
   token=["<s0>", "<s1>"], …)`` works unchanged. kohya's ``emb_params`` name would also load in
   A1111/ComfyUI, but not through that recipe, and a second alias key would break A1111 and
   diffusers — so one ``clip_l`` key.
@@ -40,7 +42,7 @@ from lorakiln.safetensors_check import load_checked, refuse_non_finite
 
 #: File key of encoder i (kohya `sdxl_train_textual_inversion.py`, diffusers advanced script).
 EMBEDDING_KEYS: tuple[str, ...] = ("clip_l", "clip_g")
-#: kohya/ModelSpec: every textual inversion names the SGM repo as its implementation (§1).
+#: kohya/ModelSpec: every textual inversion names the SGM repo as its implementation.
 TI_IMPLEMENTATION = "https://github.com/Stability-AI/generative-models"
 MODELSPEC_VERSION = "1.0.1"
 #: Metadata keys written by lorakiln (JSON values).
@@ -195,7 +197,7 @@ def load_into_pipeline(
     *,
     fix_pooling: bool = True,
 ) -> list[str]:
-    """Load the file into a diffusers pipeline as the seed's "Inference" section does: the
+    """Load the file into a diffusers pipeline as the diffusers advanced SDXL recipe's "Inference" section does: the
     tensor of encoder i with ``token=[<s0>, …]`` into ``text_encoder_names[i]`` and its
     tokenizer (``text_encoder_2`` → ``tokenizer_2``). Pass ``family.te_diffusers_prefixes``.
 

@@ -1,6 +1,6 @@
 """Pivotal tuning: new tokens in every tokenizer / text encoder, trained as textual inversion.
 
-Semantics follow the diffusers advanced SDXL script (seed 003, "Pivotal Tuning"): each
+Semantics follow the diffusers advanced SDXL script (its blog post's "Pivotal Tuning"): each
 *abstraction* (``token_abstraction``, default ``"TOK"``; several may be given, comma-separated)
 gets ``num_new_tokens_per_abstraction`` new tokens — ``<s0><s1>`` for the first, ``<s2><s3>`` for
 the next — added to **every** tokenizer and text encoder of the model (one for SD 1.x, two for
@@ -37,10 +37,10 @@ transformers' CLIP pools the hidden state at ``input_ids.argmax()`` when the con
 transformers PR #24773). That is the EOS position only while EOS (49407) is the largest id; the new
 tokens get ids 49408+, so the pooled output would move to ``<s1>``. SD 1.x ignores the pooled
 output, but SDXL's second encoder feeds it to the U-Net (``text_embeds``). A1111 and ComfyUI pool
-at the EOS token whatever the embedding (formats.md §3/§4 clients), so by default `pool_at_eos`
+at the EOS token whatever the embedding (A1111 and ComfyUI), so by default `pool_at_eos`
 points such encoders at the tokenizer's real EOS id: identical output for every prompt without
 new tokens (the first EOS is the first maximum), and the clients' pooling for prompts with them.
-The diffusers script does not do this; stock diffusers inference (seed 003's recipe) therefore
+The diffusers script does not do this; stock diffusers inference (the advanced SDXL recipe's) therefore
 pools at ``<s1>`` — `load_into_pipeline` applies the same fix to a pipeline.
 """
 

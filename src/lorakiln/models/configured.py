@@ -2,8 +2,11 @@
 
 `random:sd15` / `random:sdxl` are the full architectures with random weights, for benchmarks.
 `tiny:sd1` / `tiny:sdxl` name the tiny SD-1.x-shaped model (tests, quickstart): it is built once from
-config with a fixed seed into the user cache and then loaded through the ordinary folder
+config, deterministically, into the user cache and then loaded through the ordinary folder
 loader, so it exercises exactly the code path a real model takes.
+
+It lives in `models` because training, generation, the UI and ZipLoRA all turn a config's model
+name into a bundle the same way; none of them may own it for the others.
 """
 
 from __future__ import annotations

@@ -6,6 +6,10 @@ final layer norm applies (SD1 yes, SDXL no), which encoder's pooled projection i
 and whether the U-Net takes SDXL's `time_ids`. Clip skip N moves the chosen state N-1 layers
 further back (A1111/kohya: clip skip 2 on SD1 = penultimate state, normalised).
 Captions are padded to the tokenizer's 77-token window; longer captions are truncated.
+
+It lives in `models` because training (captions → U-Net conditioning), generation (prompt
+emphasis through `encode_ids`) and ZipLoRA all encode text the same way, and what they share
+must sit below all of them.
 """
 
 from __future__ import annotations
