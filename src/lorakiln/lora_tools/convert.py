@@ -34,6 +34,7 @@ from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
 from lorakiln.networks.file_checks import read_lora_checked
+from lorakiln.networks.file_family import detect_family, family_from_keys
 
 Target = Literal["kohya", "diffusers"]
 TARGETS: tuple[str, ...] = ("kohya", "diffusers")
@@ -88,7 +89,7 @@ def kohya_to_diffusers(
     for entry in modules.values():
         _only_lora(entry, source)
         try:
-            component, path = lora_inspect.resolve_kohya_module(entry.key, family)
+            component, path = keymap.resolve_kohya_module(entry.key, family)
         except KeyError as err:
             raise LorakilnError(f"{source.name}: {err.args[0]}; is --family right?") from None
         down, up = tensors[entry.tensors["down"]], tensors[entry.tensors["up"]]
@@ -153,7 +154,7 @@ def _pick_family(
     if requested is not None:
         if requested not in FAMILIES:
             raise LorakilnError(f"unknown --family {requested!r}; valid: {', '.join(sorted(FAMILIES))}")
-        by_keys, key_reason = lora_inspect.family_from_keys(modules)
+        by_keys, key_reason = family_from_keys(modules)
         if by_keys and by_keys != requested:
             raise LorakilnError(
                 f"{source.name} is a {by_keys} LoRA ({key_reason}), not {requested}; "
@@ -198,7 +199,7 @@ def convert_lora(
         raise LorakilnError(
             f"{source.name} has no LoRA keys: it looks like {lora_inspect.describe_non_lora(header)}"
         )
-    info_family, reason, _ = lora_inspect.detect_family(modules, header.metadata)
+    info_family, reason, _ = detect_family(modules, header.metadata)
     styles = {m.style for m in modules.values()}
     if "kohya" in styles and styles != {"kohya"}:
         raise LorakilnError(

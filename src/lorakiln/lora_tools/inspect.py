@@ -26,14 +26,11 @@ from lorakiln.lora_tools.header import (
     _read_alphas,
     _resolve_all,
     describe_non_lora,
-    detect_family,
     detect_format,
-    family_from_keys,
     group_modules,
     peft_alpha_rule,
     read_header,
     resolve_input,
-    resolve_kohya_module,
     split_component,
     summarise_blocks,
 )
@@ -50,6 +47,8 @@ from lorakiln.lora_tools.metadata_view import (
 )
 from lorakiln.models.family import FAMILIES
 from lorakiln.networks.file_checks import check_rank_layout
+from lorakiln.networks.file_family import detect_family, family_from_keys
+from lorakiln.networks.keymap import resolve_kohya_module
 from lorakiln.safetensors_check import scan_non_finite
 
 #: Names that other modules and the tests import from here (they live in `header`/`metadata_view`).

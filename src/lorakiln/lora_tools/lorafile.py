@@ -23,9 +23,10 @@ from lorakiln.errors import LorakilnError
 from lorakiln.io_guard import check_output, write_output
 from lorakiln.lora_tools.lowrank import LowRank
 from lorakiln.models.family import FAMILIES, ModelFamily
-from lorakiln.networks.apply import _group_modules, file_family
+from lorakiln.networks.apply import _group_modules
 from lorakiln.networks.export import precalculate_hashes, resolve_save_dtype
 from lorakiln.networks.file_checks import read_lora_checked
+from lorakiln.networks.file_family import detect_family
 from lorakiln.networks.metadata import MODELSPEC_VERSION
 from lorakiln.networks.network import NETWORK_MODULE
 
@@ -62,7 +63,7 @@ def read_kohya_lora(path: str | Path, family: str | None = None) -> KohyaLoRA:
     if path.suffix != ".safetensors":
         raise LorakilnError(f"{path}: LoRA tools read .safetensors files only (pickles can run code)")
     tensors, metadata = read_lora_checked(path)  # structure, NaN/inf, rank layout (file_checks)
-    made_for = file_family(tensors, metadata)
+    made_for = detect_family(tensors, metadata)[0]
     if family is not None and made_for is not None and family != made_for:
         raise LorakilnError(f"{path.name} is a {made_for} LoRA, not {family}")
     name = family or made_for

@@ -33,8 +33,9 @@ from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools.lorafile import KohyaLoRA, read_kohya_lora
 from lorakiln.models.family import ModelFamily
 from lorakiln.networks import keymap
-from lorakiln.networks.apply import AppliedLoRA, apply_lora_file, file_family
+from lorakiln.networks.apply import AppliedLoRA, apply_lora_file
 from lorakiln.networks.file_adapters import FileDeltaAdapter
+from lorakiln.networks.file_family import detect_family
 from lorakiln.safetensors_check import read_layout
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ class LoraSpec:
 def _declared_family(path: Path) -> str | None:
     """The family a file says it is for, from its header only (no tensor data read)."""
     layout = read_layout(path)  # a damaged file is refused here, naming the broken rule
-    return file_family(dict.fromkeys(layout.tensors), layout.metadata)  # type: ignore[arg-type]  # keys only
+    return detect_family(layout.tensors, layout.metadata)[0]  # key names and metadata: the header is enough
 
 
 def check_files(specs: Sequence[LoraSpec]) -> None:

@@ -102,7 +102,8 @@ class ZipLoRAResult:
 def _header_family(path: Path) -> str | None:
     """The family the file's header says (None: unknown); diffusers-format files are refused with
     the command that converts them, since the merge reads and writes kohya keys."""
-    from lorakiln.lora_tools.header import detect_family, detect_format, group_modules, read_header
+    from lorakiln.lora_tools.header import detect_format, group_modules, read_header
+    from lorakiln.networks.file_family import detect_family
 
     header = read_header(path)
     modules = group_modules(list(header.tensors))[0]

@@ -28,6 +28,7 @@ from lorakiln.networks import keymap
 from lorakiln.networks.dora import DORA_KEY
 from lorakiln.networks.file_adapters import FileDeltaAdapter, detect_algo
 from lorakiln.networks.file_checks import check_fits, read_lora_checked
+from lorakiln.networks.file_family import detect_family
 from lorakiln.networks.lora import LoRAModule
 
 if TYPE_CHECKING:
@@ -39,33 +40,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def file_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str | None:
-    """`sd1`/`sdxl` as the file says (metadata first, then key prefixes), or None if unknown."""
-    version = metadata.get("ss_base_model_version", "")
-    if version.startswith("sdxl"):
-        return "sdxl"
-    if version.startswith("sd_v1"):
-        return "sd1"
-    if any(k.startswith(("lora_te1_", "lora_te2_")) for k in tensors):
-        return "sdxl"
-    if any(k.startswith("lora_te_") for k in tensors):
-        return "sd1"
-    return None
-
-
 def _resolve(bundle: ModelBundle, key: str) -> nn.Module:
-    """The base module a kohya module key patches (diffusers-style or LDM-style U-Net names)."""
+    """The base module a kohya module key patches (any U-Net naming `keymap.resolve_kohya_module` reads)."""
     family = bundle.family
     try:
-        component, path = keymap.kohya_to_diffusers_module(key, family)
+        component, path = keymap.resolve_kohya_module(key, family)
     except KeyError:
         raise LorakilnError(f"LoRA key {key!r} is not a {family.name} key") from None
     if component == "unet":
         root: nn.Module = bundle.unet
         candidates = [path]
-        if family.unet_key_style == "diffusers" and path.startswith(("input_blocks", "middle_block",
-                                                                       "output_blocks")):
-            candidates.append(keymap.ldm_to_diffusers_path(path, keymap.UP_ATTENTION_LEVELS[family.name]))
     else:
         root = bundle.text_encoders[family.te_diffusers_prefixes.index(component)]
         candidates = [path, path.removeprefix("text_model.")]  # transformers >= 5.6 drops `text_model.`
@@ -107,7 +91,7 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
     """Hook the LoRA in `path` into `bundle` at the given strengths and return its handle."""
     path = Path(path)
     tensors, metadata = read_lora_checked(path)  # structure, NaN/inf and rank layout, before any hook
-    made_for = file_family(tensors, metadata)
+    made_for = detect_family(tensors, metadata)[0]
     if made_for is not None and made_for != bundle.family.name:
         raise LorakilnError(f"{path.name} is a LoRA for {made_for}, but the loaded base model is "
                             f"{bundle.family.name}; pick a {bundle.family.name} LoRA or another base model")

@@ -21,6 +21,7 @@ The A1111 rule table and the diffusers→LDM table are written from the clients'
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 
@@ -124,6 +125,32 @@ def kohya_to_diffusers_module(kohya_name: str, family: ModelFamily) -> tuple[str
         if kohya_name.startswith(kohya_prefix + "_text_model_"):
             return component, _underscores_to_path(kohya_name[len(kohya_prefix) + 1 :])
     raise KeyError(f"{kohya_name!r} is not a {family.name} kohya LoRA module key")
+
+
+def resolve_kohya_module(key: str, family: ModelFamily) -> tuple[str, str]:
+    """``(component, diffusers path)`` of a kohya module key, whichever U-Net naming it uses.
+
+    Beyond `kohya_to_diffusers_module` this accepts the two off-style namings found
+    in the wild: SDXL keys with diffusers-style U-Net names (diffusers' advanced SDXL
+    script) and SD1 keys with LDM names (loaded by A1111/ComfyUI, not diffusers); ``lycoris_`` keys use
+    diffusers U-Net names (LyCORIS ``wrapper.py``, read by ComfyUI). Raises ``KeyError`` for keys of another family.
+    """
+    if key.startswith("lycoris_"):
+        key = "lora_unet_" + key[len("lycoris_") :]
+        family = dataclasses.replace(family, unet_key_style="diffusers")
+    try:
+        component, path = kohya_to_diffusers_module(key, family)
+    except KeyError:
+        if family.unet_key_style != "sgm" or not key.startswith(UNET_PREFIX + "_"):
+            raise
+        component, path = kohya_to_diffusers_module(
+            key, dataclasses.replace(family, unet_key_style="diffusers")
+        )
+        if not path.startswith(("down_blocks", "mid_block", "up_blocks")):
+            raise
+    if component == "unet" and path.startswith(("input_blocks", "middle_block", "output_blocks")):
+        path = ldm_to_diffusers_path(path, UP_ATTENTION_LEVELS[family.name])
+    return component, path
 
 
 def peft_module_name(kohya_name: str, family: ModelFamily) -> str:
