@@ -11,214 +11,6 @@ from lorakiln import __version__
 from lorakiln.errors import LorakilnError
 
 
-def _resume_override(args: argparse.Namespace, overrides: list[str]) -> list[str]:
-    """`--resume [STATE]` as the `train.resume` override: STATE relative to the current folder,
-    or without a value this output's own `<output_name>-state` (an error when it has none)."""
-    import json
-
-    from lorakiln.config.load import load_config
-    from lorakiln.errors import ConfigError
-    from lorakiln.training.recovery import find_state
-
-    if args.resume is None:
-        return overrides
-    if args.resume:
-        state = Path(args.resume).expanduser().resolve()
-    else:
-        out = load_config(args.config, overrides).output
-        state = Path(out.output_dir) / f"{out.output_name}-state"
-        try:
-            find_state(state)
-        except LorakilnError:
-            if state.exists():  # there, but incomplete or damaged: find_state's message says how
-                raise
-            raise ConfigError(f"--resume: this output has no state to resume: {state} does not exist. "
-                              "States are saved with output.save_state = true and on Ctrl-C/SIGTERM; "
-                              "start without --resume, or name a state folder: --resume PATH") from None
-    return [*_without_resume(overrides), f"train.resume={json.dumps(str(state))}"]
-
-
-def _without_resume(overrides: list[str]) -> list[str]:
-    return [o for o in overrides if o.split("=", 1)[0].strip() != "train.resume"]
-
-
-def resume_command(args: argparse.Namespace, state: Path) -> str:
-    """The command that continues this run from `state`: the same config, preset, overrides and
-    events file, shell-quoted (shlex.quote), so pasting it resumes into the same output."""
-    import shlex
-
-    parts = ["lorakiln", "train", str(args.config)]
-    if args.preset:
-        parts += ["--preset", args.preset]
-    for item in _without_resume(list(args.set or [])):
-        parts += ["--set", item]
-    if args.events:
-        parts += ["--events", str(args.events)]
-    return shlex.join([*parts, "--resume", str(state)])
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from lorakiln.config.load import load_config
-
-    overrides = list(args.set or [])
-    if args.preset:
-        overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
-    cfg = load_config(args.config, _resume_override(args, overrides))
-    if args.dry_run:
-        from lorakiln.training.plan import describe_plan
-
-        describe_plan(cfg, log=print)
-        return 0
-    from lorakiln.training.loop import TrainingInterrupted, train
-    from lorakiln.training.save_errors import SaveFailed
-    from lorakiln.training.signals import StopSignal
-
-    events = None
-    if args.events:
-        from lorakiln.training.events import EventsFile
-
-        events = EventsFile(args.events)
-        events.write("start", config=str(args.config), output_dir=str(cfg.output.output_dir),
-                     output_name=cfg.output.output_name)
-    try:
-        result = train(cfg, [events] if events else None)
-    except TrainingInterrupted as stop:
-        if events:
-            events.write("stopped", reason=str(stop), lora=stop.lora, state=stop.state)
-        print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
-              f"  resume: {resume_command(args, stop.state)}")
-        return 130
-    except StopSignal as stop:
-        reason = f"stopped by {stop.name} before the first training step (loading or caching); nothing to save"
-        if events:
-            events.write("stopped", reason=reason, lora=None, state=None)
-        print(reason)
-        return 130
-    except SaveFailed as err:
-        if events:
-            events.write("error", message=str(err), kind=type(err).__name__)
-        if err.state is None:
-            raise
-        raise SaveFailed(f"{err}\n  resume: {resume_command(args, err.state)}", err.state) from err
-    except Exception as err:
-        if events:
-            events.write("error", message=str(err), kind=type(err).__name__)
-        raise
-    finally:
-        if events:
-            events.close()
-    name = result.lora_path.stem
-    if cfg.train.mode == "full":
-        print(f"\nmodel written: {result.lora_path}\n"
-              f"  AUTOMATIC1111 / Forge: copy it to models/Stable-diffusion; ComfyUI: models/checkpoints\n"
-              f"  lorakiln: lorakiln generate --model {result.lora_path} --prompt \"…\"")
-        if result.state_path:
-            print(f"  state for resume: {result.state_path}")
-        return 0
-    print(f"\nLoRA written: {result.lora_path}\n"
-          f"  AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt\n"
-          f"  ComfyUI: copy it to models/loras and use a LoraLoader node\n"
-          f"  diffusers: pipe.load_lora_weights(\"{result.lora_path}\")")
-    emb = result.lora_path.with_name(f"{name}_emb.safetensors")
-    if cfg.pivotal.train_text_encoder_ti and emb.is_file() and "," not in cfg.pivotal.token_abstraction:
-        print(f"  pivotal tuning: {emb.name} goes to A1111's embeddings/ (ComfyUI: models/embeddings);\n"
-              f"    write {emb.stem} where the captions said {cfg.pivotal.token_abstraction}: "
-              f"\"a {emb.stem} … <lora:{name}:0.8>\" (ComfyUI: embedding:{emb.stem})")
-    if result.state_path:
-        print(f"  state for resume: {result.state_path}")
-    if result.grid_path:
-        print(f"  epochs × strengths grid: {result.grid_path}")
-    if result.prompts_grid_path:
-        print(f"  epochs × prompts grid:   {result.prompts_grid_path}")
-    return 0
-
-
-def _generation_params(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """A1111 parameters from --params (text, file, PNG or -), then the explicit flags on top."""
-    from dataclasses import replace
-
-    from lorakiln.errors import ConfigError
-    from lorakiln.inference.infotext import GenerationParams, parse_infotext, read_png_infotext
-
-    params = GenerationParams()
-    if args.params:
-        source = Path(args.params)
-        if args.params == "-":
-            text = sys.stdin.read()
-        elif source.suffix.lower() == ".png" and source.is_file():
-            text = read_png_infotext(source) or ""
-            if not text:
-                raise ConfigError(f"{source} has no A1111 `parameters` text")
-        elif source.is_file():
-            text = source.read_text(encoding="utf-8")
-        else:
-            text = args.params
-        params = parse_infotext(text)
-    if args.size:
-        w, _, h = args.size.lower().partition("x")
-        if not (w.isdigit() and h.isdigit()):
-            raise ConfigError(f"--size {args.size!r} is not WxH such as 512x512")
-        params = replace(params, width=int(w), height=int(h))
-    flags = {"prompt": args.prompt, "negative_prompt": args.negative_prompt, "steps": args.steps,
-             "sampler": args.sampler, "schedule_type": args.schedule_type, "cfg_scale": args.cfg_scale,
-             "seed": args.seed, "width": args.width, "height": args.height, "batch_count": args.batch_count,
-             "batch_size": args.batch_size, "clip_skip": args.clip_skip}
-    params = replace(params, **{k: v for k, v in flags.items() if v is not None})
-    if not params.prompt:
-        raise ConfigError("no prompt: pass --prompt or --params with an A1111 parameters block")
-    return params
-
-
-def _check_output_dir(folder: str, verb: str) -> Path:
-    """Refuse an --output-dir that is a file, lies under one or is not writable, before the base
-    model loads: found when the images are saved, the mistake cost the loading and sampling and
-    ended in an OS traceback."""
-    from lorakiln.io_guard import check_output
-
-    return check_output(folder, [], verb=verb, force=True, folder_output=True)
-
-
-def _cmd_generate(args: argparse.Namespace) -> int:
-    params = _generation_params(args)
-    _check_output_dir(args.output_dir, "generate --output-dir")
-    from lorakiln.inference.generate import generate, save_images
-    from lorakiln.models.configured import load_configured_model
-
-    bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
-    images = generate(bundle, params, lora_dir=args.lora_dir, embeddings_dir=args.embeddings_dir, progress=True)
-    for path in save_images(images, args.output_dir):
-        print(path)
-    return 0
-
-
-def _cmd_grid(args: argparse.Namespace) -> int:
-    from lorakiln.errors import ConfigError
-    from lorakiln.inference.grid import epochs_strengths, parse_axis
-
-    if args.compare_epochs:
-        args.lora_dir = args.lora_dir or args.compare_epochs
-    params = _generation_params(args)
-    if args.compare_epochs:
-        params, x, y = epochs_strengths(args.compare_epochs, params, args.x, args.y)
-    else:
-        if not args.x:
-            raise ConfigError("grid needs --x (or --compare-epochs)")
-        x, y = parse_axis(args.x), parse_axis(args.y) if args.y else None
-    z = parse_axis(args.z) if args.z else None
-    out = _check_output_dir(args.output_dir, "grid --output-dir")
-    from lorakiln.inference.grid import xyz_grid
-    from lorakiln.models.configured import load_configured_model
-
-    bundle = load_configured_model(args.model, vae=args.vae, allow_pickle=args.allow_pickle)
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (grid, _cells) in enumerate(xyz_grid(bundle, params, x, y, z, lora_dir=args.lora_dir,
-                                                embeddings_dir=args.embeddings_dir)):
-        path = out / f"xyz_grid-{i:04d}.png"
-        grid.save(path)
-        print(path)
-    return 0
-
-
 def _cmd_presets(args: argparse.Namespace) -> int:
     from lorakiln.config.presets import PRESET_DESCRIPTIONS
 
@@ -323,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the config and dataset and print the step arithmetic; load no model")
     p.add_argument("--events", metavar="FILE", help="also append the run's events (steps, loss, saves, "
                    "samples, end) to FILE as JSON lines, for the web UI or scripts (training/events.py)")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_lazy("lorakiln.training.command", "run"))
 
     p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")
     _add_generation_args(p)
-    p.set_defaults(func=_cmd_generate)
+    p.set_defaults(func=_lazy("lorakiln.inference.command", "generate_command"))
 
     p = sub.add_parser("grid", help="A1111 X/Y/Z plot, e.g. epochs × LoRA strengths")
     _add_generation_args(p)
@@ -336,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--z", help="Z axis: one grid image per value")
     p.add_argument("--compare-epochs", metavar="OUTPUT_DIR", help="a training output folder: X = its "
                    "epoch files and the final LoRA, Y = strengths 1.0 … 0.5 (unless --y is given)")
-    p.set_defaults(func=_cmd_grid)
+    p.set_defaults(func=_lazy("lorakiln.inference.command", "grid_command"))
 
     p = sub.add_parser("presets", help="list the config presets")
     p.set_defaults(func=_cmd_presets)

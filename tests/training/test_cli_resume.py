@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from lorakiln.cli import build_parser, main, resume_command
+from lorakiln.cli import build_parser, main
 from lorakiln.training import loop as loop_module
+from lorakiln.training.command import resume_command
 
 
 def test_resume_command_keeps_config_preset_overrides_and_events() -> None:

@@ -1,0 +1,137 @@
+"""`lorakiln train`: load the run config, check it or train it, and say what was written.
+
+The CLI's verb table (`lorakiln.cli`) only parses arguments; what a training command does —
+turn `--resume` into the `train.resume` override, print the command that continues a stopped
+run with every original option, and tell the user where each output goes in AUTOMATIC1111,
+ComfyUI and diffusers — lives here, next to the loop it drives.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from lorakiln.errors import LorakilnError
+
+
+def resume_override(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`--resume [STATE]` as the `train.resume` override: STATE relative to the current folder,
+    or without a value this output's own `<output_name>-state` (an error when it has none)."""
+    import json
+
+    from lorakiln.config.load import load_config
+    from lorakiln.errors import ConfigError
+    from lorakiln.training.recovery import find_state
+
+    if args.resume is None:
+        return overrides
+    if args.resume:
+        state = Path(args.resume).expanduser().resolve()
+    else:
+        out = load_config(args.config, overrides).output
+        state = Path(out.output_dir) / f"{out.output_name}-state"
+        try:
+            find_state(state)
+        except LorakilnError:
+            if state.exists():  # there, but incomplete or damaged: find_state's message says how
+                raise
+            raise ConfigError(f"--resume: this output has no state to resume: {state} does not exist. "
+                              "States are saved with output.save_state = true and on Ctrl-C/SIGTERM; "
+                              "start without --resume, or name a state folder: --resume PATH") from None
+    return [*_without_resume(overrides), f"train.resume={json.dumps(str(state))}"]
+
+
+def _without_resume(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0].strip() != "train.resume"]
+
+
+def resume_command(args: argparse.Namespace, state: Path) -> str:
+    """The command that continues this run from `state`: the same config, preset, overrides and
+    events file, shell-quoted (shlex.quote), so pasting it resumes into the same output."""
+    import shlex
+
+    parts = ["lorakiln", "train", str(args.config)]
+    if args.preset:
+        parts += ["--preset", args.preset]
+    for item in _without_resume(list(args.set or [])):
+        parts += ["--set", item]
+    if args.events:
+        parts += ["--events", str(args.events)]
+    return shlex.join([*parts, "--resume", str(state)])
+
+
+def run(args: argparse.Namespace) -> int:
+    """`lorakiln train RUN.toml [--dry-run] [--resume [STATE]] [--events FILE]`."""
+    from lorakiln.config.load import load_config
+
+    overrides = list(args.set or [])
+    if args.preset:
+        overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
+    cfg = load_config(args.config, resume_override(args, overrides))
+    if args.dry_run:
+        from lorakiln.training.plan import describe_plan
+
+        describe_plan(cfg, log=print)
+        return 0
+    from lorakiln.training.loop import TrainingInterrupted, train
+    from lorakiln.training.save_errors import SaveFailed
+    from lorakiln.training.signals import StopSignal
+
+    events = None
+    if args.events:
+        from lorakiln.training.events import EventsFile
+
+        events = EventsFile(args.events)
+        events.write("start", config=str(args.config), output_dir=str(cfg.output.output_dir),
+                     output_name=cfg.output.output_name)
+    try:
+        result = train(cfg, [events] if events else None)
+    except TrainingInterrupted as stop:
+        if events:
+            events.write("stopped", reason=str(stop), lora=stop.lora, state=stop.state)
+        print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
+              f"  resume: {resume_command(args, stop.state)}")
+        return 130
+    except StopSignal as stop:
+        reason = f"stopped by {stop.name} before the first training step (loading or caching); nothing to save"
+        if events:
+            events.write("stopped", reason=reason, lora=None, state=None)
+        print(reason)
+        return 130
+    except SaveFailed as err:
+        if events:
+            events.write("error", message=str(err), kind=type(err).__name__)
+        if err.state is None:
+            raise
+        raise SaveFailed(f"{err}\n  resume: {resume_command(args, err.state)}", err.state) from err
+    except Exception as err:
+        if events:
+            events.write("error", message=str(err), kind=type(err).__name__)
+        raise
+    finally:
+        if events:
+            events.close()
+    name = result.lora_path.stem
+    if cfg.train.mode == "full":
+        print(f"\nmodel written: {result.lora_path}\n"
+              f"  AUTOMATIC1111 / Forge: copy it to models/Stable-diffusion; ComfyUI: models/checkpoints\n"
+              f"  lorakiln: lorakiln generate --model {result.lora_path} --prompt \"…\"")
+        if result.state_path:
+            print(f"  state for resume: {result.state_path}")
+        return 0
+    print(f"\nLoRA written: {result.lora_path}\n"
+          f"  AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt\n"
+          f"  ComfyUI: copy it to models/loras and use a LoraLoader node\n"
+          f"  diffusers: pipe.load_lora_weights(\"{result.lora_path}\")")
+    emb = result.lora_path.with_name(f"{name}_emb.safetensors")
+    if cfg.pivotal.train_text_encoder_ti and emb.is_file() and "," not in cfg.pivotal.token_abstraction:
+        print(f"  pivotal tuning: {emb.name} goes to A1111's embeddings/ (ComfyUI: models/embeddings);\n"
+              f"    write {emb.stem} where the captions said {cfg.pivotal.token_abstraction}: "
+              f"\"a {emb.stem} … <lora:{name}:0.8>\" (ComfyUI: embedding:{emb.stem})")
+    if result.state_path:
+        print(f"  state for resume: {result.state_path}")
+    if result.grid_path:
+        print(f"  epochs × strengths grid: {result.grid_path}")
+    if result.prompts_grid_path:
+        print(f"  epochs × prompts grid:   {result.prompts_grid_path}")
+    return 0
