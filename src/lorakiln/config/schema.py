@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lorakiln.config.cross_checks import check_run
 from lorakiln.models.hub_id import looks_like_hub_id
 
 
@@ -174,39 +175,6 @@ class NetworkConfig(Section):
         return value
 
 
-def _check_network(net: NetworkConfig) -> None:
-    """Options that only mean something for one algorithm are errors elsewhere, so a setting
-    never silently does nothing. Run from `RunConfig` (not on each assignment), so importers can
-    set `network_module` and its options in any order."""
-    algo = net.network_module
-    if algo != "lokr":
-        if net.lokr_factor != -1:
-            raise ValueError(f"network.lokr_factor is a LoKr option; network_module is {algo!r}")
-        if net.lokr_decompose_both:
-            raise ValueError(f"network.lokr_decompose_both is a LoKr option; network_module is {algo!r}")
-    if net.use_tucker and algo not in ("loha", "lokr"):
-        raise ValueError("network.use_tucker is a LoHa/LoKr option (lorakiln's LoRA/LoCon has no "
-                         f"Tucker mid layer); network_module is {algo!r}")
-    if net.dora_wd and algo not in ("lora", "locon"):
-        raise ValueError(f"network.dora_wd is trained with network_module 'lora' or 'locon', not {algo!r} "
-                         "(lorakiln applies LyCORIS DoHa/DoKr files in generation but does not train them)")
-    if net.dora_wd and net.network_dropout:
-        raise ValueError("network.network_dropout does not work with network.dora_wd (DoRA updates whole "
-                         "weights; LyCORIS ignores the dropout there too): set one of them off")
-    if net.network_dropout and algo in ("loha", "lokr"):
-        raise ValueError(f"network.network_dropout is not supported with {algo} (LyCORIS does not "
-                         "implement dropout for LoHa/LoKr either)")
-    if net.lokr_factor == 0 or net.lokr_factor < -1:
-        raise ValueError(f"network.lokr_factor must be -1 or a positive integer, got {net.lokr_factor}")
-    if net.conv_alpha is not None and net.conv_dim is None and algo == "lora":
-        raise ValueError("network.conv_alpha needs network.conv_dim with network_module = 'lora' "
-                         "(or use network_module = 'locon')")
-
-
-OptimizerName = str
-SchedulerName = str
-
-
 class TrainConfig(Section):
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate used for any part without its "
                                  "own rate; ignored when both unet_lr and text_encoder_lr are set.")
@@ -228,11 +196,11 @@ class TrainConfig(Section):
     max_train_epochs: int = Field(1, ge=1, description="Epochs: passes over images × repeats.")
     max_train_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps "
                                         "(overrides the epoch arithmetic).")
-    optimizer_type: OptimizerName = Field("AdamW", description="AdamW, AdamW8bit, Adafactor, "
+    optimizer_type: str = Field("AdamW", description="AdamW, AdamW8bit, Adafactor, "
                                           "DAdaptation (DAdaptAdam), Prodigy, Lion.")
     optimizer_args: list[str] = Field(default_factory=list, description="Extra optimizer arguments as "
                                       "kohya `key=value` strings, e.g. `[\"decouple=True\", \"weight_decay=0.05\"]`.")
-    lr_scheduler: SchedulerName = Field("constant", description="constant, constant_with_warmup, linear, "
+    lr_scheduler: str = Field("constant", description="constant, constant_with_warmup, linear, "
                                         "cosine, cosine_with_restarts, polynomial, adafactor.")
     lr_warmup_steps: float = Field(0, ge=0, description="Warmup steps (a value below 1 is a fraction of "
                                    "the total steps).")
@@ -393,38 +361,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
-        if self.data.min_bucket_reso > self.data.max_bucket_reso:
-            raise ValueError(f"data.min_bucket_reso ({self.data.min_bucket_reso}) is larger than "
-                             f"data.max_bucket_reso ({self.data.max_bucket_reso})")
-        if not self.data.train_data_dir and not self.data.dataset_name:
-            raise ValueError("set data.train_data_dir (a folder) or data.dataset_name (a hub dataset)")
-        p = self.prior
-        if p.with_prior_preservation and not p.class_data_dir:
-            raise ValueError("prior.with_prior_preservation needs prior.class_data_dir (a folder for the "
-                             "class images; missing ones are generated there)")
-        if self.data.cache_latents and self.data.random_crop:
-            # flip_aug is fine: both orientations are cached (kohya does the same).
-            raise ValueError("data.cache_latents cannot be combined with data.random_crop (each step "
-                             "would need a new latent); set cache_latents = false or random_crop = false")
-        _check_network(self.network)
-        if self.train.mode == "full":
-            if self.pivotal.train_text_encoder_ti:
-                raise ValueError("pivotal.train_text_encoder_ti is for LoRA training; with train.mode = 'full' "
-                                 "the whole text encoder trains (or set train.mode = 'lora')")
-            if self.network.network_weights:
-                raise ValueError("network.network_weights loads a LoRA; with train.mode = 'full' point "
-                                 "model.pretrained_model at the model to continue from instead")
-            if self.network.dora_wd:
-                raise ValueError("network.dora_wd is a LoRA option; train.mode = 'full' trains every weight "
-                                 "directly")
-        elif self.output.save_diffusers and self.network.network_module in ("loha", "lokr"):
-            raise ValueError(f"output.save_diffusers: diffusers cannot load {self.network.network_module} "
-                             "files (no LoHa/LoKr loader in diffusers/PEFT); use the kohya file in AUTOMATIC1111/ComfyUI, or set "
-                             "save_diffusers = false")
-        elif self.output.save_diffusers and self.network.dora_wd:
-            raise ValueError("output.save_diffusers: diffusers drops DoRA magnitudes (dora_scale) and would "
-                             "apply a plain LoRA (diffusers' `lora_state_dict` warns and drops them); set network.dora_wd = false for a diffusers "
-                             "file, or save_diffusers = false and use the kohya file in AUTOMATIC1111/ComfyUI")
+        check_run(self)  # options that contradict each other across sections (cross_checks.py)
         return self
 
     def resolved_paths(self, base: Path) -> RunConfig:
@@ -450,13 +387,6 @@ class RunConfig(BaseModel):
         return data
 
 
-SECTIONS: dict[str, type[Section]] = {
-    "model": ModelConfig,
-    "data": DataConfig,
-    "network": NetworkConfig,
-    "train": TrainConfig,
-    "output": OutputConfig,
-    "pivotal": PivotalConfig,
-    "prior": PriorConfig,
-    "validation": ValidationConfig,
-}
+#: Every `[section]` of a run file and its model, in file order.
+SECTIONS: dict[str, type[Section]] = {name: field.annotation for name, field in RunConfig.model_fields.items()
+                                      if name != "preset"}  # type: ignore[misc]
