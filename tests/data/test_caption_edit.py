@@ -8,17 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from lorakiln.data.caption_edit import (
-    add_tag,
+from lorakiln.data.caption_edit import add_tag, edit_captions, plan_edit, remove_phrases, replace_text
+from lorakiln.data.caption_rules import (
     add_to_caption,
-    edit_captions,
-    plan_edit,
     remove_edit,
     remove_from_caption,
-    remove_phrases,
     replace_edit,
     replace_in_caption,
-    replace_text,
 )
 from lorakiln.errors import ConfigError, DatasetError, LorakilnError
 from lorakiln.prep.caption_command import add_edit_arguments, run_edit

@@ -3,8 +3,8 @@
 The captioners (`blip`, `tagger`) only turn a batch of RGB images into text; everything that
 touches the user's folder lives here so both follow the same rules:
 
-* images are found with `IMAGE_EXTENSIONS` (the trainer's list), by default recursively, since
-  users point the command at the training root that holds kohya `10_token` folders;
+* images are found by `data.files.list_images` (the trainer's `IMAGE_EXTENSIONS`), by default
+  recursively, since users point the command at the training root that holds kohya `10_token` folders;
 * an image is opened with `open_image_rgb` (EXIF orientation applied, alpha over white): the
   caption must describe the picture the trainer will see, not the raw sensor pixels;
 * an existing caption is kept — the file is not even opened for writing — unless `overwrite`;
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from lorakiln.atomic import write_text_atomic
 from lorakiln.data.caption_target import ImageGuard, check_caption_extension
-from lorakiln.data.dataset import IMAGE_EXTENSIONS
+from lorakiln.data.files import list_images, read_caption
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN, check_folder
 from lorakiln.data.metadata_file import read_metadata
 from lorakiln.errors import ConfigError, DatasetError, ModelLoadError
@@ -109,28 +109,20 @@ def _relative(path: Path, root: Path) -> str:
 # --------------------------------------------------------------------------- finding images
 
 
-def list_images(root: str | os.PathLike[str], *, recursive: bool = True) -> tuple[Path, list[Path]]:
+def images_to_caption(root: str | os.PathLike[str], *, recursive: bool = True) -> tuple[Path, list[Path]]:
     """(resolved root, its images sorted by path); hidden files and folders are skipped.
 
     Hidden folders (`.ipynb_checkpoints`, `.cache`) hold copies and caches, not training
-    images, and the trainer's scanners skip them too.
+    images, and the trainer's scanners skip them too. An empty folder is an error here
+    (not an empty summary): the user most likely pointed at the wrong folder.
     """
     folder = check_folder(root, "the folder to caption")
-    candidates = _walk(folder) if recursive else (p for p in folder.iterdir() if p.is_file())
-    images = sorted(p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    images = list_images(folder, recursive=recursive)
     if not images:
         where = f"{folder} or its subfolders" if recursive else str(folder)
         raise DatasetError(f"no images found in {where}; put .jpg/.jpeg/.png/.webp/.bmp files there"
                            + ("" if recursive else " (or drop --no-recursive to look in subfolders)"))
     return folder, images
-
-
-def _walk(folder: Path) -> Iterator[Path]:
-    """Every file under `folder`, not descending into hidden folders."""
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            yield Path(dirpath) / name
 
 
 # --------------------------------------------------------------------------- caption text
@@ -220,11 +212,9 @@ class CaptionFiles:
         """True for a caption file with any text; an empty file is no caption to keep."""
         if self.overwrite:
             return False
-        path = self.target(image)
-        try:
-            return path.is_file() and bool(path.read_text(encoding="utf-8", errors="replace").strip())
-        except OSError:
-            return True  # unreadable but present: leave it alone rather than clobber it
+        caption = read_caption(image, self.extension)
+        # unreadable (or not UTF-8) but present: leave it alone rather than clobber it
+        return caption.error is not None or bool(caption.text and caption.text.strip())
 
     def write(self, image: Path, caption: str) -> None:
         write_text_atomic(self.target(image), caption + "\n")  # kohya ends the file with a newline
@@ -326,7 +316,7 @@ def caption_folder(root: str | os.PathLike[str], output: OutputOptions, load: Ca
     """
     if batch_size < 1:
         raise ConfigError(f"batch size (--batch-size) must be at least 1, got {batch_size}")
-    folder, images = list_images(root, recursive=output.recursive)
+    folder, images = images_to_caption(root, recursive=output.recursive)
     sink = open_sink(folder, output)
     summary = CaptionSummary(root=folder, destination=sink.describe())
     pending = _pending(images, sink, summary)

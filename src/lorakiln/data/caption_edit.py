@@ -9,275 +9,34 @@ inconsistent, so these operations run over every caption at once, as kohya_ss' "
 Rules, chosen to be predictable rather than clever:
 
 - The caption is the first non-blank line of `<image stem><ext>` (the line the trainer reads,
-  `scan_common.read_caption`); other lines are kept byte for byte, as is the line ending.
-- Matching is case-insensitive on word boundaries ("hair" never matches "chair"); runs of
-  whitespace in a phrase match any whitespace.
+  `files.read_caption`); other lines are kept byte for byte, as is the line ending.
+- The text rules (matching, tidying) live in `caption_rules`; this module walks the folder
+  (`files.list_images`: hidden files skipped, symlinked folders followed) and writes.
 - Every operation first builds an `EditPlan` (the changed files only) and writes nothing until
   `apply_plan`; writes are atomic (temporary file + `os.replace`), UTF-8 without a BOM, and a
   non-UTF-8 caption anywhere stops the whole edit before anything is written.
 - Images are only listed, never opened or written.
 
-See `remove_from_caption` for how a phrase leaves a sentence, and docs/captions.md.
+See `caption_rules.remove_from_caption` for how a phrase leaves a sentence, and docs/captions.md.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from lorakiln.atomic import atomic_path
+from lorakiln.data.caption_rules import CaptionEdit, Position, add_edit, remove_edit, replace_edit
 from lorakiln.data.caption_target import ImageGuard, check_caption_extension
-from lorakiln.data.captions import split_tags
 from lorakiln.data.dataset import IMAGE_EXTENSIONS
+from lorakiln.data.files import CaptionFile, list_images, read_caption
 from lorakiln.data.scan_common import raise_if_problems
-from lorakiln.errors import ConfigError, DatasetError
-
-Position = Literal["start", "end"]
-#: One edit step: the caption (None = the image has no caption) → the new caption (None = none).
-CaptionEdit = Callable[[str | None], str | None]
-
-#: Words removed together with a phrase (see `remove_from_caption`).
-ARTICLES: tuple[str, ...] = ("a", "an", "the")
-JOINERS: tuple[str, ...] = ("and", "or")
-INTRODUCERS: tuple[str, ...] = ("with", "wearing", "in", "holding")
-
-_ARTICLE_BEFORE = re.compile(rf"(?<!\w)(?:{'|'.join(ARTICLES)})\s+$", re.IGNORECASE)
-_JOINER_BEFORE = re.compile(rf"(?<!\w)(?:{'|'.join(JOINERS)})\s+$", re.IGNORECASE)
-_INTRODUCER_BEFORE = re.compile(rf"(?<!\w)(?:{'|'.join(INTRODUCERS)})\s+$", re.IGNORECASE)
-_JOINER_AFTER = re.compile(rf"\s+(?:{'|'.join(JOINERS)})(?=\s+\w)", re.IGNORECASE)
-_STARTS_WITH_ARTICLE = re.compile(rf"(?:{'|'.join(ARTICLES)})\s", re.IGNORECASE)
-
-
-# --------------------------------------------------------------------------- text operations
-
-
-def _norm(text: str) -> str:
-    """Comparison key for tags: case-insensitive, whitespace runs collapsed."""
-    return " ".join(text.split()).casefold()
-
-
-def phrase_pattern(phrase: str) -> re.Pattern[str]:
-    """Case-insensitive pattern for `phrase` on word boundaries.
-
-    `(?<!\\w)`/`(?!\\w)` instead of `\\b` so phrases that start or end with punctuation
-    ("(smile:1.2)", "1girl") still match only as whole words.
-    """
-    words = phrase.split()
-    if not words:
-        raise ConfigError("the phrase to match is empty; pass some text, e.g. --remove \"black hair\"")
-    body = r"\s+".join(re.escape(word) for word in words)
-    return re.compile(rf"(?<!\w){body}(?!\w)", re.IGNORECASE)
-
-
-def tidy_caption(caption: str) -> str:
-    """Light clean-up after an edit: single spaces, no space before punctuation, no ", ,",
-    no leading/trailing commas. Never reorders or rewords anything."""
-    text = re.sub(r"\s+", " ", caption)
-    text = re.sub(r"\s+([,.;:!?])", r"\1", text)
-    text = re.sub(r",(?:\s*,)+", ",", text)
-    return text.strip(" ,")
-
-
-def add_to_caption(caption: str | None, text: str, position: Position = "end",
-                   *, create_missing: bool = False) -> str | None:
-    """Add the tags of `text` (split on commas) that the caption does not have yet.
-
-    A tag counts as present when some comma-separated tag of the caption equals it (stripped,
-    case-insensitive); present tags are skipped, not moved. At the end, a trailing comma or a
-    single sentence-ending period of the caption gives way to the ", " separator. A missing
-    caption (None) stays missing unless `create_missing`, then it becomes just the tags.
-    """
-    if position not in ("start", "end"):
-        raise ConfigError(f"position {position!r} is not 'start' or 'end'")
-    wanted = split_tags(text)
-    if not wanted:
-        raise ConfigError("the text to add is empty; pass a tag, e.g. --add anantn")
-    if caption is None:
-        return ", ".join(_unique(wanted)) if create_missing else None
-    present = {_norm(tag) for tag in split_tags(caption)}
-    missing = [tag for tag in _unique(wanted) if _norm(tag) not in present]
-    if not missing:
-        return caption
-    added = ", ".join(missing)
-    if position == "start":
-        rest = caption.strip().strip(", ")
-        return f"{added}, {rest}" if rest else added
-    rest = caption.strip().rstrip(", ")
-    if rest.endswith(".") and not rest.endswith(".."):
-        rest = rest[:-1].rstrip(", ")
-    return f"{rest}, {added}" if rest else added
-
-
-def _unique(tags: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for tag in tags:
-        if _norm(tag) not in seen:
-            seen.add(_norm(tag))
-            out.append(tag)
-    return out
-
-
-def remove_from_caption(caption: str, phrase: str) -> str:
-    """Remove `phrase` from a tag list or a sentence; unchanged text is returned as is.
-
-    The caption is split on commas. If some tag equals the phrase (case-insensitive), those
-    tags are dropped whole and nothing else changes ("black hair ribbon" survives removing
-    "black hair" from booru tags). Otherwise each word-boundary occurrence is cut out of the
-    tags or sentences that contain it, together with:
-
-    1. an article right before it ("a", "an", "the"), unless the phrase starts with one;
-    2. then one connector: a following "and"/"or" ("X and Y" minus X → "Y"), otherwise a
-       preceding "and"/"or" ("X and Y" minus Y → "X"), otherwise a preceding "with",
-       "wearing", "in" or "holding" ("a man with a beard" minus beard → "a man").
-
-    Tags are then rejoined with ", " and emptied tags dropped, so no ", ," or trailing comma
-    is left. "photo of anantn, a man with black hair and brown skin" minus "black hair" is
-    "photo of anantn, a man with brown skin"; minus "brown skin" as well, "photo of anantn, a man".
-    A phrase with commas ("black hair, brown skin") removes each of its tags.
-    """
-    phrases = split_tags(phrase)
-    if not phrases:
-        raise ConfigError("the phrase to remove is empty; pass some text, e.g. --remove \"black hair\"")
-    for one in phrases:
-        caption = _remove_one(caption, one)
-    return caption
-
-
-def _remove_one(caption: str, phrase: str) -> str:
-    pattern = phrase_pattern(phrase)
-    key = _norm(phrase)
-    segments = caption.split(",")
-    if any(_norm(segment) == key for segment in segments):
-        kept = [segment for segment in segments if _norm(segment) != key]  # whole tags only
-    else:
-        article = _STARTS_WITH_ARTICLE.match(phrase.strip()) is None
-        kept = [_cut_phrase(segment, pattern, article=article) for segment in segments]
-        if kept == segments:
-            return caption
-    return ", ".join(tidy for segment in kept if (tidy := tidy_caption(segment)))
-
-
-def _cut_phrase(text: str, pattern: re.Pattern[str], *, article: bool) -> str:
-    """Cut every match of `pattern` in one comma-free segment, with the words of rule 1-2."""
-    spans: list[tuple[int, int]] = []
-    floor = 0  # a cut never reaches back into the previous one
-    for match in pattern.finditer(text):
-        start, end = match.span()
-        if start < floor:
-            continue
-        if article and (m := _ARTICLE_BEFORE.search(text, floor, start)):
-            start = m.start()
-        if m := _JOINER_AFTER.match(text, end):
-            end = m.end()
-        elif (m := _JOINER_BEFORE.search(text, floor, start)) or (m := _INTRODUCER_BEFORE.search(text, floor, start)):
-            start = m.start()
-        spans.append((start, end))
-        floor = end
-    if not spans:
-        return text
-    pieces, last = [], 0
-    for start, end in spans:
-        pieces.append(text[last:start])
-        last = end
-    pieces.append(text[last:])
-    return " ".join(pieces)
-
-
-def replace_in_caption(caption: str, old: str, new: str, *, regex: bool = False) -> str:
-    """Replace `old` by `new`: plain text on word boundaries (case-insensitive), or a regex.
-
-    A regex is used as written (add `(?i)` to ignore case) and `new` may use `\\1` / `\\g<name>`;
-    plain `new` is literal. A changed caption gets `tidy_caption`, so replacing with "" leaves
-    no double spaces or ", ,".
-    """
-    pattern = compile_regex(old) if regex else phrase_pattern(old)
-    result = pattern.sub(new, caption) if regex else pattern.sub(lambda _: new, caption)
-    return caption if result == caption else tidy_caption(result)
-
-
-def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a user regex, turning a syntax error into a `ConfigError` that shows where."""
-    if not pattern:
-        raise ConfigError("the regex to replace is empty; pass a pattern, e.g. --regex --replace \"\\s+\" \" \"")
-    try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"regex {pattern!r} is invalid: {exc}; fix it or drop --regex to match plain text") from exc
-
-
-def add_edit(text: str, position: Position = "end", *, create_missing: bool = False) -> CaptionEdit:
-    """An edit step for `add_to_caption` (arguments are checked now, not per file)."""
-    add_to_caption("", text, position)
-    return lambda caption: add_to_caption(caption, text, position, create_missing=create_missing)
-
-
-def remove_edit(phrases: Sequence[str]) -> CaptionEdit:
-    """An edit step removing each of `phrases` in order (see `remove_from_caption`)."""
-    if not phrases:
-        raise ConfigError("nothing to remove; pass at least one phrase")
-    for phrase in phrases:
-        remove_from_caption("", phrase)
-
-    def edit(caption: str | None) -> str | None:
-        if caption is None:
-            return None
-        for phrase in phrases:
-            caption = remove_from_caption(caption, phrase)
-        return caption
-
-    return edit
-
-
-def replace_edit(old: str, new: str, *, regex: bool = False) -> CaptionEdit:
-    """An edit step for `replace_in_caption`."""
-    if not regex and not old.split():
-        raise ConfigError("the text to replace is empty; pass some text, e.g. --replace man woman")
-    replace_in_caption("", old, new, regex=regex)
-    return lambda caption: None if caption is None else replace_in_caption(caption, old, new, regex=regex)
-
+from lorakiln.errors import DatasetError
 
 # --------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class CaptionFile:
-    """One image and its caption file as read from disk.
-
-    `text` is the whole decoded file (BOM removed), None when there is no file; `error` says
-    why an existing file could not be read (not UTF-8, unreadable).
-    """
-
-    image: Path
-    path: Path
-    text: str | None
-    error: str | None = None
-
-    @property
-    def caption(self) -> str | None:
-        """The first non-blank line, stripped (what the trainer uses); None if missing or blank."""
-        if self.text is None:
-            return None
-        for line in self.text.splitlines():
-            if line.strip():
-                return line.strip()
-        return None
-
-    def with_caption(self, caption: str) -> str:
-        """The whole file with its caption line replaced; every other line is kept as is."""
-        if self.text is None:
-            return caption + "\n"
-        lines = self.text.splitlines(keepends=True)
-        for i, line in enumerate(lines):
-            if line.strip():
-                lines[i] = caption + line[len(line.splitlines()[0]):]  # keep its line ending
-                return "".join(lines)
-        return caption + self.text  # blank file: the caption goes in front of its blank lines
 
 
 def resolve_folder(folder: str | os.PathLike[str]) -> Path:
@@ -290,56 +49,17 @@ def resolve_folder(folder: str | os.PathLike[str]) -> Path:
     return path.resolve()
 
 
-def find_images(root: Path, *, recursive: bool = True) -> list[Path]:
-    """Images (by `IMAGE_EXTENSIONS`) in `root` and, if `recursive`, its subfolders, sorted.
-
-    Hidden files and folders (".cache", macOS "._x.jpg") are skipped: they are never
-    training images, and editing a caption for them would only create clutter. Symlinked
-    folders are followed (the trainer's scanner follows them too), each real folder once.
-    """
-    found: list[Path] = []
-    visited: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = Path(dirpath).resolve()
-        if real in visited:  # a symlink loop or a second link to the same folder
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
-        found += [Path(dirpath, name) for name in filenames
-                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
-
-
-def read_caption_file(image: Path, ext: str) -> CaptionFile:
-    """Read the caption of `image`; errors are recorded on the result, never raised."""
-    path = image.with_suffix(ext)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return CaptionFile(image=image, path=path, text=None)
-    except OSError as exc:
-        return CaptionFile(image=image, path=path, text=None,
-                           error=f"caption {str(path)!r} cannot be read ({exc.strerror or exc})")
-    try:
-        return CaptionFile(image=image, path=path, text=raw.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        return CaptionFile(image=image, path=path, text=None,
-                           error=f"caption {str(path)!r} is not UTF-8 (byte 0x{raw[exc.start]:02x} at "
-                                 f"position {exc.start}); re-save it as UTF-8")
-
-
 def collect_captions(folder: str | os.PathLike[str], *, caption_extension: str = ".txt",
                      recursive: bool = True) -> tuple[Path, list[CaptionFile]]:
     """(absolute root, one `CaptionFile` per image); a `DatasetError` if there are no images."""
     root = resolve_folder(folder)
     ext = check_caption_extension(caption_extension)
-    images = find_images(root, recursive=recursive)
+    images = list_images(root, recursive=recursive, follow_links=True)
     if not images:
         where = "" if recursive else " (subfolders are not searched without recursion)"
         raise DatasetError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {str(root)!r}{where}; "
                            "pass the training folder or one of its `<repeats>_<token>` subfolders")
-    return root, [read_caption_file(image, ext) for image in images]
+    return root, [read_caption(image, ext) for image in images]
 
 
 # --------------------------------------------------------------------------- plans

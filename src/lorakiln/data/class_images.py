@@ -31,11 +31,11 @@ from PIL import Image
 
 from lorakiln.atomic import write_bytes_atomic, write_text_atomic
 from lorakiln.data.dataset import Dataset, Subset
+from lorakiln.data.files import list_images
 from lorakiln.data.imagefolder import check_folder
 from lorakiln.data.kohya import KOHYA_FOLDER_RE, scan_kohya_subset
 from lorakiln.data.scan_common import (
     ScanReport,
-    image_files,
     log_warnings,
     normalize_caption_extension,
     raise_if_problems,
@@ -57,7 +57,8 @@ def count_class_images(class_dir: str | os.PathLike[str]) -> int:
     root = Path(class_dir).expanduser()
     if not root.is_dir():
         return 0
-    return len(image_files(root)[1]) + sum(len(image_files(p)[1]) for p in _reg_folders(root))
+    folders = [root, *_reg_folders(root)]
+    return sum(len(list_images(p, recursive=False, skip_hidden=False)) for p in folders)
 
 
 def read_class_manifest(class_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -103,7 +104,8 @@ def write_class_images(class_dir: str | os.PathLike[str], images: list[Image.Ima
     """
     root = Path(class_dir).expanduser()
     root.mkdir(parents=True, exist_ok=True)
-    taken = {p.stem for p in image_files(root)[1]}  # a stray caption from a crash is ours to overwrite
+    # a stray caption from a crash is ours to overwrite
+    taken = {p.stem for p in list_images(root, recursive=False, skip_hidden=False)}
     written: list[Path] = []
     index = start_index
     for image in images:
@@ -145,7 +147,7 @@ def scan_class_images(class_dir: str | os.PathLike[str], class_prompt: str | Non
     report = ScanReport(fallback=f"class_prompt {prompt!r}" if prompt else "their folder name")
     subsets: list[Subset] = []
     with ThreadPoolExecutor(max_workers=max_workers or min(8, os.cpu_count() or 1)) as pool:
-        if image_files(root)[1]:
+        if list_images(root, recursive=False, skip_hidden=False):
             subsets.append(scan_captioned_folder(
                 root, index=0, repeats=1, token=prompt, class_token=None, ext=ext, report=report, pool=pool,
                 no_caption_fix="add a caption file or set class_prompt"))

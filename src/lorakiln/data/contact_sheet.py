@@ -22,8 +22,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from lorakiln.atomic import atomic_path
-from lorakiln.data.caption_edit import CaptionFile, collect_captions
+from lorakiln.data.caption_edit import collect_captions
 from lorakiln.data.caption_target import ImageGuard
+from lorakiln.data.files import CaptionFile
 from lorakiln.data.images import open_image_rgb
 from lorakiln.errors import ConfigError
 from lorakiln.io_guard import check_output as check_writable

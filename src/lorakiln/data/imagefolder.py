@@ -21,10 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 
 from lorakiln.data.dataset import IMAGE_EXTENSIONS, Dataset, ImageItem, Subset
+from lorakiln.data.files import list_images
 from lorakiln.data.metadata_file import MetadataRow, MetadataTable, find_metadata_files, read_metadata
 from lorakiln.data.scan_common import (
     ScanReport,
-    image_files,
     log_warnings,
     nearest,
     probe_images,
@@ -67,7 +67,7 @@ def scan_imagefolder(root: str | os.PathLike[str], *, caption_column: str | None
     instance_prompt = (instance_prompt or "").strip() or None
     report = ScanReport(fallback=f"instance_prompt {instance_prompt!r}")
     metadata = find_metadata_files(root)
-    _, on_disk = image_files(root)
+    on_disk = list_images(root, recursive=False, skip_hidden=False)
     if len(metadata) > 1:
         report.folder_problems.append(f"{root} holds both {metadata[0].name} and {metadata[1].name}; "
                                       "keep one (the `datasets` ImageFolder loader refuses both too)")
@@ -154,7 +154,8 @@ def _row_image(row: MetadataRow, file: str, root: Path, column: str, report: Sca
         report.problems.append(f"{file} line {row.line}: {value!r} is not a .jpg/.jpeg/.png/.webp/.bmp image")
         return None
     if not path.is_file():
-        candidates = [p.name for p in image_files(path.parent)[1]] if path.parent.is_dir() else []
+        siblings = list_images(path.parent, recursive=False, skip_hidden=False) if path.parent.is_dir() else []
+        candidates = [p.name for p in siblings]
         hint = nearest(path.name, candidates)
         report.problems.append(f"{file} line {row.line} names {value!r}, which does not exist in "
                                f"{str(path.parent)!r}" + (f"; did you mean {hint!r}?" if hint else ""))

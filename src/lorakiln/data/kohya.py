@@ -16,11 +16,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from lorakiln.data.dataset import IMAGE_EXTENSIONS, Dataset, Subset
+from lorakiln.data.dataset import Dataset, Subset
+from lorakiln.data.files import list_images
 from lorakiln.data.scan_common import (
     MAX_LISTED_PROBLEMS,
     ScanReport,
-    image_files,
     log_warnings,
     normalize_caption_extension,
     raise_if_problems,
@@ -80,7 +80,7 @@ def scan_kohya_dataset(train_dir: str | os.PathLike[str], caption_extension: str
     root = root.resolve()
     ext = normalize_caption_extension(caption_extension)
     report = ScanReport()
-    top_images = [p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    top_images = list_images(root, recursive=False, skip_hidden=False)
     if top_images:
         report.folder_problems.append(
             f"{len(top_images)} image(s) lie directly in {root} (e.g. {top_images[0].name!r}) and would be "
@@ -120,7 +120,7 @@ def scan_kohya_subset(folder: Path, index: int, ext: str, report: ScanReport,
     except ValueError as exc:
         report.folder_problems.append(f"folder {str(folder)!r} {exc}")
         repeats, token, class_token, name_ok = 1, "", None, False
-    if not image_files(folder)[1]:
+    if not list_images(folder, recursive=False, skip_hidden=False):
         report.empty_folders.append(folder)
     elif name_ok and not token:
         report.no_token_folders.append(folder)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from lorakiln.data.dataset import Dataset
+from lorakiln.data.files import list_images
 from lorakiln.data.imagefolder import (
     DEFAULT_CAPTION_COLUMN,
     DEFAULT_IMAGE_COLUMN,
@@ -26,7 +27,6 @@ from lorakiln.data.imagefolder import (
 )
 from lorakiln.data.kohya import KOHYA_FOLDER_RE, scan_kohya_dataset
 from lorakiln.data.metadata_file import find_metadata_files
-from lorakiln.data.scan_common import image_files
 from lorakiln.errors import DatasetError
 from lorakiln.models.hub_id import looks_like_hub_id
 
@@ -46,7 +46,7 @@ def detect_layout(path: str | os.PathLike[str]) -> Layout:
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if any(KOHYA_FOLDER_RE.fullmatch(p.name) for p in folders):
         return "kohya"
-    if image_files(root)[1]:
+    if list_images(root, recursive=False, skip_hidden=False):
         return "imagefolder"
     shown = ", ".join(repr(p.name) for p in folders[:5])
     found = f"it has subfolders ({shown}) but none is named `<repeats>_<token>`" if folders else "it is empty"

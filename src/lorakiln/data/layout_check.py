@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lorakiln.data.files import list_images
 from lorakiln.data.kohya import parse_folder_name
 from lorakiln.data.layout import detect_layout
 from lorakiln.data.metadata_file import find_metadata_files, read_metadata
-from lorakiln.data.scan_common import image_files
 
 
 def _subfolders(root: Path) -> list[Path]:
@@ -49,8 +49,9 @@ def count_samples(train_data_dir: str | os.PathLike[str], imagefolder_repeats: i
                 repeats = parse_folder_name(folder.name)[0]
             except ValueError:
                 continue
-            total += len(image_files(folder)[1]) * repeats
+            total += len(list_images(folder, recursive=False, skip_hidden=False)) * repeats
         return total
     metadata = find_metadata_files(root)
-    rows = len(read_metadata(metadata[0], []).rows) if len(metadata) == 1 else len(image_files(root)[1])
+    rows = (len(read_metadata(metadata[0], []).rows) if len(metadata) == 1
+            else len(list_images(root, recursive=False, skip_hidden=False)))
     return rows * imagefolder_repeats

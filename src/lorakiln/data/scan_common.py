@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lorakiln.data.dataset import IMAGE_EXTENSIONS, ImageItem, Subset
+from lorakiln.data.dataset import ImageItem, Subset
+from lorakiln.data.files import list_images, read_caption
 from lorakiln.data.images import probe_image
 from lorakiln.errors import DatasetError
 
@@ -75,12 +76,6 @@ def nearest(name: str, choices: Iterable[str]) -> str | None:
     return close[0] if close else None
 
 
-def image_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(all files, training images) directly in `folder`, sorted for a deterministic order."""
-    files = sorted(p for p in folder.iterdir() if p.is_file())
-    return files, [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-
-
 def probe_or_message(path: Path) -> tuple[int, int] | str:
     """Size of the image, or the reason it cannot be decoded (any Pillow failure)."""
     try:
@@ -104,32 +99,26 @@ def probe_images(paths: Sequence[Path], report: ScanReport,
             yield path, size
 
 
-def read_caption(image: Path, ext: str, report: ScanReport) -> str | None:
+def trainer_caption(image: Path, ext: str, report: ScanReport) -> str | None:
     """First line of the caption file (kohya reads `lines[0].strip()`), or None if absent/empty.
 
-    A UTF-8 BOM (Windows Notepad) is stripped by the `utf-8-sig` codec. An empty file is
-    treated like a missing one — a captioner that crashed mid-run should not silently
-    train images with no trigger word.
+    An empty file is treated like a missing one — a captioner that crashed mid-run should
+    not silently train images with no trigger word. An unreadable file is a problem and
+    trains with "" (the scan fails anyway).
     """
-    path = image.with_suffix(ext)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    file = read_caption(image, ext)
+    if file.error:
+        report.problems.append(file.error)
+        return ""
+    if file.text is None:
         report.missing.append(image)
         return None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        report.problems.append(
-            f"caption {str(path)!r} is not UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start}); "
-            "re-save it as UTF-8")
-        return ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = file.lines
     if not lines:
-        report.empty_captions.append(path)
+        report.empty_captions.append(file.path)
         return None
     if len(lines) > 1:
-        report.multiline.append(path)
+        report.multiline.append(file.path)
     return lines[0]
 
 
@@ -168,7 +157,8 @@ def scan_captioned_folder(folder: Path, *, index: int, repeats: int, token: str,
     An image without a caption trains with the subset's `fallback_caption`, unless that is
     empty: then it is a problem, and `no_caption_fix` says how to fix it.
     """
-    files, images = image_files(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file())  # every file: stray captions, GIFs
+    images = list_images(folder, recursive=False, skip_hidden=False)
     report.ignored_images += [p for p in files if p.suffix.lower() in IGNORED_IMAGE_EXTENSIONS]
     check_duplicate_stems(images, report)
     check_other_caption_files(files, images, ext, report)
@@ -177,7 +167,7 @@ def scan_captioned_folder(folder: Path, *, index: int, repeats: int, token: str,
     for path, size in probe_images(images, report, pool):
         if size is None:
             continue
-        caption = read_caption(path, ext, report)
+        caption = trainer_caption(path, ext, report)
         if caption is None:
             caption = subset.fallback_caption
             if not caption:

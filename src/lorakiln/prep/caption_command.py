@@ -38,7 +38,8 @@ def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_edit(args: argparse.Namespace) -> int:
     """Remove, then replace, then add (so an added tag is never removed again); print the result."""
-    from lorakiln.data.caption_edit import add_edit, edit_captions, remove_edit, replace_edit
+    from lorakiln.data.caption_edit import edit_captions
+    from lorakiln.data.caption_rules import add_edit, remove_edit, replace_edit
     from lorakiln.errors import ConfigError
 
     if not (args.add or args.remove or args.replace):

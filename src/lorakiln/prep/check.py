@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lorakiln.config.schema import RunConfig
-from lorakiln.data.dataset import IMAGE_EXTENSIONS
+from lorakiln.data.files import list_images
 from lorakiln.data.lint import Finding, LintOptions, image_findings, lint_dataset
 from lorakiln.data.quality import measure_images
 from lorakiln.errors import LorakilnError
@@ -98,13 +98,6 @@ def _scan_logs_muted() -> Iterator[None]:
             log.disabled = was
 
 
-def _all_images(root: Path) -> list[Path]:
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
 def check_dataset(cfg: RunConfig, *, token: str | None = None, options: LintOptions | None = None) -> CheckReport:
     """Scan, lint and plan `cfg`'s dataset as the trainer would; never raises for dataset problems."""
     from lorakiln.training.plan import build_data, lint_options, plan_lines, plan_steps, scan_training_images
@@ -117,7 +110,7 @@ def check_dataset(cfg: RunConfig, *, token: str | None = None, options: LintOpti
             dataset = scan_training_images(cfg)
     except LorakilnError as exc:
         report.findings.append(Finding("error", "dataset", str(exc)))
-        images = _all_images(Path(root).expanduser())
+        images = list_images(Path(root).expanduser())  # a missing folder: none
         report.num_images = len(images)
         if options.check_images and images:  # still measure what is there
             report.findings += image_findings(measure_images(images), options)

@@ -31,6 +31,7 @@ from typing import Literal
 from PIL import Image, ImageOps
 
 from lorakiln.data.dataset import IMAGE_EXTENSIONS
+from lorakiln.data.files import list_images
 from lorakiln.data.image_modes import to_8bit
 from lorakiln.data.images import flatten_to_rgb
 from lorakiln.data.scan_common import KNOWN_CAPTION_EXTENSIONS
@@ -133,12 +134,6 @@ def folder_name(repeats: int, token: str, class_token: str | None) -> str:
     return f"{repeats}_{token}" + (f" {class_token}" if class_token else "")
 
 
-def _sources(src: Path) -> list[Path]:
-    wanted = IMAGE_EXTENSIONS | CONVERTIBLE
-    return sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in wanted
-                  and not any(part.startswith(".") for part in p.relative_to(src).parts))
-
-
 def _caption_for(image: Path) -> Path | None:
     for ext in KNOWN_CAPTION_EXTENSIONS:
         candidate = image.with_suffix(ext)
@@ -198,7 +193,7 @@ def init_dataset(src: str | Path, dest: str | Path, token: str, *, class_token: 
     if not token or any(c.isspace() for c in token):
         raise DatasetError(f"--token {token!r} must be one word without spaces (it becomes the folder name "
                            "`<repeats>_<token>` and the trigger word in prompts)")
-    files = _sources(source)
+    files = list_images(source, extensions=IMAGE_EXTENSIONS | CONVERTIBLE)  # hidden files skipped
     if not files:
         raise DatasetError(f"no images under {source} (looked for {', '.join(sorted(IMAGE_EXTENSIONS | CONVERTIBLE))})")
     out_root = Path(dest).expanduser()

@@ -134,15 +134,15 @@ def import_uploads(box: Sandbox, files: list[Any] | None, token: str, class_toke
 
 def dataset_images(box: Sandbox) -> list[Path]:
     """The images of `<project>/train`, as the caption tools find them."""
-    from lorakiln.data.caption_edit import find_images
+    from lorakiln.data.files import list_images
 
     root = dataset_dir(box)
-    return find_images(root) if root.is_dir() else []
+    return list_images(root, follow_links=True) if root.is_dir() else []
 
 
 def read_caption(image: str | Path) -> str:
     """The caption of `image` ("" when it has none)."""
-    from lorakiln.data.caption_edit import read_caption_file
+    from lorakiln.data.files import read_caption as read_caption_file
 
     caption = read_caption_file(Path(image), CAPTION_EXT)
     if caption.error:
