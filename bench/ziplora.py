@@ -1,6 +1,6 @@
 """ZipLoRA vs plain merges: how much of each input LoRA's effect the merged LoRA keeps.
 
-Effect kept (`lorakiln.lora_tools.ziplora_train`): for LoRA i on held-out latents, timesteps and
+Effect kept (`lorakiln.lora_tools.ziplora.train`): for LoRA i on held-out latents, timesteps and
 noise, ``1 − Σ‖D_merge − D_i‖² / Σ‖D_base − D_i‖²`` on its own prompt — 1 = the merge
 reproduces LoRA i exactly, 0 = no closer than the base model, < 0 = further away than the base.
 Compared: the ZipLoRA merge (Shah et al. 2023) after its steps, the plain average
@@ -79,7 +79,7 @@ def load_model(name: str) -> Any | None:
 
 def run_case(bundle: Any, work: Path, pair: tuple[int, int], targets: str, lam: float,
              args: argparse.Namespace, prompts: tuple[str, str]) -> dict[str, Any]:
-    from lorakiln.lora_tools.ziplora import ZipLoRAOptions, ziplora_merge
+    from lorakiln.lora_tools.ziplora.ziplora import ZipLoRAOptions, ziplora_merge
 
     pattern, scale = TARGETS[targets]
     tag = f"{bundle.family.name}-{targets}-{pair[0]}-{pair[1]}"

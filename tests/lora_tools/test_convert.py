@@ -17,8 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools import command
-from lorakiln.lora_tools.convert import convert_lora
-from lorakiln.lora_tools.inspect import inspect_lora
+from lorakiln.lora_tools.files.convert import convert_lora
+from lorakiln.lora_tools.files.info import inspect_lora
 from lorakiln.models.family import SD1, SDXL, ModelFamily
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from lorakiln.cli import main
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.extract import extract_lora
-from lorakiln.lora_tools.lorafile import read_kohya_lora
+from lorakiln.lora_tools.files.lorafile import read_kohya_lora
+from lorakiln.lora_tools.resize.extract import extract_lora
 from lorakiln.models.family import SDXL
 from lorakiln.models.loading import load_base_model
 from lorakiln.models.save import save_bundle_diffusers, save_bundle_single_file

@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools import command
-from lorakiln.lora_tools.inspect import folder_token, format_info, inspect_lora, trigger_words
+from lorakiln.lora_tools.files.info import format_info, inspect_lora
+from lorakiln.lora_tools.files.metadata_view import folder_token, trigger_words
 from lorakiln.models.family import SD1, SDXL, ModelFamily
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle

@@ -9,8 +9,8 @@ import torch
 from safetensors import safe_open
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import read_kohya_lora, write_kohya_lora
-from lorakiln.lora_tools.lowrank import factorize
+from lorakiln.lora_tools.files.lorafile import read_kohya_lora, write_kohya_lora
+from lorakiln.lora_tools.lowrank.lowrank import factorize
 from lorakiln.models.family import SD1
 
 KEYS = ("lora_unet_down_blocks_0_attentions_0_proj_in", "lora_te_text_model_encoder_layers_0_self_attn_q_proj")

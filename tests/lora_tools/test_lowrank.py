@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakiln.lora_tools.lowrank import choose_rank, factorize
+from lorakiln.lora_tools.lowrank.lowrank import choose_rank, factorize
 
 
 def _low_rank(out: int, inn: int, rank: int, seed: int = 0) -> torch.Tensor:

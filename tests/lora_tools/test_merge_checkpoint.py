@@ -17,9 +17,9 @@ from safetensors.torch import save_file
 
 from lorakiln.cli import main
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.merge import merge
-from lorakiln.lora_tools.merge_options import MergeOptions, rank_spec
-from lorakiln.lora_tools.task_merge import ties
+from lorakiln.lora_tools.merge.merge import merge
+from lorakiln.lora_tools.merge.options import MergeOptions, rank_spec
+from lorakiln.lora_tools.merge.task import ties
 from lorakiln.models.family import SDXL
 from lorakiln.models.loading import load_base_model
 from lorakiln.networks import keymap

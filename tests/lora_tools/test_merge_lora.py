@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from lorakiln.cli import main
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.merge import merge
-from lorakiln.lora_tools.merge_options import MergeOptions, rank_spec
-from lorakiln.lora_tools.task_merge import dare, module_generator, ties
+from lorakiln.lora_tools.merge.merge import merge
+from lorakiln.lora_tools.merge.options import MergeOptions, rank_spec
+from lorakiln.lora_tools.merge.task import dare, module_generator, ties
 from lorakiln.models.family import SDXL
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.networks.apply import apply_lora_file

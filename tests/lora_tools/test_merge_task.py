@@ -1,4 +1,4 @@
-"""TIES and DARE maths (`lora_tools.task_merge`) on small hand-made tensors: trim, sign election,
+"""TIES and DARE maths (`lora_tools.merge.task`) on small hand-made tensors: trim, sign election,
 disjoint mean; DARE's rescale keeps the expectation, is seeded, and at density 1 is the plain sum."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lorakiln.lora_tools import merge, task_merge
-from lorakiln.lora_tools.task_merge import (
+from lorakiln.lora_tools.merge import merge
+from lorakiln.lora_tools.merge import task as task_merge
+from lorakiln.lora_tools.merge.task import (
     combine,
     dare,
     dare_drop,

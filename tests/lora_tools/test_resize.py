@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from lorakiln.cli import main
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.convert import convert_lora
-from lorakiln.lora_tools.inspect import inspect_lora
-from lorakiln.lora_tools.lorafile import read_kohya_lora, write_kohya_lora
-from lorakiln.lora_tools.lowrank import LowRank
-from lorakiln.lora_tools.resize import resize_lora
+from lorakiln.lora_tools.files.convert import convert_lora
+from lorakiln.lora_tools.files.info import inspect_lora
+from lorakiln.lora_tools.files.lorafile import read_kohya_lora, write_kohya_lora
+from lorakiln.lora_tools.lowrank.lowrank import LowRank
+from lorakiln.lora_tools.resize.resize import resize_lora
 from lorakiln.models.family import SD1
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.networks.apply import apply_lora_file

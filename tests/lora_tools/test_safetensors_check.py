@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from lorakiln.errors import FileFormatError
-from lorakiln.lora_tools.header import read_header
+from lorakiln.lora_tools.files.header import read_header
 from lorakiln.safetensors_check import load_checked, read_layout, refuse_non_finite
 
 

@@ -16,15 +16,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lorakiln.cli import main
-from lorakiln.lora_tools.lorafile import KohyaLoRA, read_kohya_lora
-from lorakiln.lora_tools.lowrank import LowRank
-from lorakiln.lora_tools.ziplora import ZipLoRAOptions, ZipLoRAResult, ziplora_merge
-from lorakiln.lora_tools.ziplora_modules import ZipModule
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA, read_kohya_lora
+from lorakiln.lora_tools.lowrank.lowrank import LowRank
+from lorakiln.lora_tools.ziplora.modules import ZipModule
+from lorakiln.lora_tools.ziplora.ziplora import ZipLoRAOptions, ZipLoRAResult, ziplora_merge
 from lorakiln.models.conditioning import encode_text
 from lorakiln.models.family import SD1, SDXL, ModelFamily
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle
-from lorakiln.networks.apply import _resolve, apply_lora_file
+from lorakiln.networks.apply import apply_lora_file, resolve_target
 from lorakiln.networks.export import kohya_state_dict
 from lorakiln.networks.network import create_lora_network
 
@@ -83,7 +83,7 @@ def _assert_file_exact_and_loadable(result: ZipLoRAResult, inputs: tuple[KohyaLo
         for key in merged.modules:
             expected = _expected_delta(key, inputs, result)
             torch.testing.assert_close(merged.lora_factors(key).delta(), expected, atol=1e-5, rtol=1e-4)
-            target = _resolve(fused, key)
+            target = resolve_target(fused, key)
             target.weight += expected.reshape(target.weight.shape)
     loaded = build(seed=0)
     applied = apply_lora_file(loaded, result.path)

@@ -539,7 +539,7 @@ def test_sd_scripts_dora_wd_is_imported(tmp_path: Path) -> None:
 def test_lora_info_reports_the_caveats(trained, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from lorakiln.lora_tools.inspect import inspect_lora
+    from lorakiln.lora_tools.files.info import inspect_lora
 
     _, net, path, _, _ = trained
     info = inspect_lora(path)

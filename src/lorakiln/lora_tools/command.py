@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     import json
 
-    from lorakiln.lora_tools.inspect import format_info, inspect_lora
+    from lorakiln.lora_tools.files.info import format_info, inspect_lora
 
     info = inspect_lora(args.file, verify_hash=not args.no_verify)
     if args.json:
@@ -64,14 +64,14 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from lorakiln.lora_tools.convert import convert_lora, describe_result
+    from lorakiln.lora_tools.files.convert import convert_lora, describe_result
 
     result = convert_lora(args.input, args.output, args.to, family=args.family, force=args.force)
     print(describe_result(result))
     return 0
 
 
-# -- resize / extract (lora_tools/resize.py, lora_tools/extract.py) ------------------------------
+# -- resize / extract (lora_tools/resize/) ------------------------------------------------------------
 
 
 def _add_rank_arguments(p: argparse.ArgumentParser, conv_help: str) -> None:
@@ -114,8 +114,8 @@ def _add_extract_arguments(sub: argparse._SubParsersAction) -> None:
 
 
 def run_resize(args: argparse.Namespace) -> int:
-    from lorakiln.lora_tools.reduction import print_module
-    from lorakiln.lora_tools.resize import describe_resize, resize_lora
+    from lorakiln.lora_tools.lowrank.reduction import print_module
+    from lorakiln.lora_tools.resize.resize import describe_resize, resize_lora
 
     result = resize_lora(args.input, args.output, rank=args.rank, conv_rank=args.conv_rank, dynamic=args.dynamic,
                          dynamic_param=args.dynamic_param, save_precision=args.save_precision, device=args.device,
@@ -125,8 +125,8 @@ def run_resize(args: argparse.Namespace) -> int:
 
 
 def run_extract(args: argparse.Namespace) -> int:
-    from lorakiln.lora_tools.extract import describe_extract, extract_lora
-    from lorakiln.lora_tools.reduction import print_module
+    from lorakiln.lora_tools.lowrank.reduction import print_module
+    from lorakiln.lora_tools.resize.extract import describe_extract, extract_lora
 
     result = extract_lora(args.base, args.tuned, args.output, rank=args.rank, conv_rank=args.conv_rank,
                           dynamic=args.dynamic, dynamic_param=args.dynamic_param, min_diff=args.min_diff,
@@ -140,23 +140,23 @@ def run_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- merge (lora_tools/merge.py; its parser module imports nothing heavy) -------------------------
+# -- merge (lora_tools/merge/merge.py; its parser module imports nothing heavy) -----------------
 
 
 def _add_merge_arguments(sub: argparse._SubParsersAction) -> None:
-    from lorakiln.lora_tools import merge
+    from lorakiln.lora_tools.merge import merge
 
     _add_rank_arguments(merge.add_arguments(sub), "LoRA output: the rank of 3×3 conv (LoCon) modules; default: "
                         "--rank (kohya svd_merge_lora --new_conv_rank)")
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from lorakiln.lora_tools.merge import run as merge_run
+    from lorakiln.lora_tools.merge.merge import run as merge_run
 
     return merge_run(args)
 
 
-# -- ziplora (lora_tools/ziplora.py) ------------------------------------------------------------
+# -- ziplora (lora_tools/ziplora/) ------------------------------------------------------------
 
 
 def _add_ziplora_arguments(sub: argparse._SubParsersAction) -> None:
@@ -195,7 +195,7 @@ def _add_ziplora_arguments(sub: argparse._SubParsersAction) -> None:
 
 
 def run_ziplora(args: argparse.Namespace) -> int:
-    from lorakiln.lora_tools.ziplora import ZipLoRAOptions, format_report, ziplora_merge
+    from lorakiln.lora_tools.ziplora.ziplora import ZipLoRAOptions, format_report, ziplora_merge
 
     options = ZipLoRAOptions(steps=args.steps, lr=args.lr, lam=args.lam, resolution=args.resolution,
                              seed=args.seed, latents=args.latents, num_latents=args.num_latents,

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _resolve(bundle: ModelBundle, key: str) -> nn.Module:
+def resolve_target(bundle: ModelBundle, key: str) -> nn.Module:
     """The base module a kohya module key patches (any U-Net naming `keymap.resolve_kohya_module` reads)."""
     family = bundle.family
     try:
@@ -95,11 +95,11 @@ def apply_lora_file(bundle: ModelBundle, path: str | Path, *, te: float = 1.0, u
     if made_for is not None and made_for != bundle.family.name:
         raise LorakilnError(f"{path.name} is a LoRA for {made_for}, but the loaded base model is "
                             f"{bundle.family.name}; pick a {bundle.family.name} LoRA or another base model")
-    groups = _group_modules(path, tensors, bundle.family)
+    groups = group_file_modules(path, tensors, bundle.family)
     applied = AppliedLoRA(name or path.stem, path)
     try:
         for key, (algo, parts) in groups.items():
-            module = _module_for(path, key, _resolve(bundle, key), algo, parts, bundle.family.name)
+            module = _module_for(path, key, resolve_target(bundle, key), algo, parts, bundle.family.name)
             module.eval().attach()
             applied.modules[key] = module
     except BaseException:
@@ -146,7 +146,7 @@ def _lora_module(path: Path, key: str, target: nn.Module, parts: dict[str, torch
     return module
 
 
-def _group_modules(
+def group_file_modules(
     path: Path, tensors: dict[str, torch.Tensor], family: ModelFamily
 ) -> dict[str, tuple[str, dict[str, torch.Tensor]]]:
     """``{module key: (algo, {suffix: tensor})}``, split at the first ``.`` like A1111's ``networks.py``

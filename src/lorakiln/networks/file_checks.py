@@ -1,5 +1,5 @@
 """Checks a LoRA file must pass before its tensors touch a model, shared by generation
-(`networks.apply`) and the LoRA tools (`lora_tools.lorafile`, `convert`, `info`).
+(`networks.apply`) and the LoRA tools (`lora_tools.files`: `lorafile`, `convert`, `info`).
 
 Without them a damaged file surfaced far from its cause: NaN weights as a black image with exit
 code 0, a rank mismatch or a LoRA for another model as torch's ``mat1 and mat2 shapes cannot be

@@ -49,7 +49,7 @@ def _output(box: Sandbox, value: str, inputs: list[Path | str | None], verb: str
 
 def info(box: Sandbox, file: str, modules: bool = False) -> str:
     """`lorakiln lora info FILE [--modules]`: kind, family, ranks, metadata, which clients load it."""
-    from lorakiln.lora_tools.inspect import format_info, inspect_lora
+    from lorakiln.lora_tools.files.info import format_info, inspect_lora
 
     if not (file or "").strip():
         return "error: name a LoRA file"
@@ -61,7 +61,7 @@ def info(box: Sandbox, file: str, modules: bool = False) -> str:
 
 def convert(box: Sandbox, source: str, output: str, to: str, family: str = "", force: bool = False) -> str:
     """`lorakiln lora convert IN OUT --to kohya|diffusers`."""
-    from lorakiln.lora_tools.convert import convert_lora, describe_result
+    from lorakiln.lora_tools.files.convert import convert_lora, describe_result
 
     try:
         src = _lora_in(box, source)
@@ -75,7 +75,7 @@ def convert(box: Sandbox, source: str, output: str, to: str, family: str = "", f
 def resize(box: Sandbox, source: str, output: str, rank: Any, conv_rank: Any, dynamic: str, dynamic_param: Any,
            save_precision: str = "", force: bool = False) -> str:
     """`lorakiln lora resize IN OUT --rank R [--conv-rank C] [--dynamic M --dynamic-param X]`."""
-    from lorakiln.lora_tools.resize import describe_resize, resize_lora
+    from lorakiln.lora_tools.resize.resize import describe_resize, resize_lora
 
     try:
         src = _lora_in(box, source)
@@ -91,10 +91,10 @@ def merge(box: Sandbox, loras: str, output: str, model: str, to: str, method: st
           save_precision: str = "", force: bool = False) -> str:
     """`lorakiln lora merge OUT --lora FILE[:S] … [--model BASE] [--method …]`; `loras` has one
     ``FILE[:STRENGTH[:UNET]]`` per line, as the CLI's repeated ``--lora``."""
-    from lorakiln.lora_tools.merge import describe_result
-    from lorakiln.lora_tools.merge import merge as merge_loras
-    from lorakiln.lora_tools.merge_inputs import LoraSpec
-    from lorakiln.lora_tools.merge_options import MergeOptions, rank_spec
+    from lorakiln.lora_tools.merge.inputs import LoraSpec
+    from lorakiln.lora_tools.merge.merge import describe_result
+    from lorakiln.lora_tools.merge.merge import merge as merge_loras
+    from lorakiln.lora_tools.merge.options import MergeOptions, rank_spec
 
     try:
         specs = []
@@ -122,8 +122,8 @@ def build(box: Sandbox) -> None:
     """The tab's four tools inside an open `gr.Blocks`, bound to the server's sandbox."""
     import gradio as gr
 
-    from lorakiln.lora_tools.convert import TARGETS
-    from lorakiln.lora_tools.merge import METHOD_CHOICES
+    from lorakiln.lora_tools.files.convert import TARGETS
+    from lorakiln.lora_tools.merge.merge import METHOD_CHOICES
     from lorakiln.ui.app import bind
 
     def pick(label: str, **kw: Any) -> Any:

@@ -5,7 +5,7 @@ arXiv 2311.13600, method section) keeps both inputs' effects where a plain avera
 sum lets aligned columns interfere: for every module both LoRAs patch, merger vectors m_c, m_s
 (init 1) scale the columns of ΔW_c and ΔW_s, ``ΔW_m = m_c ⊗ ΔW_c + m_s ⊗ ΔW_s``, and ~100 Adam
 steps on the base model fit D_m to each LoRA on its own prompts while pushing m_c ⊥ m_s. The
-maths lives in `ziplora_modules` (adapters, column axis) and `ziplora_train` (loss, latents,
+maths lives in `modules` (adapters, column axis) and `train` (loss, latents,
 text encoders, effect kept); this module checks the inputs, runs the steps and writes the file.
 
 **Output.** Column scaling of ``ΔW = scale · up @ down`` is scaling ``down``'s input columns, so
@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, check_lora_output, read_kohya_lora, write_kohya_lora
-from lorakiln.lora_tools.ziplora_modules import ZipSet
-from lorakiln.lora_tools.ziplora_train import (
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA, check_lora_output, read_kohya_lora, write_kohya_lora
+from lorakiln.lora_tools.ziplora.modules import ZipSet
+from lorakiln.lora_tools.ziplora.train import (
     METHODS,
     Concept,
     Setup,
@@ -57,7 +57,7 @@ class ZipLoRAOptions:
     lam: float = 0.01
     resolution: int | None = None  # None: the U-Net's own size (512 SD 1.5, 1024 SDXL, 64 toy)
     seed: int = 0
-    latents: str = "generated"  # see ziplora_train's docstring
+    latents: str = "generated"  # see train's docstring
     num_latents: int = 4  # clean latents per concept that the steps cycle through
     batch_size: int = 1  # latents per concept per step (mkshing/ziplora-pytorch: 1)
     eval_latents: int = 2  # held-out latents per concept for the effect-kept measurement
@@ -102,7 +102,8 @@ class ZipLoRAResult:
 def _header_family(path: Path) -> str | None:
     """The family the file's header says (None: unknown); diffusers-format files are refused with
     the command that converts them, since the merge reads and writes kohya keys."""
-    from lorakiln.lora_tools.header import detect_format, group_modules, read_header
+    from lorakiln.lora_tools.files.header import read_header
+    from lorakiln.lora_tools.files.modules import detect_format, group_modules
     from lorakiln.networks.file_family import detect_family
 
     header = read_header(path)

@@ -27,9 +27,16 @@ from safetensors.torch import save
 
 from lorakiln.errors import LorakilnError
 from lorakiln.io_guard import check_output, write_output
-from lorakiln.lora_tools import inspect as lora_inspect
-from lorakiln.lora_tools.inspect import ModuleEntry
-from lorakiln.lora_tools.lorafile import kohya_file_metadata
+from lorakiln.lora_tools.files.header import read_header, resolve_input
+from lorakiln.lora_tools.files.lorafile import kohya_file_metadata
+from lorakiln.lora_tools.files.modules import (
+    ALGORITHM_NAMES,
+    ModuleEntry,
+    describe_non_lora,
+    group_modules,
+    peft_alpha_rule,
+    split_component,
+)
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
@@ -66,7 +73,7 @@ def _only_lora(entry: ModuleEntry, source: Path) -> None:
     extra = set(entry.tensors) - {"down", "up", "alpha"}
     if entry.algorithm == "lora" and not extra and {"down", "up"} <= set(entry.tensors):
         return
-    what = lora_inspect.ALGORITHM_NAMES.get(entry.algorithm, entry.algorithm)
+    what = ALGORITHM_NAMES.get(entry.algorithm, entry.algorithm)
     if "dora" in extra:
         what = "DoRA (dora_scale / lora_magnitude_vector)"
     elif "mid" in extra:
@@ -111,11 +118,11 @@ def diffusers_to_kohya(
     source: Path,
 ) -> dict[str, torch.Tensor]:
     """kohya tensors with ``alpha = rank``; a scale the diffusers file declares goes into lora_up."""
-    alpha_rule = lora_inspect.peft_alpha_rule(metadata)
+    alpha_rule = peft_alpha_rule(metadata)
     out: dict[str, torch.Tensor] = {}
     for entry in modules.values():
         _only_lora(entry, source)
-        component, path = lora_inspect.split_component(entry.key)
+        component, path = split_component(entry.key)
         try:
             if component == "unet":
                 key = keymap.unet_kohya_name(path, family)
@@ -191,13 +198,13 @@ def convert_lora(
     """Convert the LoRA file `src` to the `to` format ("kohya" or "diffusers") at `dst`, atomically."""
     if to not in TARGETS:
         raise LorakilnError(f"unknown target format {to!r}; valid: {', '.join(TARGETS)}")
-    source = lora_inspect.resolve_input(src)
+    source = resolve_input(src)
     out_path = check_output(output_path(dst, to), [source], verb="lora convert", force=force)
-    header = lora_inspect.read_header(source)
-    modules, bundled, foreign = lora_inspect.group_modules(list(header.tensors))
+    header = read_header(source)
+    modules, bundled, foreign = group_modules(list(header.tensors))
     if not modules:
         raise LorakilnError(
-            f"{source.name} has no LoRA keys: it looks like {lora_inspect.describe_non_lora(header)}"
+            f"{source.name} has no LoRA keys: it looks like {describe_non_lora(header)}"
         )
     info_family, reason, _ = detect_family(modules, header.metadata)
     styles = {m.style for m in modules.values()}

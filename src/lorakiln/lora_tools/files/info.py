@@ -2,8 +2,8 @@
 
 The file is read from its safetensors header (shapes, dtypes, metadata) plus the few bytes of
 each ``alpha``, so inspecting a 1 GB file costs no more than a 10 MB one and loads no tensors.
-`lorakiln.lora_tools.header` reads the header, groups the keys and tells the layout and family;
-`lorakiln.lora_tools.metadata_view` makes the metadata readable; this module builds the report
+`header` reads the header, `modules` groups the keys and tells the layout;
+`metadata_view` makes the metadata readable; this module builds the report
 (`LoraInfo`), its portability notes and its text form.
 """
 
@@ -17,64 +17,34 @@ from pathlib import Path
 from typing import Any
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.header import (
-    ALGORITHM_NAMES,
-    DTYPE_NAMES,
-    BlockSummary,
-    ModuleEntry,
-    SafetensorsHeader,
-    _read_alphas,
-    _resolve_all,
-    describe_non_lora,
-    detect_format,
-    group_modules,
-    peft_alpha_rule,
-    read_header,
-    resolve_input,
-    split_component,
-    summarise_blocks,
-)
-from lorakiln.lora_tools.metadata_view import (
+from lorakiln.lora_tools.files.header import DTYPE_NAMES, SafetensorsHeader, read_header
+from lorakiln.lora_tools.files.metadata_view import (
     TriggerWords,
-    _decode,
-    _hashes,
     base_model_summary,
     dataset_dirs,
-    folder_token,
+    decode_value,
+    file_hashes,
     modelspec_summary,
     training_summary,
     trigger_words,
 )
+from lorakiln.lora_tools.files.modules import (
+    ALGORITHM_NAMES,
+    BlockSummary,
+    ModuleEntry,
+    describe_non_lora,
+    detect_format,
+    group_modules,
+    read_alphas,
+    resolve_modules,
+    summarise_blocks,
+)
 from lorakiln.models.family import FAMILIES
 from lorakiln.networks.file_checks import check_rank_layout
-from lorakiln.networks.file_family import detect_family, family_from_keys
-from lorakiln.networks.keymap import resolve_kohya_module
+from lorakiln.networks.file_family import detect_family
 from lorakiln.safetensors_check import scan_non_finite
 
-#: Names that other modules and the tests import from here (they live in `header`/`metadata_view`).
-__all__ = [
-    "ALGORITHM_NAMES",
-    "FORMAT_CLIENTS",
-    "FORMAT_LABELS",
-    "BlockSummary",
-    "LoraInfo",
-    "ModuleEntry",
-    "TriggerWords",
-    "describe_non_lora",
-    "detect_family",
-    "family_from_keys",
-    "folder_token",
-    "format_info",
-    "group_modules",
-    "human_size",
-    "inspect_lora",
-    "peft_alpha_rule",
-    "read_header",
-    "resolve_input",
-    "resolve_kohya_module",
-    "split_component",
-    "trigger_words",
-]
+__all__ = ["FORMAT_CLIENTS", "FORMAT_LABELS", "LoraInfo", "format_info", "human_size", "inspect_lora"]
 
 # --------------------------------------------------------------------------------------------
 # the report
@@ -151,13 +121,13 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
         scan_non_finite(header.path)
     fmt = detect_format(modules)
     family, reason, notes = detect_family(modules, header.metadata)
-    _resolve_all(modules, family)
-    alphas = _read_alphas(header, modules)
+    resolve_modules(modules, family)
+    alphas = read_alphas(header, modules)
     blocks, rows, algos = summarise_blocks(header, modules, family, alphas)
     notes += _compat_notes(fmt, family, modules, alphas, bundled, foreign)
     notes += _dora_notes(header, modules)
     md = header.metadata
-    hashes = _hashes(header, verify_hash, notes)
+    hashes = file_hashes(header, verify_hash, notes)
     return LoraInfo(
         path=str(header.path),
         file_size=header.file_size,
@@ -179,7 +149,7 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
         modelspec=modelspec_summary(md),
         trigger_words=trigger_words(md),
         hashes=hashes,
-        metadata={k: _decode(v) for k, v in md.items()},
+        metadata={k: decode_value(v) for k, v in md.items()},
         notes=notes,
     )
 

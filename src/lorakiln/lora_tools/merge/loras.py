@@ -25,10 +25,17 @@ import torch
 from tqdm.auto import tqdm
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, check_lora_output, write_kohya_lora
-from lorakiln.lora_tools.lowrank import LowRank, factorize
-from lorakiln.lora_tools.merge_checkpoint import load_base
-from lorakiln.lora_tools.merge_inputs import (
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA, check_lora_output, write_kohya_lora
+from lorakiln.lora_tools.lowrank.lowrank import LowRank, factorize
+from lorakiln.lora_tools.lowrank.reduction import (
+    ModuleReport,
+    RankSpec,
+    dims_metadata,
+    is_kxk_conv,
+    resolve_device,
+)
+from lorakiln.lora_tools.merge.checkpoint import load_base
+from lorakiln.lora_tools.merge.inputs import (
     FileDeltas,
     LoraSpec,
     ModelDeltas,
@@ -37,7 +44,7 @@ from lorakiln.lora_tools.merge_inputs import (
     resolve_shape,
     stackable,
 )
-from lorakiln.lora_tools.merge_options import (
+from lorakiln.lora_tools.merge.options import (
     RECORD_KEY,
     DeltaSource,
     MergeOptions,
@@ -45,8 +52,7 @@ from lorakiln.lora_tools.merge_options import (
     merge_record,
     merged_delta,
 )
-from lorakiln.lora_tools.reduction import ModuleReport, RankSpec, dims_metadata, is_kxk_conv, resolve_device
-from lorakiln.lora_tools.resize import resize_factors
+from lorakiln.lora_tools.resize.resize import resize_factors
 from lorakiln.networks.export import resolve_save_dtype
 
 #: Source metadata that describes one training run's network or file, not the merged file:

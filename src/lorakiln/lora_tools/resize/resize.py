@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, check_lora_output, read_kohya_lora, write_kohya_lora
-from lorakiln.lora_tools.lowrank import LowRank, choose_rank, factorize
-from lorakiln.lora_tools.reduction import (
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA, check_lora_output, read_kohya_lora, write_kohya_lora
+from lorakiln.lora_tools.lowrank.lowrank import LowRank, choose_rank, factorize
+from lorakiln.lora_tools.lowrank.reduction import (
     ModuleReport,
     OnModule,
     RankSpec,
@@ -89,7 +89,8 @@ def resize_factors(old: LowRank, spec: RankSpec, device: torch.device | None = N
 def _check_kohya_file(source: Path) -> None:
     """Say what a file is when it is no kohya LoRA (a pickle, an embedding, a diffusers LoRA),
     from its header alone, as `lora info` does; diffusers files get the command that converts them."""
-    from lorakiln.lora_tools.header import describe_non_lora, detect_format, group_modules, read_header
+    from lorakiln.lora_tools.files.header import read_header
+    from lorakiln.lora_tools.files.modules import describe_non_lora, detect_format, group_modules
 
     header = read_header(source)
     modules, _, _ = group_modules(list(header.tensors))
@@ -208,7 +209,7 @@ def resize_lora(
 
 def describe_resize(result: ResizeResult) -> str:
     """The summary `lorakiln lora resize` prints."""
-    from lorakiln.lora_tools.inspect import human_size
+    from lorakiln.lora_tools.files.info import human_size
 
     r = result.reports
     share = result.size_after / result.size_before if result.size_before else 0.0

@@ -49,7 +49,7 @@ from lorakiln.models.conditioning import Conditioning, condition
 from lorakiln.training.noise import sample_noise, sample_timesteps, step_generator
 
 if TYPE_CHECKING:
-    from lorakiln.lora_tools.ziplora_modules import ZipSet
+    from lorakiln.lora_tools.ziplora.modules import ZipSet
     from lorakiln.models.bundle import ModelBundle
 
 #: CFG of the sampler that makes `generated` latents: clearly guided, well below A1111's 7 so

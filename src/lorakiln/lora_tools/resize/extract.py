@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import check_lora_output, write_kohya_lora
-from lorakiln.lora_tools.lowrank import LowRank, factorize
-from lorakiln.lora_tools.reduction import (
+from lorakiln.lora_tools.files.lorafile import check_lora_output, write_kohya_lora
+from lorakiln.lora_tools.lowrank.lowrank import LowRank, factorize
+from lorakiln.lora_tools.lowrank.reduction import (
     ModuleReport,
     OnModule,
     RankSpec,
@@ -272,7 +272,7 @@ def _factorize_all(
 
 def describe_extract(result: ExtractResult) -> str:
     """The summary `lorakiln lora extract` prints."""
-    from lorakiln.lora_tools.inspect import human_size
+    from lorakiln.lora_tools.files.info import human_size
 
     r = result.reports
     parts = ", ".join(f"{part} {n}" for part, n in result.parts.items())

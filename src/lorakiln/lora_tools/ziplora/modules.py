@@ -31,13 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lowrank import LowRank
-from lorakiln.networks.apply import _resolve
+from lorakiln.lora_tools.lowrank.lowrank import LowRank
+from lorakiln.networks.apply import resolve_target
 from lorakiln.networks.hooks import HookedAdapter
 from lorakiln.networks.lora import delta_weight
 
 if TYPE_CHECKING:
-    from lorakiln.lora_tools.lorafile import KohyaLoRA
+    from lorakiln.lora_tools.files.lorafile import KohyaLoRA
     from lorakiln.models.bundle import ModelBundle
 
 Mode = Literal["base", "subject", "style", "merged", "average", "sum"]
@@ -179,7 +179,7 @@ class ZipSet:
                  device: torch.device) -> None:
         self.modules: dict[str, ZipModule] = {}
         for key in sorted(set(subject.modules) | set(style.modules)):
-            target = _resolve(bundle, key)
+            target = resolve_target(bundle, key)
             factors = [_fit_to(target, lora.lora_factors(key), key, lora.path.name) if key in lora.modules
                        else None for lora in (subject, style)]
             self.modules[key] = ZipModule(key, target, factors[0], factors[1], device)

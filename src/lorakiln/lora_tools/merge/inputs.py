@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA, read_kohya_lora
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA, read_kohya_lora
 from lorakiln.models.family import ModelFamily
 from lorakiln.networks import keymap
 from lorakiln.networks.apply import AppliedLoRA, apply_lora_file

@@ -21,9 +21,9 @@ from safetensors.torch import save
 
 from lorakiln.errors import LorakilnError
 from lorakiln.io_guard import check_output, write_output
-from lorakiln.lora_tools.lowrank import LowRank
+from lorakiln.lora_tools.lowrank.lowrank import LowRank
 from lorakiln.models.family import FAMILIES, ModelFamily
-from lorakiln.networks.apply import _group_modules
+from lorakiln.networks.apply import group_file_modules
 from lorakiln.networks.export import precalculate_hashes, resolve_save_dtype
 from lorakiln.networks.file_checks import read_lora_checked
 from lorakiln.networks.file_family import detect_family
@@ -72,7 +72,7 @@ def read_kohya_lora(path: str | Path, family: str | None = None) -> KohyaLoRA:
     if name not in FAMILIES:
         raise LorakilnError(f"unknown family {name!r}; valid: {', '.join(sorted(FAMILIES))}")
     fam = FAMILIES[name]
-    return KohyaLoRA(path, fam, _group_modules(path, tensors, fam), metadata)
+    return KohyaLoRA(path, fam, group_file_modules(path, tensors, fam), metadata)
 
 
 def factors_state_dict(

@@ -13,14 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lorakiln.lora_tools.header import SafetensorsHeader
+from lorakiln.lora_tools.files.header import SafetensorsHeader
 
 # --------------------------------------------------------------------------------------------
 # metadata (kohya ss_*, sd-scripts train_network.py)
 # --------------------------------------------------------------------------------------------
 
 
-def _decode(value: str) -> Any:
+def decode_value(value: str) -> Any:
     """JSON-valued metadata decoded, as A1111 does for values starting with ``{``
     (``read_metadata_from_safetensors``)."""
     if value[:1] in "{[":
@@ -73,7 +73,7 @@ def training_summary(md: dict[str, str]) -> dict[str, str]:
             parts.append(f"dim {p('ss_network_dim')}")
         if p("ss_network_alpha"):
             parts.append(f"alpha {p('ss_network_alpha')}")
-        args = _decode(md.get("ss_network_args", "")) if p("ss_network_args") else None
+        args = decode_value(md.get("ss_network_args", "")) if p("ss_network_args") else None
         if args:
             parts.append(
                 "args " + ", ".join(f"{k}={v}" for k, v in args.items())
@@ -137,7 +137,7 @@ def training_summary(md: dict[str, str]) -> dict[str, str]:
         finished += f" ({took})"
     put("finished", finished)
     put("session id", p("ss_session_id"))
-    buckets = _decode(md.get("ss_bucket_info", "")) if p("ss_bucket_info") else None
+    buckets = decode_value(md.get("ss_bucket_info", "")) if p("ss_bucket_info") else None
     if isinstance(buckets, dict) and isinstance(buckets.get("buckets"), dict):
         sizes = sorted(buckets["buckets"].values(), key=lambda b: -int(b.get("count", 0)))
         shown = ", ".join(
@@ -152,12 +152,12 @@ def training_summary(md: dict[str, str]) -> dict[str, str]:
 def dataset_dirs(md: dict[str, str]) -> list[dict[str, Any]]:
     """``[{"folder", "repeats", "images"}]`` from ``ss_dataset_dirs`` or kohya's ``ss_datasets``."""
     out: list[dict[str, Any]] = []
-    dirs = _decode(md.get("ss_dataset_dirs", "")) if _present(md, "ss_dataset_dirs") else None
+    dirs = decode_value(md.get("ss_dataset_dirs", "")) if _present(md, "ss_dataset_dirs") else None
     if isinstance(dirs, dict):
         for name, info in dirs.items():
             info = info if isinstance(info, dict) else {}
             out.append({"folder": name, "repeats": info.get("n_repeats"), "images": info.get("img_count")})
-    datasets = _decode(md.get("ss_datasets", "")) if _present(md, "ss_datasets") else None
+    datasets = decode_value(md.get("ss_datasets", "")) if _present(md, "ss_datasets") else None
     if not out and isinstance(datasets, list):
         for dataset in datasets:
             for subset in (dataset or {}).get("subsets", []) if isinstance(dataset, dict) else []:
@@ -201,9 +201,9 @@ def base_model_summary(md: dict[str, str]) -> dict[str, str]:
 
 
 def _tag_frequencies(md: dict[str, str]) -> dict[str, dict[str, int]]:
-    freq = _decode(md.get("ss_tag_frequency", "")) if _present(md, "ss_tag_frequency") else None
+    freq = decode_value(md.get("ss_tag_frequency", "")) if _present(md, "ss_tag_frequency") else None
     out: dict[str, dict[str, int]] = dict(freq) if isinstance(freq, dict) else {}
-    datasets = _decode(md.get("ss_datasets", "")) if _present(md, "ss_datasets") else None
+    datasets = decode_value(md.get("ss_datasets", "")) if _present(md, "ss_datasets") else None
     if isinstance(datasets, list):  # kohya's dataset-config form keeps tag_frequency per dataset
         for dataset in datasets:
             if isinstance(dataset, dict) and isinstance(dataset.get("tag_frequency"), dict):
@@ -276,7 +276,8 @@ def tensor_data_hash(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _hashes(header: SafetensorsHeader, verify: bool, notes: list[str]) -> dict[str, Any]:
+def file_hashes(header: SafetensorsHeader, verify: bool, notes: list[str]) -> dict[str, Any]:
+    """The stored kohya/A1111 hashes; with ``verify``, recomputed and any mismatch noted (reads the tensors)."""
     md = header.metadata
     out: dict[str, Any] = {k: md[k] for k in ("sshs_model_hash", "sshs_legacy_hash") if k in md}
     if verify:

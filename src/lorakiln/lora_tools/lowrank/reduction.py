@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lowrank import LowRank, RankMethod, choose_rank
+from lorakiln.lora_tools.lowrank.lowrank import LowRank, RankMethod, choose_rank
 
 #: kohya's ``--dynamic_method`` choices (``networks/resize_lora.py``).
 DYNAMIC_METHODS: tuple[str, ...] = ("sv_ratio", "sv_fro", "sv_cumulative")

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from lorakiln.atomic import write_text_atomic
 from lorakiln.errors import LorakilnError, OutputWriteError
 from lorakiln.io_guard import check_output
-from lorakiln.lora_tools.lorafile import KohyaLoRA
-from lorakiln.lora_tools.merge_inputs import LoraSpec, ModelDeltas, read_inputs
-from lorakiln.lora_tools.merge_options import (
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA
+from lorakiln.lora_tools.lowrank.reduction import resolve_device
+from lorakiln.lora_tools.merge.inputs import LoraSpec, ModelDeltas, read_inputs
+from lorakiln.lora_tools.merge.options import (
     RECORD_FILE,
     RECORD_KEY,
     MergeOptions,
@@ -37,7 +38,6 @@ from lorakiln.lora_tools.merge_options import (
     merge_record,
     merged_delta,
 )
-from lorakiln.lora_tools.reduction import resolve_device
 from lorakiln.models.family import FAMILIES, ModelFamily
 from lorakiln.networks.export import resolve_save_dtype
 

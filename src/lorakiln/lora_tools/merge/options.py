@@ -3,7 +3,7 @@
 `MergeOptions` holds the method and output settings and refuses combinations that make no sense
 (``--density`` without TIES/DARE, ``--rank`` for a checkpoint...) before any file is read.
 `merged_delta` is the step the LoRA and checkpoint writers share: one module's weighted deltas
-``wᵢ·ΔWᵢ`` combined by the chosen method (`task_merge`). `merge_record` is the ``lorakiln_merge``
+``wᵢ·ΔWᵢ`` combined by the chosen method (`task`). `merge_record` is the ``lorakiln_merge``
 metadata entry that says which files went in at which strengths.
 """
 
@@ -19,10 +19,10 @@ import torch
 
 from lorakiln import __version__
 from lorakiln.errors import LorakilnError
-from lorakiln.lora_tools.lorafile import KohyaLoRA
-from lorakiln.lora_tools.merge_inputs import LoraSpec
-from lorakiln.lora_tools.reduction import ModuleReport, OnModule, RankSpec, make_rank_spec
-from lorakiln.lora_tools.task_merge import METHODS, SPARSE_METHODS, combine, module_generator
+from lorakiln.lora_tools.files.lorafile import KohyaLoRA
+from lorakiln.lora_tools.lowrank.reduction import ModuleReport, OnModule, RankSpec, make_rank_spec
+from lorakiln.lora_tools.merge.inputs import LoraSpec
+from lorakiln.lora_tools.merge.task import METHODS, SPARSE_METHODS, combine, module_generator
 from lorakiln.networks.export import addnet_model_hash
 
 #: safetensors metadata key of the merge record (LoRA files and single-file checkpoints); the
@@ -94,7 +94,7 @@ def rank_spec(
 
 
 class DeltaSource(Protocol):
-    """`merge_inputs.FileDeltas` or `ModelDeltas`: which inputs have a module, and their ΔW."""
+    """`inputs.FileDeltas` or `ModelDeltas`: which inputs have a module, and their ΔW."""
 
     owners: dict[str, list[int]]
     keys: list[str]

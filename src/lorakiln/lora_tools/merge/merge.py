@@ -3,16 +3,16 @@
 Three jobs, one command (``--lora FILE[:TE[:UNET]]`` strengths as A1111's ``<lora:name:te:unet>``):
 
 * **into a checkpoint** (``--model BASE``): ``W += Σ wᵢ·ΔWᵢ`` for every module of every input,
-  any algorithm the generator applies (`merge_checkpoint`, kohya's ``merge_lora.py`` with
+  any algorithm the generator applies (`checkpoint`, kohya's ``merge_lora.py`` with
   ``--sd_model``); written as a single ``.safetensors`` or a diffusers folder;
 * **into one LoRA** (no ``--model``): exact rank concatenation by default, or an SVD of the
-  summed delta to ``--rank`` / ``--dynamic`` (`merge_loras`, kohya's ``svd_merge_lora.py``);
+  summed delta to ``--rank`` / ``--dynamic`` (`loras`, kohya's ``svd_merge_lora.py``);
 * **TIES / DARE** (``--method ties|dare|dare_ties --density D``): the per-module deltas are
-  combined entry by entry (`task_merge`) and then written as either of the above.
+  combined entry by entry (`task`) and then written as either of the above.
 
-The files: `merge_inputs` (specs, reading and checking inputs, per-module ΔW), `merge_options`
-(settings, the shared combine step, the metadata record), `task_merge` (TIES/DARE maths),
-`merge_loras` and `merge_checkpoint` (the two outputs). This module is the entry point and the
+The files: `inputs` (specs, reading and checking inputs, per-module ΔW), `options`
+(settings, the shared combine step, the metadata record), `task` (TIES/DARE maths),
+`loras` and `checkpoint` (the two outputs). This module is the entry point and the
 CLI sub-verb; it imports nothing heavy, so registering the verb keeps ``lorakiln --help`` fast.
 """
 
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 from lorakiln.errors import LorakilnError
 
 if TYPE_CHECKING:
-    from lorakiln.lora_tools.merge_inputs import LoraSpec
-    from lorakiln.lora_tools.merge_options import MergeOptions, MergeResult
+    from lorakiln.lora_tools.merge.inputs import LoraSpec
+    from lorakiln.lora_tools.merge.options import MergeOptions, MergeResult
 
-#: `task_merge.METHODS`, repeated here so the parser needs no torch import (a test keeps them equal).
+#: `task.METHODS`, repeated here so the parser needs no torch import (a test keeps them equal).
 METHOD_CHOICES: tuple[str, ...] = ("sum", "ties", "dare", "dare_ties")
 _METHOD_NAMES = {"concat": "exact concatenation", "svd": "SVD of the summed deltas", "sum": "addition",
                  "ties": "TIES-Merging", "dare": "DARE", "dare_ties": "DARE + TIES"}
@@ -51,10 +51,10 @@ def merge(
     `to` is ``"checkpoint"`` (the default with `model`) or ``"lora"`` (the default without;
     with `model` the base then only supplies module shapes and key resolution).
     """
-    from lorakiln.lora_tools.merge_checkpoint import merge_into_checkpoint
-    from lorakiln.lora_tools.merge_inputs import LoraSpec
-    from lorakiln.lora_tools.merge_loras import merge_to_lora
-    from lorakiln.lora_tools.merge_options import MergeOptions
+    from lorakiln.lora_tools.merge.checkpoint import merge_into_checkpoint
+    from lorakiln.lora_tools.merge.inputs import LoraSpec
+    from lorakiln.lora_tools.merge.loras import merge_to_lora
+    from lorakiln.lora_tools.merge.options import MergeOptions
 
     specs = [s if isinstance(s, LoraSpec) else LoraSpec(Path(s)) if isinstance(s, os.PathLike) else LoraSpec.parse(s)
              for s in loras]
@@ -73,7 +73,7 @@ def merge(
 
 def describe_result(result: MergeResult) -> str:
     """The CLI report: what went in, how it was merged, what was written."""
-    from lorakiln.lora_tools.reduction import energy_line, rank_line
+    from lorakiln.lora_tools.lowrank.reduction import energy_line, rank_line
 
     what = {"lora": "kohya LoRA", "checkpoint": "single-file checkpoint", "diffusers": "diffusers folder"}[result.kind]
     lines = [f"wrote {result.path} ({what}, {result.family}) by {_METHOD_NAMES.get(result.method, result.method)}",
@@ -121,8 +121,8 @@ def add_arguments(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """The ``lora merge`` handler: build the options from the arguments, merge, report."""
-    from lorakiln.lora_tools.merge_options import MergeOptions, rank_spec
-    from lorakiln.lora_tools.reduction import print_module
+    from lorakiln.lora_tools.lowrank.reduction import print_module
+    from lorakiln.lora_tools.merge.options import MergeOptions, rank_spec
 
     options = MergeOptions(method=args.method, density=args.density, seed=args.seed,
                            ranks=rank_spec(args.rank, args.conv_rank, args.dynamic, args.dynamic_param),
