@@ -14,10 +14,10 @@ import torch
 from lorakiln.inference.generate import LoRASet, generate
 from lorakiln.inference.infotext import GenerationParams
 from lorakiln.models.family import SD1
+from lorakiln.models.names.kohya import kohya_to_diffusers_module
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.networks.dora import DoRAModule
 from lorakiln.networks.export import save_kohya_lora
-from lorakiln.networks.keymap import kohya_to_diffusers_module
 from lorakiln.networks.metadata import TrainingInfo, build_metadata
 from lorakiln.networks.network import create_lora_network
 

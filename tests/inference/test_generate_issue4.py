@@ -19,10 +19,10 @@ from lorakiln.inference.infotext import GenerationParams
 from lorakiln.inference.pipeline import build_pipeline
 from lorakiln.inference.weighting import encode_prompt
 from lorakiln.models.family import SD1, SDXL, ModelFamily
+from lorakiln.models.names.kohya import kohya_to_diffusers_module
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle
 from lorakiln.networks.export import read_lora_file, save_kohya_lora
-from lorakiln.networks.keymap import kohya_to_diffusers_module
 from lorakiln.networks.lora import delta_weight
 from lorakiln.networks.metadata import TrainingInfo, build_metadata
 from lorakiln.networks.network import create_lora_network

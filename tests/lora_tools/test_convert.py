@@ -20,9 +20,9 @@ from lorakiln.lora_tools import command
 from lorakiln.lora_tools.files.convert import convert_lora
 from lorakiln.lora_tools.files.info import inspect_lora
 from lorakiln.models.family import SD1, SDXL, ModelFamily
+from lorakiln.models.names import kohya as keymap
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.models.tiny_sdxl import build_tiny_sdxl_bundle
-from lorakiln.networks import keymap
 from lorakiln.networks.apply import apply_lora_file
 from lorakiln.networks.export import addnet_model_hash, save_diffusers_lora, save_kohya_lora
 from lorakiln.networks.lora import delta_weight

@@ -17,8 +17,8 @@ from lorakiln.lora_tools.files.lorafile import read_kohya_lora
 from lorakiln.lora_tools.resize.extract import extract_lora
 from lorakiln.models.family import SDXL
 from lorakiln.models.loading import load_base_model
+from lorakiln.models.names import kohya as keymap
 from lorakiln.models.save import save_bundle_diffusers, save_bundle_single_file
-from lorakiln.networks import keymap
 from lorakiln.networks.apply import apply_lora_file
 from lorakiln.networks.network import find_targets
 

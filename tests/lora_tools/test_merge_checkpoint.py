@@ -22,7 +22,7 @@ from lorakiln.lora_tools.merge.options import MergeOptions, rank_spec
 from lorakiln.lora_tools.merge.task import ties
 from lorakiln.models.family import SDXL
 from lorakiln.models.loading import load_base_model
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.apply import apply_lora_file
 from lorakiln.networks.export import read_lora_file
 

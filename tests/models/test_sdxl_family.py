@@ -38,7 +38,7 @@ def test_family_records() -> None:
                        family.ti_file_keys)
         assert {len(t) for t in per_encoder} == {family.num_text_encoders}, family.name
     # The key map's SGM up-level table is keyed by the family name.
-    from lorakiln.models.ldm_names import UP_ATTENTION_LEVELS
+    from lorakiln.models.names.ldm import UP_ATTENTION_LEVELS
 
     assert UP_ATTENTION_LEVELS[SDXL.name] == frozenset({0, 1})
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lorakiln.models.family import SD1
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.adapters import (
     ADAPTERS,
     LYCORIS_FULL_UNET_NAMES,

@@ -45,8 +45,8 @@ def lora_file(tmp_path: Path) -> Path:
 
 
 def test_applied_file_equals_fused_weights(lora_file: Path) -> None:
+    from lorakiln.models.names.kohya import kohya_to_diffusers_module
     from lorakiln.networks.export import read_lora_file
-    from lorakiln.networks.keymap import kohya_to_diffusers_module
     from lorakiln.networks.lora import delta_weight
 
     hooked, fused = build_tiny_sd1_bundle(seed=0), build_tiny_sd1_bundle(seed=0)

@@ -36,8 +36,8 @@ from lorakiln.config.importers import import_config  # noqa: E402
 from lorakiln.config.load import build_config  # noqa: E402
 from lorakiln.errors import LorakilnError  # noqa: E402
 from lorakiln.models.family import SD1  # noqa: E402
+from lorakiln.models.names import kohya as keymap  # noqa: E402
 from lorakiln.models.tiny import build_tiny_sd1_bundle  # noqa: E402
-from lorakiln.networks import keymap  # noqa: E402
 from lorakiln.networks.adapters import ADAPTERS, make_adapter  # noqa: E402
 from lorakiln.networks.apply import apply_lora_file  # noqa: E402
 from lorakiln.networks.dora import DoRAModule, dora_weight, magnitude_axis, weight_norm  # noqa: E402

@@ -12,8 +12,8 @@ from conftest import SGM_FAMILY
 from torch import nn
 
 from lorakiln.models.family import SD1
+from lorakiln.models.names import kohya as keymap
 from lorakiln.models.tiny import TinyComponents
-from lorakiln.networks import keymap
 from lorakiln.networks.network import LoRANetwork, create_lora_network
 
 

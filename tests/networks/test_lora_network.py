@@ -11,8 +11,8 @@ from conftest import ALPHA, DIM, randomize_up
 
 from lorakiln.errors import LorakilnError
 from lorakiln.models.family import SD1
+from lorakiln.models.names import kohya as keymap
 from lorakiln.models.tiny import TinyComponents
-from lorakiln.networks import keymap
 from lorakiln.networks.network import LoRANetwork, create_lora_network
 
 UNET_SUFFIXES = {

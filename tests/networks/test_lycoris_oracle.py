@@ -32,7 +32,7 @@ from lycoris.modules.loha import LohaModule as RefLoha  # noqa: E402
 from lycoris.modules.lokr import LokrModule as RefLokr  # noqa: E402
 
 from lorakiln.models.family import SD1  # noqa: E402
-from lorakiln.networks import keymap  # noqa: E402
+from lorakiln.models.names import kohya as keymap  # noqa: E402
 from lorakiln.networks.adapters import locon_conv_targets, locon_rank  # noqa: E402
 from lorakiln.networks.loha import LoHaModule  # noqa: E402
 from lorakiln.networks.lokr import LoKrModule, factorization  # noqa: E402

@@ -22,8 +22,8 @@ from lorakiln.config.importers import import_config
 from lorakiln.config.load import build_config
 from lorakiln.errors import LorakilnError
 from lorakiln.models.family import SD1
+from lorakiln.models.names import kohya as keymap
 from lorakiln.models.tiny import build_tiny_sd1_bundle
-from lorakiln.networks import keymap
 from lorakiln.networks.adapters import ADAPTERS
 from lorakiln.networks.apply import apply_lora_file
 from lorakiln.networks.export import diffusers_state_dict, read_lora_file, save_kohya_lora

@@ -102,7 +102,7 @@ def _module(pipe, component: str, path: str) -> torch.nn.Module:
 def _assert_fused_deltas(pipe, lora_path: Path) -> None:
     """After fuse_lora(1), every patched weight moved by (alpha/dim)·up@down of the file."""
     from lorakiln.models.family import SD1
-    from lorakiln.networks.keymap import kohya_to_diffusers_module
+    from lorakiln.models.names.kohya import kohya_to_diffusers_module
 
     tensors = _tensors(lora_path)
     names = sorted({k.split(".")[0] for k in tensors})

@@ -55,7 +55,7 @@ def _module(pipe, component: str, path: str) -> torch.nn.Module:
 def test_sdxl_pivotal_lora_loads_in_diffusers(run_config, sdxl_pipe_factory, library_warnings, tiny_sdxl_file,
                                               train_te) -> None:
     from lorakiln.models.family import SDXL as FAMILY
-    from lorakiln.networks.keymap import A1111_X_PROJ, a1111_compvis_name, kohya_to_diffusers_module
+    from lorakiln.models.names.kohya import A1111_X_PROJ, a1111_compvis_name, kohya_to_diffusers_module
 
     cfg = run_config(network__network_train_unet_only=not train_te, **SDXL)
     result = train(cfg, progress=False)

@@ -27,7 +27,7 @@ import torch
 
 from lorakiln.atomic import atomic_path
 from lorakiln.models.family import SD1, SDXL, ModelFamily
-from lorakiln.models.ldm_names import diffusers_to_ldm_path
+from lorakiln.models.names.ldm import diffusers_to_ldm_path
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -114,7 +114,7 @@ def text_encoder_to_single_file(
     classic level, which every client expects.
     """
     if layout == "open_clip":
-        from lorakiln.models.open_clip import hf_to_open_clip
+        from lorakiln.models.names.open_clip import hf_to_open_clip
 
         return {prefix + k: v for k, v in hf_to_open_clip(state_dict).items()}
     if layout != "hf_clip":

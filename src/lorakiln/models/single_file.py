@@ -104,7 +104,7 @@ def text_state_dicts(sd: Mapping[str, Any], family: ModelFamily = SD1, source: s
     """
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 
-    from lorakiln.models.open_clip import open_clip_to_hf
+    from lorakiln.models.names.open_clip import open_clip_to_hf
 
     out = []
     for index, (prefix, layout) in enumerate(

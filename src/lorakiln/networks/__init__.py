@@ -4,7 +4,7 @@ Public API (see each module for the why):
 
 * `lora` — `LoRAModule`, `delta_weight`, `resolve_alpha`
 * `network` — `create_lora_network`, `LoRANetwork`
-* `keymap` — every name translation (kohya ⇄ diffusers ⇄ PEFT ⇄ LDM/A1111)
+* name translation (kohya ⇄ diffusers ⇄ PEFT ⇄ LDM/A1111) lives in `lorakiln.models.names`
 * `metadata` — `TrainingInfo`, `build_metadata`
 * `export` — `save_kohya_lora`, `save_diffusers_lora`, `read_lora_file`
 

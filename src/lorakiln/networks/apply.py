@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lorakiln.errors import LorakilnError
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.dora import DORA_KEY
 from lorakiln.networks.file_adapters import FileDeltaAdapter, detect_algo
 from lorakiln.networks.file_checks import check_fits, read_lora_checked

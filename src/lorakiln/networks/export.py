@@ -19,7 +19,7 @@ from safetensors.torch import save
 
 from lorakiln.atomic import atomic_path
 from lorakiln.errors import LorakilnError
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.file_checks import read_lora_checked
 from lorakiln.networks.network import LoRANetwork
 from lorakiln.safetensors_check import load_checked

@@ -33,7 +33,7 @@ from torch import nn
 
 from lorakiln.errors import LorakilnError
 from lorakiln.models.family import ModelFamily
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.adapters import (
     KOHYA_DEFAULT_CONV_ALPHA,
     adapter_spec,

@@ -12,7 +12,7 @@ writes it and ComfyUI's ``comfy/lora.py`` applies it):
 
 A kohya file whose alpha equals its rank therefore survives kohya → diffusers → kohya bit for bit;
 any other alpha survives as the same ΔW (exactly when alpha/rank is a power of two). Names go
-through `lorakiln.networks.keymap` only. LyCORIS modules (LoHa, LoKr, Tucker, DoRA, bias) have
+through `lorakiln.models.names.kohya` only. LyCORIS modules (LoHa, LoKr, Tucker, DoRA, bias) have
 no diffusers LoRA equivalent and are refused rather than silently dropped.
 """
 
@@ -38,7 +38,7 @@ from lorakiln.lora_tools.files.modules import (
     split_component,
 )
 from lorakiln.models.family import FAMILIES, ModelFamily
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.export import DIFFUSERS_WEIGHT_NAME
 from lorakiln.networks.file_checks import read_lora_checked
 from lorakiln.networks.file_family import detect_family, family_from_keys

@@ -9,7 +9,7 @@ Kept apart from `header` (which only reads bytes) so the key rules read as one t
   ``…lora_linear_layer.down.weight``, ``…processor.to_q_lora.down.weight`` (diffusers ``lora_pipeline.py``,
   ``lora_conversion_utils.py``).
 
-Module names are translated only through `lorakiln.networks.keymap`, the one module that
+Module names are translated only through `lorakiln.models.names.kohya`, the one module that
 translates key names.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 
 from lorakiln.lora_tools.files.header import SafetensorsHeader, TensorEntry, read_scalar
 from lorakiln.models.family import FAMILIES
-from lorakiln.networks.keymap import resolve_kohya_module
+from lorakiln.models.names.kohya import resolve_kohya_module
 
 # --------------------------------------------------------------------------------------------
 # keys → modules

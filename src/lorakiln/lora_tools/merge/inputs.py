@@ -32,7 +32,7 @@ from torch import nn
 from lorakiln.errors import LorakilnError
 from lorakiln.lora_tools.files.lorafile import KohyaLoRA, read_kohya_lora
 from lorakiln.models.family import ModelFamily
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.apply import AppliedLoRA, apply_lora_file
 from lorakiln.networks.file_adapters import FileDeltaAdapter
 from lorakiln.networks.file_family import detect_family

@@ -43,7 +43,7 @@ from lorakiln.lora_tools.lowrank.reduction import (
     rank_line,
     resolve_device,
 )
-from lorakiln.networks import keymap
+from lorakiln.models.names import kohya as keymap
 from lorakiln.networks.adapters import locon_conv_targets
 from lorakiln.networks.network import find_targets
 

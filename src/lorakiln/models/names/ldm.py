@@ -1,7 +1,7 @@
 """diffusers ⇄ SGM/LDM U-Net module paths: the one table both directions and all users share.
 
 The single-file checkpoint writer (`ldm_export`) names U-Net weights with it, and the LoRA key
-map (`lorakiln.networks.keymap`) builds SDXL kohya keys and reads SGM-named ones with it. It
+map (`lorakiln.models.names.kohya`) builds SDXL kohya keys and reads SGM-named ones with it. It
 describes the model's structure, not any file format, so it sits in `models`, below both.
 
 Both SD 1.x and SDXL use 2 resnets per level, hence 3 LDM input blocks and 3 output blocks per

@@ -1,4 +1,4 @@
-"""Key-name translation — the ONLY place module names are rewritten.
+"""kohya LoRA key names ⇄ diffusers / PEFT module paths, and A1111's rules for resolving them.
 
 Four naming schemes meet here (kohya sd-scripts, A1111, diffusers, LDM/SGM checkpoints):
 
@@ -11,9 +11,8 @@ Four naming schemes meet here (kohya sd-scripts, A1111, diffusers, LDM/SGM check
 * **LDM/CompVis names** that A1111 resolves kohya keys to (``networks.py`` ``load_network``), used by the spec tests to prove
   our names land on real LDM modules.
 
-The diffusers ⇄ SGM/LDM U-Net path table itself is `lorakiln.models.ldm_names`: the checkpoint
-writer in `models` needs it too, and `models` sits below `networks`. Every LoRA key is still
-built here, from that one table.
+The diffusers ⇄ SGM/LDM U-Net path table is the sibling module `ldm` (the checkpoint writer
+needs it too); every LoRA key is built here from that one table.
 
 The A1111 rule table and the diffusers→LDM table are written from the clients' documented rules
 (A1111 ``convert_diffusers_name_to_compvis``, sd-scripts ``model_util.py``), not copied from their code.
@@ -26,7 +25,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from lorakiln.models.family import ModelFamily
-from lorakiln.models.ldm_names import (
+from lorakiln.models.names.ldm import (
     RESNET_TO_LDM,
     UP_ATTENTION_LEVELS,
     diffusers_to_ldm_path,
