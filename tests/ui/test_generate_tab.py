@@ -59,7 +59,8 @@ def test_paste_a1111_parameters() -> None:
                       "sampler": "Euler a", "schedule_type": "Karras", "cfg_scale": 6.5, "seed": 42, "width": 512,
                       "height": 768, "batch_count": 1, "clip_skip": 1}
     assert "Model hash" in msg
-    assert tab.paste_params("  ")[0].startswith("error")
+    msg, *fields = tab.paste_params("  ")  # an empty box keeps every field as it was (A1111's paste)
+    assert msg.startswith("nothing to paste") and all(f == {"__type__": "update"} for f in fields), fields
 
 
 def test_generate_saves_pngs_with_infotext_and_applies_the_lora(tmp_path: Path, tiny_sd1_file: Path,
@@ -105,6 +106,8 @@ def test_epochs_by_strengths_grid(tmp_path: Path, tiny_sd1_file: Path, epoch_lor
     assert "2 × 2 cells, seed 7" in msg
     assert grid.width >= 2 * 64 and grid.height >= 2 * 64
     assert (tmp_path / "outputs" / "grids" / "xyz_grid-0000.png").is_file()
+    grid, msg = tab.epochs_grid(box, str(tiny_sd1_file), "", str(epoch_loras), "", None, None, *_fields())
+    assert grid is not None and "cells" in msg, msg  # the axes panel never opened: its boxes send None
     grid, msg = tab.epochs_grid(box, str(tiny_sd1_file), "", str(tmp_path), "", "", "", *_fields())
     assert grid is None and "should hold one final LoRA" in msg
     grid, msg = tab.epochs_grid(box, str(tiny_sd1_file), "", str(epoch_loras), "", "Prompt S/R: last, ../../x",

@@ -36,6 +36,9 @@ def test_resize_then_refuse_to_overwrite(tmp_path: Path, epoch_loras: Path) -> N
     with safe_open(str(tmp_path / "output" / "last-r1.safetensors"), "pt") as f:
         downs = [k for k in list(f.keys()) if k.endswith("lora_down.weight")]
         assert downs and all(f.get_slice(k).get_shape()[0] == 1 for k in downs)
+    defaults = tab.resize(project, "output/last.safetensors", "output/last-r2.safetensors", 2, None, "", 0)
+    assert defaults.startswith("wrote"), defaults  # the untouched form sends dynamic param 0
+    assert "dynamic method" in tab.resize(project, "output/last.safetensors", "output/x.safetensors", 1, None, "", 0.5)
     again = tab.resize(project, "output/last.safetensors", "output/last-r1.safetensors", 1, None, "", None)
     assert again.startswith("error") and "last-r1.safetensors" in again
     forced = tab.resize(project, "output/last.safetensors", "output/last-r1.safetensors", 1, None, "", None, "fp16",

@@ -102,8 +102,11 @@ def params_from_fields(*fields: Any) -> GenerationParams:
 
 def paste_params(text: str) -> tuple[Any, ...]:
     """(message, *fields) from an A1111 parameters block: the keys it has, A1111's defaults for the rest."""
-    if not (text or "").strip():
-        return ("error: paste an A1111 parameters block first", *fields_of(GenerationParams()))
+    if not (text or "").strip():  # as A1111's paste button: an empty box changes nothing
+        import gradio as gr
+
+        return ("nothing to paste: the parameters box is empty, so the fields are unchanged",
+                *(gr.update() for _ in FIELDS))
     params = parse_infotext(text)
     ignored = ", ".join(params.extra)
     msg = "pasted" + (f"; kept but not used here: {ignored}" if ignored else "")
@@ -172,7 +175,9 @@ def epochs_grid(box: Sandbox, model: str, vae: str, lora_dir: str, embeddings_di
         if not (lora_dir or "").strip():
             raise LorakilnError("pick the LoRA folder whose epochs the grid compares")
         lora_folder = str(box.resolve_read(lora_dir, "lora", what="LoRA folder"))
-        params, x_axis, y_axis = epochs_strengths(lora_folder, params, x.strip() or None, y.strip() or None)
+        # A closed "grid axes" panel sends None: the preset axes apply, as with empty boxes.
+        params, x_axis, y_axis = epochs_strengths(lora_folder, params, (x or "").strip() or None,
+                                                  (y or "").strip() or None)
         cells = [y_axis.apply(x_axis.apply(params, a), b) for a in x_axis.values for b in y_axis.values]
         texts = [t for cell in cells for t in (cell.prompt, cell.negative_prompt)]  # S/R can write a tag
         with _BUSY:

@@ -77,11 +77,17 @@ def resize(box: Sandbox, source: str, output: str, rank: Any, conv_rank: Any, dy
     """`lorakiln lora resize IN OUT --rank R [--conv-rank C] [--dynamic M --dynamic-param X]`."""
     from lorakiln.lora_tools.resize.resize import describe_resize, resize_lora
 
+    param = _float(dynamic_param)
+    if not _opt(dynamic):  # the form's number box sends 0 when untouched: no method, no param
+        if param:
+            return ("error: the dynamic param only applies with a dynamic method; pick sv_ratio, sv_fro or "
+                    "sv_cumulative, or clear the param")
+        param = None
     try:
         src = _lora_in(box, source)
         out = _output(box, output, [src], "lora resize")
         result = resize_lora(src, out, rank=_int(rank), conv_rank=_int(conv_rank), dynamic=_opt(dynamic),
-                             dynamic_param=_float(dynamic_param), save_precision=_opt(save_precision), force=force)
+                             dynamic_param=param, save_precision=_opt(save_precision), force=force)
     except LorakilnError as err:
         return f"error: {err}"
     return describe_resize(result)
