@@ -85,7 +85,7 @@ def test_schedule_type_a1111_19(sd1_config: dict) -> None:
 
 def test_unsupported_combinations(sd1_config: dict) -> None:
     with pytest.raises(ConfigError, match="EulerAncestralDiscreteScheduler"):
-        make_scheduler("Euler a", sd1_config, "Karras")  # diffusers has no Karras Euler a
+        make_scheduler("Euler a", sd1_config, "Exponential")  # neither diffusers nor lorakiln has it
     with pytest.raises(ConfigError, match="no diffusers equivalent"):
         make_scheduler("DPM fast", sd1_config)
     with pytest.raises(ConfigError, match="no diffusers equivalent"):
@@ -118,3 +118,25 @@ def test_sd_scripts_sampler_names_map(kohya: str, sd1_config: dict) -> None:
         return
     sched = make_scheduler(kohya, sd1_config)
     assert type(sched).__name__ == expected and not sched.config.get("use_karras_sigmas", False)
+
+
+def test_euler_a_with_karras_runs_the_ancestral_step_on_diffusers_karras_sigmas(sd1_config: dict) -> None:
+    """A1111 ≥ 1.9 draws "Euler a" + "Schedule type: Karras"; the sigmas and timesteps are exactly
+    those of diffusers' own Karras discretisation, the step stays the ancestral one."""
+    from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+
+    sched = make_scheduler("Euler a", sd1_config, "Karras")
+    assert isinstance(sched, EulerAncestralDiscreteScheduler)
+    karras = make_scheduler("Euler", sd1_config, "Karras")
+    assert isinstance(karras, EulerDiscreteScheduler) and karras.config.use_karras_sigmas
+    sched.set_timesteps(12)
+    karras.set_timesteps(12)
+    assert torch.equal(sched.sigmas, karras.sigmas) and torch.equal(sched.timesteps, karras.timesteps)
+    plain = make_scheduler("Euler a", sd1_config)
+    plain.set_timesteps(12)
+    assert not torch.equal(plain.sigmas, sched.sigmas)  # Karras really changes the schedule
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sched.init_noise_sigma
+    for t in sched.timesteps:  # a whole denoising run with a stand-in model: finite, and ends near zero noise
+        model_in = sched.scale_model_input(latents, t)
+        latents = sched.step(0.1 * model_in, t, latents, generator=torch.Generator().manual_seed(1)).prev_sample
+    assert torch.isfinite(latents).all()

@@ -204,7 +204,7 @@ def make_scheduler(name: str, base_config: Mapping[str, Any], schedule_type: str
 
     `base_config` is a scheduler config (e.g. `bundle.noise_scheduler.config`). Raises
     `ConfigError` for unknown names, A1111 samplers or schedules diffusers lacks, a schedule the
-    chosen diffusers class cannot do (e.g. "Euler a" + Karras), or a missing optional dependency.
+    chosen diffusers class cannot do (e.g. "Euler a" + Exponential), or a missing optional dependency.
     """
     import inspect
 
@@ -212,6 +212,10 @@ def make_scheduler(name: str, base_config: Mapping[str, Any], schedule_type: str
 
     class_name, overrides = scheduler_overrides(name, schedule_type)
     cls = getattr(diffusers, class_name)
+    if class_name == "EulerAncestralDiscreteScheduler" and overrides.pop("use_karras_sigmas", False):
+        from lorakiln.inference.karras_ancestral import EulerAncestralKarrasScheduler
+
+        cls = EulerAncestralKarrasScheduler  # A1111 ≥ 1.9 draws "Euler a" + Karras; diffusers lacks the flag
     accepted = set(inspect.signature(cls.__init__).parameters)
     if "kwargs" not in accepted:  # a real class (diffusers' stand-ins for missing deps take **kwargs)
         for key, value in list(overrides.items()):
