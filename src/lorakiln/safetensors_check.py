@@ -19,6 +19,7 @@ The library also refuses headers over 100 MB (``MAX_HEADER_SIZE``); so does this
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -229,3 +230,16 @@ def scan_non_finite(path: str | os.PathLike[str], *, what: str = "LoRA") -> None
         names = fh.keys()  # the handle is not iterable itself
         for key in names:
             refuse_non_finite(path, {key: fh.get_tensor(key)}, what=what)
+
+
+def tensor_data_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of the bytes after the header: kohya's ``sshs_model_hash`` and the hash A1111 keys a
+    LoRA by (`use_addnet_hash`), so renaming a file or editing its metadata does not change it.
+    A1111's "Lora hashes" infotext writes its first 12 hex digits."""
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        fh.seek(8 + n)
+        digest = hashlib.sha256()
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

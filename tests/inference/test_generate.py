@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lorakiln.cli import main
@@ -160,6 +161,18 @@ def test_cli_generate_writes_pngs(tmp_path: Path, lora_dir: Path, capsys, monkey
     assert [p.name for p in paths] == ["00000-363423421.png", "00001-363423422.png"]
     text = Image.open(paths[1]).text["parameters"]
     assert "Seed: 363423422" in text and "Sampler: DPM++ 2M" in text and "<lora:zwx:0.8>" in text
+    # A1111's `Lora hashes`: the first 12 hex digits of the hash kohya stores as sshs_model_hash.
+    with safe_open(str(lora_dir / "zwx.safetensors"), "pt") as fh:
+        short = fh.metadata()["sshs_model_hash"][:12]
+    assert f'Lora hashes: "zwx: {short}"' in text, text
+
+
+def test_lora_hashes_name_only_the_loras_of_this_prompt(bundle, lora_dir: Path) -> None:
+    pasted = replace(FAST, extra={"Lora hashes": '"old: 000000000000"'})  # from an earlier image
+    (image,) = generate(bundle, pasted)
+    assert "Lora hashes" not in image.params.extra
+    (image,) = generate(bundle, replace(pasted, prompt="photo of zwx <lora:zwx:0.5>"), lora_dir=lora_dir)
+    assert image.params.extra["Lora hashes"].startswith("zwx: ") and len(image.params.extra["Lora hashes"]) == 17
 
 
 def test_sdxl_generate_with_its_own_lora(tmp_path: Path) -> None:

@@ -60,6 +60,8 @@ class LoRASet:
     def __init__(self, bundle: ModelBundle, lora_dir: str | Path | None) -> None:
         self.bundle, self.lora_dir = bundle, lora_dir
         self.loaded: dict[str, AppliedLoRA] = {}
+        self.active: list[str] = []  # the LoRAs of the last `activate`, in prompt order
+        self._hashes: dict[str, str] = {}
 
     def activate(self, prompts: list[str]) -> list[str]:
         """Strip `<lora:…>` tags from `prompts`, hook exactly those LoRAs in; returns the texts."""
@@ -82,7 +84,18 @@ class LoRASet:
                                                     unet=call.unet)
             self.loaded[name].attach()
             self.loaded[name].set_strength(call.te, call.unet)
+        self.active = list(wanted)
         return texts
+
+    def infotext_hashes(self) -> str | None:
+        """A1111's ``Lora hashes`` value for the active LoRAs (``name: <12 hex>, …``, the short
+        form of the tensor-data SHA-256 A1111 keys LoRAs by), or None when no LoRA is active."""
+        from lorakiln.safetensors_check import tensor_data_sha256
+
+        for name in self.active:
+            if name not in self._hashes:
+                self._hashes[name] = tensor_data_sha256(self.loaded[name].path)[:12]
+        return ", ".join(f"{name}: {self._hashes[name]}" for name in self.active) or None
 
     def close(self) -> None:
         for lora in self.loaded.values():
@@ -103,6 +116,10 @@ def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | P
     loras = loras if loras is not None else LoRASet(bundle, lora_dir)
     try:
         prompt, negative = loras.activate([params.prompt, params.negative_prompt])
+        extra = {k: v for k, v in params.extra.items() if k != "Lora hashes"}  # a pasted one may be stale
+        if hashes := loras.infotext_hashes():
+            extra["Lora hashes"] = hashes
+        params = replace(params, extra=extra)
         load_embeddings(pipe, bundle, find_embeddings([prompt, negative], embeddings_dir))
         pos, pos_pooled = encode_prompt(pipe, bundle, prompt, params.clip_skip)
         neg, neg_pooled = encode_prompt(pipe, bundle, negative, params.clip_skip)

@@ -4,16 +4,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from lorakiln.lora_tools.files.header import SafetensorsHeader
+from lorakiln.safetensors_check import tensor_data_sha256
 
 # --------------------------------------------------------------------------------------------
 # metadata (kohya ss_*, sd-scripts train_network.py)
@@ -264,24 +262,12 @@ def _folder_triggers(tags: dict[str, int], token: str | None, min_count: float) 
 # --------------------------------------------------------------------------------------------
 
 
-def tensor_data_hash(path: str | Path) -> str:
-    """``sshs_model_hash`` as kohya/A1111 define it: sha256 of the bytes after the header."""
-    path = Path(path)
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        fh.seek(8 + n)
-        digest = hashlib.sha256()
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_hashes(header: SafetensorsHeader, verify: bool, notes: list[str]) -> dict[str, Any]:
     """The stored kohya/A1111 hashes; with ``verify``, recomputed and any mismatch noted (reads the tensors)."""
     md = header.metadata
     out: dict[str, Any] = {k: md[k] for k in ("sshs_model_hash", "sshs_legacy_hash") if k in md}
     if verify:
-        actual = tensor_data_hash(header.path)
+        actual = tensor_data_sha256(header.path)
         out["tensor_data_sha256"] = actual
         if "sshs_model_hash" in md:
             out["sshs_model_hash_matches"] = md["sshs_model_hash"] == actual
