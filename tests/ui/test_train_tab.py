@@ -132,3 +132,13 @@ def test_presets_fill_the_form(project: Sandbox, tiny_sd1_dir: Path) -> None:
     assert values["data.train_data_dir"] == "train"  # the folders stay
     assert filled[keys.index("model.pretrained_model")] == components[keys.index("model.pretrained_model")]
     assert tab.apply_preset("nope", extra, *components)[1].startswith("error: unknown preset 'nope'")
+
+
+def test_speed_text_reads_like_a_progress_bar() -> None:
+    from lorakiln.ui.train_tab import speed_text
+
+    assert speed_text({"steps_per_s": None, "eta": None}, running=True) == " · measuring speed…"  # step 1
+    assert speed_text({"steps_per_s": 2.5, "eta": 40.0}, running=True) == " · 2.50 it/s · ETA 40 s"
+    assert speed_text({"steps_per_s": 1 / 47.9, "eta": 1800.0}, running=True) == " · 47.9 s/step · ETA 1800 s"
+    assert speed_text({"steps_per_s": 2.5, "eta": 40.0}, running=False) == " · 2.50 it/s"  # done or stopped
+    assert speed_text({"steps_per_s": None, "eta": None}, running=False) == ""

@@ -263,16 +263,25 @@ def poll_view(box: Sandbox, run_id: str) -> tuple[str, Any, list[Any], str, str]
     lines = [f"**{run.id}**: {run.status}" + (f" — {run.message}" if run.message else "")]
     last = progress["last"]
     if last:
-        eta, loss = last.get("eta"), last.get("loss")
+        loss = last.get("loss")
         lines.append(f"step {last['step']}/{last.get('total_steps', '?')}"
-                     + (f" · loss {loss:.4f}" if loss is not None else "")
-                     + f" · {last.get('steps_per_s') or 0:.2f} it/s" + (f" · ETA {eta:.0f} s" if eta is not None else ""))
+                     + (f" · loss {loss:.4f}" if loss is not None else "") + speed_text(last, run.status == "running"))
     others = [f"{r.id}: {r.status}" for r in queue.runs() if r.id != run.id][-5:]
     if others:
         lines.append("other runs: " + "; ".join(others))
     saves = [*progress["saves"], *([run.lora] if run.lora and run.lora not in progress["saves"] else [])]
     table = pd.DataFrame(progress["losses"], columns=["step", "loss"]) if progress["losses"] else empty
     return "  \n".join(lines), table, _images(box, progress["samples"]), "\n".join(saves), queue.log_tail(run.id)
+
+
+def speed_text(last: dict[str, Any], running: bool) -> str:
+    """" · 2.31 it/s · ETA 65 s" as tqdm bars write it: s/step below one step a second, no rate
+    before a second step could time one, no ETA once the run is not running."""
+    rate, eta = last.get("steps_per_s"), last.get("eta")
+    if not rate:
+        return " · measuring speed…" if running else ""
+    text = f" · {rate:.2f} it/s" if rate >= 1 else f" · {1 / rate:.1f} s/step"
+    return text + (f" · ETA {eta:.0f} s" if running and eta is not None else "")
 
 
 QUEUE_COLUMNS = ["run", "status", "config", "step", "started", "ended", "LoRA", "message"]
