@@ -48,6 +48,13 @@ def test_lora_list_and_prompt_tag(epoch_loras: Path) -> None:
     assert tab.final_lora(["anna-000001"]) == "anna-000001" and tab.final_lora([]) is None
     assert tab.add_lora("photo of zwx", "last", 0.8) == "photo of zwx, <lora:last:0.8>"
     assert tab.add_lora("", "last", 1.0) == "<lora:last:1>"
+    # A second click removes the tag (A1111's cards toggle), whatever its weight; others stay.
+    assert tab.add_lora("photo of zwx, <lora:last:0.8>", "last", 1.0) == "photo of zwx"
+    assert tab.add_lora("<lora:last:0.5>, photo, <lora:style:1>", "last", 1.0) == "photo, <lora:style:1>"
+    assert tab.add_lora("photo, <lora:last-000002:1>", "last", 1.0) == "photo, <lora:last-000002:1>, <lora:last:1>"
+    # The slider rewrites the weight of a tag that is there, and nothing else.
+    assert tab.set_lora_strength("photo, <lora:last:0.8>", "last", 0.35) == "photo, <lora:last:0.35>"
+    assert tab.set_lora_strength("photo, <lora:style:0.8>", "last", 0.35) == "photo, <lora:style:0.8>"
 
 
 def test_paste_a1111_parameters() -> None:

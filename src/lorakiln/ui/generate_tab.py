@@ -82,12 +82,30 @@ def final_lora(names: list[str]) -> str | None:
     return finals[-1] if finals else (names[-1] if names else None)
 
 
+def _lora_tag(name: str) -> re.Pattern[str]:
+    """Any `<lora:name…>` tag of `name`, with the separator before it (A1111's card regex)."""
+    return re.compile(rf"(,\s*)?<lora:{re.escape(name)}(:[^>]*)?>")
+
+
 def add_lora(prompt: str, name: str, strength: float) -> str:
-    """The prompt with `<lora:name:strength>` appended, as A1111's Lora tab card does."""
+    """Toggle `<lora:name:strength>` in the prompt, as A1111's extra-networks card does
+    (`extraNetworks.js` `tryToRemoveExtraNetworkFromPrompt`): a tag already there is removed,
+    otherwise it is appended — a second click never writes a duplicate."""
     if not name:
         return prompt
+    pattern = _lora_tag(name)
+    if pattern.search(prompt):
+        return pattern.sub("", prompt, count=1).strip().removeprefix(",").strip()
     tag = f"<lora:{name}:{strength:g}>"
     return f"{prompt.rstrip()}, {tag}" if prompt.strip() else tag
+
+
+def set_lora_strength(prompt: str, name: str, strength: float) -> str:
+    """Moving the strength slider rewrites the weight of that LoRA's tag in the prompt (and does
+    nothing when the prompt has no such tag), so the slider never looks applied when it is not."""
+    if not name:
+        return prompt
+    return _lora_tag(name).sub(lambda m: f"{m.group(1) or ''}<lora:{name}:{strength:g}>", prompt, count=1)
 
 
 def params_from_fields(*fields: Any) -> GenerationParams:
@@ -227,7 +245,7 @@ def build(box: Sandbox) -> tuple[Any, Any]:
     with gr.Row():
         lora = gr.Dropdown([], label="LoRA", allow_custom_value=True, scale=3)
         strength = gr.Slider(-1.0, 2.0, value=1.0, step=0.05, label="strength", scale=3)
-        add = gr.Button("add to prompt", scale=1)
+        add = gr.Button("add / remove in prompt", scale=1)
         refresh = gr.Button("refresh LoRAs", scale=1)
         from_toml = gr.Button("from run TOML", scale=1)
     prompt = gr.Textbox(label="prompt", lines=2, placeholder="photo of zwx, <lora:last:0.8>")
@@ -271,6 +289,7 @@ def build(box: Sandbox) -> tuple[Any, Any]:
     refresh.click(refresh_loras, lora_dir, lora)
     from_toml.click(load_defaults, None, [model, vae, lora_dir, lora])
     add.click(add_lora, [prompt, lora, strength], prompt)
+    strength.change(set_lora_strength, [prompt, lora, strength], prompt)
     paste.click(paste_params, pasted, [message, *fields])
     run.click(bind(generate_images, box), [model, vae, lora_dir, emb_dir, *fields], [gallery, infotext, message])
     grid_button.click(bind(epochs_grid, box), [model, vae, lora_dir, emb_dir, x, y, *fields], [grid, message])
