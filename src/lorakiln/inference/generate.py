@@ -9,6 +9,7 @@ so PNG-Info readers (and `--params` here) read them back.
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -90,17 +91,26 @@ class LoRASet:
     def infotext_hashes(self) -> str | None:
         """A1111's ``Lora hashes`` value for the active LoRAs (``name: <12 hex>, …``, the short
         form of the tensor-data SHA-256 A1111 keys LoRAs by), or None when no LoRA is active."""
-        from lorakiln.safetensors_check import tensor_data_sha256
-
         for name in self.active:
             if name not in self._hashes:
-                self._hashes[name] = tensor_data_sha256(self.loaded[name].path)[:12]
+                path = self.loaded[name].path
+                stat = path.stat()
+                self._hashes[name] = _short_hash(str(path), stat.st_mtime_ns, stat.st_size)
         return ", ".join(f"{name}: {self._hashes[name]}" for name in self.active) or None
 
     def close(self) -> None:
         for lora in self.loaded.values():
             lora.remove()
         self.loaded.clear()
+
+
+@functools.lru_cache(maxsize=256)
+def _short_hash(path: str, mtime_ns: int, size: int) -> str:
+    """A LoRA's A1111 short hash, read once per file version (the UI builds a `LoRASet` per request;
+    a changed file has a new mtime or size, so a rewritten LoRA is hashed again)."""
+    from lorakiln.safetensors_check import tensor_data_sha256
+
+    return tensor_data_sha256(path)[:12]
 
 
 def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | Path | None = None,
