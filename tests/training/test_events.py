@@ -8,7 +8,7 @@ from pathlib import Path
 from conftest import draw_dataset
 
 from lorakiln.cli import main
-from lorakiln.training.events import EventsFile, read_events
+from lorakiln.training.events import EventsFile, EventsTail, read_events
 
 RUN_TOML = """
 [model]
@@ -79,3 +79,48 @@ def test_reader_leaves_a_half_written_line(tmp_path: Path) -> None:
     path.write_text(json.dumps({"event": "start"}) + "\n" + '{"event": "st', encoding="utf-8")
     assert read_events(path) == [{"event": "start"}]
     assert read_events(tmp_path / "missing.jsonl") == []
+
+
+def test_a_line_cut_by_a_crash_does_not_hide_the_events_after_it(tmp_path: Path) -> None:
+    """A killed trainer can leave half a line; the next run appending to the file starts after it."""
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"event": "start"}\n{"event": "st{"event": "done"}\n{"event": "error"}\n',
+                    encoding="utf-8")
+    assert [e["event"] for e in read_events(path)] == ["start", "error"]
+    tail = EventsTail(path).update()
+    assert tail.last == {"start": {"event": "start"}, "error": {"event": "error"}}
+
+
+def test_tail_follows_a_growing_file_and_a_replaced_one(tmp_path: Path) -> None:
+    path = tmp_path / "e.jsonl"
+    sink = EventsFile(path, min_interval=0)
+    tail = EventsTail(path)
+    assert tail.update().last_step is None  # no file yet
+    sink.write("start", output_dir="o", output_name="last")
+    sink("phase", {"name": "caching latents", "done": 1, "total": 4})
+    for step in range(1, 26):
+        sink("step", {"step": step, "epoch": 0, "loss": 0.1 * step if step % 5 == 0 else None, "total_steps": 25})
+    tail.update()
+    assert tail.start["output_dir"] == "o" and tail.phase["done"] == 1 and tail.first_step == 1
+    assert list(tail.losses) == [5, 10, 15, 20, 25] and [s for s, _ in tail.recent] == list(range(6, 26))
+    sink("save", {"path": tmp_path / "x.safetensors"})
+    assert tail.update().saves == [str(tmp_path / "x.safetensors")]
+    sink.close()
+    path.unlink()
+    EventsFile(path).write("phase", name="preparing")  # a new file in its place
+    assert tail.update().phase["name"] == "preparing" and tail.last_step is None and tail.saves == []
+
+
+def test_caching_progress_is_reported_about_once_a_second_plus_the_last(monkeypatch) -> None:
+    """A big dataset must not write one event per image: the first report, then one a second,
+    and always the last (done == total)."""
+    from lorakiln.training import prepare as prepare_module
+
+    clock = iter([0.0, 0.2, 0.5, 1.1, 1.3, 1.4, 2.5, 2.6])
+    monkeypatch.setattr(prepare_module.time, "monotonic", lambda: next(clock))
+    seen = []
+    report = prepare_module._throttled(lambda name, **info: seen.append((name, info["done"])), "caching latents")
+    for done in range(8):
+        report(done, 7)
+    assert seen == [("caching latents", 0), ("caching latents", 3), ("caching latents", 6),
+                    ("caching latents", 7)]

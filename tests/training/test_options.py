@@ -101,8 +101,8 @@ def test_text_encoder_lora_stops_after_its_fraction(run_config) -> None:
     seen = {}
     real = prepare_module.prepare
 
-    def spy(cfg, log=None):
-        seen["ctx"] = real(cfg, log)
+    def spy(cfg, log=None, **kwargs):
+        seen["ctx"] = real(cfg, log, **kwargs)
         return seen["ctx"]
 
     snapshots = []

@@ -23,8 +23,8 @@ def test_new_rows_train_until_the_pivot_and_old_rows_never_change(run_config, mo
     seen: dict[str, object] = {}
     real_prepare = prepare_module.prepare
 
-    def spy(cfg, log=None):
-        ctx = real_prepare(cfg, log)
+    def spy(cfg, log=None, **kwargs):
+        ctx = real_prepare(cfg, log, **kwargs)
         seen["ctx"] = ctx
         seen["tables"] = [te.get_input_embeddings().weight.detach().clone() for te in ctx.bundle.text_encoders]
         return ctx

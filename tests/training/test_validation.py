@@ -54,6 +54,13 @@ def test_kohya_sample_prompts_and_final_epochs_grid(run_config, tmp_path: Path) 
     assert text.startswith("photo of zwx, (red:1.2)\nNegative prompt: blurry\nSteps: 2") and "Seed: 42" in text
     grid = out / "last_epochs_x_strengths.png"
     assert grid.is_file() and dict(events[-1][1])["grid"] == grid
+    phases = [i for e, i in events if e == "phase"]  # what a watcher sees between the steps
+    names = [p["name"] for n, p in enumerate(phases) if n == 0 or phases[n - 1]["name"] != p["name"]]
+    assert names == ["preparing", "loading model", "caching latents", "training", "rendering samples", "saving",
+                     "rendering samples", "saving", "final grids"]
+    renders = [(p["done"], p["total"], p["folder"], p["step"]) for p in phases if p["name"] == "rendering samples"]
+    assert renders == [(0, 2, "sample", 10), (1, 2, "sample", 10), (0, 2, "sample", 20), (1, 2, "sample", 20)]
+    assert [p["step"] for p in phases if p["name"] == "saving"] == [10, 20]
     image = Image.open(grid)
     assert image.width > 2 * 64 and image.height > 6 * 64  # 2 files x 6 strengths
 

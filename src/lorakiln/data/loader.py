@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -240,13 +241,18 @@ class TrainData:
                               "latent every step; set random_crop = false or cache_latents = false")
 
     def cache_all(self, encode_fn: EncodeFn, cache: LatentCache, *, progress: bool = True,
-                  encode_batch_size: int | None = None) -> int:
+                  encode_batch_size: int | None = None,
+                  on_progress: Callable[[int, int], None] | None = None) -> int:
         """Encode every (image, bucket[, flip]) once; return how many were newly encoded.
 
         Repeats are not re-encoded (same key). With `flip_aug` both orientations are cached,
         as kohya does, so flips stay free during training. With prior preservation every class
         image is also encoded once per instance bucket (it is cropped to whichever bucket
         it is paired with).
+
+        `on_progress(done, total)` is called with ``(0, total)`` first and after every encoded
+        chunk, so a watcher that is not the console (the web UI, through the trainer's events)
+        can show how far caching is; it is called often, so it should be cheap or throttle itself.
         """
         from tqdm.auto import tqdm
 
@@ -256,6 +262,9 @@ class TrainData:
         before = cache.misses
         class_items = self.prior.items if self.prior is not None else []
         total = (len(self.items) + len(class_items) * len(self._by_bucket)) * len(variants)
+        done = 0
+        if on_progress is not None:
+            on_progress(done, total)
         with tqdm(total=total, desc="caching latents", unit="img", disable=not progress) as bar:
             for bucket in sorted(self._by_bucket):
                 bucket_items = [self.items[i] for i in self._by_bucket[bucket]] + class_items
@@ -264,6 +273,9 @@ class TrainData:
                         items = bucket_items[j:j + chunk]
                         cache.get_or_encode_many(items, bucket, encode_fn, flips=[flip] * len(items))
                         bar.update(len(items))
+                        done += len(items)
+                        if on_progress is not None:
+                            on_progress(done, total)
         return cache.misses - before
 
     # -- reporting -------------------------------------------------------------------------

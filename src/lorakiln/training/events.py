@@ -16,20 +16,40 @@ Events (``event`` key) and their fields:
 * ``save`` — ``path`` of a LoRA (epoch, step or final) file;
 * ``sample`` / ``validation`` — ``paths`` of the PNGs rendered at ``step``;
 * ``epoch`` — ``epoch`` finished, ``step``;
-* ``phase`` — ``name`` of the phase starting: ``preparing`` (dataset, model, caches),
-  ``training``, ``final grids`` (training/loop.py);
+* ``phase`` — ``name`` of the phase starting, optionally with ``done`` and ``total`` (ints:
+  items finished so far out of how many), so a watcher can say what a run is doing between
+  step events (training/loop.py, training/prepare.py), in this order:
+
+  - ``preparing`` — dataset scan and checks, before anything heavy;
+  - ``loading model`` — the base model loads (then class images, the network, the optimizer);
+  - ``caching latents`` — with ``done``/``total`` latents encoded by the VAE (an image counts
+    twice with flip_aug); at most about one a second plus the last (``done == total``), never
+    one per image of a big dataset;
+  - ``training`` — the steps begin (``step`` events from here on);
+  - ``rendering samples`` — validation or sample images at ``step``, with ``done`` prompts
+    rendered out of ``total`` (one event before each prompt's render) and ``folder``
+    (``validation`` or ``sample``);
+  - ``saving`` — a LoRA (and state) of ``step`` is being written: an epoch/step checkpoint, the
+    save on a stop, or the final LoRA;
+  - ``final grids`` — the end-of-run grids (the final LoRA is already written).
+
+  A phase lasts until the next ``phase`` or ``step`` event: a step event after a
+  ``rendering samples`` or ``saving`` phase means training went on;
 * ``done`` — ``path`` of the final LoRA, ``step``, ``grid`` (epochs × strengths PNG or None);
 * ``stopped`` — ``reason``, ``lora`` and ``state`` written on SIGINT/SIGTERM (resume from it);
 * ``error`` — ``message`` of the error that ended the run.
 
-Step events are written at most every ``min_interval`` seconds (plus the last step), so a fast
-tiny model does not spend its time writing JSON.
+Step events are written at most every ``min_interval`` seconds (plus the last step and every
+step with a loss), so a fast tiny model does not spend its time writing JSON.
+
+`read_events` reads a whole file; `EventsTail` follows a growing one cheaply (the web UI's queue).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from pathlib import Path
 from typing import IO, Any
 
@@ -81,17 +101,100 @@ class EventsFile:
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
-    """Every complete event in `path` (a line still being written is left for the next read)."""
+    """Every complete event in `path` (a line still being written is left for the next read).
+
+    A whole line that does not parse — a write cut short by a crash, with the next run's events
+    appended after it — is skipped, not taken for the end of the file: what follows is whole."""
     path = Path(path)
     if not path.is_file():
         return []
     events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
-            break  # the writer is mid-line; everything before it is whole
+            if index == len(lines) - 1:
+                break  # the writer is mid-line; everything before it is whole
     return events
+
+
+class EventsTail:
+    """An events file followed as it grows, folded into the few facts a watcher polls for.
+
+    The web UI asks for a running run's progress every two seconds, and a long run writes a line
+    per step: re-reading and re-parsing the whole file on every tick would cost more the longer
+    the run goes. `update` reads only the bytes appended since the last call (whole lines; a line
+    still being written waits for the next call) and folds each new event into the fields below.
+    A file that shrank or was replaced is read again from the start.
+    """
+
+    #: How many of the latest step events `recent` keeps (a sliding window for the speed).
+    RECENT = 20
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._reset(None)
+
+    def _reset(self, ident: tuple[int, int] | None) -> None:
+        self._ident, self._offset = ident, 0
+        self.start: dict[str, Any] | None = None  # the first ``start`` event
+        self.last_step: dict[str, Any] | None = None
+        self.first_step: int | None = None  # a resumed run's first step is its state's step + 1
+        self.phase: dict[str, Any] | None = None  # the latest ``phase`` event
+        self.losses: dict[int, float] = {}  # step → loss, for the steps whose loss was logged
+        self.saves: list[str] = []
+        self.samples: list[str] = []
+        self.recent: deque[tuple[int, float]] = deque(maxlen=self.RECENT)  # (step, time)
+        self.last: dict[str, dict[str, Any]] = {}  # the latest event of each kind
+
+    def update(self) -> EventsTail:
+        """Fold in what was appended since the last call; returns self."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            self._reset(None)
+            return self
+        ident = (stat.st_dev, stat.st_ino)
+        if ident != self._ident or stat.st_size < self._offset:
+            self._reset(ident)
+        if stat.st_size > self._offset:
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read(stat.st_size - self._offset)
+            end = chunk.rfind(b"\n") + 1
+            self._offset += end
+            for line in chunk[:end].splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash: the ones after it are whole
+                if isinstance(event, dict):
+                    self._fold(event)
+        return self
+
+    def _fold(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "step" and isinstance(event.get("step"), int):
+            step = event["step"]
+            self.last_step = event
+            if self.first_step is None:
+                self.first_step = step
+            if event.get("loss") is not None:
+                self.losses[step] = event["loss"]
+            self.recent.append((step, float(event.get("time") or 0.0)))
+        elif kind == "phase":
+            self.phase = event
+        elif kind == "save" and event.get("path"):
+            self.saves.append(event["path"])
+        elif kind in ("sample", "validation"):
+            self.samples += event.get("paths") or []
+        elif kind == "start" and self.start is None:
+            self.start = event
+        if isinstance(kind, str):
+            self.last[kind] = event
 
 
 def _plain(value: Any) -> Any:

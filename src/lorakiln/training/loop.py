@@ -10,6 +10,10 @@
 
 The whole run holds `<output_dir>/<output_name>.lock` (lock.py), taken before the model loads,
 and starts by clearing what interrupted saves of that output left (recovery.py).
+
+Callbacks hear ``phase`` events as each slow part begins (loading the model, caching latents,
+rendering samples, saving, the final grids; listed in events.py), so a watcher can tell a run
+that is rendering or saving from one that is stuck between two step events.
 """
 
 from __future__ import annotations
@@ -75,8 +79,12 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
         # A missing or incomplete resume state fails in prepare's preflight, before the model loads.
         recovery.clean_leftovers(Path(out.output_dir), out.output_name, log)
         _emit(callbacks, "phase", name="preparing")
+
+        def phase(name: str, **info: Any) -> None:
+            _emit(callbacks, "phase", name=name, **info)
+
         with flag.raising():
-            ctx = prepare(cfg, log=log)
+            ctx = prepare(cfg, log=log, phase=phase)
         _emit(callbacks, "phase", name="training")
         return run_loop(ctx, flag, callbacks, progress=progress)
 
@@ -153,11 +161,23 @@ def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
 def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback], flag: StopFlag, *,
               epoch_end: bool = False, final: bool = False) -> None:
     """Validation and sample renders that are due now (validation.py). A signal stops a render at
-    once; the caller then saves (render restores the RNGs and module modes on the way out)."""
-    for folder, prompts in validation.due_jobs(ctx, epoch_end=epoch_end, final=final):
+    once; the caller then saves (render restores the RNGs and module modes on the way out).
+
+    Prompts are rendered one at a time so a ``rendering samples`` phase event (done/total over all
+    the jobs due now) can precede each: a render of many prompts is minutes on a slow machine.
+    The event is written outside `flag.raising()`, so a stop never cuts a line of the events file.
+    """
+    jobs = validation.due_jobs(ctx, epoch_end=epoch_end, final=final)
+    total, done = sum(len(prompts) for _, prompts in jobs), 0
+    for folder, prompts in jobs:
+        rendered: list[Any] = []
         try:
-            with flag.raising():
-                rendered = validation.render(ctx, prompts)
+            for params in prompts:
+                _emit(callbacks, "phase", name="rendering samples", done=done, total=total, folder=folder,
+                      step=ctx.position.global_step)
+                with flag.raising():
+                    rendered += validation.render(ctx, [params])
+                done += 1
         except StopSignal:
             logger.write(f"{flag.name}: {folder} renders stopped")
             return
@@ -174,6 +194,7 @@ def _checkpoint(ctx: TrainContext, name: str, callbacks: list[Callback]) -> None
 
     The schema promises state with every saved LoRA, so a resume can start from any saved epoch.
     """
+    _emit(callbacks, "phase", name="saving", step=ctx.position.global_step)
     path = _save_lora(ctx, name)
     if ctx.cfg.output.save_state:
         _save_state(ctx)
@@ -191,11 +212,13 @@ def _save_state(ctx: TrainContext) -> Path:
         return outputs.save_training_state(ctx)
 
 
-def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger) -> None:
+def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
+                       callbacks: list[Callback]) -> None:
     """After a signal: save a LoRA and a state at this step, then raise `TrainingInterrupted`."""
     if not flag.requested:
         return
     step = ctx.position.global_step
+    _emit(callbacks, "phase", name="saving", step=step)
     lora = _save_lora(ctx, outputs.step_name(ctx, step))
     state = _save_state(ctx)
     logger.write(f"{flag.name}: saved {lora} and state {state}; continue with --resume {state}")
@@ -241,7 +264,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 _validate(ctx, logger, callbacks, flag)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
                     _checkpoint(ctx, outputs.step_name(ctx, pos.global_step), callbacks)
-                _stop_if_requested(ctx, flag, logger)
+                _stop_if_requested(ctx, flag, logger, callbacks)
             if pos.batch_in_epoch >= len(batches):
                 logger.epoch_end(pos.epoch, pos.global_step,
                                  sum(epoch_losses) / len(epoch_losses) if epoch_losses else None)
@@ -255,9 +278,10 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                     pos.saved_epochs.append(pos.epoch)
                     _checkpoint(ctx, outputs.epoch_name(ctx, pos.epoch), callbacks)
                 if pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
-                    _stop_if_requested(ctx, flag, logger)  # a signal during the epoch-end renders
+                    _stop_if_requested(ctx, flag, logger, callbacks)  # a signal during the epoch-end renders
         # Training is complete: a signal from here on only skips the remaining renders.
         _validate(ctx, logger, callbacks, flag, final=True)
+        _emit(callbacks, "phase", name="saving", step=pos.global_step)
         final = _save_lora(ctx, outputs.final_name(ctx), final=True)
         state = _save_state(ctx) if cfg.output.save_state else None
         grid, sheet = _final_grids(ctx, flag, logger, callbacks)

@@ -9,10 +9,15 @@
    cached; a resume state restored (`state.restore_into`).
 
 This module only orders those steps; each one's rules live in the module named beside it.
+
+`prepare(cfg, phase=…)` reports the slow parts as they begin (``loading model``, then ``caching
+latents`` with done/total) so a run watched from outside — the web UI reading the events file —
+can say what it is doing instead of "preparing" for minutes; without `phase` nothing is reported.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +35,26 @@ if TYPE_CHECKING:
     from lorakiln.networks.pivotal import PivotalEmbeddings
 
 Log = Callable[[str], None] | None
+#: `phase(name, **info)`: a phase of the preparation begins (info: ``done``/``total`` ints).
+Phase = Callable[..., None] | None
+#: Seconds between two ``caching latents`` reports (the first and the last always go out).
+CACHE_REPORT_INTERVAL = 1.0
+
+
+def _throttled(phase: Callable[..., None], name: str,
+               interval: float = CACHE_REPORT_INTERVAL) -> Callable[[int, int], None]:
+    """A `(done, total)` progress hook that reports `name` at most every `interval` seconds, plus
+    the first and the last call: caching thousands of images must not write an event per image."""
+    last: float | None = None
+
+    def report(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if last is None or done >= total or now - last >= interval:
+            last = now
+            phase(name, done=done, total=total)
+
+    return report
 
 
 def _warn_long_captions(dataset: Dataset, bundle: ModelBundle, log: Log,
@@ -70,7 +95,7 @@ def _latent_cache(cfg: RunConfig, bundle: ModelBundle, output_dir: Path) -> Any:
     return LatentCache(vae_fingerprint(bundle.vae) + ":mode-scaled", cache_dir)
 
 
-def _finish(ctx: TrainContext, data: TrainData, log: Log) -> None:
+def _finish(ctx: TrainContext, data: TrainData, log: Log, phase: Phase = None) -> None:
     """EMA of the trained weights, the latent cache filled, a resume state restored, and the
     resolved config written beside the outputs."""
     from lorakiln.training.outputs import write_resolved_config
@@ -83,7 +108,8 @@ def _finish(ctx: TrainContext, data: TrainData, log: Log) -> None:
     if ctx.cache is not None and ctx.encode_fn is not None:
         if log:
             log("caching latents")
-        data.cache_all(ctx.encode_fn, ctx.cache, progress=log is not None)
+        hook = _throttled(phase, "caching latents") if phase is not None else None
+        data.cache_all(ctx.encode_fn, ctx.cache, progress=log is not None, on_progress=hook)
     if cfg.train.resume:
         from lorakiln.training.state import restore_into
 
@@ -91,8 +117,9 @@ def _finish(ctx: TrainContext, data: TrainData, log: Log) -> None:
     write_resolved_config(ctx)
 
 
-def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
-    """Everything before the first step (see the module docstring for the order)."""
+def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainContext:
+    """Everything before the first step (see the module docstring for the order); `phase` hears
+    of the slow parts as they begin (`training.loop.train` turns them into ``phase`` events)."""
     from lorakiln.training.class_generation import class_images
     from lorakiln.training.model_setup import (
         add_pivotal_tokens,
@@ -105,6 +132,8 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
     dataset, data, plan = describe_plan(cfg, log)
     device = pick_device()
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
+    if phase is not None:
+        phase("loading model")
     bundle = _load_frozen_model(cfg, device, autocast_dtype)
     if cfg.prior.with_prior_preservation:  # before any LoRA exists: class images show the base model
         dataset, data = build_data(cfg, class_images(cfg, bundle, log), dataset)
@@ -125,6 +154,6 @@ def prepare(cfg: RunConfig, log: Log = print) -> TrainContext:
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
                        encode_fn=encode_fn(bundle.vae), lrs=lrs, optimizer_desc=opt.description,
                        warmup_steps=opt.warmup_steps, pivotal=pivotal)
-    _finish(ctx, data, log)
+    _finish(ctx, data, log, phase)
     return ctx
 

@@ -18,7 +18,13 @@ a LoRA and a state, so `resume` continues it exactly) | ``failed`` (an error; it
 kept) | ``interrupted`` (the process vanished without saying why, e.g. a power cut — resumable
 from its last saved state if there is one) | ``cancelled`` (stopped before it started).
 Runs are started with a new process session, so stopping the UI (Ctrl-C) does not stop a
-training; a UI started again finds the running process and keeps watching it.
+training; a UI started again finds the running process and keeps watching it. A Stop on a running
+run is recorded in its record (``stop_requested``), so every UI — another browser, a restarted
+one — shows it as stopping until the trainer has saved and exited.
+
+`progress` follows each run's events file incrementally (`EventsTail`), since the UI asks every
+two seconds; a resumed run's loss curve starts with the runs it continues, so the chart goes on
+where the stopped run left off instead of starting again at its resume step.
 
 A queue may be given a `check` (the web UI passes `run_guard.check_run` bound to its sandbox):
 it is called with the run TOML and overrides when a run is submitted and again just before its
@@ -42,7 +48,7 @@ from typing import Any
 
 from lorakiln.atomic import write_text_atomic
 from lorakiln.errors import LorakilnError
-from lorakiln.training.events import read_events
+from lorakiln.training.events import EventsTail, read_events
 
 ACTIVE = ("queued", "running")
 #: Exit status of `lorakiln train` after SIGINT/SIGTERM saved a state (cli.py `_cmd_train`).
@@ -66,6 +72,7 @@ class Run:
     message: str | None = None  # why it failed or stopped
     lora: str | None = None  # the final LoRA (done) or the one saved on stop
     state: str | None = None  # the state folder a stopped/interrupted run resumes from
+    stop_requested: float | None = None  # when Stop was pressed on the running run (time.time())
 
 
 class RunQueue:
@@ -81,6 +88,8 @@ class RunQueue:
         self.python = python
         self.check = check
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._tails: dict[str, EventsTail] = {}
+        self._resume_steps: dict[str, int | None] = {}
         self._runs: dict[str, Run] = self._load()
         self._adopt_orphans()
 
@@ -143,14 +152,25 @@ class RunQueue:
 
     def stop(self, run_id: str) -> Run:
         """Stop a run: a queued one is cancelled; a running one gets SIGINT, on which the trainer
-        saves a usable LoRA and a state before it exits (status ``stopped`` once it has)."""
+        saves a usable LoRA and a state before it exits (status ``stopped`` once it has).
+
+        The request is recorded (``stop_requested``) before the signal, so every UI shows the run
+        as stopping while it saves. A second Stop on a run already stopping sends nothing: the
+        trainer takes a second signal as "exit now without saving". A run that has ended raises
+        `LorakilnError`, so a stale page's Stop says why nothing happened."""
         run = self.get(run_id)
         if run.status == "queued":
             run.status, run.ended = "cancelled", time.time()
             self._save()
-        elif run.status == "running" and run.pid is not None:
-            with contextlib.suppress(ProcessLookupError):  # already gone: poll() records how it ended
-                os.kill(run.pid, signal.SIGINT)
+        elif run.status == "running":
+            if run.stop_requested is None:
+                run.stop_requested = time.time()
+                self._save()
+                if run.pid is not None:
+                    with contextlib.suppress(ProcessLookupError):  # gone: poll() records how it ended
+                        os.kill(run.pid, signal.SIGINT)
+        else:
+            raise LorakilnError(f"run {run.id} already ended ({run.status}); nothing to stop")
         return run
 
     def resume(self, run_id: str) -> Run:
@@ -244,16 +264,51 @@ class RunQueue:
     # -- what the UI shows ------------------------------------------------------------------
 
     def progress(self, run_id: str) -> dict[str, Any]:
-        """The run's latest step (step, total, loss, it/s, ETA), its loss curve, saves and samples."""
-        events = read_events(self.events_path(run_id))
-        steps = [e for e in events if e["event"] == "step"]
+        """What the UI shows of a run, from its events (read incrementally: this runs every 2 s).
+
+        ``last``: the latest step event (step, total_steps, loss, …) or None; ``losses``: (step,
+        loss) pairs by step — for a resumed run the runs it continues up to its resume step,
+        then its own; ``saves`` and ``samples``: paths written; ``output_dir``; ``phase``: the
+        latest phase event or None (`run_status` decides whether a later step supersedes it);
+        ``recent``: (step, time) of the latest step events, for a speed over a sliding window.
+        """
+        tail = self._tail(run_id)
         return {
-            "last": steps[-1] if steps else None,
-            "losses": [(e["step"], e["loss"]) for e in steps if e.get("loss") is not None],
-            "saves": [e["path"] for e in events if e["event"] == "save"],
-            "samples": [p for e in events if e["event"] in ("sample", "validation") for p in e.get("paths", [])],
-            "output_dir": next((e["output_dir"] for e in events if e["event"] == "start"), None),
+            "last": tail.last_step,
+            "losses": sorted(self._chain_losses(run_id, set()).items()),
+            "saves": list(tail.saves),
+            "samples": list(tail.samples),
+            "output_dir": tail.start.get("output_dir") if tail.start else None,
+            "phase": tail.phase,
+            "recent": list(tail.recent),
         }
+
+    def _tail(self, run_id: str) -> EventsTail:
+        tail = self._tails.get(run_id)
+        if tail is None:
+            tail = self._tails[run_id] = EventsTail(self.events_path(run_id))
+        return tail.update()
+
+    def _chain_losses(self, run_id: str, seen: set[str]) -> dict[int, float]:
+        """step → loss of `run_id`, after those of the runs it resumes (a later run wins a step)."""
+        own = self._tail(run_id).losses
+        run = self._runs.get(run_id)
+        if run is None or run.resume_of is None or run.resume_of in seen | {run_id}:
+            return own
+        start = self._resume_step(run)
+        earlier = self._chain_losses(run.resume_of, seen | {run_id})
+        merged = {s: v for s, v in earlier.items() if start is None or s <= start}
+        merged.update(own)
+        return merged
+
+    def _resume_step(self, run: Run) -> int | None:
+        """The step a resumed run starts from: its first step event's, else its state's."""
+        first = self._tail(run.id).first_step
+        if first is not None:
+            return first - 1
+        if run.id not in self._resume_steps:  # read once: a resuming run later overwrites the state
+            self._resume_steps[run.id] = _state_step(run)
+        return self._resume_steps[run.id]
 
     def _log_tail(self, run_id: str, lines: int = 40) -> str:
         path = self.log_path(run_id)
@@ -280,6 +335,22 @@ class RunQueue:
         except LorakilnError:
             return None
         return str(state)
+
+
+def _state_step(run: Run) -> int | None:
+    """``position.global_step`` of the state a run's ``train.resume=`` override names, if readable."""
+    value = next((o.split("=", 1)[1].strip() for o in reversed(run.overrides)
+                  if o.replace(" ", "").startswith("train.resume=")), None)
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        value = json.loads(value)
+    try:
+        folder = Path(Path(run.config).parent, str(value))
+        step = json.loads((folder / "state.json").read_text(encoding="utf-8"))["position"]["global_step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def _without_resume(overrides: list[str]) -> list[str]:
