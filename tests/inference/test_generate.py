@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from lorakiln.cli import main
 from lorakiln.errors import LorakilnError
 from lorakiln.inference.generate import generate, save_images
-from lorakiln.inference.infotext import GenerationParams, parse_infotext, read_png_infotext
+from lorakiln.inference.infotext import GenerationParams, format_infotext, parse_infotext, read_png_infotext
 from lorakiln.models.family import SD1
 from lorakiln.models.tiny import build_tiny_sd1_bundle
 from lorakiln.networks.export import save_kohya_lora
@@ -173,6 +173,27 @@ def test_lora_hashes_name_only_the_loras_of_this_prompt(bundle, lora_dir: Path) 
     assert "Lora hashes" not in image.params.extra
     (image,) = generate(bundle, replace(pasted, prompt="photo of zwx <lora:zwx:0.5>"), lora_dir=lora_dir)
     assert image.params.extra["Lora hashes"].startswith("zwx: ") and len(image.params.extra["Lora hashes"]) == 17
+
+
+def test_ti_hashes_name_the_embeddings_of_this_prompt(bundle, tmp_path: Path) -> None:
+    """A1111's `TI hashes`: `name: <first 12 hex of the SHA-256 of the whole file>` for each
+    embedding the prompts use, positive prompt first (A1111 `sd_hijack_clip.py`); a pasted one is
+    replaced, and dropped when the prompt uses none."""
+    import hashlib
+
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    for stem in ("zwxstyle", "badhand", "unused"):
+        save_file({"clip_l": torch.randn(1, 32) * 0.02}, str(folder / f"{stem}.safetensors"))
+    short = {stem: hashlib.sha256((folder / f"{stem}.safetensors").read_bytes()).hexdigest()[:12]
+             for stem in ("zwxstyle", "badhand")}
+    pasted = replace(FAST, prompt="photo in zwxstyle", negative_prompt="badhand, blurry",
+                     extra={"TI hashes": '"old: 000000000000"'})
+    (image,) = generate(build_tiny_sd1_bundle(seed=0), pasted, embeddings_dir=folder)
+    assert image.params.extra["TI hashes"] == f"zwxstyle: {short['zwxstyle']}, badhand: {short['badhand']}"
+    assert f'TI hashes: "zwxstyle: {short["zwxstyle"]}, badhand: {short["badhand"]}"' in format_infotext(image.params)
+    (image,) = generate(bundle, replace(pasted, prompt="photo", negative_prompt=""), embeddings_dir=folder)
+    assert "TI hashes" not in image.params.extra
 
 
 def test_sdxl_generate_with_its_own_lora(tmp_path: Path) -> None:

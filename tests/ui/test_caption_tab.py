@@ -1,16 +1,22 @@
 """The Caption tab's handler: BLIP and WD14 settings reach the captioners, existing captions are
-kept unless overwrite is ticked, and bad settings come back as messages naming the option."""
+kept unless overwrite is ticked, bad settings come back as messages naming the field, and a
+model that is not on this machine fails in seconds with a message saying where to put it."""
 
 from __future__ import annotations
 
+import shutil
+import socket
+import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
-from lorakiln.captioning.blip import BlipOptions
-from lorakiln.captioning.tagger import TaggerOptions
-from lorakiln.ui.caption_tab import SETTINGS, caption
+from lorakiln.captioning.blip import DEFAULT_BLIP_MODEL, BlipOptions
+from lorakiln.captioning.tagger import DEFAULT_TAGGER_MODEL, TaggerOptions
+from lorakiln.ui.caption_tab import SETTINGS, caption, caption_models, model_choices
 from lorakiln.ui.sandbox import Sandbox
+from lorakiln.ui.wording import no_flags
 
 
 def _settings(**changes: object) -> list[object]:
@@ -62,9 +68,66 @@ def test_errors_are_messages(tmp_path: Path, tiny_blip: Path, tiny_tagger: Path)
     _dataset(tmp_path)
     report = caption(_box(tmp_path, tiny_blip), *_settings(model=str(tiny_blip), min_length=50, max_length=10))
     assert report.startswith("error") or "\nerror: " in report
-    assert "--max-length 10 is below --min-length 50" in report
-    assert "error: --threshold" in caption(_box(tmp_path, tiny_blip), *_settings(method="tagger", general_threshold=2.0))
+    assert '"max length" 10 is below "min length" 50' in report and no_flags(report)
+    report = caption(_box(tmp_path, tiny_blip), *_settings(method="tagger", general_threshold=2.0))
+    assert 'error: "threshold" is a probability' in report
     outside = tmp_path.parent / f"{tmp_path.name}-models"
     outside.mkdir()
     report = caption(_box(tmp_path, tiny_blip), *_settings(model=str(outside)))
-    assert report.startswith("error") and "outside the folders this UI may read" in report and "--models-dir" in report
+    assert report.startswith("error") and "outside the folders this UI may read" in report
+    assert "the server's models folders (set when the UI was started)" in report and no_flags(report)
+    report = caption(_box(tmp_path, tiny_blip), *_settings(model=str(tmp_path / "nope") + "/"))
+    assert "the caption model field" in report and "no such folder" in report and no_flags(report)
+    report = caption(_box(tmp_path, tiny_blip), *_settings(model=str(tiny_blip)))  # blue.txt is kept
+    assert 'tick "overwrite existing captions"' in report and no_flags(report)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(("method", "how"), [("blip", "offline"), ("blip", "closed port"), ("tagger", "closed port")])
+def test_a_missing_model_fails_in_seconds_in_ui_words(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      method: str, how: str) -> None:
+    """No internet, no weights: within seconds (not minutes of hub retries) the tab says which
+    model is missing, that the hub cannot be reached, and where to copy the model — never a CLI flag."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HUB_OFFLINE", "HF_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    if how == "offline":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    project, models = tmp_path / "project", tmp_path / "models"
+    _dataset(project)
+    models.mkdir()
+    start = time.monotonic()
+    report = caption(Sandbox.for_project(project, model=[models]), *_settings(method=method))
+    assert time.monotonic() - start < 10
+    model = DEFAULT_BLIP_MODEL if method == "blip" else DEFAULT_TAGGER_MODEL
+    error = report.splitlines()[-1]
+    assert error.startswith(f"error: the {'BLIP' if method == 'blip' else 'WD14 tagger'} model {model} is not on "
+                            "this machine"), report
+    assert "cannot reach the Hugging Face hub" in error and str(models) in error and str(project) in error
+    assert "caption model field" in error and no_flags(report), report
+    assert not (project / "train" / "10_zwx" / "red.txt").exists()
+
+
+def test_the_model_field_lists_model_folders(tmp_path: Path, tiny_blip: Path, tiny_tagger: Path) -> None:
+    models, elsewhere = tmp_path / "models", tmp_path / "elsewhere"
+    shutil.copytree(tiny_blip, models / "blip-large")
+    shutil.copytree(tiny_tagger, models / "taggers" / "wd14")
+    shutil.copytree(tiny_blip, elsewhere / "blip")
+    (models / "lora-folder").mkdir()  # no model in it
+    project = tmp_path / "project"
+    _dataset(project)
+    (project / "escape").symlink_to(elsewhere)  # a symlink out of the folders is not offered
+    box = Sandbox.for_project(project, model=[models])
+    listed = dict((value, label) for label, value in caption_models(box))
+    assert sorted(listed) == [str(models / "blip-large"), str(models / "taggers" / "wd14")]
+    assert listed[str(models / "blip-large")].startswith("blip-large")
+    assert model_choices(box)[0] == ("default model of the method", "")
+    report = caption(box, *_settings(model=str(models / "blip-large")))  # what the drop-down sends
+    assert "captioned 1 image" in report, report

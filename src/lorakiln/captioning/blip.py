@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lorakiln.captioning.files import (
-    CaptionSummary,
-    OutputOptions,
-    caption_folder,
+from lorakiln.captioning.files import CaptionSummary, OutputOptions, caption_folder, join_caption
+from lorakiln.captioning.model_source import (
+    ModelSource,
+    ModelUnavailable,
+    hub_endpoint,
     hub_error,
-    hub_offline,
-    join_caption,
-    resolve_model_source,
+    offline_reason,
+    resolve_caption_model,
 )
 from lorakiln.errors import ConfigError, ModelLoadError
 
@@ -43,6 +43,11 @@ DEFAULT_BLIP_MODEL = "Salesforce/blip-image-captioning-large"
 #: BLIP's captioning prompt (`blip_decoder(prompt='a picture of ')`); cut from every caption.
 BLIP_PROMPT = "a picture of"
 _BLIP_FILES = "config.json, model.safetensors, the tokenizer files and preprocessor_config.json"
+#: What must be in the Hugging Face cache for a hub id to count as present. Only the config: the
+#: weights' and processor files' names vary (transformers ≥ 4.5x saves processor_config.json,
+#: the hub repo has preprocessor_config.json); a snapshot missing them fails the offline load,
+#: which is then finished online or reported as `ModelUnavailable`.
+_BLIP_CACHED = ("config.json",)
 #: Makes a local copy without the repo's duplicate PyTorch-pickle and TensorFlow weights.
 BLIP_DOWNLOAD = 'hf download {repo} --exclude "*.bin" --exclude "*.h5" --local-dir models/{name}'
 
@@ -142,27 +147,51 @@ def _seeded(seed: int | None, device: str) -> Iterator[None]:
 
 
 def load_blip(model: str = DEFAULT_BLIP_MODEL, device: str = "auto") -> BlipCaptioner:
-    """Load a BLIP captioning model from a local folder or the hub (once per run).
+    """Load a BLIP captioning model from a local folder, the Hugging Face cache or the hub (once per run).
 
-    Every failure — no network, a typo'd folder, a folder missing the processor files — is a
-    `ModelLoadError` that names the model and says how to pass a local folder.
+    The source is resolved first (`resolve_caption_model`), before transformers is imported, so
+    a hub id that is neither cached nor downloadable fails within seconds as `ModelUnavailable`
+    instead of after minutes of retries. Every other failure — a typo'd folder, a folder missing
+    the processor files, a hub error — is a `ModelLoadError` that names the model and says how to
+    pass a local folder.
     """
+    source = resolve_caption_model(model, what="BLIP", needs=_BLIP_CACHED, files=_BLIP_FILES,
+                                   download=BLIP_DOWNLOAD)
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    folder, repo_id = resolve_model_source(model, what="BLIP")
     device = resolve_device(device)
-    source = str(folder) if folder is not None else repo_id
-    assert source is not None
-    local_only = folder is not None or hub_offline()
+    cache = str(source.cache_dir) if source.cache_dir is not None else None
+
+    def load(local_only: bool) -> tuple[Any, Any]:
+        kwargs = {"local_files_only": local_only, "cache_dir": cache}
+        return (BlipProcessor.from_pretrained(source.location, **kwargs),
+                BlipForConditionalGeneration.from_pretrained(source.location, **kwargs))
+
     try:
-        processor = BlipProcessor.from_pretrained(source, local_files_only=local_only)
-        blip = BlipForConditionalGeneration.from_pretrained(source, local_files_only=local_only)
+        processor, blip = load(source.local_only)
     except Exception as exc:  # OSError (missing file, no network), ValueError (bad config)...
-        if repo_id is not None:
-            raise hub_error(repo_id, exc, what="BLIP", files=_BLIP_FILES, download=BLIP_DOWNLOAD) from exc
-        raise ModelLoadError(f"--model {model!r} is not a BLIP captioning model folder ({type(exc).__name__}: "
-                             f"{exc}); it must hold {_BLIP_FILES}, as saved by `save_pretrained`") from exc
+        if not source.cached:
+            raise _load_error(model, source, exc) from exc
+        # a hub id only partly in the cache (an interrupted download): finish it online, if possible
+        reason = offline_reason()
+        if reason is not None:
+            raise ModelUnavailable(repo_id=str(source.repo_id), what="BLIP", files=_BLIP_FILES,
+                                   reason=f"{reason}, and the cache holds only part of the model",
+                                   download=BLIP_DOWNLOAD, cache_dir=source.cache_dir or Path(),
+                                   endpoint=hub_endpoint()) from exc
+        try:
+            processor, blip = load(False)
+        except Exception as again:
+            raise _load_error(model, source, again) from again
     return BlipCaptioner(blip.to(device).eval(), processor, device)
+
+
+def _load_error(model: str, source: ModelSource, exc: Exception) -> ModelLoadError:
+    """Why loading failed: the hub's answer for a hub id, a not-a-BLIP-folder message for a folder."""
+    if source.repo_id is not None:
+        return hub_error(source.repo_id, exc, what="BLIP", files=_BLIP_FILES, download=BLIP_DOWNLOAD)
+    return ModelLoadError(f"--model {model!r} is not a BLIP captioning model folder ({type(exc).__name__}: "
+                          f"{exc}); it must hold {_BLIP_FILES}, as saved by `save_pretrained`")
 
 
 def caption_with_blip(root: str | os.PathLike[str], options: BlipOptions | None = None,

@@ -1,4 +1,4 @@
-"""What every captioner shares: finding images, writing captions, resolving models, the summary.
+"""What every captioner shares: finding images, writing captions, the summary (models: `model_source`).
 
 The captioners (`blip`, `tagger`) only turn a batch of RGB images into text; everything that
 touches the user's folder lives here so both follow the same rules:
@@ -30,8 +30,7 @@ from lorakiln.data.caption_target import ImageGuard, check_caption_extension
 from lorakiln.data.files import list_images, read_caption
 from lorakiln.data.imagefolder import DEFAULT_CAPTION_COLUMN, DEFAULT_IMAGE_COLUMN, check_folder
 from lorakiln.data.metadata_file import read_metadata
-from lorakiln.errors import ConfigError, DatasetError, ModelLoadError
-from lorakiln.models.hub_id import looks_like_hub_id
+from lorakiln.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -148,48 +147,6 @@ def join_caption(prefix: str, text: str, postfix: str, separator: str = " ") -> 
     elif postfix:
         caption = postfix
     return " ".join(caption.split())  # one line: a newline would end kohya's caption early
-
-
-# --------------------------------------------------------------------------- model sources
-
-
-def hub_offline() -> bool:
-    """`HF_HUB_OFFLINE` read now, not at import (huggingface_hub freezes it when imported)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def resolve_model_source(model: str, *, what: str, option: str = "--model") -> tuple[Path | None, str | None]:
-    """(local folder, None) for an existing folder, (None, repo id) for a hub id, else an error.
-
-    A path that does not exist and does not look like `org/name` is a typo'd folder, and saying
-    so beats a confusing "repository not found" from the hub.
-    """
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path.resolve(), None
-    if path.exists():
-        raise ModelLoadError(f"{option} {model!r} is a file; the {what} model is a folder "
-                             "(or a Hugging Face repo id such as org/name)")
-    if looks_like_hub_id(model):
-        return None, model
-    raise ModelLoadError(f"{option} {model!r}: no such folder; pass the folder holding the {what} model "
-                         "or a Hugging Face repo id such as org/name")
-
-
-def hub_error(repo_id: str, exc: BaseException, *, what: str, files: str, download: str) -> ModelLoadError:
-    """The error for a model that could not be fetched: why, and how to use a local folder.
-
-    `download` is the `hf download ...` command that makes such a folder while online, with
-    `{repo}` and `{name}` (the repo's last part) filled in.
-    """
-    command = download.format(repo=repo_id, name=repo_id.rsplit("/", 1)[-1])
-    mode = " (offline: only the local Hugging Face cache was searched)" if hub_offline() else ""
-    reason = str(exc).strip().rstrip(".")
-    return ModelLoadError(
-        f"could not download the {what} model {repo_id!r} from the Hugging Face hub{mode}: "
-        f"{type(exc).__name__}: {reason}. No local folder named {repo_id!r} exists either. "
-        f"Pass a local folder with --model (it must hold {files}); to make one while online run "
-        f"`{command}` and then use --model with that folder.")
 
 
 # --------------------------------------------------------------------------- writing

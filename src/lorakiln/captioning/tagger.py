@@ -28,15 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lorakiln.captioning.files import (
-    CaptionSummary,
-    OutputOptions,
-    caption_folder,
-    hub_error,
-    hub_offline,
-    join_caption,
-    resolve_model_source,
-)
+from lorakiln.captioning.files import CaptionSummary, OutputOptions, caption_folder, join_caption
+from lorakiln.captioning.model_source import hub_error, resolve_caption_model
 from lorakiln.errors import ConfigError, LorakilnError, ModelLoadError
 
 if TYPE_CHECKING:
@@ -258,22 +251,29 @@ def parse_tag_list(text: str | None) -> tuple[str, ...]:
 
 
 def model_files(model: str) -> tuple[Path, Path]:
-    """(model.onnx, selected_tags.csv) from a local folder, or downloaded from the hub."""
-    folder, repo_id = resolve_model_source(model, what="WD14 tagger")
+    """(model.onnx, selected_tags.csv) from a local folder, the Hugging Face cache, or the hub.
+
+    `resolve_caption_model` decides first, so an uncached hub id on a machine that cannot
+    download fails in seconds (`ModelUnavailable`) rather than after the hub client's retries."""
+    files = f"{MODEL_FILE} and {TAGS_FILE}"
+    source = resolve_caption_model(model, what="WD14 tagger", needs=(MODEL_FILE, TAGS_FILE), files=files,
+                                   download=TAGGER_DOWNLOAD)
+    folder = source.folder
     if folder is not None:
         missing = [name for name in (MODEL_FILE, TAGS_FILE) if not (folder / name).is_file()]
         if missing:
             raise ModelLoadError(f"--model {model!r} has no {' or '.join(missing)}; a WD14 tagger folder holds "
                                  f"{MODEL_FILE} and {TAGS_FILE} (both are in the model's Hugging Face repo)")
         return folder / MODEL_FILE, folder / TAGS_FILE
-    assert repo_id is not None
+    if source.cached:
+        return source.cached[0], source.cached[1]
+    repo_id = str(source.repo_id)
     from huggingface_hub import hf_hub_download
 
     try:
-        paths = [Path(hf_hub_download(repo_id, name, local_files_only=hub_offline())) for name in (MODEL_FILE, TAGS_FILE)]
-    except Exception as exc:  # network, auth, missing repo or file, offline cache miss
-        raise hub_error(repo_id, exc, what="WD14 tagger", files=f"{MODEL_FILE} and {TAGS_FILE}",
-                        download=TAGGER_DOWNLOAD) from exc
+        paths = [Path(hf_hub_download(repo_id, name, cache_dir=str(source.cache_dir))) for name in (MODEL_FILE, TAGS_FILE)]
+    except Exception as exc:  # network, auth, missing repo or file
+        raise hub_error(repo_id, exc, what="WD14 tagger", files=files, download=TAGGER_DOWNLOAD) from exc
     return paths[0], paths[1]
 
 

@@ -10,6 +10,8 @@ embeddings are refused (they can run code), as base models are.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +42,55 @@ def find_embeddings(prompts: list[str], folder: str | Path | None) -> dict[str, 
     text = " ".join(prompts)
     found = {}
     for path in sorted(folder.iterdir()):
-        if (path.suffix in EMBEDDING_SUFFIXES and re.search(rf"(?<![\w]){re.escape(path.stem)}(?![\w])", text)
+        if (path.suffix in EMBEDDING_SUFFIXES and _word(path.stem).search(text)
                 and not _is_lora(path)):
             found[path.stem] = path
     return found
+
+
+def _word(stem: str) -> re.Pattern[str]:
+    """`stem` as a whole word of a prompt (how `find_embeddings` matches a file to a prompt)."""
+    return re.compile(rf"(?<![\w]){re.escape(stem)}(?![\w])")
+
+
+@functools.lru_cache(maxsize=256)
+def _file_short_hash(path: str, mtime_ns: int, size: int) -> str:
+    """An embedding file's A1111 short hash, read once per file version (mtime and size key it,
+    so a rewritten file is hashed again)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def embedding_short_hash(path: Path) -> str:
+    """A1111's short hash of a textual-inversion file: the first 12 hex digits of the SHA-256 of
+    the whole file. A1111 `modules/textual_inversion/textual_inversion.py` sets
+    `embedding.set_hash(hashes.sha256(filename, "textual_inversion/" + name))` and `set_hash`
+    keeps `hash[0:12]`; `modules/hashes.py` `sha256` hashes every byte of the file (the
+    safetensors-body-only "addnet" hash is used for LoRAs, not for embeddings)."""
+    stat = path.stat()
+    return _file_short_hash(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def embedding_hashes(files: dict[str, Path], prompts: list[str]) -> str | None:
+    """A1111's ``TI hashes`` infotext value for the embeddings `prompts` use (``name: hash, …``),
+    or None when they use none.
+
+    A1111 (`modules/sd_hijack_clip.py`, `textual_inversion_add_hashes_to_infotext`) writes one
+    ``name: shorthash`` per embedding the encoder met, with ``:`` and ``,`` removed from the
+    name, the prompt's embeddings before the negative prompt's. Here each embedding is listed
+    once, in order of first use: positive prompt first, then the negative one."""
+    def first_use(stem: str) -> tuple[int, int]:
+        for index, text in enumerate(prompts):
+            if m := _word(stem).search(text):
+                return index, m.start()
+        return len(prompts), 0
+
+    ordered = sorted(files, key=first_use)
+    pairs = [f"{stem.replace(':', '').replace(',', '')}: {embedding_short_hash(files[stem])}" for stem in ordered]
+    return ", ".join(pairs) or None
 
 
 def _is_lora(path: Path) -> bool:

@@ -4,7 +4,8 @@ One request = A1111's generation parameters (prompt with `<lora:name:te[:unet]>`
 `(emphasis:1.2)`, negative prompt, steps, sampler, CFG, seed, size, batch count × size, clip
 skip). LoRAs are found by file stem in `lora_dir` and hooked in for the request only; embeddings
 by stem in `embeddings_dir`. Images are written as PNGs carrying the A1111 `parameters` text,
-so PNG-Info readers (and `--params` here) read them back.
+with A1111's `Lora hashes` and `TI hashes` for the files the prompt used, so PNG-Info readers
+(and `--params` here) read them back.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 
 from lorakiln.atomic import atomic_path
 from lorakiln.errors import LorakilnError, OutputWriteError
-from lorakiln.inference.embeddings import find_embeddings, load_embeddings
+from lorakiln.inference.embeddings import embedding_hashes, find_embeddings, load_embeddings
 from lorakiln.inference.infotext import GenerationParams, png_info
 from lorakiln.inference.pipeline import build_pipeline
 from lorakiln.inference.prompt_syntax import extract_extra_networks
@@ -126,11 +127,15 @@ def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | P
     loras = loras if loras is not None else LoRASet(bundle, lora_dir)
     try:
         prompt, negative = loras.activate([params.prompt, params.negative_prompt])
-        extra = {k: v for k, v in params.extra.items() if k != "Lora hashes"}  # a pasted one may be stale
+        embeddings = find_embeddings([prompt, negative], embeddings_dir)
+        # A pasted `Lora hashes` / `TI hashes` may be stale: each is written from this prompt's files.
+        extra = {k: v for k, v in params.extra.items() if k not in ("Lora hashes", "TI hashes")}
         if hashes := loras.infotext_hashes():
             extra["Lora hashes"] = hashes
+        if ti_hashes := embedding_hashes(embeddings, [prompt, negative]):
+            extra["TI hashes"] = ti_hashes
         params = replace(params, extra=extra)
-        load_embeddings(pipe, bundle, find_embeddings([prompt, negative], embeddings_dir))
+        load_embeddings(pipe, bundle, embeddings)
         pos, pos_pooled = encode_prompt(pipe, bundle, prompt, params.clip_skip)
         neg, neg_pooled = encode_prompt(pipe, bundle, negative, params.clip_skip)
         out: list[GeneratedImage] = []

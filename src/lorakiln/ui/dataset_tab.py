@@ -7,9 +7,10 @@ come back as a message in the tab rather than as exceptions, because a web form 
 
 The dataset of a project is always `<project>/train` (the run TOML's `data.train_data_dir`
 defaults to it), and captions are the same-stem `.txt` files next to the images. Every write
-stays there: a folder import reads only from the project and `--data-dir` folders, uploads are
-stored under a plain file name (``../../x.png`` becomes ``x.png``), and the trigger and class
-words, which become a folder name, may not contain a path.
+stays there: a folder import reads only from the project and the server's photo folders
+(``--data-dir``), uploads are stored under a plain file name (``../../x.png`` becomes ``x.png``),
+and the trigger and class words, which become a folder name, may not contain a path. Messages
+and reports are shown in the UI's words (`wording.ui_words`), never with CLI flags.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 from lorakiln.data.images import open_image_rgb
 from lorakiln.errors import LorakilnError
 from lorakiln.ui.sandbox import Sandbox, SandboxError, safe_basename
+from lorakiln.ui.wording import ui_words
 
 CAPTION_EXT = ".txt"
 THUMB_SIDE = 256
@@ -73,8 +75,8 @@ def _import(box: Sandbox, source: Path, token: str, class_token: str, repeats: A
                               repeats=_repeats(repeats))  # type: ignore[arg-type]
         box.resolve_write(result.folder, what="dataset folder")  # the words were checked: a last guard
     except LorakilnError as err:
-        return f"error: {err}"
-    return result.format() + "\n" + _token_text(token)
+        return f"error: {ui_words(str(err))}"
+    return ui_words(result.format() + "\n" + _token_text(token))
 
 
 def import_from_path(box: Sandbox, source: str, token: str, class_token: str = "", repeats: Any = "auto") -> str:
@@ -85,7 +87,7 @@ def import_from_path(box: Sandbox, source: str, token: str, class_token: str = "
     try:
         folder = box.resolve_read(source, "data", what="photo folder")
     except LorakilnError as err:
-        return f"error: {err}"
+        return f"error: {ui_words(str(err))}"
     return _import(box, folder, token, class_token, repeats)
 
 
@@ -122,7 +124,7 @@ def import_uploads(box: Sandbox, files: list[Any] | None, token: str, class_toke
             try:
                 name = safe_basename(path)
             except SandboxError as err:
-                return f"error: {err}"
+                return f"error: {ui_words(str(err))}"
             target = Path(tmp) / name
             for n in range(1, 1000):
                 if not target.exists():
@@ -175,7 +177,7 @@ def select_image(paths: list[str], index: int | None) -> tuple[str, str, str]:
     try:
         return paths[index], read_caption(paths[index]), ""
     except LorakilnError as err:
-        return paths[index], "", f"error: {err}"
+        return paths[index], "", f"error: {ui_words(str(err))}"
 
 
 def save_caption(box: Sandbox, image: str, text: str) -> str:
@@ -218,14 +220,14 @@ def check_report(box: Sandbox, token: str = "") -> str:
             cfg = build_config({"model": {"pretrained_model": "tiny:sd1"}, "data": {}}, overrides=override)
         report = check_dataset(cfg, token=(token or "").strip() or None, options=lint_options(cfg))
     except LorakilnError as err:
-        return f"error: {err}"
-    return report.format()
+        return f"error: {ui_words(str(err))}"
+    return ui_words(report.format())
 
 
 def token_report(token: str) -> str:
     """`lorakiln dataset token` for the trigger word."""
     token = (token or "").strip()
-    return _token_text(token) if token else "enter a trigger word"
+    return ui_words(_token_text(token)) if token else "enter a trigger word"
 
 
 def build(box: Sandbox) -> tuple[Any, Any]:
@@ -244,7 +246,7 @@ def build(box: Sandbox) -> tuple[Any, Any]:
         repeats = gr.Textbox(label="repeats", value="auto", info="a number, or auto (lands 1500–2000 steps)")
     with gr.Accordion("import images into <project>/train", open=True):
         with gr.Row():
-            source = gr.Textbox(label="folder on this machine", scale=4, info="in the project or a --data-dir folder: "
+            source = gr.Textbox(label="folder on this machine", scale=4, info="in the project or the server's photo folders: "
                                 + ", ".join(map(str, box.read_roots("data"))))
             from_path = gr.Button("import folder", scale=1)
         uploads = gr.File(label="or upload images", file_count="multiple", type="filepath")

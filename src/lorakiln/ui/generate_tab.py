@@ -11,8 +11,9 @@ after the first one costs only its sampling steps. Images are written under
 `<project>/outputs/txt2img` and grids under `<project>/outputs/grids`, with A1111 naming.
 
 The base model, VAE, LoRA and embeddings folders come from the browser, so they go through the
-server's `Sandbox`: a built-in or hub id, or a path in the project or the matching `--…-dir`
-folders; a `<lora:NAME:…>` name is a file stem, never a path.
+server's `Sandbox`: a built-in or hub id, or a path in the project or the server's folders for
+that kind; a `<lora:NAME:…>` name is a file stem, never a path. Messages are in the UI's words
+(`wording.ui_words`), and the infotext carries A1111's `Lora hashes` and `TI hashes`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any
 from lorakiln.errors import LorakilnError
 from lorakiln.inference.infotext import GenerationParams, format_infotext, parse_infotext
 from lorakiln.ui.sandbox import Sandbox, SandboxError
-from lorakiln.ui.train_tab import toml_path
+from lorakiln.ui.train_form import toml_path
+from lorakiln.ui.wording import ui_words
 
 #: The txt2img fields in the order the tab's components pass them (`*fields` in the handlers).
 FIELDS: tuple[str, ...] = ("prompt", "negative_prompt", "steps", "sampler", "schedule_type", "cfg_scale", "seed",
@@ -137,6 +139,11 @@ def fields_of(params: GenerationParams) -> list[Any]:
     return [values[key] for key in FIELDS]
 
 
+def _error(err: Exception) -> str:
+    """A handler's error message in the UI's words (``--model`` is the base model field here)."""
+    return "error: " + ui_words(str(err), model_field="base model")
+
+
 def _images(box: Sandbox) -> Path:
     return box.project / "outputs"
 
@@ -175,7 +182,7 @@ def generate_images(box: Sandbox, model: str, vae: str, lora_dir: str, embedding
                                           [params.prompt, params.negative_prompt])
             images = generate(bundle, params, lora_dir=loras, embeddings_dir=emb)
     except LorakilnError as err:
-        return [], "", f"error: {err}"
+        return [], "", _error(err)
     paths = save_images(images, _images(box) / "txt2img")
     items = [(item.image, path.name) for item, path in zip(images, paths, strict=True)]
     return items, format_infotext(images[0].params), f"saved {', '.join(str(p) for p in paths)}"
@@ -203,7 +210,7 @@ def epochs_grid(box: Sandbox, model: str, vae: str, lora_dir: str, embeddings_di
             grids = xyz_grid(bundle, replace(params, batch_count=1), x_axis, y_axis, lora_dir=loras,
                              embeddings_dir=emb, progress=True)
     except LorakilnError as err:
-        return None, f"error: {err}"
+        return None, _error(err)
     folder = _images(box) / "grids"
     folder.mkdir(parents=True, exist_ok=True)
     number = len(list(folder.glob("xyz_grid-*.png")))
@@ -236,11 +243,11 @@ def build(box: Sandbox) -> tuple[Any, Any]:
 
     defaults = GenerationParams()
     with gr.Row():
-        model = pick("base model", "model", "a file or diffusers folder of the project or a --models-dir, a hub id, "
-                     "or tiny:sd1 (default: the run TOML's model.pretrained_model)", 3)
+        model = pick("base model", "model", "a file or diffusers folder of the project or the server's models "
+                     "folders, a hub id, or tiny:sd1 (default: the run TOML's model.pretrained_model)", 3)
         vae = pick("VAE", "vae", "optional", 2)
-        lora_dir = pick("LoRA folder", "lora", "where <lora:NAME:…> files are found: the project or a --lora-dir "
-                        "(default: the run TOML's output folder)", 3)
+        lora_dir = pick("LoRA folder", "lora", "where <lora:NAME:…> files are found: the project or the server's LoRA "
+                        "folders (default: the run TOML's output folder)", 3)
         emb_dir = pick("embeddings folder", "embedding", "textual-inversion files (empty: the LoRA folder)", 2)
     with gr.Row():
         lora = gr.Dropdown([], label="LoRA", allow_custom_value=True, scale=3)
