@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+
+from lorakiln.ui.forms import field_specs
+from lorakiln.ui.sandbox import Sandbox
+from lorakiln.ui.train_form import load_form, to_component
+from lorakiln.ui.train_tab import queue_for
 
 # The tiny captioners of tests/captioning (its conftest puts that folder on the path only when
 # that folder is collected too).
@@ -70,3 +76,33 @@ def tiny_blip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from captioning_support import build_tiny_blip
 
     return build_tiny_blip(tmp_path_factory.mktemp("blip") / "tiny-blip", seed=0)
+
+
+@pytest.fixture
+def project(tiny_project: Path, tiny_sd1_dir: Path) -> Iterator[Sandbox]:
+    """A project with the tiny dataset in <project>/train and no run TOML, served with the tiny
+    model's folder as a --models-dir."""
+    box = Sandbox.for_project(tiny_project, model=[tiny_sd1_dir.parent])
+    yield box
+    for run in queue_for(box).runs():  # never leave a training behind a failed test
+        if run.status == "running":
+            queue_for(box).stop(run.id)
+            queue_for(box).wait(run.id, timeout=60)
+
+
+@pytest.fixture
+def tiny_form(project: Sandbox, tiny_sd1_dir: Path) -> Callable[[int], tuple[dict, list]]:
+    """`tiny_form(epochs)`: the new-project form of `project`, edited in its components as a user
+    would (the tiny model, 64 px, rank 4, U-Net only): (extra keys, component values)."""
+    def make(epochs: int) -> tuple[dict, list]:
+        extra, msg, *components = load_form(project, "run.toml")
+        assert "new form" in msg and extra == {}
+        edits = {"model.pretrained_model": str(tiny_sd1_dir), "data.resolution": [64, 64],
+                 "data.enable_bucket": False, "network.network_dim": 4, "network.network_train_unet_only": True,
+                 "train.train_batch_size": 1, "train.max_train_epochs": epochs, "train.seed": 1}
+        specs = {s.key: i for i, s in enumerate(field_specs())}
+        for key, value in edits.items():
+            components[specs[key]] = to_component(field_specs()[specs[key]], value)
+        return extra, components
+
+    return make

@@ -12,6 +12,7 @@ from lorakiln.config.load import load_config
 from lorakiln.config.schema import SECTIONS
 from lorakiln.errors import ConfigError
 from lorakiln.ui.forms import (
+    GROUP_ORDER,
     GROUPS,
     SERVER_ONLY_KEYS,
     field_specs,
@@ -20,6 +21,7 @@ from lorakiln.ui.forms import (
     save_run_toml,
     step_summary,
 )
+from lorakiln.ui.labels import ESSENTIALS
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "config.toml"
 
@@ -29,15 +31,22 @@ def test_every_schema_key_is_a_field_with_help_and_known_group() -> None:
     every = {f"{sec}.{name}" for sec, model in SECTIONS.items() for name in model.model_fields}
     assert set(specs) == every - SERVER_ONLY_KEYS and "model.allow_pickle" in SERVER_ONLY_KEYS  # never a form field
     assert all(key in specs for keys in GROUPS.values() for key in keys)  # no stale group entry
+    assert all(key in specs for key in ESSENTIALS)
+    placed = [*ESSENTIALS, *(k for keys in GROUPS.values() for k in keys)]
+    assert sorted(placed) == sorted(specs), "every key has exactly one place"  # none left to the catch-all
     assert all(s.help for s in specs.values())
-    assert specs["train.unet_lr"].group == "learning rates" and specs["train.noise_offset"].group == "advanced"
+    labels = [s.label for s in specs.values()]
+    assert len(set(labels)) == len(labels) and all(not lb.islower() or " " in lb for lb in labels)
+    assert specs["train.unet_lr"].label == "U-Net LR" and specs["train.unet_lr"].group == "essentials"
+    assert specs["train.noise_offset"].group == "Advanced"
+    assert (specs["network.network_dim"].minimum, specs["network.network_dim"].maximum) == (1, 1024)
+    assert specs["train.learning_rate"].minimum is None  # `gt=0`: no inclusive bound a widget could enforce
     assert specs["train.optimizer_type"].kind == "choice" and "Prodigy" in specs["train.optimizer_type"].choices
     assert specs["network.network_module"].choices == ("lora", "locon", "loha", "lokr")
     assert (specs["network.network_dim"].kind, specs["network.dora_wd"].kind) == ("int", "bool")
     assert specs["train.text_encoder_lr"].optional and not specs["train.train_batch_size"].optional
     groups = [s.group for s in field_specs()]
-    assert groups == sorted(groups, key=["folders", "basics", "learning rates", "optimizer and schedule",
-                                         "network", "advanced"].index)
+    assert groups == sorted(groups, key=GROUP_ORDER.index) and groups[0] == "essentials"
 
 
 def test_quickstart_round_trips_through_the_form(tmp_path: Path) -> None:

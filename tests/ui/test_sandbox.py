@@ -79,7 +79,8 @@ def test_roots_must_exist_and_are_listed(tmp_path: Path) -> None:
     box = Sandbox.from_args(args)
     assert box.listing("lora") == [str(tmp_path / "loras" / "a")]
     assert box.listing("model") == [str(tmp_path / "models" / "b.safetensors"), str(tmp_path / "models" / "sd")]
-    assert "--lora-dir" in box.describe() and "pickle files (.ckpt/.pt/.bin): refused" in box.describe()
+    assert "**lora** folders (read-only)" in box.describe() and "pickle files (.ckpt/.pt/.bin): refused" in box.describe()
+    assert "--" not in box.describe()  # the UI names no server flag
 
 
 def test_upload_names_become_plain_file_names() -> None:

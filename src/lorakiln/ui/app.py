@@ -36,28 +36,31 @@ def build_app(box: Sandbox | str | Path) -> Any:
     and scripts); `server.serve` launches it."""
     import gradio as gr
 
-    from lorakiln.ui import caption_tab, dataset_tab, generate_tab, tools_tab, train_tab
+    from lorakiln.ui import caption_tab, dataset_tab, generate_tab, tools_tab, train_layout
 
     if not isinstance(box, Sandbox):
         box = Sandbox.for_project(box)
     with gr.Blocks(title="lorakiln") as app:
-        gr.Markdown("# lorakiln")
-        gr.Textbox(label="project folder", value=str(box.project), interactive=False,
-                   info="set by `lorakiln ui --project`: dataset in <project>/train, run TOML <project>/run.toml, "
-                   "runs in <project>/.lorakiln-runs")
-        with gr.Accordion("folders this UI may use", open=False):
-            gr.Markdown(box.describe())
+        with gr.Row(equal_height=True):
+            gr.Markdown("# lorakiln", elem_id="app-title")
+            gr.Textbox(label="project folder", value=str(box.project), interactive=False, scale=4,
+                       info="fixed when the UI was started: dataset in train/, run TOML run.toml, runs in "
+                       ".lorakiln-runs/", elem_classes=["lk-help"])
+            with gr.Accordion("folders this UI may use", open=False):
+                gr.Markdown(box.describe())
         with gr.Tab("Dataset"):
             show_gallery, gallery_out = dataset_tab.build(box)
         with gr.Tab("Caption"):
             caption_tab.build(box, show_gallery, gallery_out)
         with gr.Tab("Train"):
-            count, count_in, count_out = train_tab.build(box)
+            train_load = train_layout.build(box)
         with gr.Tab("Test"):
             defaults, defaults_out = generate_tab.build(box)
         with gr.Tab("Tools"):
             tools_tab.build(box)
         app.load(show_gallery, None, gallery_out)
-        app.load(count, count_in, count_out)
+        # one truth: every page load shows the run TOML as it is on disk now, then its step count
+        (fill, fill_in, fill_out), (count, count_in, count_out) = train_load
+        app.load(fill, fill_in, fill_out).then(count, count_in, count_out)
         app.load(defaults, None, defaults_out)
     return app

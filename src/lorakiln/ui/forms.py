@@ -7,13 +7,14 @@ in the UI without UI changes. Values go back through the one config path (`build
 a form can never hold a value the CLI would refuse — the error names the key, as on the
 command line.
 
-Fields are shown in the kohya_ss GUI's groups (folders, basics, learning rates, optimizer and
-schedule, network, advanced): `GROUPS` names the keys of the first five; everything else is
-advanced, in schema order.
+Fields are laid out as the kohya_ss GUI does it: the essentials first, the rest in collapsed
+groups, each with a human label (`ui/labels.py`); numbers carry the schema's bounds, so the
+widget itself refuses a value below `ge` or above `le`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 import types
@@ -25,21 +26,10 @@ from typing import Any
 from pydantic_core import PydanticUndefined
 
 from lorakiln.config.schema import SECTIONS
+from lorakiln.ui.labels import ESSENTIALS, GROUPS, LAST_GROUP, label, placement
 
-#: kohya_ss GUI-like groups; keys not listed are "advanced".
-GROUPS: dict[str, tuple[str, ...]] = {
-    "folders": ("model.pretrained_model", "model.vae", "data.train_data_dir",
-                "output.output_dir", "output.output_name", "output.logging_dir"),
-    "basics": ("data.resolution", "train.train_batch_size", "train.max_train_epochs", "train.max_train_steps",
-               "output.save_every_n_epochs", "train.seed", "data.caption_extension", "data.cache_latents",
-               "train.mixed_precision", "output.save_precision"),
-    "learning rates": ("train.learning_rate", "train.unet_lr", "train.text_encoder_lr", "train.lr_warmup_steps"),
-    "optimizer and schedule": ("train.optimizer_type", "train.optimizer_args", "train.lr_scheduler",
-                               "train.lr_scheduler_num_cycles", "train.lr_scheduler_power"),
-    "network": ("network.network_module", "network.network_dim", "network.network_alpha", "network.conv_dim",
-                "network.conv_alpha", "network.dora_wd", "network.network_train_unet_only"),
-}
-GROUP_ORDER: tuple[str, ...] = (*GROUPS, "advanced")
+#: Where fields sit: "essentials" (the first screen) then the collapsed groups (`ui/labels.py`).
+GROUP_ORDER: tuple[str, ...] = ("essentials", *GROUPS)
 #: Keys the form never shows: only the server decides them. `model.allow_pickle` lets a
 #: checkpoint run code when it loads, so a browser must not be able to switch it on
 #: (`run_guard.check_pickles` refuses a run TOML that sets it).
@@ -57,6 +47,9 @@ class FieldSpec:
     group: str
     optional: bool  # None ("unset") is a valid value
     choices: tuple[str, ...] = ()
+    label: str = ""
+    minimum: float | None = None  # the schema's `ge` (inclusive bounds only: a widget cannot say "> 0")
+    maximum: float | None = None  # the schema's `le`
 
 
 def _kind(annotation: Any, key: str) -> tuple[str, bool, tuple[str, ...]]:
@@ -93,9 +86,18 @@ def _default(field: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def field_specs() -> list[FieldSpec]:
-    """Every config key as a form field, grouped and in display order."""
-    group_of = {key: group for group, keys in GROUPS.items() for key in keys}
+def _bounds(field: Any) -> tuple[float | None, float | None]:
+    """The schema's inclusive bounds (`Field(ge=…, le=…)`), which a number widget can enforce."""
+    low = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), None)
+    return low, high
+
+
+@functools.cache
+def field_specs() -> tuple[FieldSpec, ...]:
+    """Every config key as a form field, grouped and in display order (cached: the schema is
+    fixed for the process, and handlers call this on every request)."""
+    group_of = placement()
     specs = []
     for section, model in SECTIONS.items():
         for name, field in model.model_fields.items():
@@ -103,10 +105,11 @@ def field_specs() -> list[FieldSpec]:
             if key in SERVER_ONLY_KEYS:
                 continue
             kind, optional, choices = _kind(field.annotation, key)
-            specs.append(FieldSpec(key, kind, _default(field), field.description or "", group_of.get(key, "advanced"),
-                                   optional, choices))
-    order = {key: i for i, key in enumerate(k for keys in GROUPS.values() for k in keys)}
-    return sorted(specs, key=lambda s: (GROUP_ORDER.index(s.group), order.get(s.key, len(order))))
+            low, high = _bounds(field)
+            specs.append(FieldSpec(key, kind, _default(field), field.description or "",
+                                   group_of.get(key, LAST_GROUP), optional, choices, label(key), low, high))
+    order = {key: i for i, key in enumerate((*ESSENTIALS, *(k for keys in GROUPS.values() for k in keys)))}
+    return tuple(sorted(specs, key=lambda s: (GROUP_ORDER.index(s.group), order.get(s.key, len(order)))))
 
 
 def values_from_raw(raw: dict[str, Any]) -> dict[str, Any]:

@@ -161,13 +161,14 @@ class Sandbox:
         return found
 
     def describe(self) -> str:
-        """Markdown naming the project and every root, for the top of the UI."""
+        """Markdown naming the project and every root, for the top of the UI (in the UI's words:
+        the person at the browser may not be the one who started the server)."""
         lines = [f"**project** (reads and writes): `{self.project}`"]
-        for kind, flag in KIND_FLAGS.items():
+        for kind in KIND_FLAGS:
             if self.roots.get(kind):
-                lines.append(f"**{kind}** folders ({flag}, read-only): " + ", ".join(f"`{r}`" for r in self.roots[kind]))
-        lines.append("pickle files (.ckpt/.pt/.bin): " + ("allowed (--allow-pickle)" if self.allow_pickle else
-                                                          "refused"))
+                lines.append(f"**{kind}** folders (read-only): " + ", ".join(f"`{r}`" for r in self.roots[kind]))
+        lines.append("pickle files (.ckpt/.pt/.bin): " + ("allowed by this server" if self.allow_pickle else
+                                                          "refused (they can run code when loaded)"))
         return "  \n".join(lines)
 
 

@@ -135,13 +135,13 @@ def serve(box: Any, options: dict[str, Any], allowed_hosts: list[str], **extra: 
     Besides `options`: the `Host` check as FastAPI middleware, gradio's file server limited to the
     project (an empty list would fall back to $GRADIO_ALLOWED_PATHS), no SSR front server, no
     static-file worker processes and no MCP server — nothing that answers outside the middleware."""
-    from lorakiln.ui import hosts
+    from lorakiln.ui import hosts, style
     from lorakiln.ui.app import build_app
 
     app = build_app(box)
     policy = hosts.HostPolicy(options["server_name"], allowed_hosts)
     app.launch(**options, app_kwargs={"middleware": hosts.middleware(policy)}, allowed_paths=[str(box.project)],
-               ssr_mode=False, num_workers=0, mcp_server=False, **extra)
+               ssr_mode=False, num_workers=0, mcp_server=False, css=style.CSS, head=style.HEAD, **extra)
     return app
 
 

@@ -1,35 +1,31 @@
-"""The Train tab: the run-TOML form, total steps, and Start/Stop/Resume with live progress.
+"""The Train tab's runs: Start, Stop, Resume, and what the 2-s timer shows of the live run.
 
-The form is generated from `forms.field_specs()` (so a new config key appears without UI code)
-and saved through `forms.save_run_toml` (so the form cannot hold a value the CLI would refuse).
 Trainings go through `runs.RunQueue` — one `lorakiln train` process at a time under
-`<project>/.lorakiln-runs` — and the timer's `poll` both advances the queue and reads progress.
+`<project>/.lorakiln-runs` — and the timer's `poll_view` both advances the queue and reads
+progress. Start makes the checks `lorakiln train --dry-run` makes before it saves or queues
+anything (`train_form.start_problems`); while a run is live it queues the new one after it,
+says so on the button ("Queue after current") and keeps showing the live run. Stop and Resume
+are enabled only where they can act (`run_status.buttons_state`), and the status bar shows the
+run's phase (`run_status.status_line`).
 
-Handlers are plain functions whose first argument is the server's `Sandbox`; the form's values
-travel as one positional value per field in `field_specs()` order (`*values`), which is what
-gradio passes for a list of inputs. The run TOML is a `.toml` file inside the project, and every
-path key of the config is checked by `run_guard` on save, on count and before a run is queued
-(the queue checks again when the run starts), so a browser cannot point a training at files
-outside the server's folders or switch pickles on.
+Handlers are plain functions whose first argument is the server's `Sandbox` (the layout lives in
+`train_layout`, the form in `train_form`); every path key of the config is checked by
+`run_guard` before a run is queued, and again when its process starts.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from lorakiln.errors import ConfigError, LorakilnError
-from lorakiln.ui.forms import GROUP_ORDER, FieldSpec, field_specs, load_run_toml, save_run_toml, step_summary
-from lorakiln.ui.run_guard import check_run, check_values
-from lorakiln.ui.runs import RunQueue
+from lorakiln.errors import LorakilnError
+from lorakiln.ui.run_guard import check_run
+from lorakiln.ui.runs import Run, RunQueue
 from lorakiln.ui.sandbox import Sandbox, SandboxError
+from lorakiln.ui.train_form import save_form, start_problems, toml_path
 
 RUNS_FOLDER = ".lorakiln-runs"
-#: A new project's form: the Dataset tab's folder and an output folder inside the project.
-NEW_PROJECT = {"data.train_data_dir": "train", "output.output_dir": "output"}
-_BOOL3 = {"": None, "true": True, "false": False}
 _QUEUES: dict[Path, RunQueue] = {}
 
 
@@ -48,181 +44,66 @@ def existing_queue(box: Sandbox) -> RunQueue | None:
     return queue_for(box) if folder in _QUEUES or (folder / "queue.json").is_file() else None
 
 
-def toml_path(box: Sandbox, path: str | None) -> Path:
-    """The run TOML: `path` (relative to the project) or `<project>/run.toml`; a `.toml` file
-    inside the project (so a save can never replace another kind of file)."""
-    file = box.resolve_write((path or "").strip() or "run.toml", what="run TOML")
-    if file.suffix.lower() != ".toml":
-        raise SandboxError(f"run TOML {path!r}: name a .toml file (e.g. run.toml)")
-    return file
-
-
-# -- form values <-> component values --------------------------------------------------------
-
-def to_component(spec: FieldSpec, value: Any) -> Any:
-    """A config value as its component shows it (lists and pairs as JSON text)."""
-    if spec.kind == "bool":
-        return {None: "", True: "true", False: "false"}[value] if spec.optional else bool(value)
-    if spec.kind in ("list", "pair"):
-        if value is None:
-            return ""
-        # a TOML may hold the short forms the config accepts (`resolution = 64`, `"64,64"`): shown as written
-        return json.dumps(list(value) if isinstance(value, (list, tuple)) else value)
-    if spec.kind in ("str", "choice") or (spec.optional and spec.kind in ("int", "float")):
-        return "" if value is None else str(value)  # optional numbers are text boxes: empty = unset
-    return value
-
-
-def from_component(spec: FieldSpec, value: Any) -> Any:
-    """A component's value as the config value (empty means unset for optional fields)."""
-    if isinstance(value, str):
-        value = value.strip()
-    if spec.kind == "bool":
-        return _BOOL3.get(str(value)) if spec.optional else bool(value)
-    if value is None or value == "":
-        if spec.kind == "list" and not spec.optional:
-            return []
-        return None if spec.optional or spec.kind in ("int", "float", "choice") else ""
-    if spec.kind in ("list", "pair"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            raise ConfigError(f"{spec.key}: {value!r} is not a JSON list, e.g. [512, 512]") from None
-    if spec.kind in ("int", "float"):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{spec.key}: {value!r} is not a number") from None
-        if spec.kind == "int":
-            return int(number) if number.is_integer() else number  # a fraction: the config names the key
-        return number
-    return value
-
-
-def form_values(extra: dict[str, Any] | None, components: tuple[Any, ...]) -> dict[str, Any]:
-    """Config values from the components, plus keys the form has no field for (e.g. `preset`)."""
-    specs = field_specs()
-    return dict(extra or {}) | {spec.key: from_component(spec, v) for spec, v in zip(specs, components, strict=True)}
-
-
-def component_values(values: dict[str, Any]) -> list[Any]:
-    return [to_component(spec, values.get(spec.key, spec.default)) for spec in field_specs()]
-
-
-# -- handlers -----------------------------------------------------------------------------------
-
-def load_form(box: Sandbox, path: str) -> tuple[Any, ...]:
-    """(extra keys, message, *component values) of the run TOML, or a new project's form."""
-    try:
-        file = toml_path(box, path)
-    except LorakilnError as err:
-        return ({}, f"error: {err}", *component_values({s.key: s.default for s in field_specs()} | NEW_PROJECT))
-    if file.is_file():
-        try:
-            values = load_run_toml(file)
-        except (OSError, ValueError, LorakilnError) as err:  # tomllib raises ValueError subclasses
-            values, msg = {s.key: s.default for s in field_specs()} | NEW_PROJECT, f"error: {file}: {err}"
-        else:
-            msg = f"loaded {file}"
-            if values.get("model.allow_pickle") and not box.allow_pickle:
-                msg += ("; note: it sets model.allow_pickle = true, which the UI refuses (pickles run code when "
-                        "loaded): remove it or train this file with `lorakiln train`")
-    else:
-        values, msg = {s.key: s.default for s in field_specs()} | NEW_PROJECT, f"{file} does not exist yet: new form"
-    keys = {s.key for s in field_specs()}
-    return ({k: v for k, v in values.items() if k not in keys}, msg, *component_values(values))
-
-
-def apply_preset(name: str, extra: dict[str, Any], *components: Any) -> tuple[Any, ...]:
-    """(extra, message, *components) with preset `name`'s values written into the form: shown and
-    editable like any value, and saved explicitly."""
-    from lorakiln.config.load import route_flat_keys
-    from lorakiln.config.presets import PRESET_DESCRIPTIONS, get_preset
-
-    if not name:
-        return (extra, "choose a preset first", *components)
-    try:
-        values = form_values(extra, components)
-        for section, table in route_flat_keys(get_preset(name)).items():
-            values |= {f"{section}.{key}": value for key, value in table.items()}
-    except LorakilnError as err:
-        return (extra, f"error: {err}", *components)
-    values.pop("preset", None)  # its values are now in the form itself
-    keys = {s.key for s in field_specs()}
-    return ({k: v for k, v in values.items() if k not in keys},
-            f"applied preset {name}: {PRESET_DESCRIPTIONS.get(name, '')} (save or start to keep it)",
-            *component_values(values))
-
-
-def save_form(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> str:
-    """Validate (config and sandbox) and write the run TOML; a bad value is reported by its key
-    and nothing is written."""
-    try:
-        file = toml_path(box, path)
-        values = form_values(extra, components)
-        check_values(box, values, file)
-        save_run_toml(file, values)
-    except LorakilnError as err:
-        return f"error: {err}"
-    return f"saved {file}"
-
-
-def total_steps(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> str:
-    """The trainer's step arithmetic for the form as it is now (relative paths from the TOML's folder);
-    the dataset is only counted when the sandbox allows its folder."""
-    try:
-        file = toml_path(box, path)
-        values = form_values(extra, components)
-        check_values(box, values, file)
-    except LorakilnError as err:
-        return f"error: {err}"
-    return step_summary(values, file.parent)
-
-
 def start_run(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str]:
-    """Save the form, queue a training of it and start it if nothing else runs: (run id, message)."""
+    """Check the form as `--dry-run` would, save it, queue a training of it and start it if
+    nothing else runs: (run id, message). Refused before anything is written when a check fails."""
+    problems = start_problems(box, path, extra, *components)
+    if problems:
+        return "", "error: " + "; ".join(problems.values())
+    queue = queue_for(box)
+    live = next((r for r in queue.runs() if r.status == "running"), None)
     saved = save_form(box, path, extra, *components)
     if saved.startswith("error"):
         return "", saved
-    queue = queue_for(box)
     try:
         run = queue.submit(toml_path(box, path))
     except LorakilnError as err:
         return "", f"error: {err}"
     queue.poll()
-    return run.id, f"{saved}; run {run.id} {queue.get(run.id).status}"
+    status = queue.get(run.id).status
+    after = f" after {live.id}" if live is not None and status == "queued" else ""
+    return run.id, f"{saved}; run {run.id} {status}{after}"
 
 
-def _current(queue: RunQueue, run_id: str) -> str | None:
+def current_run(queue: RunQueue, run_id: str | None) -> Run | None:
+    """The run the tab shows and acts on: the one named, else the running one, else the next
+    queued, else the newest that did not end cancelled (a cancelled queue entry is not what a
+    reload should show), else None."""
+    if (run_id or "").strip():
+        return queue.get(run_id.strip())
     runs = queue.runs()
-    return (run_id or "").strip() or (runs[-1].id if runs else None)
+    live = [r for r in runs if r.status == "running"] or [r for r in runs if r.status == "queued"]
+    ended = [r for r in reversed(runs) if r.status != "cancelled"] or list(reversed(runs))
+    return (live or ended or [None])[0]
 
 
 def stop_run(box: Sandbox, run_id: str) -> str:
     """Stop the run (SIGINT: the trainer saves a LoRA and a state); a queued one is cancelled."""
     queue = existing_queue(box)
-    current = _current(queue, run_id) if queue else None
-    if queue is None or current is None:
-        return "error: no run to stop"
     try:
-        run = queue.stop(current)
+        run = current_run(queue, run_id) if queue else None
+        if queue is None or run is None:
+            return "error: no run to stop"
+        run = queue.stop(run.id)
     except LorakilnError as err:
         return f"error: {err}"
-    return f"run {run.id}: {'cancelled' if run.status == 'cancelled' else 'stopping (saving a LoRA and state)'}"
+    if run.status == "cancelled":
+        return f"run {run.id}: cancelled before it started"
+    return f"run {run.id}: stopping… the trainer saves a LoRA and its state, then Resume continues it"
 
 
 def resume_run(box: Sandbox, run_id: str) -> tuple[str, str]:
     """Queue a continuation of a stopped run from its state: (new run id, message)."""
     queue = existing_queue(box)
-    current = _current(queue, run_id) if queue else None
-    if queue is None or current is None:
-        return "", "error: no run to resume"
     try:
-        run = queue.resume(current)
+        current = current_run(queue, run_id) if queue else None
+        if queue is None or current is None:
+            return "", "error: no run to resume"
+        run = queue.resume(current.id)
     except LorakilnError as err:
-        return current, f"error: {err}"
+        return "", f"error: {err}"
     queue.poll()
-    return run.id, f"run {run.id} resumes {current}: {queue.get(run.id).status}"
+    return run.id, f"run {run.id} resumes {current.id}: {queue.get(run.id).status}"
 
 
 def _images(box: Sandbox, paths: list[str], limit: int = 12) -> list[Any]:
@@ -243,45 +124,50 @@ def _images(box: Sandbox, paths: list[str], limit: int = 12) -> list[Any]:
     return shown
 
 
-def poll_view(box: Sandbox, run_id: str) -> tuple[str, Any, list[Any], str, str]:
-    """Advance the queue, then (status, loss table, samples, saved LoRAs, log tail) of the run."""
+def poll_view(box: Sandbox, run_id: str, seen: str = "") -> tuple[Any, ...]:
+    """Advance the queue, then what the tab shows of the run `current_run` picks: (status bar,
+    loss table, samples, saved LoRAs, log tail, Start, Stop, Resume, samples signature).
+
+    The loss table of a resumed run starts with the runs it continues (`RunQueue.progress`); the
+    samples are sent only when they changed (`seen`), so the gallery does not reload every tick."""
+    import gradio as gr
     import pandas as pd
+
+    from lorakiln.ui.run_status import buttons_state, status_line
+    from lorakiln.ui.wording import ui_words
 
     empty = pd.DataFrame({"step": [], "loss": []})
     queue = existing_queue(box)
-    if queue is None:
-        return "no runs yet", empty, [], "", ""
-    queue.poll()
-    current = _current(queue, run_id)
-    if current is None:
-        return "no runs yet", empty, [], "", ""
     try:
-        run = queue.get(current)
+        run = current_run(queue, run_id) if queue is not None else None
     except LorakilnError as err:
-        return f"error: {err}", empty, [], "", ""
+        return (f"error: {err}", empty, gr.skip(), "", "", *_buttons(buttons_state(None, False)), seen)
+    if queue is None or run is None:
+        return ("no runs yet", empty, [], "", "", *_buttons(buttons_state(None, False)), "")
+    queue.poll()
+    run = queue.get(run.id)
     progress = queue.progress(run.id)
-    lines = [f"**{run.id}**: {run.status}" + (f" — {run.message}" if run.message else "")]
-    last = progress["last"]
-    if last:
-        loss = last.get("loss")
-        lines.append(f"step {last['step']}/{last.get('total_steps', '?')}"
-                     + (f" · loss {loss:.4f}" if loss is not None else "") + speed_text(last, run.status == "running"))
-    others = [f"{r.id}: {r.status}" for r in queue.runs() if r.id != run.id][-5:]
-    if others:
-        lines.append("other runs: " + "; ".join(others))
+    waiting = [r.id for r in queue.runs() if r.status == "queued" and r.id != run.id]
+    line = f"**{run.id}** · {ui_words(status_line(run, progress))}"
+    if waiting:
+        line += f" · queued next: {', '.join(waiting)}"
+    if run.status == "failed":
+        line = f'<span class="lk-failed">{line}</span>'
     saves = [*progress["saves"], *([run.lora] if run.lora and run.lora not in progress["saves"] else [])]
     table = pd.DataFrame(progress["losses"], columns=["step", "loss"]) if progress["losses"] else empty
-    return "  \n".join(lines), table, _images(box, progress["samples"]), "\n".join(saves), queue.log_tail(run.id)
+    shown = progress["samples"][-12:]
+    signature = f"{run.id}:{len(progress['samples'])}:{shown[-1] if shown else ''}"
+    samples = gr.skip() if signature == seen else _images(box, shown)
+    state = buttons_state(run, bool(run.state))
+    return (line, table, samples, "\n".join(saves), queue.log_tail(run.id), *_buttons(state), signature)
 
 
-def speed_text(last: dict[str, Any], running: bool) -> str:
-    """" · 2.31 it/s · ETA 65 s" as tqdm bars write it: s/step below one step a second, no rate
-    before a second step could time one, no ETA once the run is not running."""
-    rate, eta = last.get("steps_per_s"), last.get("eta")
-    if not rate:
-        return " · measuring speed…" if running else ""
-    text = f" · {rate:.2f} it/s" if rate >= 1 else f" · {1 / rate:.1f} s/step"
-    return text + (f" · ETA {eta:.0f} s" if running and eta is not None else "")
+def _buttons(state: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """gradio updates for Start (its label says whether it queues), Stop and Resume."""
+    import gradio as gr
+
+    return (gr.update(value=state["start_label"], interactive=state["start"]),
+            gr.update(interactive=state["stop"]), gr.update(interactive=state["resume"]))
 
 
 QUEUE_COLUMNS = ["run", "status", "config", "step", "started", "ended", "LoRA", "message"]
@@ -304,96 +190,3 @@ def queue_table(box: Sandbox) -> Any:
 
 def _clock(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else ""
-
-
-# -- layout --------------------------------------------------------------------------------------
-
-#: Path keys offered as drop-downs of the server's folders (`Sandbox.listing`), by kind.
-PICKED: dict[str, str] = {"model.pretrained_model": "model", "model.vae": "vae", "network.network_weights": "lora",
-                          "data.train_data_dir": "data"}
-
-
-def _component(spec: FieldSpec, value: Any, box: Sandbox) -> Any:
-    import gradio as gr
-
-    label, info = spec.key, spec.help
-    if spec.key in PICKED:
-        kind = PICKED[spec.key]
-        choices = [*([""] if spec.optional else []), *box.listing(kind)]
-        where = ", ".join(map(str, box.read_roots(kind)))
-        return gr.Dropdown(choices, label=label, value=value, allow_custom_value=True,
-                           info=f"{info} (a path in {where}; relative paths are relative to the run TOML)")
-    if spec.kind == "bool" and not spec.optional:
-        return gr.Checkbox(label=label, info=info, value=value)
-    if spec.kind == "bool":
-        return gr.Dropdown(["", "true", "false"], label=label, info=info + " (empty: unset)", value=value)
-    if spec.kind == "choice":
-        return gr.Dropdown(list(("", *spec.choices) if spec.optional else spec.choices), label=label, info=info,
-                           value=value, allow_custom_value=True)
-    if spec.kind in ("int", "float") and spec.optional:
-        # gr.Number cannot be empty: the browser sends 0 for a cleared box, which would set
-        # e.g. max_train_steps = 0. A text box keeps "unset" distinct from 0.
-        return gr.Textbox(label=label, info=info + " (empty: unset)", value=value)
-    if spec.kind in ("int", "float"):
-        return gr.Number(label=label, info=info, value=value, precision=0 if spec.kind == "int" else None)
-    if spec.kind in ("list", "pair"):
-        info += " (JSON, e.g. [512, 512])" if spec.kind == "pair" else ' (JSON list, e.g. ["a", "b"])'
-    return gr.Textbox(label=label, info=info, value=value)
-
-
-def build(box: Sandbox) -> tuple[Any, Any, Any]:
-    """The tab inside an open `gr.Blocks`, bound to the server's sandbox; returns (load function,
-    inputs, outputs) for the app's load."""
-    import gradio as gr
-
-    from lorakiln.ui.app import bind
-
-    extra = gr.State({})
-    with gr.Row():
-        path = gr.Textbox(label="run TOML", value="run.toml", info="relative to the project folder", scale=4)
-        load = gr.Button("load", scale=1)
-        save = gr.Button("save", scale=1)
-    from lorakiln.config.presets import PRESET_DESCRIPTIONS
-
-    with gr.Row():
-        preset = gr.Dropdown(["", *PRESET_DESCRIPTIONS], value="", label="preset", scale=4,
-                             info="; ".join(f"{k}: {v}" for k, v in PRESET_DESCRIPTIONS.items())[:400])
-        apply = gr.Button("apply preset", scale=1)
-    message = gr.Markdown()
-    initial = load_form(box, "run.toml")
-    fields = []
-    specs = field_specs()
-    for group in GROUP_ORDER:
-        with gr.Accordion(group, open=group != "advanced"):
-            for spec, value in zip(specs, initial[2:], strict=True):
-                if spec.group == group:
-                    fields.append((specs.index(spec), _component(spec, value, box)))
-    components = [c for _, c in sorted(fields, key=lambda item: item[0])]
-    with gr.Row():
-        steps = gr.Textbox(label="total steps", lines=4, interactive=False, scale=4)
-        count = gr.Button("count steps", scale=1)
-    with gr.Row():
-        start, stop, resume = gr.Button("start", variant="primary"), gr.Button("stop"), gr.Button("resume")
-        run_id = gr.Textbox(label="run", info="empty: the latest run", scale=2)
-    status = gr.Markdown(elem_id="run-status")
-    plot = gr.LinePlot(x="step", y="loss", title="loss", height=260)
-    samples = gr.Gallery(label="samples", columns=4, height=260)
-    saves = gr.Textbox(label="saved LoRAs", lines=3, interactive=False)
-    log = gr.Textbox(label="log", lines=12, max_lines=12, interactive=False, autoscroll=True)
-    queue = gr.Dataframe(headers=QUEUE_COLUMNS, label="queue (newest first; type a run's id in 'run' to act on it)",
-                         interactive=False, wrap=True)
-    timer = gr.Timer(2.0)
-
-    form = [path, extra, *components]
-    count_steps = bind(total_steps, box)
-    load.click(bind(load_form, box), [path], [extra, message, *components]).then(count_steps, form, steps)
-    apply.click(apply_preset, [preset, extra, *components], [extra, message, *components]).then(count_steps, form,
-                                                                                                 steps)
-    save.click(bind(save_form, box), form, message).then(count_steps, form, steps)
-    count.click(count_steps, form, steps)
-    start.click(bind(start_run, box), form, [run_id, message])
-    stop.click(bind(stop_run, box), [run_id], message)
-    resume.click(bind(resume_run, box), [run_id], [run_id, message])
-    timer.tick(bind(poll_view, box), [run_id], [status, plot, samples, saves, log]).then(bind(queue_table, box), None,
-                                                                                          queue)
-    return count_steps, form, steps
