@@ -76,8 +76,12 @@ def test_epochs_axis_keeps_a_trigger_word_named_like_the_lora(tmp_path: Path) ->
     assert params.prompt == "a zwx on a grey background, <lora:zwx-000002:1.0>"  # S/R's first value
     cell = y.apply(x.apply(params, x.values[1]), y.values[1])
     assert cell.prompt == "a zwx on a grey background, <lora:zwx:0.9>"
-    _, _, plain = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx <lora:zwx:0.8>"))
-    assert plain.values[0] == "1.0"  # not the tag's strength: A1111's own error will name it
+    for written in ("1", "0.8"):  # A1111 writes `<lora:zwx:1>`; a paste may carry any strength
+        params, x, y = epochs_strengths(tmp_path, GenerationParams(prompt=f"a zwx <lora:zwx:{written}>"))
+        assert params.prompt == "a zwx <lora:zwx-000002:1.0>"  # the strengths axis sets every cell's
+        assert y.apply(x.apply(params, x.values[1]), y.values[2]).prompt == "a zwx <lora:zwx:0.8>"
+    _, _, plain = epochs_strengths(tmp_path, GenerationParams(prompt="a zwx <lora:zwx:0.8:0.5>"))
+    assert plain.values[0] == "1.0"  # per-part strengths: plain A1111 S/R, whose error names the value
 
 
 def test_epochs_axis_swaps_a_pivotal_runs_embeddings_with_its_lora(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ the same seed unless Seed is an axis.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,7 +190,8 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
     X runs through the epoch files in training order, the final one last, as the kohya_ss +
     AUTOMATIC1111 LoRA walkthrough lists them. The prompt names the final LoRA (appended at 1.0 when missing); A1111's Prompt S/R
     searches for its first value, so the returned prompt names the first epoch's file instead
-    (with `x` given, the prompt is left as it is). Y swaps the strength 1.0 for 0.9 … 0.5. Both
+    (with `x` given, the prompt is left as it is). Y swaps the strength 1.0 for 0.9 … 0.5, whatever
+    strength the tag had (an A1111 paste writes `<lora:name:1>`; Y sets every cell's strength). Both
     replace inside the `<lora:…>` tag only (labelled with the bare names): a plain S/R of "zwx" would also rename the trigger word whenever the LoRA is
     named after it, as the quickstart's is. A pivotal-tuning run saves each epoch's embeddings
     beside its LoRA (`zwx-000002_emb`); when the prompt uses `zwx_emb` and names the final stem
@@ -212,7 +214,11 @@ def epochs_strengths(output_dir: str | Path, params: GenerationParams, x: str | 
     if y:
         return params, x_axis, parse_axis(y)
     strengths = parse_axis(STRENGTHS_AXIS).values
-    if f"<lora:{final}:{strengths[0]}>" not in params.prompt:  # the user's tag has another strength
+    # Y sets the strength of every cell, so the tag's own strength (A1111 writes `<lora:x:1>`, an
+    # A1111 paste may say 0.8) is only the S/R anchor: it is written as the axis's first value.
+    tag = re.compile(rf"<lora:({re.escape(names[0])}|{re.escape(final)}):[-+0-9.eE]+>")
+    if not tag.search(params.prompt):  # a tag with per-part strengths (`:te:unet`): plain A1111 S/R
         return params, x_axis, parse_axis(STRENGTHS_AXIS)  # A1111's error names the first value
+    params = replace(params, prompt=tag.sub(lambda m: f"<lora:{m.group(1)}:{strengths[0]}>", params.prompt))
     return params, x_axis, Axis("Prompt S/R", tuple(f":{v}>" for v in strengths), strengths)
 

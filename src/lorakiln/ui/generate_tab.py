@@ -279,9 +279,9 @@ def build(box: Sandbox) -> tuple[Any, Any]:
         x = gr.Textbox(label="X axis", placeholder="Prompt S/R: last, last-000001, last-000002")
         y = gr.Textbox(label="Y axis", placeholder="Prompt S/R: 1.0, 0.8, 0.6")
     message = gr.Markdown(elem_id="test-message")
-    gallery = gr.Gallery(label="images", columns=4, height=360, elem_id="test-images")
+    gallery = gr.Gallery(label="images", columns=4, height=360, elem_id="test-images", object_fit="contain")
     infotext = gr.Textbox(label="parameters of the first image", lines=3, interactive=False)
-    grid = gr.Image(label="grid", type="pil")
+    grid = gr.Image(label="grid", type="pil", elem_id="test-grid")
 
     fields = [prompt, negative, steps, sampler, schedule, cfg, seed, width, height, batch, clip_skip]
 

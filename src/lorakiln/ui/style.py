@@ -13,7 +13,11 @@ from __future__ import annotations
 
 CSS = """
 .lk-field .info-text, .lk-help .info-text { display: none; }
-.lk-info { cursor: help; color: var(--body-text-color-subdued); margin-left: 0.3em; font-weight: normal; }
+/* an "i" in a circle, drawn by CSS (not text: a label's text stays its label; no font needed) */
+.lk-info::after { content: "i"; display: inline-block; width: 1.2em; height: 1.2em; line-height: 1.2em;
+                  border: 1px solid currentColor; border-radius: 50%; text-align: center; font-size: 0.75em;
+                  font-style: italic; font-family: serif; }
+.lk-info { cursor: help; color: var(--body-text-color-subdued); margin-left: 0.4em; font-weight: normal; }
 #run-status { min-height: 2.4em; padding: 0.4em 0.8em; border-radius: var(--radius-md);
               background: var(--block-background-fill); border: 1px solid var(--border-color-primary); }
 #run-status.lk-failed, #run-status:has(.lk-failed) { border-color: var(--error-border-color); }
@@ -24,24 +28,23 @@ CSS = """
 """
 
 #: Runs in the page's <head>: decorates fields as gradio renders them (tabs render lazily).
-HEAD = """
+HEAD = r"""
 <script>
 (() => {
   const keyOf = (id) => id.replace(/^cfg-/, "").replace("-", ".");
   function decorate() {
-    document.querySelectorAll(".lk-field:not([data-lk]), .lk-help:not([data-lk])").forEach((block) => {
+    // idempotent, on every mutation: gradio re-renders a label when a value or prop changes
+    document.querySelectorAll(".lk-field, .lk-help").forEach((block) => {
       const label = block.querySelector('[data-testid="block-info"], .label-text');
       if (!label) return;
-      block.dataset.lk = "1";
       const key = block.classList.contains("lk-field") ? keyOf(block.id) : "";
       const tail = key ? "\n\nconfig key: " + key : "";
-      if (key) label.title = "config key: " + key;
+      if (key && label.title !== "config key: " + key) label.title = "config key: " + key;
       const info = block.querySelector(".info-text");
-      if (info && info.textContent.trim()) {
+      if (info && info.textContent.trim() && !label.querySelector(".lk-info")) {
         const icon = document.createElement("span");
         icon.className = "lk-info";
-        icon.textContent = "ⓘ";
-        icon.title = info.textContent.trim() + "\\n\\nconfig key: " + key;
+        icon.title = info.textContent.trim() + tail;
         icon.setAttribute("aria-label", icon.title);
         icon.addEventListener("click", (e) => e.preventDefault());  // inside a checkbox's label: no toggle
         label.appendChild(icon);
@@ -70,7 +73,7 @@ HEAD = """
 #: A gradio `js` step after Start: `errors` is {element id: message}. Each message goes under its
 #: field's label (the field's border turns red) and stays until that field is edited or the
 #: next Start; the first marked field is scrolled into view.
-SHOW_ERRORS = """
+SHOW_ERRORS = r"""
 (errors) => {
   document.querySelectorAll(".lk-error").forEach((e) => e.remove());
   document.querySelectorAll(".lk-invalid").forEach((e) => e.classList.remove("lk-invalid"));

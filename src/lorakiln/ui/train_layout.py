@@ -1,5 +1,5 @@
-"""The Train tab's layout: essentials on the first screen, every other key in collapsed groups,
-Start/Stop/Resume with a status bar beside them, and the run's loss, samples and log below.
+"""The Train tab's layout: essentials on the first screen with Start/Stop/Resume and a status bar
+right under them, the run's loss, samples and log next, and every other key in closed groups.
 
 The kohya_ss GUI shows 4–6 fields to a row under readable labels; the rows and groups come from
 `ui/labels.py` and the fields from the config schema (`forms.field_specs`), so a key added to
@@ -69,19 +69,26 @@ def _component(spec: FieldSpec, value: Any, box: Sandbox) -> Any:
     return gr.Textbox(value=value, **common)
 
 
-def _fields(box: Sandbox, initial: list[Any]) -> dict[str, Any]:
-    """Every field's component, by key, placed in rows."""
+def _essentials(box: Sandbox, specs: dict[str, tuple[FieldSpec, Any]]) -> dict[str, Any]:
+    """The first screen's rows (`labels.ESSENTIAL_ROWS`)."""
     import gradio as gr
 
-    specs = {s.key: (s, v) for s, v in zip(field_specs(), initial, strict=True)}
     made: dict[str, Any] = {}
     for row in ESSENTIAL_ROWS:
         with gr.Row(equal_height=True):
             for key in row:
                 made[key] = _component(*specs[key], box)
+    return made
+
+
+def _groups(box: Sandbox, specs: dict[str, tuple[FieldSpec, Any]]) -> dict[str, Any]:
+    """Every other key in closed groups, two columns of them (half the height), 4 fields a row."""
+    import gradio as gr
+
+    made: dict[str, Any] = {}
     groups = [g for g in GROUP_ORDER if g != "essentials"]
     with gr.Row():
-        for column in (groups[::2], groups[1::2]):  # two columns of closed groups: half the height
+        for column in (groups[::2], groups[1::2]):
             with gr.Column():
                 for group in column:
                     keys = [s.key for s in field_specs() if s.group == group]
@@ -114,22 +121,26 @@ def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
         apply = gr.Button("apply preset", scale=0, min_width=110)
     message = gr.Markdown(elem_id="train-message")
     initial = list(train_form.load_form(box, "run.toml")[2:])
-    made = _fields(box, initial)
-    components = [made[s.key] for s in field_specs()]
-    steps = gr.Textbox(label="steps", lines=2, max_lines=6, interactive=False, elem_id="train-steps")
+    specs = {s.key: (s, v) for s, v in zip(field_specs(), initial, strict=True)}
+    made = _essentials(box, specs)
     with gr.Row(equal_height=True):
-        start = gr.Button("Start", variant="primary", scale=0, min_width=170, elem_id="train-start")
-        stop = gr.Button("Stop", scale=0, min_width=90, interactive=False, elem_id="train-stop")
-        resume = gr.Button("Resume", scale=0, min_width=90, interactive=False, elem_id="train-resume")
-        status = gr.Markdown("no runs yet", elem_id="run-status")
+        steps = gr.Textbox(label="steps", lines=2, max_lines=6, interactive=False, elem_id="train-steps", scale=3)
+        with gr.Column(scale=2):
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", min_width=170, elem_id="train-start")
+                stop = gr.Button("Stop", min_width=90, interactive=False, elem_id="train-stop")
+                resume = gr.Button("Resume", min_width=90, interactive=False, elem_id="train-resume")
+            status = gr.Markdown("no runs yet", elem_id="run-status")
     with gr.Row(equal_height=True):
         plot = gr.LinePlot(x="step", y="loss", title="loss", height=240, scale=1)
         samples = gr.Gallery(label="samples", columns=4, height=240, object_fit="contain", scale=1,
                              elem_id="train-samples", preview=False)
     log = gr.Textbox(label="log", lines=8, max_lines=8, interactive=False, elem_id="train-log")
+    made |= _groups(box, specs)
+    components = [made[s.key] for s in field_specs()]
     with gr.Accordion("runs and saved LoRAs", open=False):
         with gr.Row():
-            run_id = gr.Textbox(label="run", info="a run's id from the table to watch, stop or resume it; "
+            run_id = gr.Textbox(label="run", elem_id="train-run", info="a run's id from the table to watch, stop or resume it; "
                                 "empty: the live or latest run", scale=1)
             saves = gr.Textbox(label="saved LoRAs", lines=3, interactive=False, scale=3)
         queue = gr.Dataframe(headers=train_tab.QUEUE_COLUMNS, label="runs (newest first)", interactive=False,
@@ -165,9 +176,8 @@ def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
 
 def start_checked(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str, dict]:
     """Start as the button runs it: what `lorakiln train --dry-run` would refuse comes back as
-    {element id: message} for the page script to show beside each field, plus one toast with
-    all of them; nothing is saved or queued then. Otherwise `train_tab.start_run`."""
-    import gradio as gr
+    {element id: message} for the page script to show beside each field (the message, with all
+    of them, is also a toast: `_toasting`); nothing is saved or queued then. Otherwise `train_tab.start_run`."""
 
     from lorakiln.ui.train_form import start_problems
     from lorakiln.ui.train_tab import start_run
@@ -175,8 +185,6 @@ def start_checked(box: Sandbox, path: str, extra: dict[str, Any], *components: A
 
     problems = {k: ui_words(v) for k, v in start_problems(box, path, extra, *components).items()}
     if problems:
-        gr.Warning("Start refused — fix these first:\n" + "\n".join(f"• {v}" for v in problems.values()),
-                   duration=None)
         keys = {s.key for s in field_specs()}
         return "", "error: Start refused (the fields are marked): " + "; ".join(problems.values()), {
             (elem_id(k) if k in keys else "train-toml"): v for k, v in problems.items()}
@@ -199,8 +207,8 @@ def reload_unless_refused(box: Sandbox, path: str, errors: dict | None) -> tuple
 
 def _toasting(fn: Any, at: int) -> Any:
     """`fn` whose message output (position `at`) is put in the UI's words (`wording.ui_words`)
-    and also shown as a toast: an error as a warning toast that stays until read, anything else
-    as a short note — next to where the user looks."""
+    and also shown as a toast: an error as a warning toast for 30 s, anything else as a short
+    note — where the user looks, whatever part of the page is in view."""
     import functools
     import inspect
 
@@ -216,7 +224,7 @@ def _toasting(fn: Any, at: int) -> Any:
             text = ui_words(text)
             out = text if isinstance(out, str) else (*out[:at], text, *out[at + 1:])
         if isinstance(text, str) and text.startswith("error"):
-            gr.Warning(text.removeprefix("error: "), duration=None)
+            gr.Warning(text.removeprefix("error: "), duration=30)
         elif isinstance(text, str) and text:
             gr.Info(text, duration=5)
         return out
