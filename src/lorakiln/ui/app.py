@@ -60,7 +60,7 @@ def build_app(box: Sandbox | str | Path) -> Any:
             tools_tab.build(box)
         app.load(show_gallery, None, gallery_out)
         # one truth: every page load shows the run TOML as it is on disk now, then its step count
-        (fill, fill_in, fill_out), (count, count_in, count_out) = train_load
-        app.load(fill, fill_in, fill_out).then(count, count_in, count_out)
+        (fill, fill_in, fill_out), (count, count_in, count_out), (lists, lists_in, lists_out) = train_load
+        app.load(fill, fill_in, fill_out).then(count, count_in, count_out).then(lists, lists_in, lists_out)
         app.load(defaults, None, defaults_out)
     return app

@@ -102,7 +102,8 @@ def _groups(box: Sandbox, specs: dict[str, tuple[FieldSpec, Any]]) -> dict[str, 
 
 def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
     """The tab inside an open `gr.Blocks`; returns the app's page-load steps, in order, as
-    (function, inputs, outputs): fill the form from the run TOML, then count its steps."""
+    (function, inputs, outputs): fill the form from the run TOML, count its steps, list the
+    server's folders again for the drop-downs."""
     import gradio as gr
 
     from lorakiln.config.presets import PRESET_DESCRIPTIONS
@@ -171,7 +172,19 @@ def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
     # no progress overlay on a 2-s poll (it would flash, and it resets the fields' validation errors)
     timer.tick(bind(train_tab.poll_view, box), [run_id, seen], [status, plot, samples, saves, log, *buttons, seen],
                show_progress="hidden").then(bind(train_tab.queue_table, box), None, queue, show_progress="hidden")
-    return [(reload, [path], [extra, message, *components]), (count_steps, form, steps)]
+    picked = [made[key] for key in PICKED]
+    return [(reload, [path], [extra, message, *components]), (count_steps, form, steps),
+            (bind(picker_choices, box), None, picked)]
+
+
+def picker_choices(box: Sandbox) -> list[Any]:
+    """The drop-downs of the server's folders listed again (on each page load: a model copied
+    into a models folder after the UI started appears without a restart)."""
+    import gradio as gr
+
+    specs = {s.key: s for s in field_specs()}
+    return [gr.update(choices=[*([""] if specs[key].optional else []), *box.listing(kind)])
+            for key, kind in PICKED.items()]
 
 
 def start_checked(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str, dict]:
