@@ -41,7 +41,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_import(args: argparse.Namespace) -> int:
-    from lorakiln.config.importers import import_config, read_source
+    from lorakiln.config.importers import import_config, read_source, source_file
 
     text, name = read_source(args.source)
     out = None
@@ -51,7 +51,7 @@ def _cmd_config_import(args: argparse.Namespace) -> int:
         out = check_output(args.output, [] if args.source == "-" else [args.source], verb="config import",
                            force=args.force)
     result = import_config(text, source_name=name, fmt=args.format,
-                           base_dir=out.resolve().parent if out else Path.cwd())
+                           base_dir=out.resolve().parent if out else Path.cwd(), source_path=source_file(args.source))
     if out is None:
         sys.stdout.write(result.text)
     else:

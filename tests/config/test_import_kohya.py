@@ -81,18 +81,30 @@ def test_gui_rules(tmp_path: Path) -> None:
         "photo of zwx --n blurry --s 20 --l 6 --w 512 --h 768\nzwx on a beach")]
 
 
-def test_gui_other_lora_types_are_named_not_faked(tmp_path: Path) -> None:
+def test_gui_lycoris_types_are_trained_as_the_gui_runs_them(tmp_path: Path) -> None:
+    """LoHa is what the GUI passes to sd-scripts (lycoris.kohya algo=loha with its conv knobs),
+    the same as the sd-scripts importer reads; the GUI's other rules keep applying."""
     result = _gui(tmp_path, LoRA_type="LyCORIS/LoHa", conv_dim=8, noise_offset_type="Multires",
                   multires_noise_iterations=6, unet_lr=0, text_encoder_lr=1e-5, bucket_reso_steps=1)
     cfg = _built(result, tmp_path)
-    assert cfg.network.network_module == "lora" and cfg.data.bucket_reso_steps == 64
+    net = cfg.network
+    assert (net.network_module, net.conv_dim, net.conv_alpha) == ("loha", 8, 1)  # the GUI passes conv_alpha too
+    assert cfg.data.bucket_reso_steps == 64
     unmapped = {e.option: e.reason for e in result.draft.unmapped}
-    assert "plain LoRA" in unmapped['LoRA_type = "LyCORIS/LoHa"']
-    assert "LyCORIS/LoHa" in unmapped["conv_dim = 8"]
+    assert not any("LoRA_type" in o or "conv_dim" in o for o in unmapped)
+    assert "LyCORIS is not supported" not in result.text and "plain LoRA" not in result.text
     assert "offset noise" in unmapped["multires_noise_iterations = 6"]
     assert "alone is not supported" in next(r for o, r in unmapped.items() if o.startswith("unet_lr"))
     assert "greater than or equal to 8" in unmapped["bucket_reso_steps = 1"]
-    assert "factor" in result.draft.inactive  # LoKr's knob at the GUI's default: nothing to report
+    assert "factor" in result.draft.inactive  # LoKr's knob, not passed for LoHa: nothing to report
+
+
+def test_gui_knob_the_type_does_not_pass_is_noted(tmp_path: Path) -> None:
+    result = _gui(tmp_path, LoRA_type="Standard", conv_dim=16, factor=4)
+    cfg = _built(result, tmp_path)
+    assert (cfg.network.network_module, cfg.network.conv_dim) == ("lora", None)
+    notes = {e.option: e.reason for e in result.draft.notes}
+    assert "does not pass it" in notes["conv_dim = 16"] and "does not pass it" in notes["factor = 4"]
 
 
 def test_sd_scripts_sectioned_toml(tmp_path: Path) -> None:

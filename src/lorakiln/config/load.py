@@ -40,17 +40,34 @@ def _all_dotted_keys() -> list[str]:
     return [f"{s}.{k}" for s, model in SECTIONS.items() for k in model.model_fields]
 
 
+def _nearest_field(leaf: str) -> str | None:
+    """The dotted key whose *field name* is nearest to `leaf`, in any section.
+
+    Names are compared field to field, never against dotted text: a flat `network_dimm` is one
+    letter from the field `network_dim`, while the dotted `network.conv_dim` merely shares more
+    letters with it ("network" + "dim") and used to win."""
+    owners: dict[str, str] = {}
+    for dotted in _all_dotted_keys():
+        owners.setdefault(dotted.split(".", 1)[1], dotted)
+    match = difflib.get_close_matches(leaf, list(owners), n=1, cutoff=0.6)
+    return owners[match[0]] if match else None
+
+
 def suggest_key(key: str, section: str | None = None) -> str:
     """A hint such as "did you mean 'train.unet_lr'?" for an unknown (dotted) key, or ''."""
     leaf = key.split(".")[-1]
     owner = _owner_section(leaf)
     if owner and owner != section:
         return f"'{leaf}' belongs in [{owner}] (use {owner}.{leaf})"
-    candidates = list(SECTIONS[section].model_fields) if section in SECTIONS else _all_dotted_keys()
-    match = difflib.get_close_matches(leaf if section else key, candidates, n=1, cutoff=0.6)
-    if not match and section:
-        match = [m for m in difflib.get_close_matches(leaf, _all_dotted_keys(), n=1, cutoff=0.6)]
-    return f"did you mean '{(section + '.') if section and '.' not in match[0] else ''}{match[0]}'?" if match else ""
+    if section in SECTIONS:
+        match = difflib.get_close_matches(leaf, list(SECTIONS[section].model_fields), n=1, cutoff=0.6)
+        if match:
+            return f"did you mean '{section}.{match[0]}'?"
+    nearest = _nearest_field(leaf)
+    if nearest is None and section is None and "." not in key:
+        found = difflib.get_close_matches(key, list(TOP_LEVEL_KEYS), n=1, cutoff=0.6)  # `[trian]`
+        nearest = f"[{found[0]}]" if found else None
+    return f"did you mean '{nearest}'?" if nearest else ""
 
 
 def route_flat_keys(raw: dict[str, Any]) -> dict[str, Any]:

@@ -6,8 +6,11 @@ from a blog post. Retyping those as a lorakiln TOML loses settings silently; imp
 keeps every value that has a lorakiln meaning and lists every one that does not, with why.
 
 Modules: `cmdline` (pasted shell text → flags), `diffusers_cli`, `sdscripts` + `kohya_tables`,
-`kohya_gui` (the mappings), `draft` (the config being built and its account), `emit` (the
-commented TOML). The result is checked with `build_config`, the loader every run goes through.
+`kohya_gui` (the mappings), `network_map` (the one kohya/LyCORIS network mapping they share),
+`dataset_config` (sd-scripts `--dataset_config` TOMLs), `families` (model families refused),
+`paths` (header notes on relative and Windows paths), `draft` (the config being built and its
+account), `emit` (the commented TOML). The result is checked with `build_config`, the loader
+every run goes through.
 """
 
 from __future__ import annotations
@@ -19,15 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakiln.config.importers.cmdline import map_launcher, parse_command
+from lorakiln.config.importers.cmdline import CommandLine, map_launcher, parse_command
 from lorakiln.config.importers.draft import Draft
 from lorakiln.config.importers.emit import render
+from lorakiln.config.importers.families import refuse_other_families
 from lorakiln.errors import ConfigError
 
 #: Format name → what it reads (for errors and the emitted header).
 FORMATS: dict[str, str] = {
     "kohya-gui": "kohya_ss GUI config JSON, as saved from its LoRA tab",
-    "sd-scripts": "kohya sd-scripts --config_file TOML or train_network.py command line",
+    "sd-scripts": "kohya sd-scripts --config_file TOML, --dataset_config TOML or train_network.py command line",
     "diffusers": "diffusers training command line, accelerate launch train_dreambooth_lora*.py",
 }
 SD_SCRIPTS = ("train_network.py", "sdxl_train_network.py")
@@ -35,9 +39,6 @@ _DIFFUSERS_FLAGS = {"rank", "instance_prompt", "dataset_name", "instance_data_di
                     "train_text_encoder_ti", "pretrained_vae_model_name_or_path", "validation_prompt"}
 _SD_SCRIPTS_FLAGS = {"network_module", "network_dim", "network_alpha", "optimizer_type", "max_train_epochs",
                      "output_name", "save_model_as", "caption_extension", "unet_lr"}
-#: Keys holding paths, checked for relative ones (the header explains how they resolve).
-_PATH_KEYS = ("model.pretrained_model", "model.vae", "model.config_dir", "data.train_data_dir",
-              "prior.class_data_dir", "network.network_weights", "output.output_dir", "output.logging_dir")
 
 
 @dataclass
@@ -51,12 +52,24 @@ class ImportResult:
     problem: str | None
 
 
+def source_file(arg: str) -> Path | None:
+    """The file `arg` names, or None for `-`, command text or a missing file (a long command
+    line is no file name: the OS refuses it as too long, which is not an error here)."""
+    if arg == "-" or "\n" in arg:
+        return None
+    path = Path(arg).expanduser()
+    try:
+        return path if path.is_file() else None
+    except OSError:
+        return None
+
+
 def read_source(arg: str) -> tuple[str, str]:
     """(text, name) for a file path, `-` (stdin) or the command text itself."""
     if arg == "-":
         return sys.stdin.read(), "standard input"
-    path = Path(arg).expanduser()
-    if "\n" not in arg and path.is_file():
+    path = source_file(arg)
+    if path is not None:
         try:
             return path.read_text(encoding="utf-8-sig"), path.name
         except UnicodeDecodeError:
@@ -107,8 +120,10 @@ def _load_json(text: str) -> dict[str, Any]:
     return data
 
 
-def _sd_scripts_source(text: str, draft: Draft) -> tuple[dict[str, Any], Any]:
-    """sd-scripts options from a TOML or a command line, and how to show each as written."""
+def _sd_scripts_source(text: str, draft: Draft) -> tuple[dict[str, Any], Any, bool]:
+    """sd-scripts options from a TOML or a command line, how to show each as written, and whether
+    the source is a dataset config alone. A dataset config (`[general]` / `[[datasets]]`) is
+    folded into the options it sets."""
     from lorakiln.config.importers.sdscripts import flatten_sections, toml_label
 
     if not _is_command(text):
@@ -118,39 +133,44 @@ def _sd_scripts_source(text: str, draft: Draft) -> tuple[dict[str, Any], Any]:
             raise ConfigError(f"not valid TOML ({err})") from None
         if isinstance(raw.get("model"), dict) and "pretrained_model" in raw["model"]:
             raise ConfigError("this is already a lorakiln run config; use it as it is")
-        if "datasets" in raw:
-            draft.skip("[[datasets]]", "sd-scripts dataset configs are not read: point data.train_data_dir "
-                       "at the images")
-            raw.pop("datasets")
-            raw.pop("general", None)
+        dataset = {k: raw.pop(k) for k in ("general", "datasets") if k in raw} if "datasets" in raw else {}
         args = flatten_sections(raw)
-        return args, toml_label(args)
-    cmd = parse_command(text)
-    draft.warnings += cmd.warnings
+        refuse_other_families(args)
+        plain = toml_label(args)
+        if not dataset:
+            return args, plain, False
+        from lorakiln.config.importers.dataset_config import merge_dataset_config
+
+        alone = not args
+        if alone:
+            draft.header.append("This is an sd-scripts dataset config alone: it sets the data, resolution and "
+                                "batch size; the base model and training options (rank, learning rates, steps) "
+                                "come from the training config or command that uses it. Import that one, or "
+                                "add them here.")
+        labels: dict[str, str] = {}
+        merge_dataset_config(dataset, args, labels, draft)
+        return args, lambda name: labels.get(name) or plain(name), alone
+    cmd = _command(text, draft)
     map_launcher(cmd, draft)
     for word in cmd.stray:
         draft.skip(word, "not an option (argparse would reject it)")
-    args = {f.name: True if not f.values else f.values[0] if len(f.values) == 1 else list(f.values)
-            for f in cmd.flags}
     texts = {f.name: f.text() for f in cmd.flags}
-    return args, lambda name: texts.get(name, f"--{name}")
+    return _flag_values(cmd), lambda name: texts.get(name, f"--{name}"), False
 
 
-def _relative_paths(draft: Draft) -> None:
-    from lorakiln.models.hub_id import looks_like_hub_id
+def _flag_values(cmd: CommandLine) -> dict[str, Any]:
+    return {f.name: True if not f.values else f.values[0] if len(f.values) == 1 else list(f.values)
+            for f in cmd.flags}
 
-    relative = []
-    for dotted in _PATH_KEYS:
-        value = draft.get(dotted)
-        if not isinstance(value, str) or value.startswith(("tiny:", "random:", "~")) or Path(value).is_absolute():
-            continue
-        if dotted.startswith("model.") and looks_like_hub_id(value) and not Path(value).exists():
-            continue
-        relative.append(f"{dotted} = {value!r}")
-    if relative:
-        draft.header.append("Relative paths are kept as written (" + ", ".join(relative) + "). lorakiln "
-                            "resolves them against this file's folder, the old tool against the folder it "
-                            "ran in: keep this file there, or make them absolute.")
+
+def _command(text: str, draft: Draft) -> CommandLine:
+    """Parse a command, refuse other model families, and account for its text's problems."""
+    cmd = parse_command(text)
+    refuse_other_families(_flag_values(cmd), cmd.script)
+    draft.warnings += cmd.warnings
+    for flag, value in cmd.placeholders:
+        draft.skip(f"--{flag}={value}", "a placeholder from the documentation: fill in your own value")
+    return cmd
 
 
 def _missing(draft: Draft) -> str | None:
@@ -164,15 +184,19 @@ def _missing(draft: Draft) -> str | None:
 
 
 def import_config(text: str, *, source_name: str = "(text)", fmt: str = "auto",
-                  base_dir: Path | None = None) -> ImportResult:
+                  base_dir: Path | None = None, source_path: Path | None = None) -> ImportResult:
     """Import `text` (format `fmt`, or detected) into a run TOML checked with `build_config`.
 
     `base_dir` is the folder the TOML will live in: relative paths resolve against it, and it
     is where local folders (a `--dataset_name` folder, regularisation images) are looked for.
+    `source_path` is the file `text` was read from: a dataset config it names is looked for
+    next to it. A config for a model family lorakiln does not train is a `ConfigError`.
     """
+    from lorakiln.config.importers.paths import path_notes
     from lorakiln.config.load import build_config
 
     base_dir = base_dir or Path.cwd()
+    source_dir = source_path.resolve().parent if source_path else None
     if fmt == "auto":
         fmt = detect_format(text)
     if fmt not in FORMATS:
@@ -181,19 +205,19 @@ def import_config(text: str, *, source_name: str = "(text)", fmt: str = "auto",
     if fmt == "kohya-gui":
         from lorakiln.config.importers.kohya_gui import map_kohya_gui
 
-        map_kohya_gui(_load_json(text), draft, base_dir)
+        gui = _load_json(text)
+        refuse_other_families(gui)
+        map_kohya_gui(gui, draft, base_dir, source_dir)
     elif fmt == "sd-scripts":
         from lorakiln.config.importers.sdscripts import map_sd_scripts
 
-        args, label = _sd_scripts_source(text, draft)
-        map_sd_scripts(args, draft, base_dir, label)
+        args, label, dataset_only = _sd_scripts_source(text, draft)
+        map_sd_scripts(args, draft, base_dir, label, source_dir=source_dir, dataset_only=dataset_only)
     else:
         from lorakiln.config.importers.diffusers_cli import map_diffusers
 
-        cmd = parse_command(text)
-        draft.warnings += cmd.warnings
-        map_diffusers(cmd, draft, base_dir)
-    _relative_paths(draft)
+        map_diffusers(_command(text, draft), draft, base_dir, source_dir)
+    path_notes(draft, [p for p in (source_dir, base_dir) if p is not None])
     problem = _missing(draft)
     if problem is None:
         try:

@@ -11,6 +11,13 @@ author meant, with `shlex` for quoting, and say where a shell would have read th
 * A `\\` followed by spaces escapes a space and ends the command in a shell: later lines would
   never reach the script. We join them anyway and warn.
 * `$VAR` / `${VAR}` are expanded from `VAR=...` / `export VAR=...` lines in the same text.
+* The sd-scripts docs write a command one option per line with no `\\` at all
+  (`accelerate launch ... train_network.py` then `    --pretrained_model_name_or_path=...`).
+  A shell would run every line as its own command; since a line that starts with `--` cannot
+  be a command, it is unambiguous: such lines are read as options of the command above, with a
+  warning.
+* The docs' `<placeholders>` (`--output_dir=<output folder for trained model>`) are set aside
+  as such, so they are reported instead of split into stray words.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ _VAR = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))"
 _CONTINUATION = re.compile(r"\\[ \t]*\r?\n")
 _LAUNCHERS = ("accelerate", "torchrun")
 _FLAG_NAME = re.compile(r"--[A-Za-z0-9_.-]+")
+_PLACEHOLDER = re.compile(r"--([A-Za-z0-9_.-]+)[= ]\s*(<[^<>\n]*>)")
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class CommandLine:
     #: Words that are no flag's value (argparse would reject them).
     stray: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: Flags whose value is a documentation placeholder, as (name, `<text>`).
+    placeholders: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def script(self) -> str | None:
@@ -144,12 +154,20 @@ def _take_flags(tokens: list[str], start: int, *, launcher: bool) -> tuple[list[
     return flags, stray, i
 
 
+def _set_aside_placeholders(line: str, found: list[tuple[str, str]]) -> str:
+    """`line` without its `--flag=<placeholder>` options, which are added to `found`."""
+    for match in _PLACEHOLDER.finditer(line):
+        found.append((match[1], match[2]))
+    return _PLACEHOLDER.sub("", line).strip()
+
+
 def parse_command(text: str) -> CommandLine:
     """Parse pasted command text (see the module docstring) into a `CommandLine`."""
     cmd = CommandLine()
     env: dict[str, str] = {}
     commands: list[list[str]] = []
-    for line in _logical_lines(text, cmd.warnings):
+    bare: list[int] = []
+    for number, line in enumerate(_logical_lines(text, cmd.warnings), start=1):
         stripped = line.strip().lstrip("!")
         if not stripped or stripped.startswith("#"):
             continue
@@ -158,7 +176,20 @@ def parse_command(text: str) -> CommandLine:
             words = _split(assign.group(2)) or [""]
             env[assign.group(1)] = words[0]
             continue
-        commands.append(_split(stripped))
+        option_line = stripped.startswith("--") and bool(commands)
+        if option_line:
+            bare.append(number)  # an option line after a line without `\`: part of the command above
+        stripped = _set_aside_placeholders(stripped, cmd.placeholders)
+        if not stripped:
+            continue
+        if option_line:
+            commands[-1] += _split(stripped)
+        else:
+            commands.append(_split(stripped))
+    if bare:
+        cmd.warnings.append(f"{len(bare)} line(s) starting with `--` (from line {bare[0]}) follow a line that does "
+                            "not end with `\\`, as the sd-scripts docs write commands: a shell would run each "
+                            "as a separate command; they were read as options of the command above them")
     with_flags = [c for c in commands if any(t.startswith("--") for t in c)]
     if not with_flags:
         raise ConfigError("found no `--flag` options in the command text")

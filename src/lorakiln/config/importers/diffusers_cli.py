@@ -12,11 +12,17 @@ Semantics worth knowing (from the script sources):
 * Without `--train_text_encoder` the text encoders get no LoRA: `network_train_unet_only`.
 * `--rank` sets `lora_alpha = rank` too; the LoRA file is `<output_dir name>.safetensors` plus
   `pytorch_lora_weights.safetensors`, which `save_diffusers` reproduces.
-* `--dataset_name` may be a local folder, loaded as an ImageFolder: that is `train_data_dir`.
+* `--dataset_name` may be a local folder, loaded as an ImageFolder: that is `train_data_dir`;
+  the other way round, an `--instance_data_dir` that is no folder here but a Hub id (the B-LoRA
+  README's `linoyts/B-LoRA_teddy_bear`) is imported as `dataset_name`, with a header note.
+* What a script hard-codes is listed as not reproduced: the B-LoRA script
+  (`train_dreambooth_b-lora_sdxl.py`, diffusers advanced_diffusion_training README) puts its
+  LoRA on two U-Net blocks only, with no option saying so.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,6 @@ from lorakiln.config.importers.draft import LAUNCHER, LOGGING_SERVICE, NO_UPLOAD
 DIRECT: dict[str, str] = {
     "pretrained_model_name_or_path": "model.pretrained_model",
     "pretrained_vae_model_name_or_path": "model.vae",
-    "instance_data_dir": "data.train_data_dir",
     "train_data_dir": "data.train_data_dir",
     "instance_prompt": "data.instance_prompt",
     "caption_column": "data.caption_column",
@@ -101,7 +106,8 @@ UNSUPPORTED: dict[str, str] = {
     "use_dora": "diffusers' DoRA (PEFT, one magnitude per output channel, loaded by diffusers) is not "
                 "mapped: lorakiln's network.dora_wd keeps one per input channel for AUTOMATIC1111/ComfyUI and "
                 "cannot be saved for diffusers",
-    "use_blora": "B-LoRA (LoRA on selected U-Net blocks) is not supported",
+    "use_blora": "B-LoRA (LoRA on two chosen U-Net blocks only) is not reproduced: lorakiln adapts every "
+                 "attention block",
     "lora_unet_blocks": "LoRA on selected U-Net blocks is not supported",
     "prediction_type": "the prediction type comes from the base model's scheduler",
     "max_train_samples": "lorakiln trains on every image",
@@ -133,6 +139,10 @@ SCRIPT_DEFAULTS: dict[str, str] = {
     "output_dir": "lora-dreambooth-model",
 }
 ADVANCED_SCRIPTS = ("train_dreambooth_lora_sdxl_advanced.py", "train_dreambooth_lora_sd15_advanced.py")
+#: B-LoRA's blocks (Frenkel et al. 2024, "Implicit Style-Content Separation using B-LoRA"), fixed
+#: in the B-LoRA training script: content in up_blocks.0.attentions.0, style in .1.
+BLORA_BLOCKS = ("up_blocks.0.attentions.0 (content)", "up_blocks.0.attentions.1 (style)")
+_BLORA_SCRIPT = re.compile(r"b[-_]?lora", re.IGNORECASE)
 OPTIMIZERS = {"adamw": "AdamW", "prodigy": "Prodigy"}
 _BOOL_TYPED = {"prodigy_decouple", "prodigy_use_bias_correction", "prodigy_safeguard_warmup"}
 
@@ -149,8 +159,8 @@ def _is_local(value: str, base_dir: Path) -> bool:
 
 
 class _Mapper:
-    def __init__(self, cmd: CommandLine, draft: Draft, base_dir: Path) -> None:
-        self.cmd, self.d, self.base_dir = cmd, draft, base_dir
+    def __init__(self, cmd: CommandLine, draft: Draft, base_dir: Path, source_dir: Path | None = None) -> None:
+        self.cmd, self.d, self.base_dir, self.source_dir = cmd, draft, base_dir, source_dir
         self.given: dict[str, Flag] = {}
         for flag in cmd.flags:
             if flag.name in self.given:
@@ -160,7 +170,7 @@ class _Mapper:
             "learning_rate": self._learning_rate, "rank": self._rank, "optimizer": self._optimizer,
             "use_8bit_adam": self._optimizer, "dataset_name": self._dataset, "output_dir": self._output_dir,
             "logging_dir": self._logging_dir, "checkpointing_steps": self._checkpointing,
-            "train_text_encoder": self._train_text_encoder,
+            "train_text_encoder": self._train_text_encoder, "instance_data_dir": self._instance_dir,
         }
 
     def value(self, name: str, default: Any = None) -> Any:
@@ -230,6 +240,22 @@ class _Mapper:
         else:
             self.d.put("data.train_data_dir", value, origin + " (a local folder: read as an ImageFolder)")
 
+    def _instance_dir(self, value: Any, origin: str) -> None:
+        """A folder; but a value that is no folder here and has a Hub id's shape is a Hub dataset."""
+        from lorakiln.models.hub_id import looks_like_hub_id
+
+        text = str(value)
+        here = [self.base_dir, *([self.source_dir] if self.source_dir else [])]
+        owner = text.split("/", 1)[0]  # a local `data/dog` has its `data/` folder here
+        local = _is_local(text, self.base_dir) or any((d / text).exists() or (d / owner).is_dir() for d in here)
+        if local or not looks_like_hub_id(text):
+            self.d.put("data.train_data_dir", value, origin)
+            return
+        self.d.put("data.dataset_name", value, origin + " (not a folder here: a Hugging Face Hub dataset id)")
+        self.d.header.append(f"{origin} is not a folder here and has the shape of a Hugging Face Hub id, so it "
+                             "was imported as data.dataset_name (downloaded once; needs network and the `datasets` "
+                             "package). If it is a local folder, set data.train_data_dir to it instead.")
+
     def _output_dir(self, value: Any, origin: str) -> None:
         if self.d.put("output.output_dir", value, origin):
             name = Path(str(value).rstrip("/\\")).name
@@ -296,8 +322,21 @@ class _Mapper:
             self.d.put("train.optimizer_type", "AdamW", "script default --optimizer=adamW")
 
 
-def map_diffusers(cmd: CommandLine, draft: Draft, base_dir: Path) -> None:
-    """Fill `draft` from a parsed diffusers training command."""
+def _hard_coded(script: str | None, given: set[str], draft: Draft) -> None:
+    """What a script does without an option for it, and lorakiln does not reproduce."""
+    if script and _BLORA_SCRIPT.search(script):
+        draft.skip(f"(fixed in {script}) LoRA on {' and '.join(BLORA_BLOCKS)} only",
+                   "B-LoRA's block restriction is not reproduced: lorakiln adapts every attention block, so the "
+                   "file cannot be split into a content and a style B-LoRA afterwards")
+    if (script and _BLORA_SCRIPT.search(script)) or "use_blora" in given:
+        draft.header.append("Not reproduced: B-LoRA trains the LoRA on two U-Net blocks only ("
+                            + ", ".join(BLORA_BLOCKS) + "); this run adapts every attention block like a "
+                            "regular LoRA.")
+
+
+def map_diffusers(cmd: CommandLine, draft: Draft, base_dir: Path, source_dir: Path | None = None) -> None:
+    """Fill `draft` from a parsed diffusers training command; `source_dir` is the folder of the
+    file it was read from (a local `--instance_data_dir` may be there)."""
     script = cmd.script
     defaults = script is None or script in ADVANCED_SCRIPTS
     if script is None:
@@ -306,4 +345,5 @@ def map_diffusers(cmd: CommandLine, draft: Draft, base_dir: Path) -> None:
     elif not defaults:
         draft.header.append(f"Only the options given were imported: the defaults of {script} are not known "
                             "to this importer (lorakiln's apply).")
-    _Mapper(cmd, draft, base_dir).run(defaults)
+    _hard_coded(script, {f.name for f in cmd.flags}, draft)
+    _Mapper(cmd, draft, base_dir, source_dir).run(defaults)

@@ -9,6 +9,7 @@ follow the schema's order, as in `docs/config.md`.
 
 from __future__ import annotations
 
+import json
 import re
 import textwrap
 from typing import Any
@@ -50,7 +51,10 @@ def compact_origin(origin: str, key: str, value: Any) -> str:
         return origin
     written = match["value"].strip()
     if len(written) > 1 and written[0] == written[-1] == '"':
-        written = written[1:-1]
+        try:
+            written = str(json.loads(written))  # JSON-escaped (a Windows path's backslashes)
+        except ValueError:
+            written = written[1:-1]
     if not _same(written, value):
         return origin
     return "" if match["name"].lstrip("-") == key else match["name"]

@@ -2,10 +2,11 @@
 
 The GUI writes every field of its form, then builds sd-scripts options from them when you press
 "Train". We do the same translation for the fields whose meaning differs from sd-scripts'
-(`max_resolution`, `epoch`, `lr_warmup` in percent, `LoRA_type`, string-typed numbers,
-`optimizer_args` as one string, sample prompts as text, the learning-rate zero rules), handle
-the GUI-only fields (launcher settings, LyCORIS knobs, `sdxl`), and hand the rest to the
-sd-scripts mapping, so both importers share one table.
+(`max_resolution`, `epoch`, `lr_warmup` in percent, string-typed numbers, `optimizer_args` as
+one string, sample prompts as text, the learning-rate zero rules), turn `LoRA_type` and its
+knobs into the `network_module` + `network_args` the GUI passes (`network_map.GUI_LORA_TYPES`),
+handle the GUI-only fields (launcher settings, `sdxl`), and hand the rest to the sd-scripts
+mapping, so both importers share one table and one network mapping.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from lorakiln.config.importers import kohya_tables as T
 from lorakiln.config.importers.cmdline import parse_command
 from lorakiln.config.importers.draft import LAUNCHER, LOGGING_SERVICE, Draft, is_off
+from lorakiln.config.importers.network_map import GUI_LORA_TYPES, KOHYA_BLOCK_ARGS
 from lorakiln.config.importers.sdscripts import map_sd_scripts, toml_label
 
 #: GUI field → the sd-scripts option the GUI passes it as (same value).
@@ -24,15 +26,6 @@ RENAMES: dict[str, str] = {
     "max_resolution": "resolution",
     "optimizer": "optimizer_type",
     "lora_network_weights": "network_weights",
-}
-
-#: LoRA_type → sd-scripts network module (what the GUI runs).
-LORA_TYPES: dict[str, str] = {
-    "Standard": "networks.lora",
-    "Kohya LoCon": "networks.lora (with conv layers)",
-    "Kohya DyLoRA": "networks.dylora",
-    "LoRA-FA": "networks.lora_fa",
-    "Flux1": "networks.lora_flux",
 }
 
 #: GUI-only fields.
@@ -47,16 +40,14 @@ GUI_LAUNCHER = ("num_cpu_threads_per_process", "num_processes", "num_machines", 
                 "main_process_port", "dynamo_mode", "dynamo_use_fullgraph", "dynamo_use_dynamic",
                 "extra_accelerate_launch_args")
 GUI_LOGGING = ("use_wandb",)
-#: Knobs of the LyCORIS/LoCon/DyLoRA types, ignored by the GUI for LoRA_type "Standard".
-OTHER_TYPES_ONLY = ("LyCORIS_preset", "conv_dim", "conv_alpha", "factor", "use_cp", "use_tucker",
-                    "use_scalar", "decompose_both", "train_norm", "rescaled", "constrain", "bypass_mode",
-                    "dora_wd", "train_on_input", "unit", "rank_dropout_scale")
-#: The GUI's own defaults for those knobs: left at them, they say nothing about the run.
-OTHER_TYPES_DEFAULTS: dict[str, Any] = {"LyCORIS_preset": "full", "factor": -1, "train_on_input": True,
-                                        "unit": 1, "conv_dim": 1, "conv_alpha": 1}
-#: Fields the GUI turns into `network_args` for Standard/LoCon: block weights and dropouts.
-NETWORK_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight", "block_lr_zero_threshold", "block_dims",
-                "block_alphas", "conv_block_dims", "conv_block_alphas", "rank_dropout", "module_dropout")
+#: Network knobs of the GUI form; each `LoRA_type` passes some of them as `network_args`
+#: (`network_map.GUI_LORA_TYPES`) and ignores the rest.
+NETWORK_KNOBS = frozenset({"LyCORIS_preset", "conv_dim", "conv_alpha", "factor", "use_cp", "use_tucker",
+                           "use_scalar", "decompose_both", "train_norm", "rescaled", "constrain", "bypass_mode",
+                           "dora_wd", "train_on_input", "unit", "rank_dropout_scale", *KOHYA_BLOCK_ARGS})
+#: The GUI's own defaults for those knobs: left at them, an unused knob says nothing.
+KNOB_DEFAULTS: dict[str, Any] = {"LyCORIS_preset": "full", "factor": -1, "train_on_input": True,
+                                 "unit": 1, "conv_dim": 1, "conv_alpha": 1}
 _HANDLED = {"LoRA_type", "epoch", "max_train_epochs", "lr_warmup", "lr_warmup_steps", "learning_rate",
             "unet_lr", "text_encoder_lr", "noise_offset_type", "sample_prompts", "additional_parameters",
             "stop_text_encoder_training", "lr_scheduler_num_cycles", "caption_extension"}
@@ -68,6 +59,9 @@ class _Translator:
         self.show = toml_label(gui)
         self.args: dict[str, Any] = {}
         self.labels: dict[str, str] = {}
+        #: `network_args` key → the GUI field it came from, as shown in the account.
+        self.arg_labels: dict[str, str] = {}
+        self.passed: set[str] = set()
 
     def idle(self, name: str) -> None:
         if name in self.gui:
@@ -78,7 +72,7 @@ class _Translator:
         self.labels[option] = label
 
     def run(self) -> tuple[dict[str, Any], dict[str, str]]:
-        standard = self._lora_type()
+        self._lora_type()
         for name, value in self.gui.items():
             if name in _HANDLED:
                 continue
@@ -86,11 +80,9 @@ class _Translator:
                 self._noted(name, value, GUI_NOTED.get(name, LAUNCHER))
             elif name in GUI_LOGGING and value:
                 self.d.skip(self.show(name), LOGGING_SERVICE)
-            elif name in OTHER_TYPES_ONLY:
-                self._other_type_knob(name, value, standard)
-            elif name in NETWORK_ARGS and not is_off(value):
-                self.d.skip(self.show(name), "block weights and rank/module dropout are not supported")
-            elif name in GUI_LOGGING or name in NETWORK_ARGS:
+            elif name in NETWORK_KNOBS:
+                self._unused_knob(name, value)
+            elif name in GUI_LOGGING:
                 self.idle(name)
             elif name.startswith(("multires_noise", "adaptive_noise_scale", "noise_offset")):
                 self._noise(name, value)
@@ -104,25 +96,44 @@ class _Translator:
         return self.args, self.labels
 
     def _noted(self, name: str, value: Any, text: str) -> None:
-        if is_off(value) or (name == "num_processes" and str(value) == "1") or name == "model_list":
+        if is_off(value) or (name in ("num_processes", "num_machines") and str(value) == "1") or name == "model_list":
             self.idle(name)
         else:
             self.d.note(self.show(name), text)
 
-    def _lora_type(self) -> bool:
+    def _lora_type(self) -> None:
+        """`LoRA_type` → the `network_module` and `network_args` the GUI passes to sd-scripts;
+        the shared network mapping reads them as it reads any sd-scripts config."""
         kind = str(self.gui.get("LoRA_type", "Standard"))
-        if kind == "Standard":
-            self.put("network_module", "networks.lora", self.show("LoRA_type"))
-            return True
-        self.d.skip(self.show("LoRA_type"), f"{LORA_TYPES.get(kind, 'LyCORIS (lycoris.kohya)')} is not "
-                    f"supported: {T.LORA_ONLY}")
-        return False
+        spec = GUI_LORA_TYPES.get(kind)
+        if spec is None:
+            self.d.skip(self.show("LoRA_type"), f"not a LoRA_type this importer knows (it knows "
+                        f"{', '.join(GUI_LORA_TYPES)})")
+            return
+        items = []
+        for field, arg in spec.fields + tuple((f, f) for f in spec.sparse):
+            value = self.gui.get(field)
+            if field not in self.gui or (field in spec.sparse and is_off(value)):
+                continue
+            items.append(f"{arg}={value}")
+            self.arg_labels[arg] = self.show(field)
+            self.passed.add(field)
+        if spec.algo:
+            items.append(f"algo={spec.algo}")
+        runs = spec.module + (f" algo={spec.algo}" if spec.algo else "")
+        self.put("network_module", spec.module, f"{self.show('LoRA_type')} (the GUI runs {runs})")
+        if items:
+            self.put("network_args", items, "network_args")
 
-    def _other_type_knob(self, name: str, value: Any, standard: bool) -> None:
-        if standard or is_off(value) or value == OTHER_TYPES_DEFAULTS.get(name):
+    def _unused_knob(self, name: str, value: Any) -> None:
+        """A network knob the GUI passes for this LoRA_type is read with `network_args`; the others
+        are not passed by the GUI, so they are named only when set away from the GUI's default."""
+        if name in self.passed:
+            return
+        if is_off(value) or value == KNOB_DEFAULTS.get(name):
             self.idle(name)
         else:
-            self.d.skip(self.show(name), f"belongs to LoRA_type {self.gui.get('LoRA_type')!r}, not imported")
+            self.d.note(self.show(name), f"the GUI does not pass it for LoRA_type {self.gui.get('LoRA_type')!r}")
 
     def _noise(self, name: str, value: Any) -> None:
         """The GUI passes noise_offset/adaptive only for type Original, multires_* only for Multires."""
@@ -225,9 +236,11 @@ class _Translator:
             self.put(flag.name, value, f"additional_parameters: {flag.text()}")
 
 
-def map_kohya_gui(gui: dict[str, Any], draft: Draft, base_dir: Path) -> None:
-    """Fill `draft` from a kohya_ss GUI config (already parsed JSON)."""
-    args, labels = _Translator(gui, draft).run()
+def map_kohya_gui(gui: dict[str, Any], draft: Draft, base_dir: Path, source_dir: Path | None = None) -> None:
+    """Fill `draft` from a kohya_ss GUI config (already parsed JSON); `source_dir` is its folder
+    (a `dataset_config` it names is looked for there)."""
+    translator = _Translator(gui, draft)
+    args, labels = translator.run()
     names = {option: gui_name for gui_name, option in RENAMES.items()}
     map_sd_scripts(args, draft, base_dir, lambda name: labels.get(name) or f"{name} = {json.dumps(args.get(name))}",
-                   source_names=names)
+                   source_names=names, arg_labels=translator.arg_labels, source_dir=source_dir)

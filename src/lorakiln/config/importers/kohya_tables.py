@@ -75,14 +75,19 @@ ZERO_IS_UNSET = frozenset({
 _LOSS = "loss weighting is not supported (plain MSE, optionally min_snr_gamma)"
 _NOISE = "only plain offset noise (noise_offset) is supported"
 _KEEP_ALL = "lorakiln keeps every saved file"
-#: Why another network module (LyCORIS, DyLoRA, LoRA-FA...) is not imported.
-LORA_ONLY = "lorakiln trains plain LoRA (networks.lora); the import trains one with the same rank instead"
-
 #: Options with no lorakiln equivalent.
 UNSUPPORTED: dict[str, str] = {
     "color_aug": "colour augmentation is not supported",
     "face_crop_aug_range": "face-crop augmentation is not supported",
     "token_warmup_min": "caption token warm-up is not supported",
+    "caption_prefix": "caption prefixes are not supported: add the words to the caption files",
+    "caption_suffix": "caption suffixes are not supported: add the words to the caption files",
+    "caption_separator": "tags are separated by commas",
+    "keep_tokens_separator": "use keep_tokens (the first N tags stay in place)",
+    "secondary_separator": "tags are separated by commas",
+    "enable_wildcard": "caption wildcards are not supported",
+    "resize_interpolation": "lorakiln resizes with Lanczos",
+    "skip_image_resolution": "every image is trained (lorakiln's dataset check flags small ones)",
     "token_warmup_step": "caption token warm-up is not supported",
     "weighted_captions": "weighted captions, (word:1.2), are not supported",
     "debiased_estimation_loss": _LOSS,
@@ -121,7 +126,6 @@ UNSUPPORTED: dict[str, str] = {
     "save_model_as": "lorakiln writes .safetensors only",
     "resume": "sd-scripts states cannot be resumed; continue from the LoRA with network.network_weights",
     "in_json": "fine-tuning metadata JSON is not read (kohya folders or metadata.jsonl are)",
-    "dataset_config": "sd-scripts dataset configs are not read: point data.train_data_dir at the images",
     "dataset_repeats": "repeats come from folder names (<repeats>_<token>)",
     "training_comment": "lorakiln writes no ss_training_comment",
     "max_token_length": "captions are cut at 75 tokens (lorakiln warns which)",
@@ -171,6 +175,7 @@ NOTED: dict[str, str] = {
     "dynamo_backend": LAUNCHER,
     "torch_compile": LAUNCHER,
     "output_config": "not a training setting",
+    "cache_info": "lorakiln reads image sizes itself (a cache of them is not needed)",
     "config_file": "not a training setting",
 }
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from lorakiln.config.importers import kohya_tables as T
 from lorakiln.config.importers.draft import SECRET, SECRET_KEYS, Draft, is_off
+from lorakiln.config.importers.network_map import adapter_of, map_network, put_dim, split_args
 from lorakiln.errors import ConfigError
 
 Label = Callable[[str], str]
@@ -46,28 +47,19 @@ def _neutral(name: str, value: Any) -> bool:
     return is_off(value) or value in T.NEUTRAL.get(name, ())
 
 
-#: LyCORIS ``algo`` → lorakiln ``network_module``; LyCORIS's "lora" and "locon" are one module
-#: (``lycoris/modules/locon.py``) placed on the convs too by its default "full" preset.
-_LYCORIS_ALGOS = {"lora": "locon", "locon": "locon", "loha": "loha", "lokr": "lokr"}
-#: ``network_args`` keys lorakiln maps (kohya ``networks/lora.py`` and ``lycoris/kohya.py`` names;
-#: ``use_cp``/``use_conv_cp`` are LyCORIS's older spellings of ``use_tucker``).
-_NETWORK_ARGS = {
-    "conv_dim": "network.conv_dim", "conv_alpha": "network.conv_alpha", "factor": "network.lokr_factor",
-    "decompose_both": "network.lokr_decompose_both", "use_tucker": "network.use_tucker",
-    "use_cp": "network.use_tucker", "use_conv_cp": "network.use_tucker", "dora_wd": "network.dora_wd",
-}  # fmt: skip
-#: Why a LyCORIS DoRA import differs in one respect (`lorakiln.networks.dora`).
-_DORA_AXIS_NOTE = ("LyCORIS's default wd_on_output=True keeps one magnitude per output channel; lorakiln's "
-                   "DoRA keeps one per input channel, the axis AUTOMATIC1111 and ComfyUI both apply alike")
-_BOOL_WORDS = {"true": True, "false": False}
+#: kohya_ss GUI's caption_extension choice "no caption files: caption each image with its
+#: folder's <token> [class]" (a sentinel no file has; sd-scripts then falls back to the folder name).
+FOLDER_NAME_SENTINEL = ".none-use-foldername"
 
 
 class _Mapper:
     def __init__(self, args: dict[str, Any], draft: Draft, base_dir: Path, label: Label,
-                 source_names: dict[str, str]) -> None:
+                 source_names: dict[str, str], arg_labels: dict[str, str]) -> None:
         self.args, self.d, self.base_dir, self.label = args, draft, base_dir, label
-        self.source_names = source_names
+        self.source_names, self.arg_labels = source_names, arg_labels
         self.optimizer_seen = False
+        self.network_seen = False
+        self.dataset_only = False
 
         self.special: dict[str, Callable[[str, Any], None]] = {
             "unet_lr": self._unet_lr, "text_encoder_lr": self._text_encoder_lr,
@@ -79,7 +71,8 @@ class _Mapper:
             "sample_every_n_epochs": self._samples, "sample_every_n_steps": self._samples,
             "sample_sampler": self._samples, "multires_noise_discount": self._gated("multires_noise_iterations"),
             "huber_c": self._gated("loss_type"), "huber_schedule": self._gated("loss_type"),
-            "random_crop": self._random_crop,
+            "random_crop": self._random_crop, "network_dim": self._rank, "caption_extension": self._caption_ext,
+            "caption_extention": self._caption_ext,
         }
 
     def idle(self, name: str) -> None:
@@ -186,71 +179,38 @@ class _Mapper:
             return self.d.skip(self.label(name), f"{err} lorakiln's default constant applies")
         self.d.put("train.lr_scheduler", value, self.label(name))
 
-    def _network_items(self) -> list[tuple[str, str]]:
-        """``network_args`` as ``(key, value)`` pairs; sd-scripts splits each item at the first
-        ``=`` (``train_network.py``: ``key, value = net_arg.split("=")``)."""
-        value = self.args.get("network_args")
-        items = value.split() if isinstance(value, str) else list(value or [])
-        return [(k.strip(), v.strip()) for k, _, v in (str(i).partition("=") for i in items)]
-
     def _network_module(self, name: str, value: Any) -> None:
-        """``networks.lora`` → lora (with ``conv_dim`` it is kohya's LoCon: same name);
-        ``lycoris.kohya`` → its ``algo`` arg (``lycoris/kohya.py`` ``create_network``: default
-        ``lora``, which with LyCORIS's "full" preset adapts the convs too, i.e. our ``locon``)."""
-        if not value or value == "networks.lora":
-            self.d.put("network.network_module", "lora", self.label(name))
+        """`network_module` and `network_args` are read together by the shared mapping."""
+        if self.network_seen:
             return
-        if value != "lycoris.kohya":
-            return self.d.skip(self.label(name), f"{value} is not supported: {T.LORA_ONLY}")
-        algo = dict(self._network_items()).get("algo", "lora").lower()
-        mapped = _LYCORIS_ALGOS.get(algo)
-        if mapped is None:
-            return self.d.skip(f"{self.label(name)} (algo={algo})", f"LyCORIS algo {algo!r} is not supported "
-                               f"(lorakiln trains {', '.join(sorted(set(_LYCORIS_ALGOS)))}); "
-                               "the import trains a plain LoRA with the same rank instead")
-        self.d.put("network.network_module", mapped, f"{self.label(name)} with algo={algo}")
+        self.network_seen = True
+        items = split_args(self.args.get("network_args"))
+        module = self.args.get("network_module")
+        shown = self.label("network_module") if "network_module" in self.args else "(no network_module)"
+        map_network(self.d, module, shown, items, self._arg_label)
+        if not items and "network_args" in self.args:
+            self.idle("network_args")
 
-    def _network_args(self, name: str, value: Any) -> None:
-        items = self._network_items()
-        lycoris = self.args.get("network_module") == "lycoris.kohya"
-        for key, raw in items:
-            origin = f"{name}: {key}={raw}"
-            target = _NETWORK_ARGS.get(key.lower())
-            if key.lower() == "algo" and lycoris:
-                continue  # consumed by _network_module
-            if key.lower() == "preset" and lycoris:
-                if raw.lower() != "full":
-                    self.d.skip(origin, "LyCORIS presets are not supported; lorakiln adapts kohya's "
-                                "LoCon targets (attention, ResNet and up/down-sampler layers)")
-                continue
-            if key.lower() == "wd_on_output" and lycoris:
-                # Only means something with dora_wd; False is lorakiln's axis, True gets the note.
-                dora = _BOOL_WORDS.get(dict((k.lower(), v) for k, v in items).get("dora_wd", "").lower())
-                if dora and _BOOL_WORDS.get(raw.lower(), True):
-                    self.d.note(origin, _DORA_AXIS_NOTE)
-                continue
-            if target is None or (not lycoris and target not in ("network.conv_dim", "network.conv_alpha")):
-                self.d.skip(origin, "this network argument (block weights, rank/module dropout...) is not "
-                            "supported")
-                continue
-            value = _BOOL_WORDS.get(raw.lower(), raw)
-            if target == "network.dora_wd" and value is True and not self._dora_fits(origin, items):
-                continue
-            self.d.put(target, value, origin)
-        if not items:
-            self.idle(name)
+    _network_args = _network_module
 
-    def _dora_fits(self, origin: str, items: list[tuple[str, str]]) -> bool:
-        """``dora_wd=True`` (LyCORIS): lorakiln trains it with LoRA/LoCon, on the input axis."""
-        args = {k.lower(): v for k, v in items}
-        algo = args.get("algo", "lora").lower()
-        if algo not in ("lora", "locon"):
-            self.d.skip(origin, f"lorakiln trains DoRA with LoRA/LoCon only, not {algo}; the import trains "
-                        f"{algo} without weight decomposition")
-            return False
-        if "wd_on_output" not in args:
-            self.d.note(origin, _DORA_AXIS_NOTE)
-        return True
+    def _arg_label(self, key: str, raw: str) -> str:
+        return self.arg_labels.get(key) or f"network_args: {key}={raw}"
+
+    def _rank(self, name: str, value: Any) -> None:
+        """`network_dim`: a LoKr rank above lorakiln's limit keeps LyCORIS's full-matrix meaning."""
+        if value is None or value == "":
+            return self.idle(name)
+        algo, _ = adapter_of(self.args.get("network_module"), split_args(self.args.get("network_args")))
+        put_dim(self.d, "network.network_dim", value, self.label(name), algo)
+
+    def _caption_ext(self, name: str, value: Any) -> None:
+        if str(value).strip().lower() != FOLDER_NAME_SENTINEL:
+            return self._direct(name, value)
+        self.d.note(self.label(name), "the kohya_ss GUI's \"use the folder name\" choice")
+        self.d.header.append(f"caption_extension = \"{FOLDER_NAME_SENTINEL}\" is the kohya_ss GUI's choice \"no "
+                             "caption files: caption each image with its folder's <token> [class]\". lorakiln "
+                             "does that for every image without a caption file, so data.caption_extension stays "
+                             "\".txt\": move any .txt files that are not captions out of the image folders.")
 
     def _reg_data_dir(self, name: str, value: Any) -> None:
         if not value:
@@ -314,6 +274,14 @@ class _Mapper:
         return None
 
     def _defaults(self) -> None:
+        """sd-scripts' defaults where lorakiln's differ; a dataset config alone has only the data's
+        (its training options are still to come, so none are invented)."""
+        if self.dataset_only:
+            for name in ("enable_bucket", "caption_extension"):
+                if not self.given(name):
+                    self.d.put_default(T.DIRECT[name], T.DEFAULTS[name], f"sd-scripts default {name} = "
+                                       f"{T.DEFAULTS[name]!r}")
+            return
         for name, value in T.DEFAULTS.items():
             if not self.given(name) and not (name == "learning_rate" and self._both_part_lrs()):
                 self.d.put_default(T.DIRECT[name], value, f"sd-scripts default {name} = {value!r}")
@@ -356,7 +324,21 @@ def map_prompt_lines(draft: Draft, text: str, origin: str) -> None:
 
 
 def map_sd_scripts(args: dict[str, Any], draft: Draft, base_dir: Path, label: Label, *,
-                   source_names: dict[str, str] | None = None) -> None:
+                   source_names: dict[str, str] | None = None, arg_labels: dict[str, str] | None = None,
+                   source_dir: Path | None = None, dataset_only: bool = False) -> None:
     """Fill `draft` from flat sd-scripts options. `label(name)` shows an option as written;
-    `source_names` maps option names back to the source's own (the GUI's) for the account."""
-    _Mapper(args, draft, base_dir, label, source_names or {}).run()
+    `source_names` maps option names back to the source's own (the GUI's) for the account, and
+    `arg_labels` shows `network_args` keys the source wrote as its own fields. A `dataset_config`
+    is read from `source_dir` (the referencing file's folder), else `base_dir` or the current one.
+    `dataset_only`: the source is a dataset config alone, so no training defaults are replayed."""
+    args = dict(args)
+    labels: dict[str, str] = {}
+    if args.get("dataset_config"):
+        from lorakiln.config.importers.dataset_config import follow_reference
+
+        search = [p for p in (source_dir, base_dir, Path.cwd()) if p is not None]
+        follow_reference(args, labels, draft, label("dataset_config"), search)
+    shown: Label = (lambda name: labels.get(name) or label(name)) if labels else label
+    mapper = _Mapper(args, draft, base_dir, shown, source_names or {}, arg_labels or {})
+    mapper.dataset_only = dataset_only
+    mapper.run()
