@@ -309,3 +309,21 @@ def test_cli_refuses_meaningless_flags(dataset: Path, argv: list[str]) -> None:
 def test_cli_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(LorakilnError, match="nope"):
         _run([str(tmp_path / "nope"), "--add", "x"])
+
+
+def test_cli_folder_after_the_phrase_as_the_readme_types_it(dataset: Path, capsys, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`dataset edit --remove "side view" train`: the folder is not swallowed as a second phrase."""
+    from lorakiln.cli import main
+
+    folder = dataset / "10_anantn"
+    (folder / "c.txt").write_text("anantn, side view, smile", encoding="utf-8")
+    monkeypatch.chdir(dataset.parent)
+    assert main(["dataset", "edit", "--remove", "side view", "train"]) == 0
+    assert (folder / "c.txt").read_text(encoding="utf-8") == "anantn, smile"
+    assert main(["dataset", "edit", "--remove", "black hair", "brown skin", "train", "--dry-run"]) == 0
+    assert "2 caption file(s) would change" in capsys.readouterr().out
+    assert main(["dataset", "edit", "train", "--remove", "smile", "--dry-run"]) == 0  # the README's order
+    with pytest.raises(ConfigError, match="'brown skin' is not a folder"):
+        _run(["--remove", "black hair", "brown skin"])
+    with pytest.raises(ConfigError, match="no folder given"):
+        _run(["--add", "x"])

@@ -54,3 +54,28 @@ def test_works_without_network(monkeypatch) -> None:
 def test_empty_token_is_refused() -> None:
     with pytest.raises(ValueError, match="empty"):
         check_token("  ")
+
+
+def test_forms_of_common_words_are_not_rare() -> None:
+    """`hells` is one token merged late (rank 47,989, next to ohwx's 47,993), yet plainly hell + s."""
+    report = check_token("hells")
+    assert report.whole_word and report.rank == 47_989 and report.stem == "hell" and report.stem_rank == 4141
+    assert report.verdict == "common-word" and not report.ok and "'hell' (rank 4141)" in report.message
+    assert "fine choice" not in report.message and report.suggestions
+    for word, stem in (("bells", "bell"), ("shells", "shell")):
+        assert check_token(word).stem == stem and not check_token(word).ok
+    for rare in ("ohwx", "sks"):  # single rare tokens with no common stem stay rare
+        assert check_token(rare).verdict == "rare-word" and check_token(rare).stem is None
+    assert check_token("anantn").verdict == "pieces"  # split into sub-tokens: no prior meaning
+
+
+def test_word_stems() -> None:
+    from lorakiln.data.token_check import word_stems
+
+    assert "hell" in word_stems("hells") and "lady" in word_stems("ladies") and "bake" in word_stems("baked")
+    assert "run" in word_stems("running") and word_stems("sks") == [] and word_stems("ohwx") == []
+
+
+def test_suggestions_are_not_forms_of_common_words() -> None:
+    for s in suggest_tokens("hells", 6):
+        assert check_token(s, suggest=0).ok and check_token(s, suggest=0).stem is None

@@ -101,3 +101,50 @@ def test_cli_init_prints_arithmetic_and_token(photos: Path, tmp_path: Path, caps
     assert "6 images x" in out and "steps (within the 1500–2000 target)" in out
     assert "common word" in out and "max_train_epochs" in out
     assert main(["dataset", "init", str(photos), "--token", "zwx", "--repeats", "lots"]) == 2
+
+
+def test_copies_are_writable_whatever_the_source_mode(tmp_path: Path, noise_image) -> None:
+    import os
+    import stat
+
+    src = tmp_path / "photos"
+    for name in ("a.jpg", "b.png"):
+        noise_image(src / name, (64, 64), seed=len(name), caption="zwx, photo")
+    noise_image(src / "c.bmp", (64, 64), seed=9)  # converted, not copied
+    for path in src.iterdir():
+        path.chmod(0o444)  # a read-only photo library
+    old_umask = os.umask(0o022)
+    try:
+        result = init_dataset(src, tmp_path / "train", "zwx", repeats=5)
+    finally:
+        os.umask(old_umask)
+    written = sorted(result.folder.iterdir())
+    assert {p.name for p in written} == {"a.jpg", "a.txt", "b.png", "b.txt", "c.png"}
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+    assert (result.folder / "a.jpg").stat().st_mtime_ns == (src / "a.jpg").stat().st_mtime_ns
+
+
+def test_animated_gif_keeps_its_first_frame_and_says_so(tmp_path: Path) -> None:
+    src = tmp_path / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 256, (25, 14, 3), dtype=np.uint8)) for _ in range(24)]
+    frames[0].save(src / "dance.gif", save_all=True, append_images=frames[1:], duration=80, loop=0)
+    result = init_dataset(src, tmp_path / "train", "zwx", repeats=5)
+    [(written, why)] = result.converted
+    assert written.name == "dance.png" and "animated, 24 frames: first frame kept" in why
+    assert "animated, 24 frames: first frame kept" in result.format()
+    with Image.open(written) as im:
+        assert getattr(im, "n_frames", 1) == 1
+
+
+def test_cli_next_commands_are_quoted(photos: Path, tmp_path: Path, capsys) -> None:
+    import shlex
+
+    dest = tmp_path / "my train"
+    assert main(["dataset", "init", str(photos), "--token", "anantn", "--class", "person", "--dest", str(dest)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("next: "))
+    caption, check = line.removeprefix("next: ").split("   then   ")
+    assert shlex.split(caption) == ["lorakiln", "caption", str(dest), "--prefix", "photo of anantn, "]
+    assert shlex.split(check) == ["lorakiln", "dataset", "check", str(dest)]

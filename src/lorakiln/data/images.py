@@ -56,6 +56,17 @@ def probe_image(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def frame_count(path: Path) -> int:
+    """Frames in `path`: more than 1 for an animated GIF, WebP or PNG (APNG).
+
+    Every reader here (`open_oriented`, the loader, `dataset init`) decodes the first frame
+    only, so an animation trains as one still; `dataset check` and `dataset init` say so
+    rather than let it happen silently. Reads the headers, decodes no pixels.
+    """
+    with Image.open(path) as im:
+        return int(getattr(im, "n_frames", 1))
+
+
 def open_image_rgb(path: Path) -> Image.Image:
     """Open `path`, apply EXIF orientation and return 8-bit RGB (real range, alpha over white)."""
     return flatten_to_rgb(open_oriented(path))

@@ -17,6 +17,15 @@ What a token's vocabulary entry says:
   costs more of the 75-token prompt budget, and a final piece that is itself a common word
   (`zwxstyle` → … `style</w>`) drags that word's meaning in.
 
+A rank is not a frequency, though. BPE merges the most frequent *pair* of symbols at each step,
+so a common word's inflected form can be merged very late, after its stem was absorbed into other
+merges: `hells</w>` is built as `h` + `ells</w>` at rank 47,989 — next to `ohwx</w>` (47,993) —
+although it is plainly "hell" + "s". So a whole word is also judged by its stem: when removing an
+English inflection (-s, -es, -ies, -ed, -ing, -er, -est, -ly, -y, -'s; a doubled consonant or a
+dropped `e` restored) leaves a common whole word (`hell</w>`, rank 4,141), the word is judged as
+common. Rare then means what kohya users want from `ohwx`: one token, and neither it nor its stem
+an everyday word.
+
 SDXL's second tokenizer (OpenCLIP ViT-bigG) uses the same vocabulary and merges, so one check
 covers both encoders. Pivotal tuning (`[pivotal]`) sidesteps the question: it inserts brand-new
 tokens instead of reusing vocabulary entries (the diffusers advanced SDXL recipe).
@@ -49,6 +58,8 @@ class TokenReport:
     rank: int | None  # the id when the token is one whole word
     verdict: str  # "common-word" | "whole-word" | "rare-word" | "pieces"
     message: str
+    stem: str | None = None  # the common word it is a form of ("hells" -> "hell"), if any
+    stem_rank: int | None = None
     common_pieces: tuple[str, ...] = ()  # pieces that are themselves common whole words
     suggestions: tuple[str, ...] = field(default=())
 
@@ -98,6 +109,38 @@ def _is_common_word(piece: str, vocab: dict[str, int]) -> bool:
     return piece.endswith("</w>") and len(piece) >= 8 and FIRST_MERGE_ID <= vocab[piece] < COMMON_RANK
 
 
+#: Inflections removed to find a word's stem, longest first (see the module docstring).
+_INFLECTIONS = ("ies", "ied", "ing", "ers", "est", "'s", "es", "ed", "er", "ly", "s", "y")
+
+
+def word_stems(word: str) -> list[str]:
+    """Candidate stems of an English word form: `hells` → hell, `ladies` → lady, `baked` → bake,
+    `running` → run. Stems shorter than 3 letters are not tried (`sks` is not a form of `sk`)."""
+    w = word.lower()
+    out: list[str] = []
+    for suffix in _INFLECTIONS:
+        base = w[: -len(suffix)]
+        if not w.endswith(suffix) or len(base) < 3 or not base.isalpha():
+            continue
+        if suffix in ("ies", "ied"):
+            candidates = [base + "y"]
+        else:
+            candidates = [base]
+            if suffix in ("ed", "ing", "er", "est", "es", "ers"):
+                candidates.append(base + "e")
+                if len(base) >= 4 and base[-1] == base[-2] and base[-1] not in "aeiou":
+                    candidates.append(base[:-1])
+        out += [c for c in candidates if c not in out]
+    return out
+
+
+def common_stem(word: str, vocab: dict[str, int]) -> tuple[str, int] | None:
+    """(stem, rank) when `word` is a form of a common whole word of the vocabulary, else None."""
+    ranked = [(stem, vocab[stem + "</w>"]) for stem in word_stems(word) if stem + "</w>" in vocab]
+    common = [(stem, rank) for stem, rank in ranked if FIRST_MERGE_ID <= rank < COMMON_RANK]
+    return min(common, key=lambda pair: pair[1]) if common else None
+
+
 def check_token(token: str, *, suggest: int = 5) -> TokenReport:
     """Tokenize `token` and judge it as a trigger word (see the module docstring)."""
     word = token.strip()
@@ -108,15 +151,23 @@ def check_token(token: str, *, suggest: int = 5) -> TokenReport:
     whole = len(pieces) == 1 and pieces[0].endswith("</w>")
     rank = ids[0] if whole else None
     common = tuple(p.removesuffix("</w>") for p in pieces if _is_common_word(p, vocab)) if not whole else ()
+    stem = common_stem(word, vocab) if whole and rank is not None and rank >= COMMON_RANK else None
     if whole and rank is not None and rank < COMMON_RANK:
         verdict = "common-word"
         message = (f"{word!r} is a common word in the SD vocabulary (rank {rank} of 49,408): the base model "
                    "already knows it, so the LoRA's subject will be mixed with that meaning (the kohya_ss "
                    "community 'john'/'mary' warning). Pick a word that is not in the vocabulary.")
+    elif stem is not None:
+        verdict = "common-word"
+        message = (f"{word!r} is one vocabulary token (rank {rank} of 49,408), but it is a form of the common "
+                   f"word {stem[0]!r} (rank {stem[1]}): a late BPE merge, not a rare word. The base model "
+                   "already knows its meaning, so the LoRA's subject will be mixed with it (the kohya_ss "
+                   "community 'john'/'mary' warning). Pick a word that is not in the vocabulary.")
     elif whole and rank is not None and rank >= RARE_RANK:
         verdict = "rare-word"
-        message = (f"{word!r} is a single, rare vocabulary word (rank {rank}): little prior meaning, one "
-                   "token of the 75-token budget (kohya users' 'ohwx' is one). A fine choice.")
+        message = (f"{word!r} is a single, rare vocabulary word (rank {rank}) and not a form of a common one: "
+                   "little prior meaning, one token of the 75-token budget (kohya users' 'ohwx' is one). "
+                   "A fine choice.")
     elif whole:
         verdict = "whole-word"
         message = (f"{word!r} is a vocabulary word of middling frequency (rank {rank}): it carries some "
@@ -133,18 +184,22 @@ def check_token(token: str, *, suggest: int = 5) -> TokenReport:
     wants_alternatives = verdict in ("common-word", "whole-word") or bool(common)
     suggestions = tuple(suggest_tokens(word, suggest)) if suggest and wants_alternatives else ()
     return TokenReport(token=word, pieces=tuple(pieces), ids=tuple(ids), whole_word=whole, rank=rank,
-                       verdict=verdict, message=message, common_pieces=common, suggestions=suggestions)
+                       verdict=verdict, message=message, common_pieces=common, suggestions=suggestions,
+                       stem=stem[0] if stem else None, stem_rank=stem[1] if stem else None)
 
 
 @functools.cache
 def _rare_whole_words() -> tuple[str, ...]:
     """Short, letters-only rare whole words with at most one vowel (`ohwx`, `sks`, …).
 
-    The vowel limit skips rare but real words (`stale`, `nestle`) that still carry a meaning.
+    The vowel limit skips rare but real words (`stale`, `nestle`) that still carry a meaning,
+    and forms of common words (`hells`) are left out too.
     """
-    return tuple(w[:-4] for w, i in _vocab().items()
+    vocab = _vocab()
+    return tuple(w[:-4] for w, i in vocab.items()
                  if i >= RARE_RANK and w.endswith("</w>") and w[:-4].isascii() and w[:-4].isalpha()
-                 and 3 <= len(w) - 4 <= 5 and sum(c in "aeiouy" for c in w[:-4]) <= 1)
+                 and 3 <= len(w) - 4 <= 5 and sum(c in "aeiouy" for c in w[:-4]) <= 1
+                 and common_stem(w[:-4], vocab) is None)
 
 
 def _variants(word: str) -> list[str]:
@@ -164,7 +219,7 @@ def suggest_tokens(word: str, n: int = 5) -> list[str]:
     out: list[str] = []
     for candidate in _variants(word):
         pieces, ids = tokenize(candidate)
-        whole_common = len(pieces) == 1 and ids[0] < RARE_RANK
+        whole_common = len(pieces) == 1 and (ids[0] < RARE_RANK or common_stem(candidate, vocab) is not None)
         if (candidate != word.lower() and candidate not in out and len(pieces) <= 3 and not whole_common
                 and not any(_is_common_word(p, vocab) for p in pieces)):
             out.append(candidate)

@@ -9,13 +9,16 @@ sub-parsers and calls `run_edit` / `run_sheet`, which return the exit status and
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_edit_arguments(parser: argparse.ArgumentParser) -> None:
     """`dataset edit DIR [--add TEXT [--at start|end] [--create-missing]] [--remove TEXT ...]
     [--replace OLD NEW [--regex]] [--caption-extension .txt] [--dry-run] [--no-recursive]`."""
-    parser.add_argument("dir", help="training folder (its `<repeats>_<token>` subfolders are included) "
-                        "or one concept folder")
+    # Optional for argparse only: `--remove "side view" train` puts the folder after the
+    # phrases, where `--remove`'s nargs="+" takes it; `run_edit` takes it back (`_folder_and_phrases`).
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="training folder (its `<repeats>_<token>` "
+                        "subfolders are included) or one concept folder; before or after the options")
     parser.add_argument("--add", action="append", metavar="TEXT",
                         help="add this tag (or comma-separated tags) where a caption lacks it (repeatable)")
     parser.add_argument("--at", choices=["start", "end"], default=None,
@@ -42,6 +45,7 @@ def run_edit(args: argparse.Namespace) -> int:
     from lorakiln.data.caption_rules import add_edit, remove_edit, replace_edit
     from lorakiln.errors import ConfigError
 
+    args.dir, args.remove = _folder_and_phrases(args.dir, args.remove)
     if not (args.add or args.remove or args.replace):
         raise ConfigError("nothing to do: pass --add TEXT, --remove TEXT or --replace OLD NEW")
     if not args.add and (args.at or args.create_missing):
@@ -61,6 +65,23 @@ def run_edit(args: argparse.Namespace) -> int:
         print(plan.format_diff())
     print(plan.summary())
     return 0
+
+
+def _folder_and_phrases(folder: str | None, phrases: list[str] | None) -> tuple[str, list[str] | None]:
+    """The folder and the `--remove` phrases, whichever order they were typed in.
+
+    `dataset edit train --remove "black hair" "brown skin"` and `dataset edit --remove "side view"
+    train` both work: with the folder typed last, `--remove` (one or more phrases) swallows it,
+    so the last phrase is the folder when no folder came on its own — and only if it is one.
+    """
+    from lorakiln.errors import ConfigError
+
+    if folder is not None:
+        return folder, phrases
+    if phrases and len(phrases) > 1 and Path(phrases[-1]).expanduser().is_dir():
+        return phrases[-1], phrases[:-1]
+    last = f"; the last --remove value {phrases[-1]!r} is not a folder" if phrases else ""
+    raise ConfigError(f"no folder given: pass it first, `lorakiln dataset edit DIR --remove TEXT ...`{last}")
 
 
 def add_sheet_arguments(parser: argparse.ArgumentParser) -> None:

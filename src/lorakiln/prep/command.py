@@ -25,6 +25,7 @@ def add_init_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_init(args: argparse.Namespace) -> int:
+    from lorakiln.data.scan_common import shell_quote
     from lorakiln.data.token_check import check_token
     from lorakiln.errors import ConfigError
     from lorakiln.prep.init import init_dataset
@@ -48,8 +49,9 @@ def run_init(args: argparse.Namespace) -> int:
                           kind=args.kind, batch_size=args.batch_size, max_side=args.max_side, target=target)
     print(result.format())
     print(check_token(args.token).format())
-    print(f"next: lorakiln caption {dest} --prefix \"photo of {args.token}, \"   then   "
-          f"lorakiln dataset check {dest}")
+    quoted = shell_quote(dest)
+    print(f"next: lorakiln caption {quoted} --prefix {shell_quote(f'photo of {args.token}, ')}   then   "
+          f"lorakiln dataset check {quoted}")
     return 0
 
 
@@ -63,8 +65,9 @@ def add_check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caption-extension", help="caption file extension (default .txt)")
     p.add_argument("--batch-size", type=int, help="train_batch_size for the step arithmetic")
     p.add_argument("--epochs", type=int, help="max_train_epochs for the step arithmetic")
-    p.add_argument("--blur-threshold", type=float, help="edge sharpness below which an image is reported "
-                   "blurry (default 0.6; a crisp edge scores about 2, a 1-px blur 0.75)")
+    p.add_argument("--blur-threshold", type=float, help="sharpness below which an image is reported blurry: "
+                   "2 / edge width in px of its softest direction, so 1.0 is crisp (default 0.5: edges 4 px "
+                   "wide; motion blur counts in its own direction)")
     p.add_argument("--no-images", action="store_true", help="skip the image measurements (fast)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too, not only on errors")

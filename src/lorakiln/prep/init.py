@@ -13,7 +13,12 @@ range". On top of that, the things that silently go wrong when people do it by h
   16-bit PNG (mode `I;16`) would otherwise be clipped to white, a CMYK JPEG read with a
   tool-dependent formula; transparency is kept (lorakiln's loader puts it on white);
 * stems are made unique (`a.jpg` + `a.png` would share `a.txt`);
-* same-stem caption files (`.txt`, `.caption`, …) travel with their image, as `.txt`.
+* same-stem caption files (`.txt`, `.caption`, …) travel with their image, as `.txt`;
+* an animated GIF/WebP/PNG becomes a PNG of its first frame (what any trainer would read), and
+  the summary says so;
+* every file written gets the permissions a new file of the user's gets (0666 less the umask,
+  `atomic.apply_umask`), not the source's: a read-only photo library must not give a training
+  folder whose captions `lorakiln caption` and `dataset edit` cannot write next to.
 
 The source folder is only read. The destination subfolder must not exist yet or be empty, so
 nothing is ever overwritten, and a destination that is the source, lies inside it or holds it is
@@ -23,6 +28,7 @@ refused (`io_guard`), whatever the spelling (symlinks, `..`).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,7 @@ from typing import Literal
 
 from PIL import Image, ImageOps
 
+from lorakiln.atomic import apply_umask
 from lorakiln.data.dataset import IMAGE_EXTENSIONS
 from lorakiln.data.files import list_images
 from lorakiln.data.image_modes import to_8bit
@@ -151,14 +158,25 @@ def _unique_stem(stem: str, taken: set[str]) -> str:
     return name
 
 
+def copy_as_new(source: Path, target: Path) -> None:
+    """Copy the bytes and the modification time, with a new file's permissions (not the source's)."""
+    shutil.copyfile(source, target)
+    stat = source.stat()
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    apply_umask(target)
+
+
 def _import_image(source: Path, dest_stem: Path, max_side: int | None) -> tuple[Path, str | None]:
     """Write `source` as `dest_stem.<ext>`; returns (path, why it was re-encoded or None)."""
     with Image.open(source) as im:
+        frames = int(getattr(im, "n_frames", 1))
         im.load()
         fmt = im.format
         orientation = im.getexif().get(_ORIENTATION_TAG, 1)
         img = ImageOps.exif_transpose(im)
     reasons = []
+    if frames > 1:
+        reasons.append(f"animated, {frames} frames: first frame kept")
     if orientation not in (1, None):
         reasons.append("EXIF rotation applied")
     if max_side and max(img.size) > max_side:
@@ -171,7 +189,7 @@ def _import_image(source: Path, dest_stem: Path, max_side: int | None) -> tuple[
         reasons.append(f"mode {img.mode} to 8-bit")
     if not reasons:
         target = dest_stem.with_suffix(".jpg" if suffix == ".jpeg" else suffix)
-        shutil.copy2(source, target)
+        copy_as_new(source, target)
         return target, None
     if fmt == "JPEG":  # JPEG has no alpha: flattened as the loader would
         target = dest_stem.with_suffix(".jpg")
@@ -179,6 +197,7 @@ def _import_image(source: Path, dest_stem: Path, max_side: int | None) -> tuple[
     else:
         target = dest_stem.with_suffix(".png")
         to_8bit(img).save(target, "PNG")
+    apply_umask(target)
     return target, ", ".join(reasons)
 
 
@@ -241,6 +260,6 @@ def init_dataset(src: str | Path, dest: str | Path, token: str, *, class_token: 
             result.copied.append(written)
         caption = _caption_for(path)
         if caption is not None:
-            shutil.copy2(caption, written.with_suffix(".txt"))
+            copy_as_new(caption, written.with_suffix(".txt"))
             result.captions += 1
     return result
