@@ -61,11 +61,11 @@ def test_probe_is_bounded_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
     reason = hub_unreachable(f"http://127.0.0.1:{closed_port()}", timeout=2)
     assert reason is not None and "127.0.0.1" in reason and time.monotonic() - start < 2
     # a DNS lookup or a TLS handshake that hangs: the probe gives up after its timeout
-    monkeypatch.setattr(model_source, "_ask", lambda endpoint, timeout: time.sleep(5))
+    monkeypatch.setattr(model_source.hub_access, "_ask", lambda endpoint, timeout: time.sleep(5))
     start = time.monotonic()
     assert "within 0.3 s" in str(hub_unreachable("https://huggingface.co", timeout=0.3))
     assert time.monotonic() - start < 1.5
-    monkeypatch.setattr(model_source, "_ask", lambda endpoint, timeout: None)
+    monkeypatch.setattr(model_source.hub_access, "_ask", lambda endpoint, timeout: None)
     assert hub_unreachable("https://huggingface.co") is None
 
 
@@ -108,3 +108,21 @@ def test_folders_and_typos_are_not_hub_ids(tmp_path: Path, tiny_wd14_dir: Path) 
     assert resolve_caption_model(str(tiny_wd14_dir), what="x", needs=(), files="", download="").folder == tiny_wd14_dir
     with pytest.raises(model_source.ModelLoadError, match="no such folder"):
         resolve_caption_model(str(tmp_path / "models" / "gone") + "/", what="x", needs=(), files="", download="")
+
+
+@pytest.mark.parametrize("method", ["blip", "tagger"])
+def test_caption_command_fails_fast_with_the_hub_out_of_reach(hf_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              make_image: MakeImage, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str], method: str) -> None:
+    """`lorakiln caption` itself, as a user runs it offline: exit 2 within seconds, with the advice."""
+    from lorakiln.cli import main
+
+    make_image(tmp_path / "photos" / "a.png")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    start = time.monotonic()
+    assert main(["caption", str(tmp_path / "photos"), "--method", method, "--model", "org/caption-model"]) == 2
+    assert time.monotonic() - start < 10
+    err = capsys.readouterr().err
+    assert "could not download" in err and "'org/caption-model'" in err and "Pass a local folder with --model" in err
+    assert "hf download org/caption-model" in err and "set HF_HUB_OFFLINE=1" in err
+    assert not (tmp_path / "photos" / "a.txt").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -203,6 +204,26 @@ def test_dispatcher_neither_layout_explains_both(tmp_path: Path, make_image) -> 
 # -- dataset_name (Hub) ------------------------------------------------------------------
 
 
+@pytest.fixture
+def hub_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub answers (these tests fake `datasets`; the machine itself has no internet)."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("lorakiln.models.hub_access.hub_unreachable", lambda *a, **k: None)
+
+
+def test_unreachable_hub_fails_at_once_with_the_offline_advice(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setitem(sys.modules, "datasets", None)  # never reached: the probe answers first
+    began = time.monotonic()
+    with pytest.raises(DatasetError, match="cannot be reached") as err:
+        load_hub_dataset("LinoyTsaban/3d_icon", tmp_path / "hub")
+    assert time.monotonic() - began < 10
+    assert "HF_HUB_OFFLINE=1" in str(err.value) and "data.train_data_dir" in str(err.value)
+    assert not (tmp_path / "hub").exists()
+
+
+@pytest.mark.usefixtures("hub_up")
 def test_hub_without_datasets_package_explains(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(DatasetError, match="pip install datasets"):
@@ -213,6 +234,7 @@ class _FakeTable(list):
     column_names = ["image", "prompt"]
 
 
+@pytest.mark.usefixtures("hub_up")
 def test_hub_dataset_materialised_once(tmp_path: Path, monkeypatch) -> None:
     calls: list[str] = []
 

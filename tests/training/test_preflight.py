@@ -64,7 +64,13 @@ def test_clean_config_passes(run: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 @pytest.mark.parametrize("model", ["tiny:sd1", "tiny:sdxl", "toy", "owner/model-name"])
-def test_builtin_models_and_hub_ids_are_not_paths(run: Path, model: str) -> None:
+def test_builtin_models_and_hub_ids_are_not_paths(run: Path, model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A hub id passes when the hub can be downloaded from (offline it must be cached: test_preflight_model.py).
+    from lorakiln.models import hub_access
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_access, "hub_unreachable", lambda *a, **k: None)
+    monkeypatch.setattr(hub_access, "missing_repo", lambda *a, **k: None)  # the hub has it
     assert "model.pretrained_model" not in _findings(run, f'model.pretrained_model="{model}"')
 
 
@@ -95,7 +101,9 @@ def test_safetensors_header_is_checked(run: Path, tmp_path: Path) -> None:
     good = tmp_path / "good.safetensors"
     save_file({"w": torch.zeros(4, 4)}, str(good))
     assert sniff_weights(good).kind == "safetensors"
-    assert "model.pretrained_model" not in _findings(run, f"model.pretrained_model={_q(good)}")
+    # a sound header: what is checked next is what the tensors are (test_preflight_model.py)
+    assert "not a Stable Diffusion 1.x or SDXL checkpoint" in _findings(
+        run, f"model.pretrained_model={_q(good)}")["model.pretrained_model"]
 
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"this is not a model at all, just text")
@@ -126,6 +134,7 @@ def test_diffusers_folder_layout_and_pickles(run: Path, tmp_path: Path) -> None:
     key = f"model.pretrained_model={_q(folder)}"
     assert "not a diffusers model" in _findings(run, key)["model.pretrained_model"]
     (folder / "unet").mkdir()
+    (folder / "unet" / "config.json").write_text("{}", encoding="utf-8")  # the loader reads it first
     torch.save({}, folder / "unet" / "diffusion_pytorch_model.bin")
     assert "is a pickle" in _findings(run, key)["model.pretrained_model"]
     assert "model.pretrained_model" not in _findings(run, key, "model.allow_pickle=true")

@@ -20,125 +20,37 @@ why the hub is out of reach, the files a folder must hold, the command that make
 front end words it for its users: the CLI's message names ``--model``; the UI's
 (`lorakiln.ui.wording.missing_model_words`) names its own field and the server's folders.
 
-The cache location and ``HF_HUB_OFFLINE`` / ``HF_ENDPOINT`` are read at call time, not at
-import (huggingface_hub freezes its constants when imported), and the cache folder is passed
-to every download call so the lookup and the loader agree.
+The probe, ``HF_HUB_OFFLINE`` and the cache location are `lorakiln.models.hub_access`'s, shared
+with the base-model loader, so a caption model and a base model are judged by the same rules.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lorakiln.errors import ModelLoadError
+from lorakiln.models import hub_access
+from lorakiln.models.hub_access import (
+    DEFAULT_ENDPOINT,
+    HUB_PROBE_TIMEOUT,
+    cached_files,
+    hub_cache_dir,
+    hub_endpoint,
+    hub_offline,
+    hub_unreachable,
+    offline_advice,
+    offline_reason,
+)
 from lorakiln.models.hub_id import looks_like_hub_id
 
-#: huggingface_hub's default endpoint (`constants.ENDPOINT` without ``HF_ENDPOINT``).
-DEFAULT_ENDPOINT = "https://huggingface.co"
-#: Seconds the reachability probe may take, DNS included; a reachable hub answers in well under 1 s.
-HUB_PROBE_TIMEOUT = 3.0
-
-
-def hub_offline() -> bool:
-    """`HF_HUB_OFFLINE` read now, not at import (huggingface_hub freezes it when imported)."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def hub_endpoint() -> str:
-    """The hub's base URL: ``HF_ENDPOINT`` (a mirror) or huggingface.co."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip().rstrip("/")
-
-
-def hub_cache_dir() -> Path:
-    """The hub cache folder, with huggingface_hub's precedence (`constants.HF_HUB_CACHE`):
-    ``HF_HUB_CACHE``, the older ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME``/hub, then
-    ``XDG_CACHE_HOME``/huggingface/hub or ~/.cache/huggingface/hub."""
-    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        if os.environ.get(name):
-            return Path(os.environ[name]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def _ask(endpoint: str, timeout: float) -> None:
-    """One HEAD request to the endpoint, as a download would make it: through the proxy from
-    ``HTTPS_PROXY``/``NO_PROXY`` (urllib reads them as requests does) and with the certificate
-    checked against certifi's roots (huggingface_hub's HTTP clients use them). Any HTTP answer,
-    even an error status, means the hub is there; anything else raises."""
-    import ssl
-
-    context = None
-    if endpoint.startswith("https:"):
-        try:
-            import certifi
-
-            context = ssl.create_default_context(cafile=certifi.where())
-        except ImportError:
-            context = ssl.create_default_context()
-    request = urllib.request.Request(f"{endpoint}/", method="HEAD", headers={"User-Agent": "lorakiln"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context):
-            pass
-    except urllib.error.HTTPError:
-        pass  # the server answered: reachable
-
-
-def hub_unreachable(endpoint: str | None = None, timeout: float | None = None) -> str | None:
-    """None when the hub answers an HTTP(S) request within `timeout` seconds, else why not, in a
-    few words. A TCP connection alone is not enough: a firewall that intercepts connections
-    accepts them and then fails TLS, which huggingface_hub retries for minutes. Bounded as a
-    whole, DNS included: the request runs in a thread that is waited for at most `timeout`."""
-    timeout = HUB_PROBE_TIMEOUT if timeout is None else timeout
-    endpoint = endpoint or hub_endpoint()
-    host = urllib.parse.urlsplit(endpoint).netloc or endpoint
-    outcome: dict[str, object] = {}
-
-    def ask() -> None:
-        try:
-            _ask(endpoint, timeout)
-            outcome["ok"] = True
-        except Exception as exc:  # URLError, ssl.SSLError, OSError, ValueError (a malformed HF_ENDPOINT)...
-            outcome["error"] = exc
-
-    probe = threading.Thread(target=ask, name="lorakiln-hub-probe", daemon=True)
-    probe.start()
-    probe.join(timeout)
-    if outcome.get("ok"):
-        return None
-    error = outcome.get("error")
-    reason = getattr(error, "reason", error)
-    if error is None or isinstance(reason, TimeoutError):
-        return f"no answer from {host} within {timeout:g} s"
-    text = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-    return f"no answer from {host} ({text})"
-
-
-def offline_reason() -> str | None:
-    """Why nothing may be downloaded now (offline mode, or the hub out of reach), or None."""
-    if hub_offline():
-        return "HF_HUB_OFFLINE is set, so nothing is downloaded"
-    return hub_unreachable()
-
-
-def cached_files(repo_id: str, files: Sequence[str], cache_dir: Path) -> tuple[Path, ...]:
-    """The cached copies of `files` of `repo_id` (main revision), or () unless all are cached."""
-    from huggingface_hub import try_to_load_from_cache
-
-    found = []
-    for name in files:
-        path = try_to_load_from_cache(repo_id, name, cache_dir=str(cache_dir))
-        if not isinstance(path, str):  # None (not cached) or the "known missing" marker
-            return ()
-        found.append(Path(path))
-    return tuple(found)
+# The probe and the cache rules live in `models.hub_access`, shared with the base-model loader;
+# they are re-exported here for the caption front ends (CLI, web UI) that import them from here.
+__all__ = ["DEFAULT_ENDPOINT", "HUB_PROBE_TIMEOUT", "ModelSource", "ModelUnavailable", "cached_files", "hub_access",
+           "hub_cache_dir", "hub_endpoint", "hub_error", "hub_offline", "hub_unreachable", "offline_reason",
+           "resolve_caption_model", "resolve_model_source"]
 
 
 class ModelUnavailable(ModelLoadError):
@@ -156,7 +68,7 @@ class ModelUnavailable(ModelLoadError):
             f"could not download the {what} model {repo_id!r} (offline): it is not on this machine (not in the "
             f"Hugging Face cache {cache_dir}) and this machine cannot reach the Hugging Face hub ({self.host}): "
             f"{reason}. Pass a local folder with {option} (it must hold {files}); to make one, run "
-            f"`{command}` on a computer with internet and copy that folder here.")
+            f"`{command}` on a computer with internet and copy that folder here. {offline_advice()}".rstrip())
 
     @property
     def host(self) -> str:
@@ -239,4 +151,4 @@ def hub_error(repo_id: str, exc: BaseException, *, what: str, files: str, downlo
         f"could not download the {what} model {repo_id!r} from the Hugging Face hub{mode}: "
         f"{type(exc).__name__}: {reason}. No local folder named {repo_id!r} exists either. "
         f"Pass a local folder with --model (it must hold {files}); to make one while online run "
-        f"`{command}` and then use --model with that folder.")
+        f"`{command}` and then use --model with that folder. {offline_advice()}".rstrip())

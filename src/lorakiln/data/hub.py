@@ -5,7 +5,8 @@ dataset with `datasets.load_dataset`. `datasets` is deliberately *not* a lorakil
 (it is large and needs the network), so it is imported only here, and its absence is a clear
 error with both fixes. The rows are written once into `dest` as PNG files + `metadata.jsonl`
 and then scanned like any local ImageFolder, so every check, the latent cache (keyed by file
-content) and a later offline run all work on plain files. A finished download is marked
+content) and a later offline run all work on plain files. A hub out of reach is said in seconds
+(`models.hub_access`), before `datasets` would retry it for minutes. A finished download is marked
 with `.hub_source.json`, written last; a folder without it is re-materialised.
 """
 
@@ -54,8 +55,22 @@ def _import_datasets() -> Any:
     return datasets
 
 
+def _refuse_unreachable_hub(name: str) -> None:
+    """Fail in seconds, not after minutes of `datasets` retries, when the hub cannot be reached
+    (with ``HF_HUB_OFFLINE`` set, `datasets` reads only its own cache and fails fast by itself)."""
+    from lorakiln.models.hub_access import hub_offline, hub_unreachable, offline_advice
+
+    reason = None if hub_offline() else hub_unreachable()
+    if reason:
+        raise DatasetError(f"data.dataset_name {name!r}: the Hugging Face Hub cannot be reached ({reason}), so the "
+                           "dataset cannot be downloaded; download it on a machine with internet and set "
+                           "data.train_data_dir to a local folder with the images and a metadata.jsonl. "
+                           + offline_advice())
+
+
 def _materialise(name: str, dest: Path, source: dict[str, Any], caption_column: str | None,
                  image_column: str | None) -> None:
+    _refuse_unreachable_hub(name)
     datasets = _import_datasets()
     try:
         table = datasets.load_dataset(name, split=source["split"], revision=source["revision"])

@@ -4,8 +4,9 @@ One request = A1111's generation parameters (prompt with `<lora:name:te[:unet]>`
 `(emphasis:1.2)`, negative prompt, steps, sampler, CFG, seed, size, batch count × size, clip
 skip). LoRAs are found by file stem in `lora_dir` and hooked in for the request only; embeddings
 by stem in `embeddings_dir`. Images are written as PNGs carrying the A1111 `parameters` text,
-with A1111's `Lora hashes` and `TI hashes` for the files the prompt used, so PNG-Info readers
-(and `--params` here) read them back.
+with A1111's `Lora hashes` and `TI hashes` for the files the prompt used and `Model hash` /
+`Model` for a single-file base model (`_model_fields`), so PNG-Info readers (and `--params` here) read
+them back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from lorakiln.atomic import atomic_path
 from lorakiln.errors import LorakilnError, OutputWriteError
 from lorakiln.inference.embeddings import embedding_hashes, find_embeddings, load_embeddings
-from lorakiln.inference.infotext import GenerationParams, png_info
+from lorakiln.inference.infotext import GenerationParams, model_fields, png_info
 from lorakiln.inference.pipeline import build_pipeline
 from lorakiln.inference.prompt_syntax import extract_extra_networks
 from lorakiln.inference.samplers import make_scheduler
@@ -114,6 +115,21 @@ def _short_hash(path: str, mtime_ns: int, size: int) -> str:
     return tensor_data_sha256(path)[:12]
 
 
+#: Infotext keys `generate` writes from the files it used, replacing pasted values.
+_OWN_KEYS = ("Lora hashes", "TI hashes", "Model hash", "Model")
+
+
+def _model_fields(bundle: ModelBundle) -> dict[str, str]:
+    """A1111's `Model hash` / `Model` (`infotext.model_fields`) for a single-file checkpoint: its
+    file stem and the sha256 the loader computed once (`loading.sha256_file`, cached per file and
+    process). A1111 loads single files only, so for a diffusers folder, a hub id or a built-in
+    model it would know neither a hash nor a file name: both are left out, not made up (a made-up
+    hash would match nothing, or the wrong file, when A1111 or civitai look it up)."""
+    if bundle.extra.get("format") == "single_file" and bundle.sha256:
+        return model_fields(Path(bundle.source).stem, bundle.sha256)
+    return {}
+
+
 def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | Path | None = None,
              embeddings_dir: str | Path | None = None, progress: bool = False,
              loras: LoRASet | None = None) -> list[GeneratedImage]:
@@ -128,8 +144,9 @@ def generate(bundle: ModelBundle, params: GenerationParams, *, lora_dir: str | P
     try:
         prompt, negative = loras.activate([params.prompt, params.negative_prompt])
         embeddings = find_embeddings([prompt, negative], embeddings_dir)
-        # A pasted `Lora hashes` / `TI hashes` may be stale: each is written from this prompt's files.
-        extra = {k: v for k, v in params.extra.items() if k not in ("Lora hashes", "TI hashes")}
+        # Pasted `Lora hashes` / `TI hashes` / `Model hash` / `Model` may be stale: each is written
+        # from the files this image really used (a pasted hash of another checkpoint is dropped).
+        extra = {k: v for k, v in params.extra.items() if k not in _OWN_KEYS} | _model_fields(bundle)
         if hashes := loras.infotext_hashes():
             extra["Lora hashes"] = hashes
         if ti_hashes := embedding_hashes(embeddings, [prompt, negative]):

@@ -96,6 +96,22 @@ class GenerationParams:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+#: Hex digits of a checkpoint's sha256 that A1111 writes as `Model hash` (`CheckpointInfo.shorthash`
+#: in `modules/sd_models.py`: ``self.sha256[0:10]``).
+MODEL_HASH_LENGTH = 10
+
+
+def model_fields(name: str, sha256: str) -> dict[str, str]:
+    """The `Model hash` and `Model` pairs A1111 writes for the checkpoint file an image was made with.
+
+    A1111 (`modules/processing.py` `create_infotext`: ``p.sd_model_hash``, the checkpoint's
+    `shorthash` — the first 10 hex digits of the file's sha256, `modules/sd_models.py`
+    `CheckpointInfo` — and ``p.sd_model_name``, its `name_for_extra`: the file name without
+    extension) writes both, and its paste and civitai look the checkpoint up by that hash.
+    """
+    return {"Model hash": sha256[:MODEL_HASH_LENGTH], "Model": name}
+
+
 def quote(value: object) -> str:
     """A1111's `infotext_utils.quote`: JSON-quote a value only if it would break the line."""
     text = str(value)

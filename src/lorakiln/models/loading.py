@@ -5,7 +5,9 @@ Accepted sources, checked in this order:
 2. an existing folder — a diffusers model (`model_index.json` or `unet/`);
 3. an existing file — a single-file LDM (SD 1.x) or SGM (SDXL) checkpoint, `.safetensors`
    (pickles only on opt-in);
-4. `org/name` — a hub repo, fetched to the HF cache unless offline, then loaded as a folder.
+4. `org/name` — a hub repo, fetched to the HF cache unless offline, then loaded as a folder;
+   offline or with the hub out of reach it comes from the cache or fails within seconds
+   (`hub_download`).
 Anything else is a "not found" error that names the path.
 
 The family (SD 1.x or SDXL) is detected from the data, and everything family-specific —
@@ -19,6 +21,7 @@ does not sample.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -34,6 +37,7 @@ from lorakiln.models.bundle import ModelBundle
 from lorakiln.models.clip_tokenizer import CLIP_VOCAB_SIZE, load_clip_tokenizer
 from lorakiln.models.detect import detect_family, detect_family_from_config
 from lorakiln.models.family import ModelFamily
+from lorakiln.models.hub_download import HUB_ALLOW, VAE_HUB_ALLOW
 from lorakiln.models.hub_id import looks_like_hub_id
 from lorakiln.models.single_file import (
     PICKLE_SUFFIXES,
@@ -52,12 +56,6 @@ from lorakiln.models.toy import TOY_SOURCE, toy_model_path
 
 __all__ = ["load_base_model", "load_vae", "detect_family", "sha256_file", "make_noise_scheduler"]
 
-#: What a diffusers SD repo download needs; the rest (root single files, safety checker,
-#: fp16/EMA variants, flax/onnx weights) is gigabytes the trainer never reads.
-HUB_ALLOW = ["model_index.json", "unet/*", "vae/*", "text_encoder/*", "text_encoder_2/*", "tokenizer/*",
-             "tokenizer_2/*", "scheduler/*"]
-HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ckpt", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.pb",
-              "*openvino*"]
 #: `tiny:<family>[:<seed>]`; the family names are `TINY_BUILDERS`' keys.
 _TINY_SOURCE = re.compile(r"^tiny:(\w+)(?::(\d+))?$")
 #: In-memory tiny model builders (module, function) per `tiny:` name.
@@ -135,7 +133,16 @@ def _build_tiny(name: str, *, seed: int, dtype: torch.dtype) -> ModelBundle:
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 24) -> str:
-    """Hex sha256 of a file, streamed (SD files are 2–7 GB): A1111's `ss_new_sd_model_hash`."""
+    """Hex sha256 of a file, streamed (SD files are 2–7 GB): A1111's `ss_new_sd_model_hash`, and
+    the source of its infotext `Model hash`. Computed once per file version and process (A1111
+    keeps the same in its `cache.json`): the web UI and `grid` load one checkpoint many times, and
+    a rewritten file has a new mtime or size, so it is hashed again."""
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_mtime_ns, stat.st_size, chunk)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, mtime_ns: int, size: int, chunk: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -154,28 +161,14 @@ def make_noise_scheduler(config: dict[str, Any]) -> Any:
     return DDPMScheduler(**{k: v for k, v in merged.items() if k in accepted})
 
 
-def _offline(local_files_only: bool | None) -> bool:
-    if local_files_only is not None:
-        return local_files_only
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+def _hub_snapshot(repo_id: str, allow: list[str], *, allow_pickle: bool, local_files_only: bool | None,
+                  what: str = "base model") -> Path:
+    """The files of `repo_id` the loader needs, from the HF cache or downloaded; fails within
+    seconds when the hub cannot be reached (`hub_download.fetch_snapshot`)."""
+    from lorakiln.models.hub_download import fetch_snapshot, ignore_patterns
 
-
-def _hub_snapshot(repo_id: str, allow: list[str], *, allow_pickle: bool, local_files_only: bool | None) -> Path:
-    """Download (or find in the HF cache) the files of `repo_id` the loader needs."""
-    from huggingface_hub import snapshot_download
-
-    offline = _offline(local_files_only)
-    ignore = HUB_IGNORE + ([] if allow_pickle else ["*.bin"])
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=allow, ignore_patterns=ignore,
-                                      local_files_only=offline))
-    except Exception as exc:  # network, auth, missing repo, offline cache miss: all the user's to fix
-        mode = " (offline: only the local Hugging Face cache was searched)" if offline else ""
-        raise ModelLoadError(
-            f"could not get {repo_id!r} from the Hugging Face hub{mode}: {type(exc).__name__}: {exc}. "
-            f"No local file or folder named {repo_id!r} exists either; pass a local diffusers folder "
-            "or a single-file .safetensors checkpoint instead, or download the model while online."
-        ) from exc
+    return fetch_snapshot(repo_id, allow=allow, ignore=ignore_patterns(allow_pickle),
+                          local_files_only=local_files_only, what=what)
 
 
 def _weights_kwargs(folder: Path, weights: str, allow_pickle: bool, what: str) -> dict[str, Any]:
@@ -348,8 +341,8 @@ def load_vae(
     path = Path(src).expanduser()
     base = dict(base_config) if base_config is not None else sd15_configs().vae
     if not path.exists() and looks_like_hub_id(src):
-        path = _hub_snapshot(src, ["config.json", "diffusion_pytorch_model.*", "vae/*"],
-                             allow_pickle=allow_pickle, local_files_only=local_files_only)
+        path = _hub_snapshot(src, VAE_HUB_ALLOW, allow_pickle=allow_pickle, local_files_only=local_files_only,
+                             what="VAE")
     if path.is_dir():
         sub = "" if (path / "config.json").is_file() else "vae"
         kw = _weights_kwargs(path / sub if sub else path, "diffusion_pytorch_model", allow_pickle, f"VAE {src}")

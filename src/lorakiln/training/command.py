@@ -60,6 +60,28 @@ def resume_command(args: argparse.Namespace, state: Path) -> str:
     return shlex.join([*parts, "--resume", str(state)])
 
 
+def client_lines(lora: Path) -> list[str]:
+    """How to use the LoRA file in each client that loads it, and nothing for those that cannot:
+    the file's key layout (read back from its header) is looked up in the table `lora info`
+    prints (`networks.clients`), so a LoHa/LoKr or DoRA file gets no diffusers line."""
+    from lorakiln.networks.clients import kohya_file_layout, loaded_by
+    from lorakiln.safetensors_check import read_layout
+
+    layout = kohya_file_layout(read_layout(lora).tensors)
+    clients = loaded_by(layout)
+    name = lora.stem
+    lines = {
+        "AUTOMATIC1111": f"AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt",
+        "ComfyUI": "ComfyUI: copy it to models/loras and use a LoraLoader node",
+        "diffusers": f"diffusers: pipe.load_lora_weights(\"{lora}\")",
+    }
+    out = [lines[client] for client in clients]
+    if "diffusers" not in clients and layout == "lycoris":
+        out.append("diffusers: cannot load this file (LyCORIS layout: diffusers raises on LoHa/LoKr keys and drops "
+                   "DoRA's dora_scale); use the clients above, or `lorakiln generate`, which applies it")
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """`lorakiln train RUN.toml [--dry-run] [--resume [STATE]] [--events FILE]`."""
     from lorakiln.config.load import load_config
@@ -69,9 +91,15 @@ def run(args: argparse.Namespace) -> int:
         overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
     cfg = load_config(args.config, resume_override(args, overrides))
     if args.dry_run:
+        from lorakiln.training.device_plan import choose_device, device_line
         from lorakiln.training.plan import describe_plan
+        from lorakiln.training.preflight import describe_model
 
         describe_plan(cfg, log=print)
+        # What the run will load and where it will run: device detection stays torch-free here
+        # (`device_plan`), so the dry run stays instant.
+        print(describe_model(cfg))
+        print(device_line(choose_device(), cfg.train.mixed_precision, cfg.train.mode))
         return 0
     from lorakiln.training.loop import TrainingInterrupted, train
     from lorakiln.training.save_errors import SaveFailed
@@ -119,10 +147,9 @@ def run(args: argparse.Namespace) -> int:
         if result.state_path:
             print(f"  state for resume: {result.state_path}")
         return 0
-    print(f"\nLoRA written: {result.lora_path}\n"
-          f"  AUTOMATIC1111 / Forge: copy it to models/Lora and add <lora:{name}:0.8> to the prompt\n"
-          f"  ComfyUI: copy it to models/loras and use a LoraLoader node\n"
-          f"  diffusers: pipe.load_lora_weights(\"{result.lora_path}\")")
+    print(f"\nLoRA written: {result.lora_path}")
+    for line in client_lines(result.lora_path):
+        print(f"  {line}")
     emb = result.lora_path.with_name(f"{name}_emb.safetensors")
     if cfg.pivotal.train_text_encoder_ti and emb.is_file() and "," not in cfg.pivotal.token_abstraction:
         print(f"  pivotal tuning: {emb.name} goes to A1111's embeddings/ (ComfyUI: models/embeddings);\n"

@@ -10,9 +10,17 @@ all. The trainer runs it too (`training.plan.describe_plan`), before the model l
 with the runs because it checks a run (its resume state, its output folders), and it imports no
 torch, so `--dry-run` stays instant.
 
-What is not a path: `toy`, `tiny:<family>`, `random:<family>` (built-in models) and a hub id
-`owner/name` that names nothing on disk (`models.hub_id.looks_like_hub_id`, the rule the loader
-uses too); those are left to the loader.
+The base model is checked for what the loader will need: a single file must be an SD 1.x or SDXL
+checkpoint by its tensor names (`models.detect.detect_family`, read from the header), a folder a
+diffusers model of one of those families (`model_index.json`, `unet/config.json`). What is not a
+path: `toy`, `tiny:<family>`, `random:<family>` (built-in models) and a hub id `owner/name` that
+names nothing on disk (`models.hub_id.looks_like_hub_id`, the rule the loader uses too). A hub id
+must be in the local Hugging Face cache unless the hub can be downloaded from now: offline
+(``HF_HUB_OFFLINE``) or with the hub out of reach (one probe, at most 3 s) the run would fail
+when the model loads, so the dry run says so, with the loader's advice (`models.hub_download`);
+online, the hub must have the repo (`hub_access.missing_repo`), which catches a mistyped relative
+folder such as `models/sd15` that only looks like `owner/name`.
+`describe_model` is the dry run's one-line summary of what will be loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Literal
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.config.weights_format import sniff_weights
-from lorakiln.errors import ConfigError, LorakilnError
+from lorakiln.errors import ConfigError, LorakilnError, ModelLoadError
 from lorakiln.models.hub_id import looks_like_hub_id
 
 Severity = Literal["error", "warning"]
@@ -102,11 +110,91 @@ def check_model_source(key: str, value: str, allow_pickle: bool, *, builtin_ok: 
     if path.is_dir():
         return _check_model_folder(key, path, allow_pickle, vae=not builtin_ok)
     if path.is_file():
-        return _check_weights_file(key, path, allow_pickle)
+        found = _check_weights_file(key, path, allow_pickle)
+        if not found and builtin_ok and path.suffix.lower() == ".safetensors":
+            found = _check_checkpoint_family(key, path)
+        return found
     if looks_like_hub_id(value):
-        return []  # fetched from the Hugging Face hub at load time
+        return check_hub_model(key, value, allow_pickle, vae=not builtin_ok)
     return [PreflightFinding("error", key, f"{value!r} does not exist (no such file or folder, and not a hub id "
                                            "`owner/name`); check the path, which is relative to the run TOML")]
+
+
+def check_hub_model(key: str, repo_id: str, allow_pickle: bool, *, vae: bool) -> list[PreflightFinding]:
+    """A hub id: fine when cached or when the hub can be downloaded from now; otherwise the
+    loader's own message (offline, or the probe's reason, and what to do instead)."""
+    from lorakiln.models.hub_access import hub_host, hub_offline, hub_unreachable, missing_repo
+    from lorakiln.models.hub_download import (
+        HUB_ALLOW,
+        VAE_HUB_ALLOW,
+        hub_model_cached,
+        missing_hub_model,
+        offline_why,
+    )
+
+    if hub_model_cached(repo_id, vae=vae) is not None:
+        return []
+    offline = hub_offline()
+    reason = None if offline else hub_unreachable()
+    if not offline and reason is None:
+        if (missing := missing_repo(repo_id)) is not None:  # e.g. a mistyped relative folder `models/sd15`
+            return [PreflightFinding("error", key, (
+                f"{repo_id!r} is neither a file or folder here (relative paths are relative to the run TOML) nor a "
+                f"model on the Hugging Face hub ({hub_host()} answers {missing}: no such repo, or a private one "
+                "this machine has no token for: `hf auth login`); check the path or the hub id"))]
+        return []  # downloaded when the run loads the model
+    what, allow = ("VAE", VAE_HUB_ALLOW) if vae else ("base model", HUB_ALLOW)
+    return [PreflightFinding("error", key, missing_hub_model(repo_id, what, offline_why(reason, offline=offline),
+                                                             allow=allow, allow_pickle=allow_pickle))]
+
+
+def _check_checkpoint_family(key: str, path: Path) -> list[PreflightFinding]:
+    """A single-file base model must be SD 1.x or SDXL, told by its tensor names as the loader
+    tells it (`models.detect.detect_family`): a FLUX, SD 3, SD 2.x or refiner checkpoint, a VAE or
+    a LoRA given as the base model is refused here, not after minutes of loading."""
+    from lorakiln.models.detect import detect_family
+    from lorakiln.safetensors_check import read_layout
+
+    try:
+        detect_family(read_layout(path).tensors, source=str(path))
+    except ModelLoadError as exc:
+        return [PreflightFinding("error", key, f"{exc} lorakiln trains LoRAs for Stable Diffusion 1.x and SDXL.")]
+    except LorakilnError:
+        return []  # a damaged file was already reported by _check_weights_file
+    return []
+
+
+#: `UNet2DConditionModel.__init__` defaults of the keys families are told apart by (diffusers),
+#: for a `unet/config.json` that leaves one out; the loader reads the same defaults from diffusers.
+_UNET_DEFAULTS = {"use_linear_projection": False, "addition_embed_type": None}
+
+
+def _check_folder_family(key: str, folder: Path) -> list[PreflightFinding]:
+    """A diffusers base-model folder: `unet/config.json` present and, with `model_index.json`, a
+    pipeline of a family lorakiln trains (`models.detect.detect_family_from_config`)."""
+    import json
+
+    from lorakiln.models.detect import detect_family_from_config
+    from lorakiln.models.family import FAMILIES
+
+    unet_config = folder / "unet" / "config.json"
+    if not unet_config.is_file():
+        return [PreflightFinding("error", key, f"diffusers folder {folder}: unet/config.json is missing; pass the "
+                                               "whole model folder (model_index.json, unet/, vae/, text_encoder/, "
+                                               "tokenizer/, scheduler/)")]
+    try:
+        index = folder / "model_index.json"
+        pipeline = json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index.is_file() else None
+        config = json.loads(unet_config.read_text(encoding="utf-8"))
+    except (OSError, ValueError, AttributeError) as exc:
+        return [PreflightFinding("error", key, f"diffusers folder {folder}: cannot read its config ({exc})")]
+    keys = {k for family in FAMILIES.values() for k, _ in family.unet_config_match}
+    config = {**{k: _UNET_DEFAULTS.get(k) for k in keys}, **config}
+    try:
+        detect_family_from_config(config, pipeline_class=pipeline, source=str(folder))
+    except ModelLoadError as exc:
+        return [PreflightFinding("error", key, f"{exc} lorakiln trains LoRAs for Stable Diffusion 1.x and SDXL.")]
+    return []
 
 
 def _check_weights_file(key: str, path: Path, allow_pickle: bool) -> list[PreflightFinding]:
@@ -138,6 +226,8 @@ def _check_model_folder(key: str, folder: Path, allow_pickle: bool, *, vae: bool
         components = [folder] if (folder / "config.json").is_file() else [folder / "vae"]
     elif (folder / "model_index.json").is_file() or (folder / "unet").is_dir():
         components = [folder / c for c in COMPONENTS if (folder / c).is_dir()]
+        if found := _check_folder_family(key, folder):
+            return found
     else:
         return [PreflightFinding("error", key, f"{folder} is a folder but not a diffusers model (no "
                                                "model_index.json or unet/); pass the model's folder or a "
@@ -242,3 +332,54 @@ def check_dataset(cfg: RunConfig) -> list[PreflightFinding]:
             f"samples than {batch} and there are far fewer steps than planned. Use train_batch_size ≤ {samples} "
             "(1–8 is usual for a LoRA) or add images or repeats")))
     return out
+
+
+#: How the dry run names each family.
+_FAMILY_LABELS = {"sd1": "SD 1.x", "sdxl": "SDXL"}
+
+
+def describe_model(cfg: RunConfig) -> str:
+    """One line for `--dry-run`: what `model.pretrained_model` is and where it comes from. Call
+    after `preflight` passed (a broken source was refused there); never raises."""
+    value = cfg.model.pretrained_model
+    if _builtin(value):
+        return f"base model: {value} (built into lorakiln)"
+    path = Path(value).expanduser()
+    if path.is_file():
+        size = path.stat().st_size
+        shown = f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+        return f"base model: {_file_family(path)}single-file checkpoint, {shown} ({path})"
+    if path.is_dir():
+        return f"base model: {_folder_family(path)}diffusers folder {path}"
+    from lorakiln.models.hub_access import hub_host
+    from lorakiln.models.hub_download import hub_model_cached
+
+    cached = hub_model_cached(value)
+    if cached is not None:
+        return f"base model: hub id {value}, in the local Hugging Face cache ({cached})"
+    return f"base model: hub id {value}, not cached yet: downloaded from {hub_host()} when the run starts"
+
+
+def _file_family(path: Path) -> str:
+    """"SD 1.x " / "SDXL " for a safetensors checkpoint, "" when its header cannot tell."""
+    from lorakiln.models.detect import detect_family
+    from lorakiln.safetensors_check import read_layout
+
+    try:
+        return f"{_FAMILY_LABELS.get(detect_family(read_layout(path).tensors).name, '')} "
+    except LorakilnError:
+        return ""
+
+
+def _folder_family(folder: Path) -> str:
+    """"SD 1.x " / "SDXL " from `model_index.json`'s pipeline class, "" when it has none."""
+    import json
+
+    from lorakiln.models.family import FAMILIES
+
+    try:
+        pipeline = json.loads((folder / "model_index.json").read_text(encoding="utf-8")).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    names = {family.pipeline_class: _FAMILY_LABELS.get(family.name, family.name) for family in FAMILIES.values()}
+    return f"{names[pipeline]} " if pipeline in names else ""

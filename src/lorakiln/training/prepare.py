@@ -132,6 +132,10 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
     dataset, data, plan = describe_plan(cfg, log)
     device = pick_device()
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
+    if log:  # the line `--dry-run` printed, now from torch itself
+        from lorakiln.training.device_plan import choose_device, device_line
+
+        log(device_line(choose_device(), cfg.train.mixed_precision, cfg.train.mode))
     if phase is not None:
         phase("loading model")
     bundle = _load_frozen_model(cfg, device, autocast_dtype)

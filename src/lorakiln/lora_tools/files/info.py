@@ -40,6 +40,7 @@ from lorakiln.lora_tools.files.modules import (
     summarise_blocks,
 )
 from lorakiln.models.family import FAMILIES
+from lorakiln.networks.clients import FORMAT_CLIENTS  # shared with the trainer's end-of-run advice
 from lorakiln.networks.file_checks import check_rank_layout
 from lorakiln.networks.file_family import detect_family
 from lorakiln.safetensors_check import scan_non_finite
@@ -56,15 +57,6 @@ FORMAT_LABELS = {
     "diffusers": "diffusers / PEFT (lora_A / lora_B)",
     "diffusers-old": "diffusers, old naming (lora.down / lora_linear_layer / *_lora.down)",
     "mixed": "mixed kohya and diffusers keys",
-}
-#: What each layout loads in (from the loaders of A1111, ComfyUI and diffusers).
-FORMAT_CLIENTS = {
-    "kohya": "AUTOMATIC1111, Forge, SD.Next, ComfyUI, kohya, diffusers",
-    "lycoris": "AUTOMATIC1111, Forge, SD.Next, ComfyUI; not diffusers (it raises on LoHa/LoKr/lora_mid)",
-    "diffusers": "diffusers, SD.Next; not AUTOMATIC1111; ComfyUI skips its U-Net attention keys — "
-    "`lorakiln lora convert … --to kohya` gives a file every client loads",
-    "diffusers-old": "diffusers; ComfyUI maps part of it; not AUTOMATIC1111",
-    "mixed": "unclear: clients disagree on mixed files",
 }
 
 
