@@ -11,6 +11,11 @@ FLOP/s; figures are measurements, not tests.
     python bench/train_speed.py --cases tinyxl sdxl   # SDXL (the full one needs ~16 GB RAM)
     python bench/train_speed.py --cases tiny --steps 40
     python bench/train_speed.py --resolution 128 --batch 1
+    python bench/train_speed.py --cases tiny --cache on --preservation none dop both   # output preservation
+
+`--preservation` measures `[preservation]`'s extra U-Net passes (ai-toolkit's differential output
+preservation `dop`, blank prompt preservation `blank`, or `both`) against `none`; the trainer prints
+its estimate of that cost before training.
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ CASES = {
     "sd15": "random:sd15",
     "tinyxl": "tiny:sdxl",
     "sdxl": "random:sdxl",
+}
+#: `[preservation]` settings per variant.
+PRESERVATION = {
+    "none": {},
+    "dop": {"diff_output_preservation": True, "preservation_class": "toy"},  # quickstart: `10_zwx`, "zwx, a toy"
+    "blank": {"blank_prompt_preservation": True},
+    "both": {"diff_output_preservation": True, "preservation_class": "toy", "blank_prompt_preservation": True},
 }
 
 
@@ -66,13 +78,14 @@ def worker(args: argparse.Namespace) -> None:
                       "unet_lr": 1e-4, "text_encoder_lr": 5e-5, "seed": 0,
                       "detect_anomaly_every": args.steps},
             "output": {"output_dir": out, "output_name": "bench"},
+            "preservation": PRESERVATION[args.preservation[0]],
         }
         ctx = prepare(build_config(raw), log=None)
         run_loop(ctx, StopFlag(), [on_event], progress=False)
         flops = step_flops(ctx)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup:]
     print(json.dumps({
-        "case": args.case, "cache": args.cache,
+        "case": args.case, "cache": args.cache, "preservation": args.preservation[0],
         "median_s_per_step": statistics.median(gaps) if gaps else float("nan"),
         "time_to_first_step_s": first[0] if first else float("nan"),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -86,6 +99,7 @@ def step_flops(ctx) -> float:  # type: ignore[no-untyped-def]
     `FlopCounterMode` (to report achieved FLOP/s, not just seconds)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from lorakiln.training.preservation import backward_preservation
     from lorakiln.training.step import compute_loss
 
     refs = ctx.data.epoch_batches(0)[0]
@@ -93,6 +107,7 @@ def step_flops(ctx) -> float:  # type: ignore[no-untyped-def]
     with counter:  # loading inside: without a latent cache the batch is VAE-encoded here
         batch = ctx.data.load_batch(refs, epoch=0, step=0, cache=ctx.cache, encode_fn=ctx.encode_fn)
         compute_loss(ctx, batch, 0, 0).backward()
+        backward_preservation(ctx, batch, 0, 0, 1)  # nothing when preservation is off
     ctx.optimizer.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -106,6 +121,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--preservation", nargs="+", default=["none"], choices=list(PRESERVATION))
     parser.add_argument("--worker", metavar="CASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -116,24 +132,32 @@ def main() -> None:
     rows = []
     for case in args.cases:
         for cache in args.cache:
-            cmd = [sys.executable, __file__, "--worker", case, "--cache", cache, "--steps", str(args.steps),
-                   "--warmup", str(args.warmup), "--resolution", str(args.resolution),
-                   "--batch", str(args.batch), "--dim", str(args.dim)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode or not lines:
-                print(f"{case}/{cache}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
-                continue
-            rows.append(json.loads(lines[-1]))
+            for keep in args.preservation:
+                cmd = [sys.executable, __file__, "--worker", case, "--cache", cache, "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--resolution", str(args.resolution),
+                       "--batch", str(args.batch), "--dim", str(args.dim), "--preservation", keep]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+                if proc.returncode or not lines:
+                    print(f"{case}/{cache}/{keep}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    continue
+                rows.append(json.loads(lines[-1]))
     print(f"\nresolution {args.resolution}px, batch {args.batch}, rank {args.dim}, {args.steps} steps "
           f"(first {args.warmup} intervals dropped), torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'model':8} {'latent cache':13} {'median s/step':>14} {'first step s':>13} {'peak RSS MiB':>13} "
+    print(f"{'model':8} {'latent cache':13} {'preserve':9} {'median s/step':>14} {'first step s':>13} {'peak RSS MiB':>13} "
           f"{'GFLOP/step':>11} {'GFLOP/s':>8}")
     for r in rows:
         rate = r["gflop_per_step"] / r["median_s_per_step"]
-        print(f"{r['case']:8} {r['cache']:13} {r['median_s_per_step']:14.4f} {r['time_to_first_step_s']:13.1f} "
+        print(f"{r['case']:8} {r['cache']:13} {r['preservation']:9} {r['median_s_per_step']:14.4f} {r['time_to_first_step_s']:13.1f} "
               f"{r['peak_rss_mib']:13.0f} {r['gflop_per_step']:11.1f} {rate:8.1f}")
-    by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows}
+    by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows if r["preservation"] == "none"}
+    base = {(r["case"], r["cache"]): r for r in rows if r["preservation"] == "none"}
+    for r in rows:
+        ref = base.get((r["case"], r["cache"]))
+        if r["preservation"] != "none" and ref:
+            print(f"{r['case']}/{r['cache']}: {r['preservation']} preservation costs "
+                  f"{r['median_s_per_step'] / ref['median_s_per_step'] - 1:+.0%} step time, "
+                  f"{r['gflop_per_step'] / ref['gflop_per_step'] - 1:+.0%} FLOPs")
     for case in args.cases:
         if (case, "on") in by and (case, "off") in by:
             print(f"{case}: caching latents makes a step {by[(case, 'off')] / by[(case, 'on')]:.2f}x faster")

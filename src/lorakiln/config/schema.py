@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorakiln.config.cross_checks import check_run
+from lorakiln.config.preservation import PreservationConfig
+from lorakiln.config.signals_schema import SignalFields
 from lorakiln.models.hub_id import looks_like_hub_id
 
 
@@ -308,7 +310,7 @@ class PriorConfig(Section):
     sample_batch_size: int = Field(4, ge=1, description="Images per generation call.")
 
 
-class ValidationConfig(Section):
+class ValidationConfig(Section, SignalFields):
     validation_prompt: list[str] = Field(default_factory=list, description="Prompts to render while "
                                          "training (a string or a list); empty disables validation.")
     num_validation_images: int = Field(4, ge=1, le=64, description="Images per validation prompt.")
@@ -358,6 +360,7 @@ class RunConfig(BaseModel):
     pivotal: PivotalConfig = Field(default_factory=PivotalConfig)
     prior: PriorConfig = Field(default_factory=PriorConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    preservation: PreservationConfig = Field(default_factory=PreservationConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> RunConfig:
@@ -382,6 +385,7 @@ class RunConfig(BaseModel):
         data.network.network_weights = fix(data.network.network_weights)
         data.train.resume = fix(data.train.resume)
         data.validation.sample_prompts = fix(data.validation.sample_prompts)
+        data.validation.validation_images = fix(data.validation.validation_images)
         data.output.output_dir = fix(data.output.output_dir) or ""
         data.output.logging_dir = fix(data.output.logging_dir)
         return data

@@ -73,6 +73,8 @@ class Dataset:
     num_missing_captions: int
     #: (code, message) of the soft issues the scan found, logged once and kept for `dataset check`.
     scan_warnings: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    #: Images held out of training for the validation loss (`data/holdout.py`); not in `subsets`.
+    held_out: tuple[ImageItem, ...] = field(default=(), compare=False)
 
     @property
     def items(self) -> list[ImageItem]:

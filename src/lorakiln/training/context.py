@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from lorakiln.networks.network import LoRANetwork
     from lorakiln.networks.pivotal import PivotalEmbeddings
     from lorakiln.training.ema import EMA
+    from lorakiln.training.file_signals import FileSignalsRecorder
+    from lorakiln.training.preservation import OutputPreservation
 
 
 @dataclass
@@ -60,6 +62,10 @@ class TrainContext:
     pivotal: PivotalEmbeddings | None = None
     #: Moving average of the trained weights (`train.ema_decay`); files are saved from it.
     ema: EMA | None = None
+    #: Validation loss and drift of each saved file (`[validation] signals`); set by the loop.
+    signals: FileSignalsRecorder | None = None
+    #: Output preservation's loss (`[preservation]`, preservation.py), None when it is off.
+    preservation: OutputPreservation | None = None
 
     @property
     def full(self) -> bool:

@@ -35,6 +35,13 @@ Events (``event`` key) and their fields:
 
   A phase lasts until the next ``phase`` or ``step`` event: a step event after a
   ``rendering samples`` or ``saving`` phase means training went on;
+* ``signals`` — after each saved epoch, step or final file (`[validation] signals`,
+  training/file_signals.py): ``file`` (its path), ``step``, ``val_loss`` (the held-out images'
+  denoising loss at fixed noise and timesteps, SimpleTuner's eval loss; None without held-out
+  images), ``drift`` (the drift score at strength 1; None for full fine-tuning) and
+  ``drift_by_strength`` ({"1": …, "0.9": …, … "0.5": …});
+* ``recommended`` — at the end, after the final file's ``signals``: ``file`` (one of the saved
+  files), ``strength``, ``rule`` (the rule, in words) and ``reason`` (why this file under it);
 * ``done`` — ``path`` of the final LoRA, ``step``, ``grid`` (epochs × strengths PNG or None);
 * ``stopped`` — ``reason``, ``lora`` and ``state`` written on SIGINT/SIGTERM (resume from it);
 * ``error`` — ``message`` of the error that ended the run.

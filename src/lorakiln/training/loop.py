@@ -28,8 +28,9 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import outputs, recovery, validation
+from lorakiln.training import file_signals, outputs, recovery, validation
 from lorakiln.training.lock import OutputLock
+from lorakiln.training.preservation import backward_preservation
 from lorakiln.training.progress import TrainLogger
 from lorakiln.training.save_errors import reported
 from lorakiln.training.signals import StopFlag, StopSignal, stop_on_signals
@@ -120,6 +121,9 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
         loss = compute_loss(ctx, batch, step, micro) / len(group)
         ctx.scaler.scale(loss).backward()
         total += loss.detach()
+        kept = backward_preservation(ctx, batch, step, micro, len(group))  # preservation.py
+        if kept is not None:
+            total += kept
     ctx.scaler.unscale_(ctx.optimizer)
     max_norm = ctx.cfg.train.max_grad_norm or math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -199,6 +203,13 @@ def _checkpoint(ctx: TrainContext, name: str, callbacks: list[Callback]) -> None
     if ctx.cfg.output.save_state:
         _save_state(ctx)
     _emit(callbacks, "save", path=path)
+    _signals(ctx, path, callbacks)
+
+
+def _signals(ctx: TrainContext, path: Path, callbacks: list[Callback]) -> None:
+    """Validation loss and drift of the file just saved (file_signals.py), when enabled."""
+    if ctx.signals is not None:
+        ctx.signals.after_save(ctx, path, lambda event, **info: _emit(callbacks, event, **info))
 
 
 def _save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
@@ -243,6 +254,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
     logger = TrainLogger(plan.total_steps, pos.global_step, outputs.logging_dir(ctx), enabled=progress)
     last_loss: float | None = None
     ctx.network.train()
+    ctx.signals = file_signals.start(ctx, logger)
     _apply_pivots(ctx, logger)  # a resumed run may already be past a pivot
     try:
         while pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
@@ -284,6 +296,9 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
         _emit(callbacks, "phase", name="saving", step=pos.global_step)
         final = _save_lora(ctx, outputs.final_name(ctx), final=True)
         state = _save_state(ctx) if cfg.output.save_state else None
+        _signals(ctx, final, callbacks)
+        if ctx.signals is not None:
+            ctx.signals.summary(ctx, lambda event, **info: _emit(callbacks, event, **info))
         grid, sheet = _final_grids(ctx, flag, logger, callbacks)
         for kind, path in (("epochs × strengths", grid), ("epochs × prompts", sheet)):
             if path is not None:

@@ -67,6 +67,16 @@ def scan_training_images(cfg: RunConfig) -> Dataset:
                         instance_prompt=d.instance_prompt, repeats=d.repeats)
 
 
+def _scan_validation_images(cfg: RunConfig) -> Dataset:
+    """`[validation] validation_images`, scanned with the training folder's caption options."""
+    from lorakiln.data import scan_dataset
+
+    d = cfg.data
+    return scan_dataset(cfg.validation.validation_images or "", caption_extension=d.caption_extension,
+                        caption_column=d.caption_column or None, image_column=d.image_column,
+                        instance_prompt=d.instance_prompt)
+
+
 def build_data(cfg: RunConfig, class_data: Dataset | None = None,
                dataset: Dataset | None = None) -> tuple[Dataset, TrainData]:
     """Scan and check the dataset and plan batches (class images join each batch when given)."""
@@ -74,7 +84,12 @@ def build_data(cfg: RunConfig, class_data: Dataset | None = None,
     from lorakiln.data.loader import AugmentOptions, CaptionOptions, TrainData
 
     d = cfg.data
-    dataset = dataset or scan_training_images(cfg)
+    if dataset is None:  # a fresh scan: held-out images leave the training set here, before batching
+        from lorakiln.data.holdout import with_held_out
+
+        v = cfg.validation
+        dataset = with_held_out(scan_training_images(cfg), v.validation_split, cfg.train.seed,
+                                _scan_validation_images(cfg) if v.validation_images else None)
     buckets = BucketManager(d.resolution, d.enable_bucket, d.min_bucket_reso, d.max_bucket_reso,
                             d.bucket_reso_steps, d.bucket_no_upscale)
     data = TrainData(
@@ -92,12 +107,14 @@ def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Dataset, TrainData,
     by `prepare`, so a dry run fails exactly where the real run would."""
     from lorakiln.config.optimizer_names import validate_optimizer_name, validate_scheduler_name
     from lorakiln.training.preflight import preflight
+    from lorakiln.training.preservation_plan import check_preservation
 
     validate_optimizer_name(cfg.train.optimizer_type)
     validate_scheduler_name(cfg.train.lr_scheduler)
     _check_render_settings(cfg)
     preflight(cfg, log=log)  # paths, weights headers, output_dir, folder names, batch size: one error
     dataset, data = build_data(cfg)
+    check_preservation(cfg, dataset, log)  # a missing class word fails here, before the model loads
     plan = plan_steps(cfg, data.num_batches_per_epoch)
     lint = lint_training_data(cfg, dataset)
     if log:
@@ -111,6 +128,8 @@ def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Dataset, TrainData,
 def plan_lines(cfg: RunConfig, data: TrainData, plan: StepPlan) -> list[str]:
     """The step arithmetic as printed before training (and by `lorakiln dataset check`)."""
     lines = [data.steps_breakdown().format(plan.num_epochs)]
+    if data.dataset.held_out:
+        lines.append(f"validation loss: {len(data.dataset.held_out)} held-out image(s), not trained on")
     accum = cfg.train.gradient_accumulation_steps
     if accum > 1:
         lines.append(f"gradient accumulation {accum}: {plan.steps_per_epoch} optimizer steps per epoch")

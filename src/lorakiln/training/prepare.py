@@ -158,6 +158,9 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
                        encode_fn=encode_fn(bundle.vae), lrs=lrs, optimizer_desc=opt.description,
                        warmup_steps=opt.warmup_steps, pivotal=pivotal)
+    from lorakiln.training.preservation import build_preservation
+
+    ctx.preservation = build_preservation(ctx)
     _finish(ctx, data, log, phase)
     return ctx
 

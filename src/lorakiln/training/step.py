@@ -14,17 +14,26 @@ if TYPE_CHECKING:
     from lorakiln.data.loader import Batch
     from lorakiln.training.context import TrainContext
 
-def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torch.Tensor:
-    """Denoising loss of one batch. Randomness comes only from (seed, step, micro), so a resumed
-    run draws the same noise and timesteps as an uninterrupted one."""
-    cfg, bundle = ctx.cfg, ctx.bundle
-    scheduler = bundle.noise_scheduler
+
+def noisy_inputs(ctx: TrainContext, batch: Batch, step: int,
+                 micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(noisy latents, timesteps, target) of one micro-batch. A pure function of (seed, step, micro):
+    output preservation (preservation.py) calls it again and gets the very same draws."""
+    cfg, scheduler = ctx.cfg, ctx.bundle.noise_scheduler
     latents = batch.latents.to(ctx.device, torch.float32)
     gen = step_generator(cfg.train.seed, step, stream=micro)
     noise = sample_noise(latents, gen, cfg.train.noise_offset)
     timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, gen, ctx.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    target = target_for(scheduler, latents, noise, timesteps)
+    return noisy, timesteps, target_for(scheduler, latents, noise, timesteps)
+
+
+def compute_loss(ctx: TrainContext, batch: Batch, step: int, micro: int) -> torch.Tensor:
+    """Denoising loss of one batch. Randomness comes only from (seed, step, micro), so a resumed
+    run draws the same noise and timesteps as an uninterrupted one."""
+    cfg, bundle = ctx.cfg, ctx.bundle
+    scheduler = bundle.noise_scheduler
+    noisy, timesteps, target = noisy_inputs(ctx, batch, step, micro)
 
     autocast = (torch.autocast(ctx.device.type, dtype=ctx.autocast_dtype)
                 if ctx.autocast_dtype is not None else contextlib.nullcontext())

@@ -46,13 +46,16 @@ PATH_KEYS: dict[str, PathKey] = {
     "output.logging_dir": PathKey("write"),
     "prior.class_data_dir": PathKey("write"),  # missing class images are generated into it
     "validation.sample_prompts": PathKey("read", "data"),
+    "validation.validation_images": PathKey("read", "data"),
 }
 #: String keys that hold no path (names, prompts, choices).
 TEXT_KEYS: frozenset[str] = frozenset({
     "preset", "data.caption_column", "data.image_column", "data.instance_prompt", "data.caption_extension",
     "train.optimizer_type", "train.optimizer_args", "train.lr_scheduler", "output.output_name",
     "output.trigger_phrase", "pivotal.token_abstraction", "pivotal.initializer_concept", "prior.class_prompt",
+    "preservation.preservation_class", "preservation.preservation_trigger",
     "validation.validation_prompt", "validation.validation_negative_prompt", "validation.sample_sampler",
+    "validation.drift_prompts",
 })
 
 
