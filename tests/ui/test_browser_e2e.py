@@ -297,7 +297,8 @@ def test_project_to_generated_image_in_chromium(server: tuple[str, Path], tmp_pa
         expect(start).to_have_text("Start")
         page.screenshot(path=str(shots / "train-stopped.png"))
         resume.click()
-        _wait_text(status, "0003-run · done", 600)
+        _wait_text(status, "0003-run · done · recommended: anna", 600)  # the trainer's pick, per file below
+        _wait_value(page.locator("#train-saves textarea"), "← recommended at strength", 30)
         expect(stop).to_be_disabled()
         assert (project / "output" / "anna.safetensors").is_file()
         samples = page.locator("#train-samples img")

@@ -30,10 +30,12 @@ def test_start_reaches_done_through_the_poll_handler(project: Sandbox, tiny_form
     assert run_id and "running" in msg and (project.project / "run.toml").is_file()
     status, table, _samples, saves, log, start, stop, resume, _seen = poll_until(
         project, "", lambda v: "· done" in v[0] or "failed" in v[0])
-    assert status == f"**{run_id}** · done", log
+    assert status.startswith(f"**{run_id}** · done · recommended: last.safetensors at strength"), log
     assert start["value"] == "Start" and not stop["interactive"] and not resume["interactive"]  # done: nothing to act on
     assert list(table["step"])[-1] == 10 and len(table) >= 1
-    assert saves.endswith("last.safetensors") and Path(saves.splitlines()[-1]).is_file()
+    final = saves.splitlines()[-1]  # path · what the trainer measured · the recommendation
+    assert Path(final.split("  ·")[0]).name == "last.safetensors" and Path(final.split("  ·")[0]).is_file()
+    assert "· drift " in final and "← recommended at strength" in final, final
     assert "LoRA written" in log
     queue = tab.queue_table(project)
     assert list(queue["run"]) == [run_id] and list(queue["status"]) == ["done"]
@@ -53,10 +55,10 @@ def test_stop_then_resume_reaches_done(project: Sandbox, tiny_form: Callable) ->
     assert (Path(stopped.state) / "state.json").is_file() and Path(stopped.lora).is_file()
     new_id, msg = tab.resume_run(project, run_id)
     assert new_id != run_id and f"resumes {run_id}" in msg
-    status, table, _s, saves, log, *_ = poll_until(project, new_id, lambda v: v[0].endswith("· done")
+    status, table, _s, saves, log, *_ = poll_until(project, new_id, lambda v: "· done" in v[0]
                                                    or "failed" in v[0])
-    assert status.endswith("· done"), log
+    assert "· done" in status, log
     steps = list(table["step"])
     assert steps[0] <= 2 and steps[-1] == 80 and steps == sorted(set(steps)), steps  # the chart goes on from run 1
-    assert Path(saves.splitlines()[-1]).is_file()
+    assert Path(saves.splitlines()[-1].split("  ·")[0]).is_file()
     assert tab.resume_run(project, new_id)[1].startswith("error")  # done: nothing to resume

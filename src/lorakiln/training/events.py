@@ -155,6 +155,7 @@ class EventsTail:
         self.saves: list[str] = []
         self.samples: list[str] = []
         self.recent: deque[tuple[int, float]] = deque(maxlen=self.RECENT)  # (step, time)
+        self.signals: dict[str, dict[str, Any]] = {}  # saved file → its ``signals`` event
         self.last: dict[str, dict[str, Any]] = {}  # the latest event of each kind
 
     def update(self) -> EventsTail:
@@ -200,6 +201,8 @@ class EventsTail:
             self.samples += event.get("paths") or []
         elif kind == "start" and self.start is None:
             self.start = event
+        elif kind == "signals" and event.get("file"):
+            self.signals[str(event["file"])] = event
         if isinstance(kind, str):
             self.last[kind] = event
 

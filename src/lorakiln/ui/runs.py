@@ -270,7 +270,9 @@ class RunQueue:
         loss) pairs by step — for a resumed run the runs it continues up to its resume step,
         then its own; ``saves`` and ``samples``: paths written; ``output_dir``; ``phase``: the
         latest phase event or None (`run_status` decides whether a later step supersedes it);
-        ``recent``: (step, time) of the latest step events, for a speed over a sliding window.
+        ``recent``: (step, time) of the latest step events, for a speed over a sliding window;
+        ``signals``: saved file → its validation loss and drift (``signals`` event);
+        ``recommended``: the end-of-run recommendation (file, strength, rule, reason) or None.
         """
         tail = self._tail(run_id)
         return {
@@ -281,6 +283,8 @@ class RunQueue:
             "output_dir": tail.start.get("output_dir") if tail.start else None,
             "phase": tail.phase,
             "recent": list(tail.recent),
+            "signals": dict(tail.signals),
+            "recommended": tail.last.get("recommended"),
         }
 
     def _tail(self, run_id: str) -> EventsTail:

@@ -143,7 +143,8 @@ def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
         with gr.Row():
             run_id = gr.Textbox(label="run", elem_id="train-run", info="a run's id from the table to watch, stop or resume it; "
                                 "empty: the live or latest run", scale=1)
-            saves = gr.Textbox(label="saved LoRAs", lines=3, interactive=False, scale=3)
+            saves = gr.Textbox(label="saved LoRAs (validation loss, drift, the recommended file)", lines=3,
+                               interactive=False, scale=3, elem_id="train-saves")
         queue = gr.Dataframe(headers=train_tab.QUEUE_COLUMNS, label="runs (newest first)", interactive=False,
                              wrap=True)
     timer = gr.Timer(2.0)

@@ -154,12 +154,33 @@ def poll_view(box: Sandbox, run_id: str, seen: str = "") -> tuple[Any, ...]:
     if run.status == "failed":
         line = f'<span class="lk-failed">{line}</span>'
     saves = [*progress["saves"], *([run.lora] if run.lora and run.lora not in progress["saves"] else [])]
+    recommended = progress.get("recommended")
+    if run.status == "done" and recommended:
+        line += f" · recommended: {Path(recommended['file']).name} at strength {recommended['strength']:g}"
     table = pd.DataFrame(progress["losses"], columns=["step", "loss"]) if progress["losses"] else empty
     shown = progress["samples"][-12:]
     signature = f"{run.id}:{len(progress['samples'])}:{shown[-1] if shown else ''}"
     samples = gr.skip() if signature == seen else _images(box, shown)
     state = buttons_state(run, bool(run.state))
-    return (line, table, samples, "\n".join(saves), queue.log_tail(run.id), *_buttons(state), signature)
+    return (line, table, samples, saved_text(saves, progress), queue.log_tail(run.id), *_buttons(state), signature)
+
+
+def saved_text(saves: list[str], progress: dict[str, Any]) -> str:
+    """One line per saved LoRA: its path, then what the trainer measured of it (validation loss,
+    drift at strength 1) and the recommendation, so the file to use is read, not guessed."""
+    recommended = progress.get("recommended") or {}
+    lines = []
+    for path in saves:
+        facts = progress.get("signals", {}).get(path)
+        line = path
+        if facts:
+            loss, drift = facts.get("val_loss"), facts.get("drift")
+            line += (f"  · val loss {loss:.5f}" if loss is not None else "") + (
+                f"  · drift {drift:.4f}" if drift is not None else "")
+        if recommended.get("file") == path:
+            line += f"  ← recommended at strength {recommended['strength']:g}"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def _buttons(state: dict[str, Any]) -> tuple[Any, Any, Any]:
