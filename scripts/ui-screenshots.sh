@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"  # pytest, playwright
 bash scripts/setup-browser.sh
 LORAKILN_E2E=required .venv/bin/python -m pytest -q -p no:cacheprovider tests/ui/test_browser_e2e.py
-for name in dataset-idle caption-offline train-idle train-running train-refused train-done test-grid tools-info; do
+for name in {dataset,caption,train,test,tools}-{idle,running} caption-offline train-refused train-done test-grid tools-info; do
     cp "test-artifacts/ui-e2e/$name.png" "docs/images/ui/$name.png"
 done
 echo "docs/images/ui refreshed from test-artifacts/ui-e2e"
