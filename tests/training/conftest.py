@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image, ImageDraw
+from training_support import draw_dataset  # noqa: F401 - fixtures and tests here use it by this name
 
 from lorakiln.config.load import build_config
 from lorakiln.config.schema import RunConfig
@@ -25,21 +25,6 @@ def lorakiln_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("LORAKILN_HOME", None)
     else:
         os.environ["LORAKILN_HOME"] = old
-
-
-def draw_dataset(root: Path, count: int = 4, folder: str = "5_zwx toy") -> Path:
-    """`count` 64-px images of a purple disc on coloured grounds, captioned, in one kohya folder."""
-    sub = root / folder
-    sub.mkdir(parents=True, exist_ok=True)
-    colours = [(200, 60, 60), (60, 160, 80), (60, 90, 200), (220, 200, 60), (120, 120, 120)]
-    for i in range(count):
-        img = Image.new("RGB", (64, 64), colours[i % len(colours)])
-        d = ImageDraw.Draw(img)
-        x = 12 + 8 * i
-        d.ellipse([x, 14, x + 30, 44], fill=(130, 60, 170))
-        img.save(sub / f"img{i}.png")
-        (sub / f"img{i}.txt").write_text(f"photo of zwx, a toy, picture {i}", encoding="utf-8")
-    return root
 
 
 def _raw_run() -> dict[str, Any]:

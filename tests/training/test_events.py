@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import draw_dataset
+from training_support import draw_dataset
 
 from lorakiln.cli import main
 from lorakiln.training.events import EventsFile, EventsTail, read_events

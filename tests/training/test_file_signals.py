@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import draw_dataset
 from safetensors.torch import load_file
+from training_support import draw_dataset
 
 from lorakiln.training.drift import DriftProbe, class_prompts
 from lorakiln.training.loop import TrainingInterrupted, train

@@ -18,7 +18,6 @@ before the interruption.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from lorakiln.atomic import write_text_atomic
 from lorakiln.training.drift import DriftProbe
 from lorakiln.training.recommend import FileSignals, recommend, table_lines
 from lorakiln.training.val_loss import ValidationLoss
+from lorakiln.training.validation import evaluating
 
 if TYPE_CHECKING:
     from lorakiln.training.context import TrainContext
@@ -59,20 +59,11 @@ class FileSignalsRecorder:
     def measure(self, ctx: TrainContext) -> tuple[float | None, dict[float, float]]:
         """(validation loss, {strength: drift}) of the weights as they are, without side effects."""
         v = ctx.cfg.validation
-        modules = [ctx.network, ctx.bundle.unet, *ctx.bundle.text_encoders]
-        modes = [m.training for m in modules]
-        for m in modules:
-            m.eval()
-        averaged = ctx.ema.applied() if ctx.ema is not None else contextlib.nullcontext()
-        try:
-            with torch.random.fork_rng(devices=_cuda_devices(ctx)), torch.no_grad(), averaged:
-                loss = self.val.measure(ctx, v.signal_timesteps, v.validation_seed)
-                if self.probe is None and not ctx.full:
-                    self.probe = DriftProbe(ctx)
-                drift = self.probe.measure(ctx) if self.probe is not None else {}
-        finally:
-            for m, mode in zip(modules, modes, strict=True):
-                m.train(mode)
+        with evaluating(ctx, _cuda_devices(ctx)):
+            loss = self.val.measure(ctx, v.signal_timesteps, v.validation_seed)
+            if self.probe is None and not ctx.full:
+                self.probe = DriftProbe(ctx)
+            drift = self.probe.measure(ctx) if self.probe is not None else {}
         return loss, drift
 
     def after_save(self, ctx: TrainContext, path: Path, emit: Emit) -> FileSignals:

@@ -12,6 +12,7 @@ one without, and resume stays exact.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -71,16 +72,26 @@ def render(ctx: TrainContext, prompts: list[GenerationParams]) -> list[list[Gene
     """Images per prompt with the LoRA being trained (hooked, strength 1) and the new tokens."""
     from lorakiln.inference.generate import generate
 
+    with evaluating(ctx):
+        return [generate(ctx.bundle, replace(p, prompt=ctx.prompt(p.prompt),
+                                             negative_prompt=ctx.prompt(p.negative_prompt)))
+                for p in prompts]
+
+
+@contextlib.contextmanager
+def evaluating(ctx: TrainContext, devices: list[int] | None = None) -> Iterator[None]:
+    """Measure or render mid-run without touching the run: every module in eval mode (dropout
+    off), the EMA weights applied when EMA is on (they are what a saved file holds), no grad, and
+    the RNG states forked (`devices`: CUDA devices to fork too), so exact resume is unaffected.
+    Modes are restored on the way out, also after a stop signal."""
     modules = [ctx.network, ctx.bundle.unet, *ctx.bundle.text_encoders]
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
     averaged = ctx.ema.applied() if ctx.ema is not None else contextlib.nullcontext()
     try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), averaged:
-            return [generate(ctx.bundle, replace(p, prompt=ctx.prompt(p.prompt),
-                                                 negative_prompt=ctx.prompt(p.negative_prompt)))
-                    for p in prompts]
+        with torch.random.fork_rng(devices=devices or []), torch.no_grad(), averaged:
+            yield
     finally:
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)

@@ -191,10 +191,10 @@ def picker_choices(box: Sandbox) -> list[Any]:
 def start_checked(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str, dict]:
     """Start as the button runs it: what `lorakiln train --dry-run` would refuse comes back as
     {element id: message} for the page script to show beside each field (the message, with all
-    of them, is also a toast: `_toasting`); nothing is saved or queued then. Otherwise `train_tab.start_run`."""
-
+    of them, is also a toast: `_toasting`); nothing is saved or queued then. Otherwise
+    `train_tab.queue_form` (the checks are not made twice)."""
     from lorakiln.ui.train_form import start_problems
-    from lorakiln.ui.train_tab import start_run
+    from lorakiln.ui.train_tab import queue_form
     from lorakiln.ui.wording import ui_words
 
     problems = {k: ui_words(v) for k, v in start_problems(box, path, extra, *components).items()}
@@ -202,7 +202,7 @@ def start_checked(box: Sandbox, path: str, extra: dict[str, Any], *components: A
         keys = {s.key for s in field_specs()}
         return "", "error: Start refused (the fields are marked): " + "; ".join(problems.values()), {
             (elem_id(k) if k in keys else "train-toml"): v for k, v in problems.items()}
-    run_id, message = start_run(box, path, extra, *components)
+    run_id, message = queue_form(box, path, extra, *components)
     return run_id, message, {}
 
 

@@ -50,6 +50,12 @@ def start_run(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) 
     problems = start_problems(box, path, extra, *components)
     if problems:
         return "", "error: " + "; ".join(problems.values())
+    return queue_form(box, path, extra, *components)
+
+
+def queue_form(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str]:
+    """Save the form and queue it (started at once if nothing else runs), for a caller that has
+    made `start_problems`' checks already: (run id, message). The queue checks its paths again."""
     queue = queue_for(box)
     live = next((r for r in queue.runs() if r.status == "running"), None)
     saved = save_form(box, path, extra, *components)
