@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 
 from lorakiln.cli import main
 from lorakiln.errors import LorakilnError
-from lorakiln.inference.generate import generate, save_images
+from lorakiln.inference.generate import generate, generate_many, save_images
 from lorakiln.inference.infotext import GenerationParams, format_infotext, parse_infotext, read_png_infotext
 from lorakiln.models.family import SD1
 from lorakiln.models.tiny import build_tiny_sd1_bundle
@@ -64,6 +64,20 @@ def test_same_seed_same_image_and_batches_step_the_seed(bundle) -> None:
     assert [i.params.seed for i in a] == [7, 8] == [i.params.seed for i in b]
     # same seeds → same images (batched matmuls may differ in the last bits, as in A1111)
     assert np.abs(_pixels(a).astype(int) - _pixels(b).astype(int)).max() <= 2
+
+
+def test_many_prompts_in_one_batch_give_each_prompts_own_images(bundle, lora_dir: Path) -> None:
+    """`generate_many` (the evaluations' batched path): each image is the one `generate` draws
+    for its prompt and seed alone, and its infotext names its own prompt."""
+    tag = " <lora:zwx:0.8>"
+    items = [("photo of zwx" + tag, 7), ("a red toy" + tag, 11), ("photo of zwx" + tag, 8)]
+    many = generate_many(bundle, replace(FAST, batch_size=2), items, lora_dir=lora_dir)
+    alone = [generate(bundle, replace(FAST, prompt=p, seed=s), lora_dir=lora_dir)[0] for p, s in items]
+    assert [(i.params.prompt, i.params.seed) for i in many] == items
+    assert np.abs(_pixels(many).astype(int) - _pixels(alone).astype(int)).max() <= 2
+    assert not np.array_equal(_pixels(many[:1]), _pixels(many[1:2]))
+    with pytest.raises(LorakilnError, match="same <lora"):
+        generate_many(bundle, FAST, [("photo of zwx" + tag, 1), ("photo of zwx", 2)], lora_dir=lora_dir)
 
 
 def test_png_infotext_round_trip_reproduces_the_image(bundle, tmp_path: Path) -> None:

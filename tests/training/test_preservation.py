@@ -73,10 +73,21 @@ def test_dop_keeps_the_class_prompt_near_the_base(run_config, tmp_path: Path) ->
     assert drift_dop < 0.5 * drift_plain
 
 
+#: The resume runs' options besides the preservation ones.
+RESUMED = dict(train__max_train_epochs=2, output__save_state=True, data__shuffle_caption=True,
+               data__keep_tokens=1, network__network_dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def without_preservation(tmp_path_factory, config_maker) -> dict[str, torch.Tensor]:
+    """The LoRA of the resume runs' options without preservation, trained once for both variants."""
+    result = train(config_maker(tmp_path_factory.mktemp("plain"), **RESUMED), progress=False)
+    return load_file(str(result.lora_path))
+
+
 @pytest.mark.parametrize("options", [DOP, BOTH], ids=["dop", "dop+blank"])
-def test_preservation_resume_is_exact(run_config, tmp_path: Path, options: dict) -> None:
-    common = dict(train__max_train_epochs=2, output__save_state=True, data__shuffle_caption=True,
-                  data__keep_tokens=1, network__network_dropout=0.1, **options)
+def test_preservation_resume_is_exact(run_config, tmp_path: Path, options: dict, without_preservation) -> None:
+    common = dict(**RESUMED, **options)
     full = train(run_config(output__output_dir=str(tmp_path / "full"), **common), progress=False)
 
     def stop_at_13(event: str, info: dict) -> None:
@@ -90,10 +101,7 @@ def test_preservation_resume_is_exact(run_config, tmp_path: Path, options: dict)
                                **common), progress=False)
     a, b = load_file(str(full.lora_path)), load_file(str(resumed.lora_path))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    plain = load_file(str(train(run_config(output__output_dir=str(tmp_path / "plain"),
-                                           **{k: v for k, v in common.items() if k not in options}),
-                                progress=False).lora_path))
-    assert any(not torch.equal(a[k], plain[k]) for k in a)  # preservation did change the training
+    assert any(not torch.equal(a[k], without_preservation[k]) for k in a)  # preservation did change the training
 
 
 def test_sdxl_with_pivotal_tuning_trains_with_both(run_config) -> None:
@@ -144,3 +152,17 @@ def test_kohya_folder_without_class_and_full_mode_fail_early(run_config, tmp_pat
         train(cfg, progress=False)
     with pytest.raises(ConfigError, match="full"):
         train(run_config(train__mode="full", preservation__blank_prompt_preservation=True), progress=False)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_with_prior_preservation_and_mixed_precision(run_config, tmp_path: Path, precision: str) -> None:
+    """DOP + blank-prompt preservation beside DreamBooth's prior preservation (class-image rows
+    carry no trigger, so they get no class prompt) under autocast: finite loss, finite file."""
+    cfg = run_config(prior__with_prior_preservation=True, prior__class_prompt="a photo of a toy",
+                     prior__num_class_images=2, prior__class_inference_steps=2, prior__sample_batch_size=2,
+                     prior__class_data_dir=str(tmp_path / "class"), train__max_train_steps=2,
+                     train__mixed_precision=precision, **BOTH)
+    result = train(cfg, progress=False)
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.last_loss))
+    weights = load_file(str(result.lora_path))
+    assert weights and all(torch.isfinite(w.float()).all() for w in weights.values())
