@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALPHA, DIM, randomize_up
+from networks_support import ALPHA, DIM, randomize_up
 from safetensors.torch import load_file, save_file
 
 from lorakiln.models.family import SD1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ALPHA, DIM
+from networks_support import ALPHA, DIM
 from safetensors.torch import save
 
 from lorakiln.networks import export

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SGM_FAMILY
+from networks_support import SGM_FAMILY
 from torch import nn
 
 from lorakiln.models.family import SD1

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import ALPHA, DIM, randomize_up
+from networks_support import ALPHA, DIM, randomize_up
 
 from lorakiln.errors import LorakilnError
 from lorakiln.models.family import SD1

@@ -36,12 +36,15 @@ def _raw_run() -> dict[str, Any]:
         "train": {"train_batch_size": 2, "max_train_epochs": 1, "unet_lr": 1e-3,
                   "text_encoder_lr": 5e-4, "seed": 1},
         "output": {"output_dir": "out", "output_name": "last"},
+        # The per-file signals (validation loss, drift at 6 strengths) measure every saved LoRA;
+        # off here, on (`validation__signals=True`) in the tests of signals and recommendation.
+        "validation": {"signals": False},
     }
 
 
 def make_run_config(root: Path, **overrides: Any) -> RunConfig:
     """A RunConfig over a fresh 4-image dataset in `root`; keyword args are dotted overrides
-    (`train__unet_lr=2e-4` for `train.unet_lr`)."""
+    (`train__unet_lr=2e-4` for `train.unet_lr`). `validation.signals` is off unless overridden."""
     draw_dataset(root / "train")
     sets = [f"{k.replace('__', '.')}={_toml(v)}" for k, v in overrides.items()]
     return build_config(_raw_run(), base_dir=root, overrides=sets)

@@ -28,6 +28,8 @@ seed = 1
 output_dir = "out"
 output_name = "last"
 save_every_n_epochs = 1
+[validation]
+signals = false  # their events: test_file_signals.py, and through the UI test_train_tab.py
 """
 
 

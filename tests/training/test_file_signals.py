@@ -19,6 +19,9 @@ from lorakiln.training.prepare import prepare
 from lorakiln.training.recommend import RULE, FileSignals, recommend
 from lorakiln.training.val_loss import ValidationLoss
 
+#: The training tests' configs turn the signals off (tests/training/conftest.py); these runs measure them.
+SIGNALS = dict(validation__signals=True)
+
 
 def test_drift_is_zero_for_a_zero_lora_and_grows_with_strength(run_config) -> None:
     ctx = prepare(run_config(validation__validation_split=0.25), log=None)
@@ -74,7 +77,7 @@ def test_recommendation_rule() -> None:
 
 def test_recommended_file_is_a_saved_file_and_the_rule_is_printed(run_config, capsys) -> None:
     cfg = run_config(train__max_train_epochs=3, output__save_every_n_epochs=1, validation__validation_split=0.25,
-                     validation__drift_prompts="a red car")
+                     validation__drift_prompts="a red car", **SIGNALS)
     events: list[tuple[str, dict]] = []
     train(cfg, callbacks=[lambda e, i: events.append((e, i))], progress=False)
     saved = [str(i["path"]) for e, i in events if e in ("save", "done")]
@@ -102,14 +105,14 @@ def _rows(out: Path) -> dict[str, dict]:
 def test_resume_is_exact_with_signals_on(run_config, tmp_path) -> None:
     common = dict(train__max_train_epochs=2, output__save_every_n_epochs=1, output__save_state=True,
                   network__network_dropout=0.1, validation__validation_split=0.25)
-    full = train(run_config(output__output_dir=str(tmp_path / "full"), **common), progress=False)
+    full = train(run_config(output__output_dir=str(tmp_path / "full"), **SIGNALS, **common), progress=False)
     off = train(run_config(output__output_dir=str(tmp_path / "off"), validation__signals=False, **common),
                 progress=False)
-    cfg = run_config(output__output_dir=str(tmp_path / "cut"), **common)
+    cfg = run_config(output__output_dir=str(tmp_path / "cut"), **SIGNALS, **common)
     with pytest.raises(TrainingInterrupted) as stop:
         train(cfg, callbacks=[_interrupt_at(11)], progress=False)  # mid-epoch 2 (8 steps per epoch)
     resumed = train(run_config(output__output_dir=str(tmp_path / "cut"), train__resume=str(stop.value.state),
-                               **common), progress=False)
+                               **SIGNALS, **common), progress=False)
     a, b, c = (load_file(str(r.lora_path)) for r in (full, resumed, off))
     assert a.keys() == b.keys() == c.keys()
     for key in a:

@@ -93,8 +93,11 @@ def _interrupt_at(step: int):
 
 
 def test_full_resume_is_exact(run_config, tmp_path: Path) -> None:
+    # Signals on (the training tests' configs turn them off): in full mode they are the validation
+    # loss alone (no drift), measured with the EMA weights applied; cheap, and run nowhere else.
     common = dict(train__mode="full", train__max_train_epochs=2, train__ema_decay=0.9, output__save_state=True,
-                  output__save_precision="float", train__unet_lr=5e-4, train__text_encoder_lr=1e-4)
+                  output__save_precision="float", train__unet_lr=5e-4, train__text_encoder_lr=1e-4,
+                  validation__signals=True)
     whole = train(run_config(output__output_dir=str(tmp_path / "a"), **common), progress=False)
     with pytest.raises(TrainingInterrupted) as stop:
         train(run_config(output__output_dir=str(tmp_path / "b"), **common), callbacks=[_interrupt_at(7)],

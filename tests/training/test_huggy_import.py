@@ -39,6 +39,7 @@ def test_huggy_command_trains_on_tiny_sdxl(fixture: str, tmp_path: Path) -> None
         "data.resolution=64", "data.min_bucket_reso=64", "train.max_train_steps=2",
         "train.train_batch_size=1", "validation.validation_inference_steps=2"])
     assert cfg.data.instance_prompt == "a TOK emoji"
+    assert cfg.validation.signals  # on, as a user runs it; the other SDXL and pivotal training tests turn them off
     run = train(cfg, progress=False)
     out = run.lora_path.parent
     assert run.steps == 2 and run.lora_path.name == f"{cfg.output.output_name}.safetensors"

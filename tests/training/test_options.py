@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from lorakiln.training.loop import train
 
 
-@pytest.mark.parametrize("opts", [
-    {"train__mixed_precision": "bf16", "train__gradient_checkpointing": True},
-    {"train__mixed_precision": "fp16", "train__gradient_accumulation_steps": 2},
+@pytest.mark.parametrize("opts", [  # signals on under autocast (the training tests' configs turn them off)
+    {"train__mixed_precision": "bf16", "train__gradient_checkpointing": True, "validation__signals": True},
+    {"train__mixed_precision": "fp16", "train__gradient_accumulation_steps": 2, "validation__signals": True},
     {"train__min_snr_gamma": 5.0, "train__noise_offset": 0.1, "model__clip_skip": 2, "train__sdpa": False},
     {"train__optimizer_type": "Prodigy", "train__learning_rate": 1.0, "train__unet_lr": 1.0,
      "train__text_encoder_lr": 1.0, "train__optimizer_args": ["safeguard_warmup=True", "use_bias_correction=True"]},

@@ -157,11 +157,12 @@ def test_kohya_folder_without_class_and_full_mode_fail_early(run_config, tmp_pat
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_with_prior_preservation_and_mixed_precision(run_config, tmp_path: Path, precision: str) -> None:
     """DOP + blank-prompt preservation beside DreamBooth's prior preservation (class-image rows
-    carry no trigger, so they get no class prompt) under autocast: finite loss, finite file."""
+    carry no trigger, so they get no class prompt) under autocast, with the per-file signals on
+    (the training tests' configs turn them off): finite loss, finite file."""
     cfg = run_config(prior__with_prior_preservation=True, prior__class_prompt="a photo of a toy",
                      prior__num_class_images=2, prior__class_inference_steps=2, prior__sample_batch_size=2,
                      prior__class_data_dir=str(tmp_path / "class"), train__max_train_steps=2,
-                     train__mixed_precision=precision, **BOTH)
+                     train__mixed_precision=precision, validation__signals=True, **BOTH)
     result = train(cfg, progress=False)
     assert result.steps == 2 and torch.isfinite(torch.tensor(result.last_loss))
     weights = load_file(str(result.lora_path))

@@ -34,6 +34,8 @@ seed = 1
 [output]
 output_dir = "{out}"
 output_name = "last"
+[validation]
+signals = false  # measured and shown in test_train_tab.py; these runs test the queue
 """
 
 
