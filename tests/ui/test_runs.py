@@ -77,7 +77,7 @@ def test_runs_one_at_a_time_to_done(project: Path, tiny_sd1_dir: Path) -> None:
 
 def test_stop_leaves_a_state_that_resume_continues(project: Path, tiny_sd1_dir: Path) -> None:
     queue = RunQueue(project / "queue")
-    run = queue.submit(write_run(project, "long", epochs=20, model=tiny_sd1_dir))  # 200 steps
+    run = queue.submit(write_run(project, "long", epochs=10, model=tiny_sd1_dir))  # 100 steps
     queue.poll()
     deadline = time.monotonic() + 300
     while not any(e["event"] == "step" and e["step"] >= 3 for e in read_events(queue.events_path(run.id))):
@@ -89,7 +89,7 @@ def test_stop_leaves_a_state_that_resume_continues(project: Path, tiny_sd1_dir: 
     assert stopped.status == "stopped" and stopped.returncode == 130
     assert (Path(stopped.state) / "state.json").is_file() and Path(stopped.lora).is_file()
     stopped_at = queue.progress(run.id)["last"]["step"]
-    assert 3 <= stopped_at < 200
+    assert 3 <= stopped_at < 100
     resumed = queue.resume(run.id)
     assert resumed.resume_of == run.id and any(o.startswith("train.resume=") for o in resumed.overrides)
     queue.stop(resumed.id)  # a queued run is cancelled, not started
@@ -98,9 +98,9 @@ def test_stop_leaves_a_state_that_resume_continues(project: Path, tiny_sd1_dir: 
     finished = queue.wait(again.id)
     assert finished.status == "done", queue.log_tail(again.id)
     steps = [e for e in read_events(queue.events_path(again.id)) if e["event"] == "step"]
-    assert steps[0]["step"] > stopped_at - 1 and steps[-1]["step"] == 200  # continued, not restarted
+    assert steps[0]["step"] > stopped_at - 1 and steps[-1]["step"] == 100  # continued, not restarted
     losses = queue.progress(again.id)["losses"]  # the chart goes on from the stopped run's curve
-    assert [s for s, _ in losses] == list(range(1, 201))
+    assert [s for s, _ in losses] == list(range(1, 101))
     assert losses[:stopped_at] == queue.progress(run.id)["losses"][:stopped_at]
 
 
