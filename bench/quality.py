@@ -30,8 +30,9 @@ rank 32, 1000 steps at batch 4); and a plain diffusers `train_dreambooth_lora.py
 (rank 4, U-Net only, AdamW 1e-4 constant, 500 steps, batch 1). Every recipe overrides the
 quickstart config, so each names what it does not share.
 
-    python bench/quality.py --recipes quickstart --dop both            # ~10 min on 2 CPU cores
-    python bench/quality.py --dop both --final-only --work runs       # every recipe, ~1 h
+    python bench/quality.py --recipes quickstart --dop both            # ~15 min on 2 CPU cores
+    python bench/quality.py --recipes diffusers-advanced kohya-community --dop both --final-only \
+        --work runs --report runs/report.md    # ~1.5 h (the kohya_ss table trains 11 min, 25 with DOP)
     python bench/quality.py --work runs --no-train                    # measure an earlier --work again
     python bench/quality.py --recipes quickstart --set train.unet_lr=5e-4   # try a change
 """
@@ -39,6 +40,7 @@ quickstart config, so each names what it does not share.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -178,6 +180,10 @@ def main() -> None:
     parser.add_argument("--model", default="toy", help="toy base model (default: the shipped `toy`)")
     parser.add_argument("--no-train", action="store_true",
                         help="measure the runs' files already in --work instead of training them again")
+    parser.add_argument("--reuse", action="store_true", help="skip training a run whose folder in --work "
+                        "already holds a finished run with the same options (its recommended.json)")
+    parser.add_argument("--report", help="write the Markdown tables to this file after every run (a long "
+                        "bench stopped half-way keeps what it measured)")
     parser.add_argument("--drift-threshold", type=float, help="recommend again from each run's recorded "
                         "signals with this [validation] drift_threshold (default: the run's own recommendation)")
     args = parser.parse_args()
@@ -210,7 +216,10 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     meta: dict[str, Any] = {}
     for name, recipe in runs:
-        folder = work / name if args.no_train else train_variant(name, recipe, work, args.model, args.extra)
+        done = work / name / "recommended.json"
+        reuse = args.reuse and done.is_file() and \
+            json.loads(done.read_text(encoding="utf-8")).get("options") == [*recipe, *args.extra]
+        folder = work / name if args.no_train or reuse else train_variant(name, recipe, work, args.model, args.extra)
         meta[name] = json.loads((folder / "recommended.json").read_text(encoding="utf-8"))
         if args.drift_threshold is not None:
             meta[name]["recommended"] = recommend_again(meta[name], args.drift_threshold)
@@ -231,6 +240,9 @@ def main() -> None:
                 print(f"  {name:22} {stem:18} {strength:4.2f}  likeness {pooled.likeness}  adaptability "
                       f"{pooled.adaptability}  changed {pooled.drift.changed}  kept {pooled.drift.kept}",
                       file=sys.stderr)
+            if args.report:
+                with open(args.report, "w", encoding="utf-8") as out, contextlib.redirect_stdout(out):
+                    report(rows, meta, heldout, ceil, seeds)
     report(rows, meta, heldout, ceil, seeds)
     if args.json:
         Path(args.json).write_text(json.dumps({
