@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from training_support import draw_dataset
 
-from lorakiln.training.drift import DriftProbe, class_prompts
+from lorakiln.training.drift import TRAINED_PROMPTS_NOTE, DriftProbe, class_prompts, drift_prompt_plan
 from lorakiln.training.loop import TrainingInterrupted, train
 from lorakiln.training.plan import build_data
 from lorakiln.training.prepare import prepare
@@ -39,6 +39,21 @@ def test_drift_is_zero_for_a_zero_lora_and_grows_with_strength(run_config) -> No
     assert ordered[0] > 0 and all(a < b for a, b in zip(ordered, ordered[1:], strict=False)), drift
     assert probe.measure(ctx) == drift  # fixed latents, noise and timesteps
     assert {m.multiplier for _, m in ctx.network.loras()} == {1.0}  # strengths restored
+
+
+def test_drift_leaves_out_the_prompts_output_preservation_trains(run_config) -> None:
+    """DOP holds the class prompts, blank-prompt preservation the blank one at the base: scoring
+    drift on them would read low, so they are left out — unless nothing else is left (then a note)."""
+    ctx = prepare(run_config(preservation__diff_output_preservation=True), log=None)
+    classes = class_prompts(ctx)
+    assert classes and drift_prompt_plan(ctx) == ([""], None)  # DOP alone: the blank prompt is honest
+    ctx.cfg.preservation.blank_prompt_preservation = True
+    prompts, note = drift_prompt_plan(ctx)
+    assert prompts == [*classes, ""] and note == TRAINED_PROMPTS_NOTE  # nothing else: used, with the note
+    ctx.cfg.validation.drift_prompts = ["a red car", ""]
+    assert drift_prompt_plan(ctx) == (["", "a red car"], None)  # the user's own prompts always count
+    ctx.cfg.preservation.diff_output_preservation = ctx.cfg.preservation.blank_prompt_preservation = False
+    assert drift_prompt_plan(ctx) == ([*classes, "", "a red car"], None)
 
 
 def test_validation_loss_is_deterministic_and_held_out_images_are_not_trained_on(run_config, tmp_path) -> None:

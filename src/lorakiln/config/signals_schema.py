@@ -30,7 +30,9 @@ class SignalFields(BaseModel):
                                   "the noise is seeded by `validation_seed`, so files compare.")
     drift_prompts: list[str] = Field(default_factory=list, description="Prompts the LoRA should leave alone, "
                                      "added to the class prompts (trigger replaced by the class word) and "
-                                     "the blank prompt for the drift score.")
+                                     "the blank prompt for the drift score. Output preservation trains the "
+                                     "class prompts (DOP) and the blank prompt toward the base, so those are "
+                                     "left out of the score while it is on: give other subjects here.")
     # Calibrated on the toy world (docs/toyworld.md, bench/quality.py): a drift of 0.001 went with
     # 92 % of the base model's right pictures kept, 0.008 with 71 %, 0.019 with 53 %; 0.002 keeps
     # about nine in ten. The first default, 0.05, was never reached even by the recipe that spoiled

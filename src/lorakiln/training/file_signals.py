@@ -63,6 +63,8 @@ class FileSignalsRecorder:
             loss = self.val.measure(ctx, v.signal_timesteps, v.validation_seed)
             if self.probe is None and not ctx.full:
                 self.probe = DriftProbe(ctx)
+                if self.probe.note:
+                    self.logger.write(f"note: {self.probe.note}")
             drift = self.probe.measure(ctx) if self.probe is not None else {}
         return loss, drift
 
