@@ -16,7 +16,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 from lorakiln.config.cross_checks import check_run
 from lorakiln.config.preservation import PreservationConfig
-from lorakiln.config.signals_schema import SignalFields
+from lorakiln.config.signals_schema import SignalFields, one_or_many
 from lorakiln.models.hub_id import looks_like_hub_id
 
 
@@ -336,10 +336,7 @@ class ValidationConfig(Section, SignalFields):
                              "epochs × prompts grid; a "
                              "pivotal run's cells load each epoch's `_emb` file with its LoRA.")
 
-    @field_validator("validation_prompt", mode="before")
-    @classmethod
-    def _one_or_many(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+    _one_or_many = field_validator("validation_prompt", mode="before")(one_or_many)
 
     _parse_resolution = field_validator("validation_resolution", mode="before")(
         DataConfig._parse_resolution.__func__)  # type: ignore[attr-defined]

@@ -12,6 +12,11 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, field_validator
 
 
+def one_or_many(value: object) -> object:
+    """A TOML key that takes a list also takes one string (`drift_prompts = "a red car"`)."""
+    return [value] if isinstance(value, str) else value
+
+
 class SignalFields(BaseModel):
     """Per-saved-file signals that need no extra model: validation loss and drift."""
 
@@ -44,7 +49,4 @@ class SignalFields(BaseModel):
                                    "kept 92 % of the base model's right pictures, 0.008 kept 71 %, 0.019 kept "
                                    "53 %; raise it to accept more change.")
 
-    @field_validator("drift_prompts", mode="before")
-    @classmethod
-    def _one_or_many_drift(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+    _one_or_many_drift = field_validator("drift_prompts", mode="before")(one_or_many)

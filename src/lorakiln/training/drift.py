@@ -84,10 +84,6 @@ def drift_prompt_plan(ctx: TrainContext) -> tuple[list[str], str | None]:
     return (honest, None) if honest else (every, TRAINED_PROMPTS_NOTE)
 
 
-def preservation_prompts(ctx: TrainContext) -> list[str]:
-    """The drift score's prompts (`drift_prompt_plan`)."""
-    return drift_prompt_plan(ctx)[0]
-
 
 class DriftProbe:
     """Fixed inputs of the drift score for one run, and the score at any strengths."""
