@@ -87,6 +87,7 @@ def test_kohya_sd1_report(files: dict[str, Path]) -> None:
     assert info.hashes["sshs_model_hash_matches"] is True
     assert info.notes == []
     text = format_info(info)
+    assert info.targets == "kohya" and "Targets     kohya (every Linear/1x1 conv" in text
     assert "10_zwx star: zwx (10/10 images), orange star (9/10 images)" in text
     assert "kohya LoRA" in text and "SD 1.x" in text and "(matches the tensor data)" in text
 
@@ -101,6 +102,22 @@ def test_kohya_sdxl_report_groups_both_text_encoders_and_sgm_levels(files: dict[
     assert sum(n for name, n in blocks.items() if name.startswith("U-Net")) == 722
     assert "unresolved keys" not in blocks
     assert all(b.scales == [0.5] for b in info.blocks)
+    assert info.targets == "kohya"
+
+
+@pytest.mark.parametrize("family", [SD1, SDXL])
+def test_info_names_the_target_preset(tmp_path: Path, family: ModelFamily) -> None:
+    from lorakiln.networks.targets import TargetRule
+
+    bundle = (build_tiny_sd1_bundle if family is SD1 else build_tiny_sdxl_bundle)(seed=0)
+    net = create_lora_network(bundle.unet, bundle.text_encoders, family, dim=2, alpha=2,
+                              targets=TargetRule("attn"))
+    net.remove()
+    for fmt, path in (("kohya", save_kohya_lora(net, tmp_path / "attn.safetensors")),
+                      ("diffusers", save_diffusers_lora(net, tmp_path / "attn_diffusers.safetensors"))):
+        info = inspect_lora(path)
+        assert (info.format, info.targets) == (fmt, "attn")
+        assert "Targets     attn (attention projections only" in format_info(info)
 
 
 @pytest.mark.parametrize("name", ["sd1_diffusers", "sdxl_diffusers"])

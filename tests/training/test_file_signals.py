@@ -87,6 +87,8 @@ def test_recommendation_rule() -> None:
     assert rec.file == "y" and "no held-out" in rec.reason  # without a validation loss: the latest
     rec = recommend(rows, 1e-9)
     assert rec.file == "a-1" and rec.strength == 0.5 and "even at strength 0.5" in rec.reason
+    assert "turn on output preservation" in rec.reason
+    assert "output preservation is on already" in recommend(rows, 1e-9, preserving=True).reason
     assert recommend([], 0.05) is None
 
 

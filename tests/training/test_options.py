@@ -159,3 +159,18 @@ def test_text_cache_matches_fresh_encoding_and_resume_stays_exact(run_config, tm
     a, b, c = (load_file(str(r.lora_path)) for r in (full, resumed, uncached))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.allclose(a[k].float(), c[k].float(), atol=1e-3) for k in a)
+
+
+def test_log_with_none_writes_no_tensorboard_files(run_config, tmp_path: Path) -> None:
+    from lorakiln.training.events import EventsFile, read_events
+
+    events = tmp_path / "events.jsonl"
+    cfg = run_config(train__max_train_steps=2, output__log_with="none")
+    result = train(cfg, [EventsFile(events)], progress=False)
+    out = Path(cfg.output.output_dir)
+    assert result.lora_path.is_file()
+    assert not (out / "logs").exists() and not list(out.rglob("events.out.tfevents*"))
+    assert [e for e in read_events(events) if e["event"] == "step"]  # the JSON events file stays
+    tensorboard = train(run_config(train__max_train_steps=1, output__output_dir=str(tmp_path / "tb")),
+                        progress=False)  # the default still writes them: the check above can fail
+    assert list((tensorboard.lora_path.parent / "logs").rglob("events.out.tfevents*"))

@@ -80,3 +80,25 @@ def test_ui_step_count_does_not_import_torch(tmp_path: Path) -> None:
     out, torch_loaded = _run(body, tmp_path)
     assert "optimizer steps: 225" in out  # 3 images × 15 repeats × 5 epochs / batch 1
     assert not torch_loaded, "the UI's step count imported torch"
+
+
+def test_dry_run_checks_network_weights_without_torch(tmp_path: Path) -> None:
+    """`network_weights` against the config's network (ranks, layers) comes from the file's header."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    toml = _run_toml(tmp_path)
+    block = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0"
+    tensors = {}
+    for proj in ("to_q", "to_k", "to_v", "to_out_0"):
+        tensors[f"{block}_attn1_{proj}.lora_down.weight"] = np.zeros((4, 32), np.float32)
+        tensors[f"{block}_attn1_{proj}.lora_up.weight"] = np.zeros((32, 4), np.float32)
+    save_file(tensors, str(tmp_path / "attn.safetensors"))
+    body = ("from lorakiln.cli import main\nsys.stderr = sys.stdout\n"
+            f"code = main(['train', {str(toml)!r}, '--dry-run', '--set', 'network.network_weights=\"attn.safetensors\"'])\n"
+            "print('exit', code)\n"
+            f"assert main(['train', {str(toml)!r}, '--dry-run', '--set', 'network.network_weights=\"attn.safetensors\"', "
+            "'--set', 'network.dim_from_weights=true']) == 0")
+    out, torch_loaded = _run(body, tmp_path)
+    assert "has rank 4 but network.network_dim is 8" in out and "exit 2" in out
+    assert not torch_loaded, "train --dry-run imported torch to check network_weights"

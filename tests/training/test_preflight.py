@@ -154,7 +154,13 @@ def test_vae_lora_and_resume_paths(run: Path, tmp_path: Path) -> None:
     assert "incomplete" in _findings(run, f"train.resume={_q(tmp_path / 'out' / 'last-state')}")["train.resume"]
     lora = tmp_path / "start.safetensors"
     save_file({"w": torch.zeros(2)}, str(lora))
-    assert "network.network_weights" not in _findings(run, f"network.network_weights={_q(lora)}")
+    assert "has no kohya-format LoRA modules" in _findings(run, f"network.network_weights={_q(lora)}")[
+        "network.network_weights"]
+    module = "lora_unet_down_blocks_0_attentions_0_proj_in"
+    save_file({f"{module}.lora_down.weight": torch.zeros(4, 32), f"{module}.lora_up.weight": torch.zeros(32, 4)},
+              str(lora))
+    assert "network.network_weights" not in _findings(run, f"network.network_weights={_q(lora)}",
+                                                      "network.network_dim=4")
 
 
 def test_output_dir_must_be_a_writable_folder(run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -29,6 +29,9 @@ def check_run(cfg: RunConfig) -> None:
         raise ValueError("data.cache_latents cannot be combined with data.random_crop (each step "
                          "would need a new latent); set cache_latents = false or random_crop = false")
     check_network(cfg.network)
+    if cfg.output.log_with == "none" and cfg.output.logging_dir:
+        raise ValueError("output.logging_dir is the TensorBoard folder, and output.log_with = 'none' writes "
+                         "none: drop logging_dir or set log_with = 'tensorboard'")
     if cfg.train.mode == "full":
         if cfg.pivotal.train_text_encoder_ti:
             raise ValueError("pivotal.train_text_encoder_ti is for LoRA training; with train.mode = 'full' "
@@ -73,6 +76,19 @@ def check_network(net: NetworkConfig) -> None:
                          "implement dropout for LoHa/LoKr either)")
     if net.lokr_factor == 0 or net.lokr_factor < -1:
         raise ValueError(f"network.lokr_factor must be -1 or a positive integer, got {net.lokr_factor}")
-    if net.conv_alpha is not None and net.conv_dim is None and algo == "lora":
+    if net.target_modules in ("attn", "attn-mlp") and (net.conv_dim is not None or algo == "locon"):
+        what = "network.conv_dim" if net.conv_dim is not None else "network_module = 'locon'"
+        raise ValueError(f"{what} adapts the U-Net's ResNet convs, which network.target_modules = "
+                         f"{net.target_modules!r} leaves out: use target_modules = 'full' (or 'kohya'), or drop it")
+    if net.dim_from_weights and not net.network_weights:
+        raise ValueError("network.dim_from_weights reads the ranks from network.network_weights: set that "
+                         "to the LoRA file to continue")
+    if net.dim_from_weights and algo not in ("lora", "locon"):
+        raise ValueError("network.dim_from_weights reads lora_down ranks (kohya's rule) and works with "
+                         f"network_module 'lora'/'locon', not {algo!r}; set network_dim to the file's rank")
+    if net.dim_from_weights and (net.target_include or net.target_exclude or net.target_modules != "kohya"):
+        raise ValueError("network.dim_from_weights takes the modules from network.network_weights; drop "
+                         "target_modules/target_include/target_exclude (or dim_from_weights)")
+    if net.conv_alpha is not None and net.conv_dim is None and algo == "lora" and net.target_modules != "full":
         raise ValueError("network.conv_alpha needs network.conv_dim with network_module = 'lora' "
-                         "(or use network_module = 'locon')")
+                             "(or use network_module = 'locon' or target_modules = 'full')")

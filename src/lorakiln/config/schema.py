@@ -15,15 +15,11 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lorakiln.config.cross_checks import check_run
+from lorakiln.config.network_schema import NetworkConfig
 from lorakiln.config.preservation import PreservationConfig
+from lorakiln.config.section import Section
 from lorakiln.config.signals_schema import SignalFields, one_or_many
 from lorakiln.models.hub_id import looks_like_hub_id
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are validated on set."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class ModelConfig(Section):
@@ -126,57 +122,6 @@ class DataConfig(Section):
         return value if value.startswith(".") else "." + value
 
 
-class NetworkConfig(Section):
-    network_module: Literal["lora", "locon", "loha", "lokr"] = Field(
-        "lora", description="Adapter algorithm: `lora` (kohya `networks.lora`; with `conv_dim` it is "
-        "kohya's LoCon), `locon` (LoRA also on the U-Net's ResNet/up/down-sampler convs), `loha` "
-        "(LyCORIS Hadamard product) or `lokr` (LyCORIS Kronecker product). LoHa/LoKr files load in "
-        "AUTOMATIC1111 and ComfyUI, not in diffusers. kohya's `networks.lora` means `lora`.")
-    network_dim: int = Field(8, ge=1, le=1024, description="LoRA rank: the size of the low-rank update. "
-                             "Higher keeps more detail and makes bigger files.")
-    network_alpha: float | None = Field(1.0, ge=0.0, description="LoRA alpha; the update is scaled by "
-                                        "alpha/dim (alpha = dim: no damping). Unset or 0 means alpha = dim.")
-    network_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch input "
-                                   "(lora/locon only; LyCORIS implements none for LoHa/LoKr).")
-    conv_dim: int | None = Field(None, ge=1, le=1024, description="Rank of the adapters on the U-Net's "
-                                 "k×k convs (ResNet conv1/conv2, up/down-samplers). With `lora` setting it "
-                                 "turns on kohya's LoCon; `locon`/`loha`/`lokr` always adapt those convs and "
-                                 "default it to network_dim (LyCORIS's default).")
-    conv_alpha: float | None = Field(None, ge=0.0, description="Alpha of the conv adapters (scale "
-                                     "conv_alpha/conv_dim). Unset: 1 with `lora` + conv_dim (kohya's "
-                                     "default), network_alpha for locon/loha/lokr (LyCORIS's).")
-    lokr_factor: int = Field(-1, description="LoKr only: split each weight dimension as factor × rest "
-                             "(LyCORIS `factor`); -1 picks the most balanced split.")
-    lokr_decompose_both: bool = Field(False, description="LoKr only: also make the small Kronecker "
-                                      "factor low rank (LyCORIS `decompose_both`).")
-    use_tucker: bool = Field(False, description="LoHa/LoKr only: Tucker-factor the k×k conv adapters "
-                             "(LyCORIS `use_tucker`, formerly `use_cp`).")
-    dora_wd: bool = Field(False, description="DoRA (weight-decomposed LoRA, LyCORIS `dora_wd`), with "
-                          "`lora`/`locon`: also trains a magnitude per input channel of each adapted "
-                          "layer (`dora_scale` in the file). AUTOMATIC1111 and ComfyUI apply it alike; "
-                          "diffusers drops it, so `save_diffusers` is refused. No `network_dropout`. "
-                          "LyCORIS's default axis is the output one (`wd_on_output`); lorakiln uses the "
-                          "input axis, the one both clients read the same way.")
-    network_train_unet_only: bool = Field(False, description="Train the U-Net LoRA only (no text encoder).")
-    network_weights: str | None = Field(None, description="Start from an existing LoRA file of the same "
-                                        "dim (continue training).")
-
-    @field_validator("network_module", mode="before")
-    @classmethod
-    def _kohya_module_name(cls, value: object) -> object:
-        """Accept kohya's ``networks.lora`` (the ``ss_network_module`` sd-scripts writes) as ``lora``; point
-        ``lycoris.kohya`` users at the algorithm names, as it needs an ``algo`` to mean anything."""
-        if isinstance(value, str):
-            name = value.strip().lower()
-            if name == "networks.lora":
-                return "lora"
-            if name == "lycoris.kohya":
-                raise ValueError("lycoris.kohya needs an algo: set network_module to the algorithm "
-                                 "itself (locon, loha or lokr)")
-            return name
-        return value
-
-
 class TrainConfig(Section):
     learning_rate: float = Field(1e-4, gt=0, description="Learning rate used for any part without its "
                                  "own rate; ignored when both unet_lr and text_encoder_lr are set.")
@@ -259,6 +204,11 @@ class OutputConfig(Section):
     save_diffusers: bool = Field(False, description="Also write diffusers `pytorch_lora_weights.safetensors` "
                                  "(with train.mode = 'full': a diffusers model folder `<output_name>/`).")
     logging_dir: str | None = Field(None, description="TensorBoard log folder (default `<output_dir>/logs`).")
+    log_with: Literal["tensorboard", "none"] = Field("tensorboard", description="`tensorboard` writes loss, "
+                                                     "learning rates and sample images for TensorBoard "
+                                                     "(kohya's `--log_with`); `none` writes no TensorBoard "
+                                                     "files. The JSON events file (`--events`) is written "
+                                                     "either way.")
     trigger_phrase: str | None = Field(None, description="Written as `modelspec.trigger_phrase`.")
     no_metadata: bool = Field(False, description="Write only the minimal ss_* metadata keys.")
 

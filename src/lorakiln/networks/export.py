@@ -177,17 +177,32 @@ def read_lora_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str,
     return load_checked(path)
 
 
-def load_network_weights(network: LoRANetwork, path: str | Path) -> None:
-    """Start `network` from the LoRA file `path` (the trainer's ``network.network_weights``).
+def load_network_weights(network: LoRANetwork, path: str | Path) -> str:
+    """Start `network` from the LoRA file `path` (the trainer's ``network.network_weights``) and
+    return a one-line report of what was loaded.
 
     The file passes `read_lora_checked` first: NaN or infinite weights would make every step's
     loss NaN, and factors that disagree on the rank would fail later as a shape error. A file
-    that does not fit the network gets its path in the message, since a key list alone does not
-    say which of the config's files to change.
+    with fewer modules than the network (an attention-only file into the ``kohya`` preset) loads
+    into the modules it has and the report names the ones that start fresh, as kohya's
+    non-strict load does silently; a module of the file the network lacks, or a shape mismatch,
+    is an error with the file's path, since a key list alone does not say which of the config's
+    files to change.
     """
     tensors, _ = read_lora_checked(path)
+    own = {key for key, _ in network.loras()}
+    given = {name.partition(".")[0] for name in tensors}
+    fresh = sorted(own - given)
+    only = own & given if fresh and own & given and given <= own else None
     try:
-        network.load_kohya_state_dict(tensors)
+        network.load_kohya_state_dict(tensors, only=only)
     except LorakilnError as err:
         raise LorakilnError(f"network.network_weights {path} does not fit the network this config builds: "
-                            f"{err}") from None
+                            f"{err}\nTo build the network from the file instead, set network.dim_from_weights "
+                            "= true (kohya's --dim_from_weights).") from None
+    name = Path(path).name
+    if not fresh:
+        return f"network.network_weights: loaded all {len(own)} modules from {name}"
+    return (f"network.network_weights: loaded {len(own) - len(fresh)} of {len(own)} modules from {name}; "
+            f"{len(fresh)} are not in the file and start fresh (e.g. {fresh[0]}); "
+            "network.dim_from_weights = true would train only the file's")

@@ -25,7 +25,7 @@ are valid ``nn.ModuleDict`` keys.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,8 +40,11 @@ from lorakiln.networks.adapters import (
     locon_conv_targets,
     locon_rank,
     make_adapter,
+    uses_conv_dim,
 )
 from lorakiln.networks.lora import resolve_alpha
+from lorakiln.networks.network_args import adapter_opts, network_args
+from lorakiln.networks.targets import DEFAULT_PRESET, Candidate, TargetRule
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ class LoRANetwork(nn.ModuleDict):
         self.network_args: dict[str, str] = {}
         self.parts: dict[str, str] = {}
         self.module_paths: dict[str, str] = {}
+        #: The rule that chose the modules (None when they came from a file, `dim_from_weights`).
+        self.targets: TargetRule | None = None
 
     # -- building -----------------------------------------------------------------------
 
@@ -211,7 +216,9 @@ class LoRANetwork(nn.ModuleDict):
 
     # -- resume -------------------------------------------------------------------------
 
-    def load_kohya_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+    def load_kohya_state_dict(
+        self, state_dict: Mapping[str, torch.Tensor], only: Collection[str] | None = None
+    ) -> None:
         """Load a kohya/LyCORIS tensor dict (e.g. a saved file) into this network, strictly.
 
         The expected keys are each module's own ``state_dict()`` keys (``lora_down.weight``…,
@@ -220,9 +227,10 @@ class LoRANetwork(nn.ModuleDict):
         raise `LorakilnError` naming them: resuming onto a differently shaped network would
         silently train something else. The one tolerance is a missing ``.alpha``, which every
         client reads as alpha = rank (sd-scripts, A1111 ``calc_scale``), so we do too. A file's alpha overrides
-        the network's, as it defines the trained function.
+        the network's, as it defines the trained function. ``only`` restricts the check and the load
+        to those modules (a file holding part of the network; the rest keep their init).
         """
-        own = {key: module.state_dict() for key, module in self.loras()}
+        own = {key: module.state_dict() for key, module in self.loras() if only is None or key in only}
         expected = {f"{k}.{name}" for k, sd in own.items() for name in sd}
         given = set(state_dict)
         missing = sorted(k for k in expected - given if not k.endswith(".alpha"))
@@ -246,6 +254,8 @@ class LoRANetwork(nn.ModuleDict):
             )
         with torch.no_grad():
             for key, module in self.loras():
+                if key not in own:
+                    continue
                 for name, param in module.named_parameters():
                     param.copy_(state_dict[f"{key}.{name}"])
                 alpha = state_dict.get(f"{key}.alpha")
@@ -286,17 +296,24 @@ def create_lora_network(
     lokr_factor: int = -1,
     lokr_decompose_both: bool = False,
     dora_wd: bool = False,
+    targets: TargetRule | None = None,
+    module_ranks: Mapping[str, int] | None = None,
 ) -> LoRANetwork:
     """Inject adapter modules into the U-Net and text encoders and return the network.
 
-    Targets: kohya's default attention/MLP targets (module docstring) for every algorithm, plus
-    the LoCon conv targets (`adapters.locon_conv_targets`) when ``conv_dim`` is set (kohya's
-    ``networks.lora`` with ``conv_dim``) or ``algo`` is ``locon``/``loha``/``lokr`` (LyCORIS
-    ``kohya.py``: its default preset "full" includes ``ResnetBlock2D``/``Down/Upsample2D`` and
-    ``conv_dim`` defaults to ``network_dim``, ``conv_alpha`` to ``network_alpha``). kohya's own
+    Targets: ``targets`` (`lorakiln.networks.targets`; default the ``kohya`` preset, the module
+    docstring's set) for every algorithm, plus the LoCon conv targets
+    (`adapters.locon_conv_targets`) with the ``full`` preset, or with ``kohya`` when ``conv_dim``
+    is set (kohya's ``networks.lora`` with ``conv_dim``) or ``algo`` is ``locon``/``loha``/``lokr``
+    (LyCORIS ``kohya.py``: its default preset "full" includes ``ResnetBlock2D``/``Down/Upsample2D``
+    and ``conv_dim`` defaults to ``network_dim``, ``conv_alpha`` to ``network_alpha``). kohya's own
     ``conv_alpha`` default is 1 (``networks/lora.py`` ``create_network``). The
     preset's by-name extras (``conv_in``/``conv_out``/``time_embedding``) are left out: A1111's
     name table (``convert_diffusers_name_to_compvis``) has no rule for them, so they would be silently dropped there.
+
+    ``module_ranks`` (kohya's ``--dim_from_weights``) replaces the targets by the file's own
+    modules, each at the file's rank: ``{kohya key: rank}``; a key this model has no layer for is
+    an error.
 
     Hooks are attached immediately; the base modules stay in place (see `lorakiln.networks.lora`).
     Text encoder *i* is named with ``family.te_lora_prefixes[i]`` / ``te_diffusers_prefixes[i]``.
@@ -307,87 +324,81 @@ def create_lora_network(
         raise ValueError(
             f"{family.name} has {len(family.te_lora_prefixes)} text encoder(s), got {len(text_encoders)}"
         )
+    rule = targets or TargetRule()
     spec = adapter_spec(algo)
-    opts = _adapter_opts(spec.name, use_tucker, lokr_factor, lokr_decompose_both, dora_wd)
+    opts = adapter_opts(spec.name, use_tucker, lokr_factor, lokr_decompose_both, dora_wd)
     network = LoRANetwork(family, dim, alpha, dropout, algo=spec.name, adapter_opts=opts)
-    convs = conv_dim is not None or spec.name != "lora"
+    convs = rule.convs or (rule.preset == DEFAULT_PRESET and (conv_dim is not None or spec.name != "lora"))
+    if module_ranks is not None:
+        convs = True  # the file decides; conv layers absent from it are simply not chosen
     if convs:
         if conv_dim is None:
             conv_dim = dim  # LyCORIS: conv_dim defaults to network_dim
         if conv_alpha is None:
-            conv_alpha = KOHYA_DEFAULT_CONV_ALPHA if spec.name == "lora" else network.alpha
-    network.network_args = _network_args(spec.name, conv_dim if convs else None, conv_alpha, opts)
+            kohya_locon = spec.name == "lora" and rule.preset == DEFAULT_PRESET
+            conv_alpha = KOHYA_DEFAULT_CONV_ALPHA if kohya_locon else network.alpha
+    layers: dict[str, nn.Module] = {}
+    candidates: list[Candidate] = []
+
+    def offer(key: str, part: str, path: str, layer: nn.Module) -> None:
+        layers[key] = layer
+        candidates.append(Candidate(key, part, path))
+
     if train_unet:
         if unet is None:
             raise ValueError("train_unet=True needs a U-Net")
         for path, layer in find_targets(unet, family.unet_target_blocks, allow_conv=True):
-            network.add_adapter(keymap.unet_kohya_name(path, family), "unet", path, layer)
+            offer(keymap.unet_kohya_name(path, family), "unet", path, layer)
         if convs:
-            assert conv_dim is not None
             for path, layer in locon_conv_targets(unet):
-                rank, rank_alpha = locon_rank(layer, dim, network.alpha, conv_dim, conv_alpha)
-                network.add_adapter(keymap.unet_kohya_name(path, family), "unet", path, layer, rank, rank_alpha)
+                offer(keymap.unet_kohya_name(path, family), "unet", path, layer)
     if train_text_encoder:
         for index, encoder in enumerate(text_encoders):
             part = family.te_diffusers_prefixes[index]
             for path, layer in find_targets(encoder, family.te_target_blocks, allow_conv=False):
-                network.add_adapter(keymap.text_encoder_kohya_name(path, index, family), part, path, layer)
+                offer(keymap.text_encoder_kohya_name(path, index, family), part, path, layer)
+    chosen = rule.select(candidates, convs) if module_ranks is None else _file_modules(candidates, module_ranks)
+    ranks = _ranks(chosen, layers, dim, network.alpha, conv_dim, conv_alpha, module_ranks)
+    conv_ranks = [rank for rank, _, big_conv in ranks.values() if big_conv]
+    if module_ranks is not None and conv_ranks:
+        conv_dim = conv_alpha = max(conv_ranks)  # recorded as the file's; its alphas load with it
+    network.network_args = network_args(spec.name, conv_dim if conv_ranks else None, conv_alpha, opts)
+    for c in chosen:
+        rank, rank_alpha, _ = ranks[c.key]
+        network.add_adapter(c.key, c.part, c.path, layers[c.key], rank, rank_alpha)
+    network.targets = rule if module_ranks is None else None
     if len(network) == 0:
         raise ValueError("no LoRA targets found: check train_unet / train_text_encoder and the model family")
     return network
 
 
-def _adapter_opts(
-    algo: str, use_tucker: bool, lokr_factor: int, lokr_decompose_both: bool, dora_wd: bool = False
-) -> dict[str, Any]:
-    """Module keyword options for ``algo``; an option the algorithm lacks is an error, not a no-op."""
-    if dora_wd and algo not in ("lora", "locon"):
-        raise ValueError(f"DoRA (dora_wd) is trained with lora/locon, not with {algo}")
-    if algo in ("lora", "locon"):
-        if use_tucker or lokr_factor != -1 or lokr_decompose_both:
-            raise ValueError(f"use_tucker / lokr_factor / lokr_decompose_both do not apply to {algo}")
-        return {"dora_wd": True} if dora_wd else {}
-    if algo == "loha":
-        if lokr_factor != -1 or lokr_decompose_both:
-            raise ValueError("lokr_factor / lokr_decompose_both are LoKr options, not LoHa ones")
-        return {"use_tucker": use_tucker}
-    return {"use_tucker": use_tucker, "factor": lokr_factor, "decompose_both": lokr_decompose_both}
+def _ranks(chosen: Sequence[Candidate], layers: Mapping[str, nn.Module], dim: int, alpha: float,
+           conv_dim: int | None, conv_alpha: float | None, module_ranks: Mapping[str, int] | None,
+           ) -> dict[str, tuple[int, float, bool]]:
+    """``key → (rank, alpha, is a k×k conv)``: kohya's `locon_rank` rule, or the file's ranks."""
+    out: dict[str, tuple[int, float, bool]] = {}
+    for c in chosen:
+        layer = layers[c.key]
+        big_conv = uses_conv_dim(layer)
+        if module_ranks is not None:
+            rank = module_ranks[c.key]
+            out[c.key] = (rank, float(rank), big_conv)  # the file's alpha is loaded with its weights
+        elif big_conv:
+            assert conv_dim is not None
+            out[c.key] = (*locon_rank(layer, dim, alpha, conv_dim, conv_alpha), True)
+        else:
+            out[c.key] = (dim, alpha, False)
+    return out
 
 
-def _fmt(value: float) -> str:
-    """A number as a user types it in ``network_args`` (``8``, ``0.5``), as kohya records them."""
-    return f"{value:g}"
-
-
-def _network_args(
-    algo: str, conv_dim: int | None, conv_alpha: float | None, opts: Mapping[str, Any]
-) -> dict[str, str]:
-    """``ss_network_args`` as kohya's ``train_network.py`` writes them: the ``--network_args``
-    ``key=value`` strings as a JSON object of strings (as sd-scripts records them, e.g.
-    ``{"conv_dim": "8", "conv_alpha": "4"}``). LoHa/LoKr add LyCORIS's ``algo`` and its option
-    names (``lycoris/kohya.py`` ``create_network``: ``algo``, ``factor``, ``decompose_both``,
-    ``use_tucker``), so the file says how to train it again with ``lycoris.kohya``.
-
-    DoRA adds ``dora_wd`` and ``wd_on_output = "False"`` (LyCORIS defaults to the output axis;
-    lorakiln trains the input axis, `lorakiln.networks.dora`), with ``algo`` ``lora``/``locon``;
-    without conv targets also ``preset = "attn-mlp"``, LyCORIS's preset for kohya's default
-    targets (its default "full" would add the convs)."""
-    args: dict[str, str] = {}
-    dora = bool(opts.get("dora_wd"))
-    if algo in ("loha", "lokr") or dora:
-        args["algo"] = algo
-    if dora and conv_dim is None:
-        args["preset"] = "attn-mlp"
-    if conv_dim is not None:
-        args["conv_dim"] = str(conv_dim)
-        args["conv_alpha"] = _fmt(float(conv_alpha if conv_alpha is not None else conv_dim))
-    if algo == "lokr":
-        args["factor"] = str(int(opts["factor"]))
-        if opts["decompose_both"]:
-            args["decompose_both"] = "True"
-    if opts.get("use_tucker"):
-        args["use_tucker"] = "True"
-    if dora:
-        args["dora_wd"] = "True"
-        args["wd_on_output"] = "False"
-    return args
+def _file_modules(candidates: Sequence[Candidate], module_ranks: Mapping[str, int]) -> list[Candidate]:
+    """The candidates a LoRA file has modules for (`dim_from_weights`); unknown file keys are an error."""
+    known = {c.key for c in candidates}
+    unknown = sorted(set(module_ranks) - known)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f", … ({len(unknown)} in all)" if len(unknown) > 5 else "")
+        raise LorakilnError(
+            f"network.dim_from_weights: the file has modules this model and config have no layer for: {shown}. "
+            "Is it for another model family, or does it train a text encoder this run leaves alone "
+            "(network_train_unet_only)?")
+    return [c for c in candidates if c.key in module_ranks]

@@ -93,7 +93,8 @@ class FileSignalsRecorder:
     def summary(self, ctx: TrainContext, emit: Emit) -> None:
         """Print the table and the recommendation; emit it as a ``recommended`` event."""
         threshold = ctx.cfg.validation.drift_threshold
-        rec = recommend(self.rows, threshold)
+        pres = ctx.cfg.preservation
+        rec = recommend(self.rows, threshold, pres.diff_output_preservation or pres.blank_prompt_preservation)
         for line in table_lines(self.rows, rec, threshold):
             self.logger.write(line)
         if rec is not None:

@@ -251,7 +251,8 @@ def _final_grids(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
     cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
     accum = cfg.train.gradient_accumulation_steps
-    logger = TrainLogger(plan.total_steps, pos.global_step, outputs.logging_dir(ctx), enabled=progress)
+    tensorboard = outputs.logging_dir(ctx) if ctx.cfg.output.log_with == "tensorboard" else None
+    logger = TrainLogger(plan.total_steps, pos.global_step, tensorboard, enabled=progress)
     last_loss: float | None = None
     ctx.network.train()
     ctx.signals = file_signals.start(ctx, logger)

@@ -52,30 +52,48 @@ def add_pivotal_tokens(cfg: RunConfig, bundle: ModelBundle) -> PivotalEmbeddings
                           seed=cfg.train.seed, std_pull=p.ti_std_pull, fix_pooling=p.ti_fix_pooling)
 
 
-def build_network(cfg: RunConfig, bundle: ModelBundle, train_te: bool, device: torch.device) -> Any:
+def build_network(cfg: RunConfig, bundle: ModelBundle, train_te: bool, device: torch.device,
+                  log: Callable[[str], None] | None = None) -> Any:
     """The trained network on `device`: every weight (`train.mode = "full"`) or an adapter of
-    `network.network_module`, with a seeded init (kaiming down, zero up), optionally started
-    from `network.network_weights`."""
+    `network.network_module` on the layers `network.target_modules` picks (or, with
+    `network.dim_from_weights`, the file's own), with a seeded init (kaiming down, zero up),
+    optionally started from `network.network_weights`; `log` hears which layers and what loaded."""
     torch.manual_seed(cfg.train.seed)
+    net = cfg.network
     if cfg.train.mode == "full":
         from lorakiln.networks.full import FullNetwork
 
         network: Any = FullNetwork(bundle.family, bundle.unet, bundle.text_encoders, train_te)
     else:
         from lorakiln.networks.network import create_lora_network
+        from lorakiln.networks.targets import TargetRule
 
-        net = cfg.network
+        dim, ranks = net.network_dim, None
+        if net.dim_from_weights and net.network_weights:
+            from lorakiln.networks.weights_plan import read_file_modules
+
+            file = read_file_modules(net.network_weights)
+            ranks = {k: r for k, r in file.ranks.items() if r is not None}
+            dim = file.main_rank() or dim
+        rule = TargetRule(net.target_modules, tuple(net.target_include), tuple(net.target_exclude))
         network = create_lora_network(bundle.unet, bundle.text_encoders, bundle.family,
-                                      dim=net.network_dim, alpha=net.network_alpha,
+                                      dim=dim, alpha=net.network_alpha,
                                       dropout=net.network_dropout, train_text_encoder=train_te,
                                       algo=net.network_module, conv_dim=net.conv_dim,
                                       conv_alpha=net.conv_alpha, use_tucker=net.use_tucker,
                                       lokr_factor=net.lokr_factor,
-                                      lokr_decompose_both=net.lokr_decompose_both, dora_wd=net.dora_wd)
-    if cfg.network.network_weights:
+                                      lokr_decompose_both=net.lokr_decompose_both, dora_wd=net.dora_wd,
+                                      targets=rule, module_ranks=ranks)
+        if log:
+            counts = ", ".join(f"{n} {part}" for part, n in network.counts().items())
+            how = "from network_weights (dim_from_weights)" if ranks is not None else rule.describe()
+            log(f"network: {len(network)} modules ({counts}); layers: {how}")
+    if net.network_weights:
         from lorakiln.networks.export import load_network_weights
 
-        load_network_weights(network, cfg.network.network_weights)
+        report = load_network_weights(network, net.network_weights)
+        if log:
+            log(report)
     network.to(device)
     return network
 

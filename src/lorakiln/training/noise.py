@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.training_utils import compute_snr
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: spreads nearby (seed, step) pairs apart
 
@@ -44,6 +43,16 @@ def target_for(scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, times
     if kind == "v_prediction":
         return scheduler.get_velocity(latents, noise, timesteps)
     raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def compute_snr(scheduler: Any, timesteps: torch.Tensor) -> torch.Tensor:
+    """SNR(t) = ᾱ_t / (1 − ᾱ_t), the signal-to-noise ratio of DDPM's forward process at each
+    timestep (Hang et al. 2023, the min-SNR paper, §3). The same value as diffusers'
+    `training_utils.compute_snr`, computed here because importing that module pulls in
+    `torch._dynamo` and peft at start-up (seconds) for these few lines."""
+    alphas_cumprod = scheduler.alphas_cumprod.to(device=timesteps.device, dtype=torch.float32)
+    alpha = alphas_cumprod[timesteps]
+    return alpha / (1.0 - alpha)
 
 
 def diffusion_loss(

@@ -80,7 +80,13 @@ def collect_findings(cfg: RunConfig) -> list[PreflightFinding]:
     if m.vae:
         out += check_model_source("model.vae", m.vae, m.allow_pickle, builtin_ok=False)
     if cfg.network.network_weights:
-        out += check_lora_file("network.network_weights", cfg.network.network_weights)
+        found = check_lora_file("network.network_weights", cfg.network.network_weights)
+        if not found and cfg.train.mode == "lora":
+            from lorakiln.networks.weights_plan import check_network_weights
+
+            found = [PreflightFinding(sev, "network.network_weights", msg)
+                     for sev, msg in check_network_weights(cfg.network)]
+        out += found
     if cfg.train.resume:
         out += check_resume("train.resume", cfg.train.resume)
     if not cfg.data.dataset_name and cfg.data.train_data_dir:

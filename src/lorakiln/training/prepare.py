@@ -144,7 +144,7 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
     pivotal = add_pivotal_tokens(cfg, bundle)
     _warn_long_captions(dataset, bundle, log, pivotal)
     train_te = wants_text_encoder(cfg)
-    network = build_network(cfg, bundle, train_te, device)
+    network = build_network(cfg, bundle, train_te, device, log)
     enable_memory_options(cfg, bundle, train_te or pivotal is not None)
 
     lrs = resolve_lrs(cfg, train_te)

@@ -60,8 +60,9 @@ def _drift(row: FileSignals, strength: float) -> float:
     return row.drift.get(strength, 0.0) if row.drift else 0.0  # no drift measured (full): no gate
 
 
-def recommend(rows: list[FileSignals], threshold: float) -> Recommendation | None:
-    """The file and strength the module's RULE picks; None without saved files."""
+def recommend(rows: list[FileSignals], threshold: float, preserving: bool = False) -> Recommendation | None:
+    """The file and strength the module's RULE picks; None without saved files. `preserving`
+    (output preservation is on) only changes the advice when no file is under the threshold."""
     if not rows:
         return None
     strengths = sorted({s for r in rows for s in r.drift} or {1.0}, reverse=True)
@@ -81,9 +82,12 @@ def recommend(rows: list[FileSignals], threshold: float) -> Recommendation | Non
         return Recommendation(best.file, s, RULE, why)
     low = strengths[-1]
     best = min(rows, key=lambda r: (_drift(r, low), -r.step))
+    remedy = ("train less (fewer epochs or a lower U-Net learning rate)" + (
+        "; output preservation is on already" if preserving else
+        ", or turn on output preservation ([preservation] diff_output_preservation)"))
     return Recommendation(best.file, low, RULE, f"no file has drift ≤ {threshold:g} even at strength {low:g}; "
-                          f"this one drifts least there ({_drift(best, low):.4f}): lower drift_threshold's "
-                          "expectations, train less, or use output preservation")
+                          f"this one drifts least there ({_drift(best, low):.4f}): raise drift_threshold to "
+                          f"accept more drift, {remedy}")
 
 
 def table_lines(rows: list[FileSignals], rec: Recommendation | None, threshold: float) -> list[str]:

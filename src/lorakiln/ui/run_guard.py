@@ -55,7 +55,7 @@ TEXT_KEYS: frozenset[str] = frozenset({
     "output.trigger_phrase", "pivotal.token_abstraction", "pivotal.initializer_concept", "prior.class_prompt",
     "preservation.preservation_class", "preservation.preservation_trigger",
     "validation.validation_prompt", "validation.validation_negative_prompt", "validation.sample_sampler",
-    "validation.drift_prompts",
+    "validation.drift_prompts", "network.target_modules", "network.target_include", "network.target_exclude",
 })
 
 

@@ -43,6 +43,7 @@ from lorakiln.models.family import FAMILIES
 from lorakiln.networks.clients import FORMAT_CLIENTS  # shared with the trainer's end-of-run advice
 from lorakiln.networks.file_checks import check_rank_layout
 from lorakiln.networks.file_family import detect_family
+from lorakiln.networks.targets import PRESET_HELP, preset_of
 from lorakiln.safetensors_check import scan_non_finite
 
 __all__ = ["FORMAT_CLIENTS", "FORMAT_LABELS", "LoraInfo", "format_info", "human_size", "inspect_lora"]
@@ -74,6 +75,8 @@ class LoraInfo:
     dtypes: dict[str, int]
     algorithms: dict[str, int]
     dora_modules: int
+    #: The `network.target_modules` preset whose layer kinds cover the file's (or "custom").
+    targets: str
     blocks: list[BlockSummary]
     modules: list[dict[str, Any]]
     training: dict[str, str]
@@ -133,6 +136,7 @@ def inspect_lora(path: str | Path, *, verify_hash: bool = True) -> LoraInfo:
         ),
         algorithms=dict(algos.most_common()),
         dora_modules=sum(m.dora for m in modules.values()),
+        targets=preset_of(m.path or m.key for m in modules.values()),
         blocks=blocks,
         modules=rows,
         training=training_summary(md),
@@ -309,6 +313,8 @@ def format_info(info: LoraInfo, with_modules: bool = False) -> str:
         f"Modules     {total}; rank {_values(ranks)}, alpha {_values(alphas) if alphas else 'none (= rank)'}, "
         f"scale alpha/rank {_values(scales)}"
     )
+    lines.append(f"Targets     {info.targets}" + (f" ({PRESET_HELP[info.targets]})" if info.targets in PRESET_HELP
+                                                    else " (layers outside lorakiln's presets)"))
     lines.append("")
     width = max(len(b.name) for b in info.blocks) + 2
     lines.append(f"  {'block':<{width}}{'modules':>7}  {'rank':>7}  {'alpha':>7}  {'scale':>7}")
