@@ -115,3 +115,26 @@ def test_pivotal_grids_load_each_epochs_embedding_with_its_lora(run_config, tmp_
     assert result.prompts_grid_path == out / "last_epochs_x_prompts.png"
     sheet = Image.open(result.prompts_grid_path)
     assert sheet.width > 2 * 64 and 3 * 64 < sheet.height < 4 * 64 + 64  # 2 files x 3 prompts
+
+
+def test_prompts_with_the_same_settings_render_together(run_config, tmp_path: Path) -> None:
+    """Sample prompts that differ only in prompt and seed share one batched sampling call; the
+    progress events then come per group, and every prompt still gets its own images and seed."""
+    from lorakiln.inference.infotext import GenerationParams
+    from lorakiln.training.validation import render_groups
+
+    base = GenerationParams(steps=2, width=64, height=64)
+    params = [base, GenerationParams(prompt="b", seed=5, steps=2, width=64, height=64),
+              GenerationParams(steps=3, width=64, height=64), GenerationParams(prompt="c", steps=2, width=64, height=64)]
+    assert render_groups(params) == [[0, 1, 3], [2]]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("photo of zwx --s 2 --d 1\na toy --s 2 --d 5\na zwx toy --s 3 --d 9\n", encoding="utf-8")
+    events = []
+    cfg = run_config(train__max_train_steps=2, validation__sample_prompts=str(prompts),
+                     validation__validation_resolution=64, validation__final_grid=False)
+    train(cfg, callbacks=[lambda e, i: events.append((e, i))], progress=False)
+    renders = [(i["done"], i["total"]) for e, i in events if e == "phase" and i["name"] == "rendering samples"]
+    assert renders == [(0, 3), (2, 3)]
+    samples = sorted((Path(cfg.output.output_dir) / "sample").glob("*.png"))
+    seeds = sorted(Image.open(p).text["parameters"].split("Seed: ")[1].split(",")[0] for p in samples)
+    assert seeds == ["1", "5", "9"]

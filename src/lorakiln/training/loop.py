@@ -167,21 +167,27 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
     """Validation and sample renders that are due now (validation.py). A signal stops a render at
     once; the caller then saves (render restores the RNGs and module modes on the way out).
 
-    Prompts are rendered one at a time so a ``rendering samples`` phase event (done/total over all
-    the jobs due now) can precede each: a render of many prompts is minutes on a slow machine.
-    The event is written outside `flag.raising()`, so a stop never cuts a line of the events file.
+    Prompts with the same settings are drawn together (`validation.render_groups`: one pipeline,
+    batched), a group at a time, so a ``rendering samples`` phase event (done/total prompts over
+    all the jobs due now) precedes each group and the console shows a ``samples`` bar: a render of
+    many prompts is minutes on a slow machine. The event is written outside `flag.raising()`, so
+    a stop never cuts a line of the events file.
     """
     jobs = validation.due_jobs(ctx, epoch_end=epoch_end, final=final)
     total, done = sum(len(prompts) for _, prompts in jobs), 0
     for folder, prompts in jobs:
-        rendered: list[Any] = []
+        rendered: list[Any] = [None] * len(prompts)
         try:
-            for params in prompts:
-                _emit(callbacks, "phase", name="rendering samples", done=done, total=total, folder=folder,
-                      step=ctx.position.global_step)
-                with flag.raising():
-                    rendered += validation.render(ctx, [params])
-                done += 1
+            with logger.sub_bar(sum(p.batch_count * p.batch_size for p in prompts), folder) as bar:
+                for group in validation.render_groups(prompts):
+                    _emit(callbacks, "phase", name="rendering samples", done=done, total=total, folder=folder,
+                          step=ctx.position.global_step)
+                    with flag.raising():
+                        images = validation.render(ctx, [prompts[i] for i in group])
+                    for i, drawn in zip(group, images, strict=True):
+                        rendered[i] = drawn
+                        bar.update(len(drawn))
+                    done += len(group)
         except StopSignal:
             logger.write(f"{flag.name}: {folder} renders stopped")
             return
@@ -242,7 +248,7 @@ def _final_grids(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
     _emit(callbacks, "phase", name="final grids")
     try:
         with reported(ctx, ctx.output_dir), flag.raising():
-            return validation.final_grids(ctx)
+            return validation.final_grids(ctx, progress=not logger.bar.disable)
     except StopSignal as stop:
         logger.write(f"{stop.name}: final grids skipped; the trained LoRA is complete")
         return None, None

@@ -54,6 +54,12 @@ class TrainLogger:
         if self.writer is not None:
             self.writer.add_images(tag, batch, step, dataformats="NHWC")
 
+    def sub_bar(self, total: int, desc: str) -> tqdm:
+        """A second bar under the steps bar, for work between steps (sample renders), so the run
+        never looks frozen; a context manager that removes itself when done."""
+        return tqdm(total=total, desc=desc, unit="img", leave=False, position=1, dynamic_ncols=True,
+                    disable=self.bar.disable)
+
     def write(self, text: str) -> None:
         """Print a line without breaking the bar."""
         self.bar.write(text)

@@ -68,14 +68,47 @@ def sample_params(ctx: TrainContext) -> list[GenerationParams]:
     return read_sample_prompts(ctx.cfg.validation.sample_prompts or "", _defaults(ctx))
 
 
-def render(ctx: TrainContext, prompts: list[GenerationParams]) -> list[list[GeneratedImage]]:
-    """Images per prompt with the LoRA being trained (hooked, strength 1) and the new tokens."""
-    from lorakiln.inference.generate import generate
+#: Pixels per sampling batch when renders are batched: 16 images at 64 px, 4 at 512, 1 at 1024
+#: (SDXL), so batching saves per-call overhead on small previews and never costs memory on big ones.
+BATCH_PIXELS = 1024 * 1024
+MAX_BATCH = 16
 
+
+def render_groups(prompts: list[GenerationParams]) -> list[list[int]]:
+    """Indices of `prompts` that can share one sampling call: every setting but the prompt and the
+    seed alike (sampler, steps, CFG, size, negative prompt…), in first-seen order."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        key = repr(replace(p, prompt="", seed=0, batch_size=1, batch_count=1))
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
+
+
+def render(ctx: TrainContext, prompts: list[GenerationParams]) -> list[list[GeneratedImage]]:
+    """Images per prompt with the LoRA being trained (hooked, strength 1) and the new tokens.
+
+    Prompts with the same settings are drawn together (`inference.generate.generate_many`: one
+    pipeline, batches of up to `MAX_BATCH` images within `BATCH_PIXELS`); each image is the one the
+    prompt and seed give alone, as `lorakiln generate` draws it (A1111's seeds: seed, seed+1, …)."""
+    import random
+
+    from lorakiln.inference.generate import generate_many
+
+    out: list[list[GeneratedImage]] = [[] for _ in prompts]
     with evaluating(ctx):
-        return [generate(ctx.bundle, replace(p, prompt=ctx.prompt(p.prompt),
-                                             negative_prompt=ctx.prompt(p.negative_prompt)))
-                for p in prompts]
+        for group in render_groups(prompts):
+            first = prompts[group[0]]
+            items, owners = [], []
+            for i in group:
+                p = prompts[i]
+                seed = p.seed if p.seed >= 0 else random.randrange(2**32)
+                items += [(ctx.prompt(p.prompt), seed + k) for k in range(p.batch_count * p.batch_size)]
+                owners += [i] * (p.batch_count * p.batch_size)
+            batch = max(1, min(MAX_BATCH, BATCH_PIXELS // (first.width * first.height), len(items)))
+            params = replace(first, negative_prompt=ctx.prompt(first.negative_prompt), batch_size=batch)
+            for owner, image in zip(owners, generate_many(ctx.bundle, params, items), strict=True):
+                out[owner].append(image)
+    return out
 
 
 @contextlib.contextmanager
@@ -126,7 +159,7 @@ def _file_prompt(ctx: TrainContext, prompt: str, final: str) -> tuple[str, Path 
     return ctx.prompt(prompt), None
 
 
-def final_grids(ctx: TrainContext) -> tuple[Path | None, Path | None]:
+def final_grids(ctx: TrainContext, progress: bool = False) -> tuple[Path | None, Path | None]:
     """The kohya_ss walkthrough's X/Y plots after training, from the saved files: epochs × strengths 1.0 … 0.5
     for the first sample (or validation) prompt, and epochs × prompts at 1.0 when there are
     several (the concept in other colours or settings, the base's subjects without it). The
@@ -150,7 +183,7 @@ def final_grids(ctx: TrainContext) -> tuple[Path | None, Path | None]:
                                                                 negative_prompt=ctx.prompt(p.negative_prompt)))
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             grids = xyz_grid(ctx.bundle, params, x, y if i == 0 else None, lora_dir=ctx.output_dir,
-                             embeddings_dir=embeddings, progress=False)
+                             embeddings_dir=embeddings, progress=progress)
         [(image, cells)] = grids
         if i == 0:
             paths.append(_save_png(image, ctx.output_dir / f"{final}_epochs_x_strengths.png"))
