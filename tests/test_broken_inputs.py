@@ -187,14 +187,15 @@ def test_an_sd1_lora_on_sdxl_is_refused_naming_both(tmp_path: Path, home: None,
 
 def test_network_weights_that_do_not_fit_name_the_file(tmp_path: Path, home: None,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    """A sound LoRA for other modules (the corpus's small one covers 3 of the network's) is refused
-    by the trainer for its keys, and the message says which file of the config that is."""
+    """A sound LoRA the network cannot hold (the corpus's small one has text-encoder modules; the
+    run trains the U-Net only) is refused from its header before any model loads, and the message
+    names the config key, the file and the setting to change."""
     staged = _stage(INTACT, tmp_path)
     code = main(_train(tmp_path, f'network.network_weights="{staged}"'))
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err, err
-    assert f"error: network.network_weights {staged} does not fit the network" in err
-    assert "missing keys:" in err
+    assert f"network.network_weights: {staged.name} has text-encoder modules" in err, err
+    assert "found before loading any model" in err and "network_train_unet_only = false" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -228,6 +228,9 @@ def quiet_library_notices() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lorakiln.models.lean_imports import hide_bitsandbytes
+
+    hide_bitsandbytes()  # diffusers and peft would import it at start-up (seconds); 8-bit optimizers allow it
     quiet_library_notices()
     args = build_parser().parse_args(argv)
     try:

@@ -56,7 +56,7 @@ def test_signal_while_preparing_stops_at_once(run_config, monkeypatch, module, a
 def test_signal_during_a_sample_render_saves_that_step(run_config, monkeypatch) -> None:
     import lorakiln.inference.generate as generate_module
 
-    monkeypatch.setattr(generate_module, "generate", _signal_then_hang())
+    monkeypatch.setattr(generate_module, "generate_many", _signal_then_hang())  # what sample renders call
     cfg = run_config(validation__validation_prompt=["photo of zwx"], validation__validation_steps=2,
                      validation__num_validation_images=1)
     with pytest.raises(TrainingInterrupted) as stop:

@@ -14,13 +14,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from lorakiln.networks.targets import PRESET_ROLES, layer_role, preset_of
 from lorakiln.safetensors_check import read_layout
-
-if TYPE_CHECKING:
-    from lorakiln.config.network_schema import NetworkConfig
 
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LYCORIS_PARTS = {"hada_w1_a": "loha", "lokr_w1": "lokr", "lokr_w1_a": "lokr"}
@@ -77,8 +74,10 @@ def read_file_modules(path: str | Path) -> FileModules:
     return FileModules(Path(path), ranks, frozenset(convs), algo)
 
 
-def check_network_weights(net: NetworkConfig) -> list[tuple[str, str]]:
-    """``(severity, message)`` findings for `net.network_weights` against `net`; [] when they fit."""
+def check_network_weights(net: Any) -> list[tuple[str, str]]:
+    """``(severity, message)`` findings for `net.network_weights` against `net` (the config's
+    ``[network]`` section, `config.network_schema.NetworkConfig`: not imported, as the config layer
+    sits above this one); [] when they fit."""
     assert net.network_weights
     file = read_file_modules(Path(net.network_weights).expanduser())
     name = file.path.name

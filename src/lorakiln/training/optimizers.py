@@ -27,6 +27,7 @@ import torch
 
 from lorakiln.config.optimizer_names import OPTIMIZERS, optimizer_names, validate_optimizer_name
 from lorakiln.errors import ConfigError
+from lorakiln.models.lean_imports import allow_bitsandbytes
 from lorakiln.training.optim_args import OptimArgs, accepted_args, check_known_args, parse_optim_args
 
 __all__ = ["build_optimizer", "is_adaptive", "lr_warning", "optimizer_names", "validate_optimizer_name"]
@@ -112,6 +113,8 @@ def _prepare_layer_scale(name: str, groups: list[dict[str, Any]], kwargs: dict[s
 
 def _attr(module: str, name: str) -> Callable[[], type[torch.optim.Optimizer]]:
     def load() -> type[torch.optim.Optimizer]:
+        if module.startswith("bitsandbytes"):
+            allow_bitsandbytes()  # the CLI hides it from diffusers and peft (models/lean_imports.py)
         return getattr(importlib.import_module(module), name)
 
     return load
@@ -173,6 +176,7 @@ def _bnb_8bit_problem(device_type: str) -> str | None:
     and some accelerators only have CUDA kernels.
     """
     try:
+        allow_bitsandbytes()
         import bitsandbytes
     except Exception as exc:  # ImportError, or a native-library failure raised at import
         return f"bitsandbytes could not be imported ({type(exc).__name__}: {exc})"
