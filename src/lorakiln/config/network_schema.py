@@ -59,7 +59,8 @@ class NetworkConfig(Section):
                                       "in the kohya name (`lora_unet_…_attn2_to_k`) and in the diffusers path "
                                       "(`unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k`), "
                                       "e.g. `[\"attn2\"]` for cross-attention only (ai-toolkit's "
-                                      "`only_if_contains`).")
+                                      "`only_if_contains`). It applies to a trained text encoder's "
+                                      "layers too: add `\"self_attn\"` to keep them.")
     target_exclude: list[str] = Field(default_factory=list, description="Leave out the layers whose name "
                                       "matches one of these regular expressions (as target_include), e.g. "
                                       "`[\"^unet\\.mid_block\"]` (ai-toolkit's `ignore_if_contains`). A pattern "
