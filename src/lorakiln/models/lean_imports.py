@@ -16,9 +16,7 @@ cache the answer) and which makes a stray ``import bitsandbytes`` fail instead o
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 
 _NAME = "bitsandbytes"
 
@@ -33,15 +31,3 @@ def allow_bitsandbytes() -> None:
     """Undo `hide_bitsandbytes`, so ``import bitsandbytes`` loads the package."""
     if _NAME in sys.modules and sys.modules[_NAME] is None:
         del sys.modules[_NAME]
-
-
-@contextlib.contextmanager
-def without_bitsandbytes() -> Iterator[None]:
-    """Hide bitsandbytes for the duration (model loading from library code, not the CLI)."""
-    hidden = _NAME not in sys.modules
-    hide_bitsandbytes()
-    try:
-        yield
-    finally:
-        if hidden:
-            allow_bitsandbytes()

@@ -39,7 +39,6 @@ from lorakiln.models.detect import detect_family, detect_family_from_config
 from lorakiln.models.family import ModelFamily
 from lorakiln.models.hub_download import HUB_ALLOW, VAE_HUB_ALLOW
 from lorakiln.models.hub_id import looks_like_hub_id
-from lorakiln.models.lean_imports import without_bitsandbytes
 from lorakiln.models.single_file import (
     PICKLE_SUFFIXES,
     VAE_PREFIXES,
@@ -86,21 +85,6 @@ def load_base_model(
     `local_files_only=None` follows `HF_HUB_OFFLINE`. Every failure is a `ModelLoadError`
     naming the source.
     """
-    with without_bitsandbytes():  # peft and diffusers' quantizers would import it (seconds), unused here
-        return _load_base_model(source, config_dir=config_dir, vae=vae, allow_pickle=allow_pickle, dtype=dtype,
-                                local_files_only=local_files_only, tokenizer=tokenizer)
-
-
-def _load_base_model(
-    source: str | os.PathLike[str],
-    *,
-    config_dir: str | os.PathLike[str] | None,
-    vae: str | os.PathLike[str] | None,
-    allow_pickle: bool,
-    dtype: torch.dtype,
-    local_files_only: bool | None,
-    tokenizer: str | os.PathLike[str] | None,
-) -> ModelBundle:
     src = os.fspath(source)
     if src == TOY_SOURCE:  # the toy world's base model shipped with lorakiln (`models/toy.py`)
 

@@ -44,7 +44,7 @@ from lorakiln.networks.adapters import (
 )
 from lorakiln.networks.lora import resolve_alpha
 from lorakiln.networks.network_args import adapter_opts, network_args
-from lorakiln.networks.targets import DEFAULT_PRESET, Candidate, TargetRule
+from lorakiln.networks.targets import DEFAULT_PRESET, Candidate, TargetRule, file_modules
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ class LoRANetwork(nn.ModuleDict):
         self.network_args: dict[str, str] = {}
         self.parts: dict[str, str] = {}
         self.module_paths: dict[str, str] = {}
-        #: The rule that chose the modules (None when they came from a file, `dim_from_weights`).
-        self.targets: TargetRule | None = None
 
     # -- building -----------------------------------------------------------------------
 
@@ -357,7 +355,7 @@ def create_lora_network(
             part = family.te_diffusers_prefixes[index]
             for path, layer in find_targets(encoder, family.te_target_blocks, allow_conv=False):
                 offer(keymap.text_encoder_kohya_name(path, index, family), part, path, layer)
-    chosen = rule.select(candidates, convs) if module_ranks is None else _file_modules(candidates, module_ranks)
+    chosen = rule.select(candidates, convs) if module_ranks is None else file_modules(candidates, module_ranks)
     ranks = _ranks(chosen, layers, dim, network.alpha, conv_dim, conv_alpha, module_ranks)
     conv_ranks = [rank for rank, _, big_conv in ranks.values() if big_conv]
     if module_ranks is not None and conv_ranks:
@@ -366,7 +364,6 @@ def create_lora_network(
     for c in chosen:
         rank, rank_alpha, _ = ranks[c.key]
         network.add_adapter(c.key, c.part, c.path, layers[c.key], rank, rank_alpha)
-    network.targets = rule if module_ranks is None else None
     if len(network) == 0:
         raise ValueError("no LoRA targets found: check train_unet / train_text_encoder and the model family")
     return network
@@ -389,16 +386,3 @@ def _ranks(chosen: Sequence[Candidate], layers: Mapping[str, nn.Module], dim: in
         else:
             out[c.key] = (dim, alpha, False)
     return out
-
-
-def _file_modules(candidates: Sequence[Candidate], module_ranks: Mapping[str, int]) -> list[Candidate]:
-    """The candidates a LoRA file has modules for (`dim_from_weights`); unknown file keys are an error."""
-    known = {c.key for c in candidates}
-    unknown = sorted(set(module_ranks) - known)
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (f", … ({len(unknown)} in all)" if len(unknown) > 5 else "")
-        raise LorakilnError(
-            f"network.dim_from_weights: the file has modules this model and config have no layer for: {shown}. "
-            "Is it for another model family, or does it train a text encoder this run leaves alone "
-            "(network_train_unet_only)?")
-    return [c for c in candidates if c.key in module_ranks]

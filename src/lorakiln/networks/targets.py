@@ -28,7 +28,7 @@ preset of any file and the dry run can compare a file to a config before a model
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from lorakiln.errors import LorakilnError
@@ -189,3 +189,16 @@ def _check_te_attention(chosen: Sequence[Candidate]) -> None:
             f"network.target_include/target_exclude keep only part of q/k/v/out_proj in {len(partial)} "
             f"text-encoder attention layer(s) (e.g. {partial[0]}): diffusers drops q/k/v without out_proj and "
             "AUTOMATIC1111 patches SDXL's second text encoder only with all four; keep or drop them together")
+
+
+def file_modules(candidates: Sequence[Candidate], module_ranks: Mapping[str, int]) -> list[Candidate]:
+    """The candidates a LoRA file has modules for (`dim_from_weights`); unknown file keys are an error."""
+    known = {c.key for c in candidates}
+    unknown = sorted(set(module_ranks) - known)
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f", … ({len(unknown)} in all)" if len(unknown) > 5 else "")
+        raise LorakilnError(
+            f"network.dim_from_weights: the file has modules this model and config have no layer for: {shown}. "
+            "Is it for another model family, or does it train a text encoder this run leaves alone "
+            "(network_train_unet_only)?")
+    return [c for c in candidates if c.key in module_ranks]

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorakiln.models.names.kohya import KOHYA_FILE_PREFIXES
 from lorakiln.networks.targets import PRESET_ROLES, layer_role, preset_of
 from lorakiln.safetensors_check import read_layout
 
-_KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _LYCORIS_PARTS = {"hada_w1_a": "loha", "lokr_w1": "lokr", "lokr_w1_a": "lokr"}
 
 
@@ -59,7 +59,7 @@ def read_file_modules(path: str | Path) -> FileModules:
     convs: set[str] = set()
     algos: set[str] = set()
     for name, span in layout.tensors.items():
-        if not name.startswith(_KOHYA_PREFIXES):
+        if not name.startswith(KOHYA_FILE_PREFIXES):
             continue
         module, _, param = name.partition(".")
         ranks.setdefault(module, None)

@@ -23,13 +23,13 @@ from typing import Any
 
 from lorakiln.lora_tools.files.header import SafetensorsHeader, TensorEntry, read_scalar
 from lorakiln.models.family import FAMILIES
-from lorakiln.models.names.kohya import resolve_kohya_module
+from lorakiln.models.names.kohya import KOHYA_FILE_PREFIXES, resolve_kohya_module
 
 # --------------------------------------------------------------------------------------------
 # keys → modules
 # --------------------------------------------------------------------------------------------
 
-KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lycoris_")
+KOHYA_PREFIXES = (*KOHYA_FILE_PREFIXES, "lycoris_")
 DIFFUSERS_COMPONENTS = ("text_encoder_2", "text_encoder", "unet")  # longest first
 
 #: Per-module parameter names after the first "." of a kohya/LyCORIS key → (algorithm, role).

@@ -33,6 +33,8 @@ from lorakiln.models.names.ldm import (
 )
 
 UNET_PREFIX = "lora_unet"
+#: Module-key prefixes of kohya-format files: the U-Net, SD1's text encoder, SDXL's two.
+KOHYA_FILE_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 #: Classic HF CLIP root that kohya/A1111/ComfyUI/diffusers all expect in TE keys (transformers ≥ 5.6 dropped it).
 CLASSIC_TE_ROOT = "text_model."
 
