@@ -46,6 +46,8 @@ def test_train_writes_start_steps_saves_and_done(tmp_path: Path) -> None:
     total = steps[0]["total_steps"]
     assert total == 4 * 5 * 2 // 2  # 4 images × 5 repeats × 2 epochs / batch 2
     assert steps[-1]["step"] == total and steps[-1]["eta"] == 0
+    # no samples in this run: the time left is the steps' alone, and none are left at the end
+    assert steps[-1]["time_left"] == 0 and steps[-1]["renders_left"] == 0
     assert [s["step"] for s in steps] == sorted({s["step"] for s in steps})
     assert {s["epoch"] for s in steps} == {1, 2}
     saves = [Path(e["path"]).name for e in events if e["event"] == "save"]

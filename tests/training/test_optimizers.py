@@ -85,11 +85,26 @@ def test_per_group_lrs_preserved_and_caller_groups_untouched() -> None:
     assert opt.param_groups[0]["lr"] == 2e-4  # a group without its own lr takes the default
 
 
-def test_adamw_uses_foreach_on_cpu_unless_overridden() -> None:
+def test_adamw_uses_fused_on_cpu_unless_overridden() -> None:
     model = _model()
-    assert build_optimizer("AdamW", _groups(model, (1e-4, 1e-4)), lr=1e-4).defaults["foreach"] is True
+    opt = build_optimizer("AdamW", _groups(model, (1e-4, 1e-4)), lr=1e-4)
+    assert opt.defaults["fused"] is True and not opt.defaults["foreach"]
+    opt = build_optimizer("AdamW", _groups(model, (1e-4, 1e-4)), lr=1e-4, args=["foreach=True"])
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
     opt = build_optimizer("AdamW", _groups(model, (1e-4, 1e-4)), lr=1e-4, args=["foreach=False"])
     assert opt.defaults["foreach"] is False
+
+
+def test_fused_adamw_matches_the_single_tensor_loop() -> None:
+    """The fast path is the same AdamW: a few steps land where torch's reference loop lands."""
+    results = []
+    for args in ([], ["foreach=False"]):
+        model = _model()
+        opt = build_optimizer("AdamW", _groups(model, (1e-3, 1e-3)), lr=1e-3, args=args)
+        for seed in range(3):
+            _step(model, opt, seed=seed)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
 
 
 def test_adamw8bit_keeps_8bit_state_on_cpu() -> None:

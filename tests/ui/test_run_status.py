@@ -84,6 +84,9 @@ def test_the_rate_is_a_sliding_window_not_the_run_average() -> None:
     assert speed_text(window, 122, running=False) == " · 2.00 it/s"  # no ETA once ended
     assert speed_text([], 10, running=False) == ""
     assert speed_text([], 10, running=True) == " · measuring speed…"
+    # the trainer's own time left counts the renders still to come
+    assert speed_text(window, 122, running=True, time_left=125.0, renders_left=22) == \
+        " · 2.00 it/s · ETA 2 min 5 s incl. 22 renders"
 
 
 def test_render_and_save_phases_after_a_step_and_the_step_line_after_them() -> None:

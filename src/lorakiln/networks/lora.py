@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lorakiln.networks.hooks import HookedAdapter
@@ -142,6 +143,8 @@ class LoRAModule(AlphaScaled, HookedAdapter):
         # Dropout on the LoRA branch input (PEFT's `lora_dropout` placement). kohya's
         # `network_dropout` instead drops the `down` output; both regularise the branch only.
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout_p = dropout
+        self.linear = isinstance(target, nn.Linear)
         self.target_shape = tuple(weight.shape)
 
     # -- maths ------------------------------------------------------------------------------
@@ -156,9 +159,33 @@ class LoRAModule(AlphaScaled, HookedAdapter):
         return self.lora_output(x) * self.multiplier
 
     def _hook(self, module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        if self.multiplier == 0.0:
+        """``output + multiplier · scale · up(down(x))`` in as few ops as the dtypes allow.
+
+        The hook runs on every adapted layer in every forward, so on small models its op count is
+        the step time (profiled on the peer bench's micro model: 7,800 ops per step, 512 of them
+        the two scalar multiplies and their backward). When the branch already has the output's
+        dtype (fp32 training, or autocast), ``torch.add(..., alpha=)`` folds both scalars into
+        the add: one kernel forward and none extra backward. Otherwise (an fp32 LoRA on a
+        half-precision base without autocast) the branch is scaled in fp32 before the cast, so
+        small updates are not rounded away.
+        """
+        multiplier = self.multiplier
+        if multiplier == 0.0:
             return output  # exact base output, and no wasted compute (strength 0 in generation)
-        return output + self(args[0]).to(output.dtype)
+        x = args[0]
+        weight = self.lora_down.weight
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            x = x.to(weight.dtype)
+        if self.training and self.dropout_p:
+            x = self.dropout(x)
+        if self.linear:  # the functional call skips two nn.Module dispatches per layer and step
+            branch = F.linear(F.linear(x, weight), self.lora_up.weight)
+        else:
+            branch = self.lora_up(self.lora_down(x))
+        factor = self.scale * multiplier
+        if branch.dtype == output.dtype:
+            return torch.add(output, branch, alpha=factor)
+        return output + (branch * factor).to(output.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW of this adapter at multiplier 1 (see module-level `delta_weight`)."""

@@ -12,7 +12,9 @@ Events (``event`` key) and their fields:
 * ``start`` — ``config``, ``output_dir``, ``output_name`` (every event also has ``time``);
 * ``step`` — ``step``, ``total_steps``, ``epoch`` (1-based), ``loss`` (None between logged
   steps), ``elapsed`` s, ``steps_per_s`` and ``eta`` s (over the steps of this process, so a
-  resumed run's rate is its own);
+  resumed run's rate is its own), ``time_left`` s (the steps *and* the sample renders and final
+  grids still to come, training/render_plan.py; None before a step was timed) and
+  ``renders_left`` (images still to render);
 * ``save`` — ``path`` of a LoRA (epoch, step or final) file;
 * ``sample`` / ``validation`` — ``paths`` of the PNGs rendered at ``step``;
 * ``epoch`` — ``epoch`` finished, ``step``;
@@ -101,10 +103,15 @@ class EventsFile:
         rate = done / elapsed if elapsed > 0 else None
         self.write("step", step=step, total_steps=total, epoch=int(info["epoch"]) + 1, loss=info.get("loss"),
                    elapsed=round(elapsed, 3), steps_per_s=rate,
-                   eta=(total - step) / rate if rate else None)
+                   eta=(total - step) / rate if rate else None,
+                   time_left=_rounded(info.get("time_left")), renders_left=info.get("renders_left"))
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 1)
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ that is rendering or saving from one that is stuck between two step events.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from lorakiln.training import file_signals, outputs, recovery, validation
 from lorakiln.training.lock import OutputLock
 from lorakiln.training.preservation import backward_preservation
 from lorakiln.training.progress import TrainLogger
+from lorakiln.training.render_plan import EtaClock, job_size, render_schedule
 from lorakiln.training.save_errors import reported
 from lorakiln.training.signals import StopFlag, StopSignal, stop_on_signals
 from lorakiln.training.step import compute_loss
@@ -182,8 +184,10 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
                 for group in validation.render_groups(prompts):
                     _emit(callbacks, "phase", name="rendering samples", done=done, total=total, folder=folder,
                           step=ctx.position.global_step)
+                    started = time.perf_counter()
                     with flag.raising():
                         images = validation.render(ctx, [prompts[i] for i in group])
+                    logger.rendered(job_size([prompts[i] for i in group])[1], time.perf_counter() - started)
                     for i, drawn in zip(group, images, strict=True):
                         rendered[i] = drawn
                         bar.update(len(drawn))
@@ -254,11 +258,20 @@ def _final_grids(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
         return None, None
 
 
+def _eta_clock(ctx: TrainContext) -> EtaClock:
+    """The bar's time-left clock, with every render the run will do (render_plan.py)."""
+    v, data = ctx.cfg.validation, ctx.cfg.data
+    jobs = render_schedule(ctx.cfg, ctx.plan, validation.validation_params(ctx) if v.validation_prompt else [],
+                           validation.sample_params(ctx) if v.sample_prompts else [])
+    width, height = data.resolution
+    return EtaClock(jobs, ctx.position.global_step, ctx.cfg.train.train_batch_size * width * height)
+
+
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
     cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
     accum = cfg.train.gradient_accumulation_steps
     tensorboard = outputs.logging_dir(ctx) if ctx.cfg.output.log_with == "tensorboard" else None
-    logger = TrainLogger(plan.total_steps, pos.global_step, tensorboard, enabled=progress)
+    logger = TrainLogger(plan.total_steps, pos.global_step, tensorboard, enabled=progress, eta=_eta_clock(ctx))
     last_loss: float | None = None
     ctx.network.train()
     ctx.signals = file_signals.start(ctx, logger)
@@ -270,6 +283,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
             while pos.batch_in_epoch < len(batches) and pos.global_step < plan.total_steps:
                 group = batches[pos.batch_in_epoch: pos.batch_in_epoch + accum]
                 check = (pos.global_step + 1) % cfg.train.detect_anomaly_every == 0
+                started = time.perf_counter()
                 loss = _optimizer_step(ctx, group, pos.epoch, pos.global_step, check)
                 pos.global_step += 1
                 pos.batch_in_epoch += len(group)
@@ -277,9 +291,9 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 if loss is not None:
                     last_loss = loss
                     epoch_losses.append(loss)
-                logger.step(pos.global_step, pos.epoch, loss, outputs.current_lrs(ctx))
+                logger.step(pos.global_step, pos.epoch, loss, outputs.current_lrs(ctx), time.perf_counter() - started)
                 _emit(callbacks, "step", step=pos.global_step, epoch=pos.epoch, loss=loss,
-                      total_steps=plan.total_steps)
+                      total_steps=plan.total_steps, time_left=logger.time_left, renders_left=logger.renders_left)
                 _validate(ctx, logger, callbacks, flag)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
                     _checkpoint(ctx, outputs.step_name(ctx, pos.global_step), callbacks)

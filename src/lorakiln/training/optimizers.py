@@ -59,12 +59,20 @@ def _params(groups: list[dict[str, Any]]) -> Iterable[torch.Tensor]:
 def _prepare_torch_fast_path(name: str, groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> None:
     """Pick torch's fastest implementation unless the user chose one.
 
-    ``fused`` (one kernel for all parameters) exists for CUDA; elsewhere ``foreach`` (batched
-    ops over the parameter list) is the fast path. They cannot both be ``True``.
+    ``fused`` (one kernel per parameter, no Python loop) exists for floating-point parameters on
+    the devices torch lists (CUDA, and CPU since torch 2.4). ``foreach`` is the fallback; on CPU
+    it reads every parameter's step counter back with ``.item()`` (two per parameter and step:
+    512 of the 7,800 ops of a micro-model step in the profile), which fused does not. Measured on
+    the peer bench's micro model (128 LoRA modules, 2 CPU cores, interleaved): fused 2–4 % faster
+    per step. They cannot both be ``True``.
     """
     if "foreach" in kwargs or "fused" in kwargs:
         return
-    if all(p.is_cuda and p.is_floating_point() for p in _params(groups)):
+    from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+    fused_devices = set(_get_fused_kernels_supported_devices())
+    params = list(_params(groups))
+    if params and all(p.is_floating_point() and p.device.type in fused_devices for p in params):
         kwargs["fused"] = True
     else:
         kwargs["foreach"] = True

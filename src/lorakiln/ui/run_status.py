@@ -63,13 +63,18 @@ def eta_seconds(recent: Sequence[Sequence[float]], total: int | None) -> float |
     return max(0.0, (total - recent[-1][0]) / rate)
 
 
-def speed_text(recent: Sequence[Sequence[float]], total: int | None, running: bool) -> str:
+def speed_text(recent: Sequence[Sequence[float]], total: int | None, running: bool,
+               time_left: float | None = None, renders_left: int = 0) -> str:
     """`` · 2.31 it/s · ETA 10 min 5 s`` as tqdm bars write it: s/step below one step a second,
-    ``measuring speed…`` before a second step could time one, no ETA once the run has ended."""
+    ``measuring speed…`` before a second step could time one, no ETA once the run has ended.
+    With the trainer's own `time_left` (its step event's, which counts the sample renders and
+    final grids still to come) the ETA is that one, and says how many renders it includes."""
     rate = steps_per_second(recent)
     if rate is None:
         return " · measuring speed…" if running else ""
     text = f" · {rate:.2f} it/s" if rate >= 1 else f" · {1 / rate:.1f} s/step"
+    if running and time_left is not None:
+        return text + f" · ETA {format_duration(time_left)}" + (f" incl. {renders_left} renders" if renders_left else "")
     eta = eta_seconds(recent, total) if running else None
     return text + (f" · ETA {format_duration(eta)}" if eta is not None else "")
 
@@ -97,7 +102,8 @@ def step_text(progress: dict[str, Any], running: bool) -> str:
     loss = losses[-1][1] if losses else last.get("loss")
     return (f"step {last.get('step', '?')}/{total if total is not None else '?'}"
             + (f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else "")
-            + speed_text(progress.get("recent") or [], total, running))
+            + speed_text(progress.get("recent") or [], total, running, last.get("time_left"),
+                         int(last.get("renders_left") or 0)))
 
 
 def status_line(run: Run, progress: dict[str, Any]) -> str:
