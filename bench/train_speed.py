@@ -13,6 +13,12 @@ FLOP/s; figures are measurements, not tests.
     python bench/train_speed.py --resolution 128 --batch 1
     python bench/train_speed.py --cases tiny --cache on --preservation none dop both   # output preservation
 
+`--processes N` runs each case as one run on N processes (`torch.distributed.run`, gloo on CPUs,
+one GPU each otherwise) with `--batch` per process, and prints samples/s per process and in total;
+on CPUs the processes share the cores (`OMP_NUM_THREADS` = cores ÷ N).
+
+    python bench/train_speed.py --cases tiny --cache on --processes 1 2
+
 `--preservation` measures `[preservation]`'s extra U-Net passes (ai-toolkit's differential output
 preservation `dop`, blank prompt preservation `blank`, or `both`) against `none`; the trainer prints
 its estimate of that cost before training.
@@ -80,12 +86,19 @@ def worker(args: argparse.Namespace) -> None:
             "output": {"output_dir": out, "output_name": "bench"},
             "preservation": PRESERVATION[args.preservation[0]],
         }
+        from lorakiln.training import distributed
+
         ctx = prepare(build_config(raw), log=None)
         run_loop(ctx, StopFlag(), [on_event], progress=False)
+        distributed.barrier(ctx.world)
+        distributed.shutdown(ctx.world)
+        if not ctx.world.is_main:
+            return
         flops = step_flops(ctx)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup:]
     print(json.dumps({
         "case": args.case, "cache": args.cache, "preservation": args.preservation[0],
+        "processes": ctx.world.size,
         "median_s_per_step": statistics.median(gaps) if gaps else float("nan"),
         "time_to_first_step_s": first[0] if first else float("nan"),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -122,6 +135,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--preservation", nargs="+", default=["none"], choices=list(PRESERVATION))
+    parser.add_argument("--processes", nargs="+", type=int, default=[1],
+                        help="processes per run (several values: one run each)")
     parser.add_argument("--worker", metavar="CASE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -132,11 +147,17 @@ def main() -> None:
     rows = []
     for case in args.cases:
         for cache in args.cache:
-            for keep in args.preservation:
-                cmd = [sys.executable, __file__, "--worker", case, "--cache", cache, "--steps", str(args.steps),
+            for keep, processes in [(k, n) for k in args.preservation for n in args.processes]:
+                cmd = [__file__, "--worker", case, "--cache", cache, "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--resolution", str(args.resolution),
                        "--batch", str(args.batch), "--dim", str(args.dim), "--preservation", keep]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                run_env = env
+                if processes > 1:
+                    cmd = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *cmd]
+                    run_env = dict(env, OMP_NUM_THREADS=env.get("OMP_NUM_THREADS",
+                                                                str(max(1, (os.cpu_count() or 1) // processes))))
+                proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=run_env,
+                                      check=False)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 if proc.returncode or not lines:
                     print(f"{case}/{cache}/{keep}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -144,15 +165,18 @@ def main() -> None:
                 rows.append(json.loads(lines[-1]))
     print(f"\nresolution {args.resolution}px, batch {args.batch}, rank {args.dim}, {args.steps} steps "
           f"(first {args.warmup} intervals dropped), torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'model':8} {'latent cache':13} {'preserve':9} {'median s/step':>14} {'first step s':>13} {'peak RSS MiB':>13} "
-          f"{'GFLOP/step':>11} {'GFLOP/s':>8}")
+    print(f"{'model':8} {'latent cache':13} {'preserve':9} {'procs':>5} {'median s/step':>14} {'first step s':>13} "
+          f"{'peak RSS MiB':>13} {'GFLOP/step':>11} {'GFLOP/s':>8} {'samples/s/proc':>15} {'samples/s':>10}")
     for r in rows:
         rate = r["gflop_per_step"] / r["median_s_per_step"]
-        print(f"{r['case']:8} {r['cache']:13} {r['preservation']:9} {r['median_s_per_step']:14.4f} {r['time_to_first_step_s']:13.1f} "
-              f"{r['peak_rss_mib']:13.0f} {r['gflop_per_step']:11.1f} {rate:8.1f}")
-    by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows if r["preservation"] == "none"}
-    base = {(r["case"], r["cache"]): r for r in rows if r["preservation"] == "none"}
-    for r in rows:
+        per_proc = args.batch / r["median_s_per_step"]
+        print(f"{r['case']:8} {r['cache']:13} {r['preservation']:9} {r['processes']:5d} {r['median_s_per_step']:14.4f} "
+              f"{r['time_to_first_step_s']:13.1f} {r['peak_rss_mib']:13.0f} {r['gflop_per_step']:11.1f} {rate:8.1f} "
+              f"{per_proc:15.2f} {per_proc * r['processes']:10.2f}")
+    rows1 = [r for r in rows if r["processes"] == 1]
+    by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows1 if r["preservation"] == "none"}
+    base = {(r["case"], r["cache"]): r for r in rows1 if r["preservation"] == "none"}
+    for r in rows1:
         ref = base.get((r["case"], r["cache"]))
         if r["preservation"] != "none" and ref:
             print(f"{r['case']}/{r['cache']}: {r['preservation']} preservation costs "

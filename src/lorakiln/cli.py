@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check the config and dataset and print the step arithmetic; load no model")
     p.add_argument("--events", metavar="FILE", help="also append the run's events (steps, loss, saves, "
                    "samples, end) to FILE as JSON lines, for the web UI or scripts (training/events.py)")
+    p.add_argument("--num-processes", type=int, metavar="N",
+                   help="train on N local processes (one per GPU; on CPUs they share the cores): the "
+                   "global batch is train_batch_size × N. For several machines use accelerate launch "
+                   "(README: Many GPUs and machines)")
     p.set_defaults(func=_lazy("lorakiln.training.command", "run"))
 
     p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")

@@ -86,6 +86,9 @@ class Batch:
     pixels: torch.Tensor | None = None
     latents: torch.Tensor | None = None
     num_prior: int = 0
+    #: (first row, rows in all) of this batch inside the step's global batch when the step is
+    #: split across processes (training/distributed.py); None for a single process.
+    global_rows: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -57,7 +57,19 @@ def resume_command(args: argparse.Namespace, state: Path) -> str:
         parts += ["--set", item]
     if args.events:
         parts += ["--events", str(args.events)]
+    processes = getattr(args, "num_processes", None) or _local_processes()
+    if processes and processes > 1:
+        parts += ["--num-processes", str(processes)]
     return shlex.join([*parts, "--resume", str(state)])
+
+
+def _local_processes() -> int | None:
+    """The process count of a one-machine launched run (what `--num-processes` started), else None:
+    a run over several machines is resumed with the same launcher commands, not one line."""
+    import os
+
+    world, local = os.environ.get("WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    return int(world) if world and world == local else None
 
 
 def client_lines(lora: Path) -> list[str]:
@@ -90,23 +102,30 @@ def run(args: argparse.Namespace) -> int:
     if args.preset:
         overrides.insert(0, f"preset={args.preset!r}".replace("'", '"'))
     cfg = load_config(args.config, resume_override(args, overrides))
+    processes = getattr(args, "num_processes", None)
+    if processes and processes > 1 and not args.dry_run:
+        from lorakiln.training.launch import launch
+
+        return launch(args, processes)
     if args.dry_run:
         from lorakiln.training.device_plan import choose_device, device_line
         from lorakiln.training.plan import describe_plan
         from lorakiln.training.preflight import describe_model
 
-        describe_plan(cfg, log=print)
+        describe_plan(cfg, log=print, processes=processes or 1)
         # What the run will load and where it will run: device detection stays torch-free here
         # (`device_plan`), so the dry run stays instant.
         print(describe_model(cfg))
         print(device_line(choose_device(), cfg.train.mixed_precision, cfg.train.mode))
         return 0
+    from lorakiln.training.distributed import world_from_env
     from lorakiln.training.loop import TrainingInterrupted, train
     from lorakiln.training.save_errors import SaveFailed
     from lorakiln.training.signals import StopSignal
 
+    main = world_from_env().is_main
     events = None
-    if args.events:
+    if args.events and main:  # rank 0 alone writes the events file and the summary
         from lorakiln.training.events import EventsFile
 
         events = EventsFile(args.events)
@@ -117,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         if events:
             events.write("stopped", reason=str(stop), lora=stop.lora, state=stop.state)
-        print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
-              f"  resume: {resume_command(args, stop.state)}")
+        if main:
+            print(f"stopped: {stop}\n  LoRA:  {stop.lora}\n  state: {stop.state}\n"
+                  f"  resume: {resume_command(args, stop.state)}")
         return 130
     except StopSignal as stop:
         reason = f"stopped by {stop.name} before the first training step (loading or caching); nothing to save"
@@ -139,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if events:
             events.close()
+    if not main:
+        return 0
     name = result.lora_path.stem
     if cfg.train.mode == "full":
         print(f"\nmodel written: {result.lora_path}\n"

@@ -16,6 +16,7 @@ import torch
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import ConfigError
 from lorakiln.models.conditioning import TextCache
+from lorakiln.training.distributed import World
 from lorakiln.training.plan import StepPlan
 from lorakiln.training.state import LoopPosition
 
@@ -66,6 +67,8 @@ class TrainContext:
     signals: FileSignalsRecorder | None = None
     #: Output preservation's loss (`[preservation]`, preservation.py), None when it is off.
     preservation: OutputPreservation | None = None
+    #: This process's place in a multi-process run (distributed.py); one process by default.
+    world: World = field(default_factory=World)
 
     @property
     def full(self) -> bool:

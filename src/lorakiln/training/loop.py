@@ -18,9 +18,10 @@ that is rendering or saving from one that is stuck between two step events.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import file_signals, outputs, recovery, validation
+from lorakiln.training import distributed, file_signals, outputs, recovery, validation
 from lorakiln.training.lock import OutputLock
 from lorakiln.training.preservation import backward_preservation
 from lorakiln.training.progress import TrainLogger
@@ -74,13 +75,18 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
     because nothing was trained yet."""
     from lorakiln.training.prepare import prepare
 
+    world = distributed.world_from_env()
+    if not world.is_main:  # rank 0 alone holds the lock, cleans up, reports and writes events
+        progress, callbacks = False, []
     log = print if progress else None
     callbacks = callbacks or []
     flag = StopFlag()
     out = cfg.output
-    with stop_on_signals(flag), OutputLock(out.output_dir, out.output_name, log=log):
+    lock = OutputLock(out.output_dir, out.output_name, log=log) if world.is_main else contextlib.nullcontext()
+    with stop_on_signals(flag), lock, _process_group(world):
         # A missing or incomplete resume state fails in prepare's preflight, before the model loads.
-        recovery.clean_leftovers(Path(out.output_dir), out.output_name, log)
+        if world.is_main:
+            recovery.clean_leftovers(Path(out.output_dir), out.output_name, log)
         _emit(callbacks, "phase", name="preparing")
 
         def phase(name: str, **info: Any) -> None:
@@ -90,6 +96,15 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
             ctx = prepare(cfg, log=log, phase=phase)
         _emit(callbacks, "phase", name="training")
         return run_loop(ctx, flag, callbacks, progress=progress)
+
+
+@contextlib.contextmanager
+def _process_group(world: distributed.World) -> Iterator[None]:
+    """Leave the process group on the way out (prepare joins it), whatever happened."""
+    try:
+        yield
+    finally:
+        distributed.shutdown(world)
 
 
 def _emit(callbacks: list[Callback], event: str, **info: Any) -> None:
@@ -114,24 +129,35 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
     total = torch.zeros((), device=ctx.device)
     paths: list[str] = []
+    world = ctx.world
     for micro, refs in enumerate(group):
         # A distinct data step per micro-batch, so caption shuffle/dropout differ between them.
         data_step = step * ctx.cfg.train.gradient_accumulation_steps + micro
+        divisor: float = len(group)
+        if world.active:  # this process's slice of the global batch (distributed.py)
+            mine, first = distributed.shard(refs, world)
+            share = distributed.loss_share(len(mine), len(refs), world)
+            refs, first = (mine, first) if mine else (refs[:1], 0)  # no sample: a zero-weighted one
+            divisor = len(group) / share if share else math.inf
         batch = ctx.data.load_batch(refs, epoch=epoch, step=data_step, cache=ctx.cache,
                                     encode_fn=ctx.encode_fn)
+        if world.active:
+            per_sample = len(batch) // len(refs)  # 2 with prior preservation's class rows
+            batch.global_rows = (per_sample * first, per_sample * len(group[micro]))
         paths += [str(p) for p in batch.paths]
-        loss = compute_loss(ctx, batch, step, micro) / len(group)
+        loss = compute_loss(ctx, batch, step, micro) / divisor
         ctx.scaler.scale(loss).backward()
         total += loss.detach()
-        kept = backward_preservation(ctx, batch, step, micro, len(group))  # preservation.py
+        kept = backward_preservation(ctx, batch, step, micro, divisor)  # preservation.py
         if kept is not None:
             total += kept
+    distributed.average_gradients(params, world)  # once per optimizer step: no sync on micro-steps
     ctx.scaler.unscale_(ctx.optimizer)
     max_norm = ctx.cfg.train.max_grad_norm or math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     value = None
     if check:
-        value = float(total)
+        value = float(distributed.mean_over(total, world))  # every process checks the same value
         fp16 = ctx.scaler.is_enabled()  # with loss scaling an inf gradient is a skipped step, not an error
         if not math.isfinite(value):
             raise _non_finite_error(ctx, step + 1, paths, "loss")
@@ -175,6 +201,8 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
     many prompts is minutes on a slow machine. The event is written outside `flag.raising()`, so
     a stop never cuts a line of the events file.
     """
+    if not ctx.world.is_main:
+        return
     jobs = validation.due_jobs(ctx, epoch_end=epoch_end, final=final)
     total, done = sum(len(prompts) for _, prompts in jobs), 0
     for folder, prompts in jobs:
@@ -208,6 +236,8 @@ def _checkpoint(ctx: TrainContext, name: str, callbacks: list[Callback]) -> None
 
     The schema promises state with every saved LoRA, so a resume can start from any saved epoch.
     """
+    if not ctx.world.is_main:  # rank 0 alone writes (distributed.py)
+        return
     _emit(callbacks, "phase", name="saving", step=ctx.position.global_step)
     path = _save_lora(ctx, name)
     if ctx.cfg.output.save_state:
@@ -223,20 +253,26 @@ def _signals(ctx: TrainContext, path: Path, callbacks: list[Callback]) -> None:
 
 
 def _save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
-    """`outputs.save_lora`, with a full disk reported as one message (save_errors.py)."""
+    """`outputs.save_lora`, with a full disk reported as one message (save_errors.py); on a
+    process other than rank 0, only the path rank 0 writes."""
+    if not ctx.world.is_main:
+        return ctx.output_dir / f"{stem}.safetensors"
     with reported(ctx, ctx.output_dir / f"{stem}.safetensors"):
         return outputs.save_lora(ctx, stem, final=final)
 
 
 def _save_state(ctx: TrainContext) -> Path:
+    if not ctx.world.is_main:
+        return outputs.state_dir(ctx)
     with reported(ctx, outputs.state_dir(ctx)):
         return outputs.save_training_state(ctx)
 
 
 def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
                        callbacks: list[Callback]) -> None:
-    """After a signal: save a LoRA and a state at this step, then raise `TrainingInterrupted`."""
-    if not flag.requested:
+    """After a signal: save a LoRA and a state at this step, then raise `TrainingInterrupted`.
+    With several processes a signal to any of them stops all of them at the same step."""
+    if not distributed.any_process(flag.requested, ctx.world, ctx.device):
         return
     step = ctx.position.global_step
     _emit(callbacks, "phase", name="saving", step=step)
@@ -249,6 +285,8 @@ def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
 def _final_grids(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
                  callbacks: list[Callback]) -> tuple[Path | None, Path | None]:
     """The final grids, which a signal skips at once: the LoRA is already complete."""
+    if not ctx.world.is_main:
+        return None, None
     _emit(callbacks, "phase", name="final grids")
     try:
         with reported(ctx, ctx.output_dir), flag.raising():
@@ -270,11 +308,13 @@ def _eta_clock(ctx: TrainContext) -> EtaClock:
 def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progress: bool = True) -> TrainResult:
     cfg, pos, plan = ctx.cfg, ctx.position, ctx.plan
     accum = cfg.train.gradient_accumulation_steps
-    tensorboard = outputs.logging_dir(ctx) if ctx.cfg.output.log_with == "tensorboard" else None
-    logger = TrainLogger(plan.total_steps, pos.global_step, tensorboard, enabled=progress, eta=_eta_clock(ctx))
+    main = ctx.world.is_main
+    tensorboard = outputs.logging_dir(ctx) if ctx.cfg.output.log_with == "tensorboard" and main else None
+    logger = TrainLogger(plan.total_steps, pos.global_step, tensorboard, enabled=progress and main,
+                         eta=_eta_clock(ctx), quiet=not main)
     last_loss: float | None = None
     ctx.network.train()
-    ctx.signals = file_signals.start(ctx, logger)
+    ctx.signals = file_signals.start(ctx, logger) if main else None
     _apply_pivots(ctx, logger)  # a resumed run may already be past a pivot
     try:
         while pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:

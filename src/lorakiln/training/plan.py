@@ -78,8 +78,10 @@ def _scan_validation_images(cfg: RunConfig) -> Dataset:
 
 
 def build_data(cfg: RunConfig, class_data: Dataset | None = None,
-               dataset: Dataset | None = None) -> tuple[Dataset, TrainData]:
-    """Scan and check the dataset and plan batches (class images join each batch when given)."""
+               dataset: Dataset | None = None, processes: int = 1) -> tuple[Dataset, TrainData]:
+    """Scan and check the dataset and plan batches (class images join each batch when given).
+    With several processes a batch is the step's global one, `train_batch_size × processes`
+    samples of one bucket, which each process then slices (training/distributed.py)."""
     from lorakiln.data import BucketManager
     from lorakiln.data.loader import AugmentOptions, CaptionOptions, TrainData
 
@@ -93,7 +95,7 @@ def build_data(cfg: RunConfig, class_data: Dataset | None = None,
     buckets = BucketManager(d.resolution, d.enable_bucket, d.min_bucket_reso, d.max_bucket_reso,
                             d.bucket_reso_steps, d.bucket_no_upscale)
     data = TrainData(
-        dataset, buckets=buckets, batch_size=cfg.train.train_batch_size, seed=cfg.train.seed,
+        dataset, buckets=buckets, batch_size=cfg.train.train_batch_size * processes, seed=cfg.train.seed,
         captions=CaptionOptions(d.shuffle_caption, d.keep_tokens, d.caption_dropout_rate,
                                 d.caption_tag_dropout_rate, d.caption_dropout_every_n_epochs),
         augment=AugmentOptions(flip_aug=d.flip_aug, random_crop=d.random_crop),
@@ -102,7 +104,7 @@ def build_data(cfg: RunConfig, class_data: Dataset | None = None,
     return dataset, data
 
 
-def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Dataset, TrainData, StepPlan]:
+def describe_plan(cfg: RunConfig, log: Log = print, processes: int = 1) -> tuple[Dataset, TrainData, StepPlan]:
     """Every check that needs no model, then the printed step breakdown; used by `--dry-run` and
     by `prepare`, so a dry run fails exactly where the real run would."""
     from lorakiln.config.optimizer_names import validate_optimizer_name, validate_scheduler_name
@@ -113,21 +115,27 @@ def describe_plan(cfg: RunConfig, log: Log = print) -> tuple[Dataset, TrainData,
     validate_scheduler_name(cfg.train.lr_scheduler)
     _check_render_settings(cfg)
     preflight(cfg, log=log)  # paths, weights headers, output_dir, folder names, batch size: one error
-    dataset, data = build_data(cfg)
+    dataset, data = build_data(cfg, processes=processes)
     check_preservation(cfg, dataset, log)  # a missing class word fails here, before the model loads
     plan = plan_steps(cfg, data.num_batches_per_epoch)
     lint = lint_training_data(cfg, dataset)
     if log:
         for finding in lint.findings:
             log(f"{finding.severity}: {finding.message}")
-        for line in plan_lines(cfg, data, plan):
+        for line in plan_lines(cfg, data, plan, processes):
             log(line)
     return dataset, data, plan
 
 
-def plan_lines(cfg: RunConfig, data: TrainData, plan: StepPlan) -> list[str]:
+def plan_lines(cfg: RunConfig, data: TrainData, plan: StepPlan, processes: int = 1) -> list[str]:
     """The step arithmetic as printed before training (and by `lorakiln dataset check`)."""
     lines = [data.steps_breakdown().format(plan.num_epochs)]
+    if processes > 1:
+        accum = cfg.train.gradient_accumulation_steps
+        lines.append(f"{processes} processes: global batch = train_batch_size {cfg.train.train_batch_size} × "
+                     f"{processes} processes × {accum} accumulation = "
+                     f"{cfg.train.train_batch_size * processes * accum} samples per optimizer step "
+                     "(the batches above are global: each process takes its share)")
     if data.dataset.held_out:
         lines.append(f"validation loss: {len(data.dataset.held_out)} held-out image(s), not trained on")
     accum = cfg.train.gradient_accumulation_steps

@@ -114,12 +114,14 @@ def _finish(ctx: TrainContext, data: TrainData, log: Log, phase: Phase = None) -
         from lorakiln.training.state import restore_into
 
         restore_into(ctx, log)
-    write_resolved_config(ctx)
+    if ctx.world.is_main:
+        write_resolved_config(ctx)
 
 
 def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainContext:
     """Everything before the first step (see the module docstring for the order); `phase` hears
     of the slow parts as they begin (`training.loop.train` turns them into ``phase`` events)."""
+    from lorakiln.training import distributed
     from lorakiln.training.class_generation import class_images
     from lorakiln.training.model_setup import (
         add_pivotal_tokens,
@@ -129,8 +131,12 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
     )
     from lorakiln.training.optimizer_setup import build_optimization, param_groups, resolve_lrs
 
-    dataset, data, plan = describe_plan(cfg, log)
-    device = pick_device()
+    world = distributed.world_from_env()
+    device = distributed.device_for(world) if world.active else pick_device()
+    distributed.init(world, device)
+    if not world.is_main:  # rank 0 alone talks to the user and writes (distributed.py)
+        log, phase = None, None
+    dataset, data, plan = describe_plan(cfg, log, processes=world.size)
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
     if log:  # the line `--dry-run` printed, now from torch itself
         from lorakiln.training.device_plan import choose_device, device_line
@@ -140,7 +146,7 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
         phase("loading model")
     bundle = _load_frozen_model(cfg, device, autocast_dtype)
     if cfg.prior.with_prior_preservation:  # before any LoRA exists: class images show the base model
-        dataset, data = build_data(cfg, class_images(cfg, bundle, log), dataset)
+        dataset, data = build_data(cfg, class_images(cfg, bundle, log), dataset, processes=world.size)
     pivotal = add_pivotal_tokens(cfg, bundle)
     _warn_long_captions(dataset, bundle, log, pivotal)
     train_te = wants_text_encoder(cfg)
@@ -157,7 +163,8 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
                        cache=_latent_cache(cfg, bundle, output_dir), device=device,
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
                        encode_fn=encode_fn(bundle.vae), lrs=lrs, optimizer_desc=opt.description,
-                       warmup_steps=opt.warmup_steps, pivotal=pivotal)
+                       warmup_steps=opt.warmup_steps, pivotal=pivotal, world=world)
+    distributed.broadcast_parameters([p for g in ctx.optimizer.param_groups for p in g["params"]], world)
     from lorakiln.training.preservation import build_preservation
 
     ctx.preservation = build_preservation(ctx)

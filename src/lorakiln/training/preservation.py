@@ -169,7 +169,8 @@ def build_preservation(ctx: TrainContext) -> OutputPreservation | None:
                               cache_class=d.cache_text_encoder_outputs and not random_captions)
 
 
-def backward_preservation(ctx: TrainContext, batch: Batch, step: int, micro: int, share: int) -> torch.Tensor | None:
+def backward_preservation(ctx: TrainContext, batch: Batch, step: int, micro: int,
+                          share: float) -> torch.Tensor | None:
     """Backward of the preservation loss (divided by `share`, the accumulation group's size), after
     the main loss's own backward; returns the detached value for the logged loss."""
     if ctx.preservation is None:

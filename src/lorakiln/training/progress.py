@@ -19,13 +19,14 @@ class TrainLogger:
     """Owns the tqdm bar and the TensorBoard writer of one run."""
 
     def __init__(self, total_steps: int, initial_step: int, logging_dir: Path | None, enabled: bool = True,
-                 eta: EtaClock | None = None):
+                 eta: EtaClock | None = None, quiet: bool = False):
         # With a render plan the bar shows `left=` (steps and renders, render_plan.py) instead of
         # tqdm's steps-only estimate, which reads "0:00" while the final grids still take minutes.
         fmt = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]" if eta is not None else None
         self.bar = tqdm(total=total_steps, initial=initial_step, desc="steps", unit="step",
                         dynamic_ncols=True, disable=not enabled, bar_format=fmt)
         self.eta = eta
+        self.quiet = quiet  # a process other than rank 0 of a multi-process run prints nothing
         #: The latest time-left estimate (seconds, steps and renders) and the images still to render.
         self.time_left: float | None = None
         self.renders_left = 0
@@ -89,7 +90,8 @@ class TrainLogger:
 
     def write(self, text: str) -> None:
         """Print a line without breaking the bar."""
-        self.bar.write(text)
+        if not self.quiet:
+            self.bar.write(text)
 
     def close(self) -> dict[str, Any]:
         self.bar.close()

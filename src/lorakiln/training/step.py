@@ -22,8 +22,14 @@ def noisy_inputs(ctx: TrainContext, batch: Batch, step: int,
     cfg, scheduler = ctx.cfg, ctx.bundle.noise_scheduler
     latents = batch.latents.to(ctx.device, torch.float32)
     gen = step_generator(cfg.train.seed, step, stream=micro)
-    noise = sample_noise(latents, gen, cfg.train.noise_offset)
-    timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, gen, ctx.device)
+    if batch.global_rows is None:
+        noise = sample_noise(latents, gen, cfg.train.noise_offset)
+        timesteps = sample_timesteps(latents.shape[0], scheduler.config.num_train_timesteps, gen, ctx.device)
+    else:  # one process's rows of the draws for the whole global batch (distributed.py)
+        first, total = batch.global_rows
+        rows = slice(first, first + latents.shape[0])
+        noise = sample_noise(latents.new_empty((total, *latents.shape[1:])), gen, cfg.train.noise_offset)[rows]
+        timesteps = sample_timesteps(total, scheduler.config.num_train_timesteps, gen, ctx.device)[rows]
     noisy = scheduler.add_noise(latents, noise, timesteps)
     return noisy, timesteps, target_for(scheduler, latents, noise, timesteps)
 

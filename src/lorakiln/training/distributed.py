@@ -1,0 +1,177 @@
+"""One run on many processes: which process this is, and the few collectives a LoRA run needs.
+
+A run started by ``accelerate launch``, ``torchrun`` or ``lorakiln train --num-processes N``
+finds ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (and ``MASTER_ADDR``/``MASTER_PORT``) in its
+environment, set by the launcher; a plain ``lorakiln train`` finds none and is one process, on
+exactly the single-process path (no process group, no collective, no extra copy).
+
+What many processes mean here (the README's "Many GPUs and machines"):
+
+* **Data**: every optimizer step takes one *global* batch of ``train_batch_size × processes``
+  samples from one bucket (the data layer builds the epoch with that batch size, so buckets and
+  the per-epoch sample count are exactly the single-process ones), and each process takes its
+  contiguous slice (`shard`). So 2 processes × batch 1 see what 1 process × batch 2 sees.
+* **Noise and timesteps** are drawn for the whole global batch from the step's seed on every
+  process, and each process keeps its rows: different per process, deterministic, and the same
+  draws a single process with the global batch would make.
+* **Gradients** are averaged once per optimizer step, after the last accumulation micro-step
+  (`average_gradients`: one all-reduce of all trained gradients flattened into one buffer). This
+  is what DDP does with ``no_sync()`` on the accumulation micro-steps; DDP itself needs the
+  trained parameters to belong to the module whose ``forward`` runs, and lorakiln's adapters are
+  forward hooks on the frozen base layers, held by a separate network module. Each process
+  weights its loss by its share of the global batch, so an uneven last batch of a bucket
+  still averages to the global batch's mean.
+* **Only rank 0 writes**: LoRAs, states, samples, TensorBoard, the events file and the console
+  progress; the other processes stay quiet.
+* **Collectives time out** (``LORAKILN_DIST_TIMEOUT`` seconds, 1800 by default), so a dead
+  process stops the run with torch's error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+#: Seconds a collective may wait for the other processes (renders on rank 0 included).
+DEFAULT_TIMEOUT_S = 1800
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the one process that writes files and talks to the user."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env(env: Mapping[str, str] | None = None) -> World:
+    """The launcher's ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``; one process when they are absent."""
+    env = os.environ if env is None else env
+    size = int(env.get("WORLD_SIZE", "1") or 1)
+    rank = int(env.get("RANK", "0") or 0)
+    local = int(env.get("LOCAL_RANK", str(rank)) or 0)
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={size} from the launcher do not fit together")
+    return World(rank, size, local)
+
+
+def device_for(world: World) -> torch.device:
+    """This process's device: its own GPU (``cuda:LOCAL_RANK``) when there are GPUs, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", world.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init(world: World, device: torch.device) -> None:
+    """Join the process group (NCCL on GPUs, gloo on CPUs); nothing for a single process."""
+    import torch.distributed as dist
+
+    if not world.active or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    timeout = timedelta(seconds=float(os.environ.get("LORAKILN_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
+                            world_size=world.size, timeout=timeout)
+
+
+def shutdown(world: World) -> None:
+    import torch.distributed as dist
+
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(items: Sequence[T], world: World) -> tuple[list[T], int]:
+    """This process's contiguous slice of one global batch and its offset in it. Sizes differ by
+    at most one (the first ``len % size`` processes take one more); a process can get none when
+    a bucket's last batch has fewer samples than processes (`loss_share` is then 0)."""
+    base, extra = divmod(len(items), world.size)
+    start = world.rank * base + min(world.rank, extra)
+    count = base + (1 if world.rank < extra else 0)
+    return list(items[start:start + count]), start
+
+
+def loss_share(rows: int, total_rows: int, world: World) -> float:
+    """The factor on this process's mean loss so that the average over processes is the mean
+    over the global batch: ``rows × processes / total_rows`` (1 when the batch splits evenly)."""
+    return rows * world.size / total_rows if total_rows else 0.0
+
+
+def average_gradients(params: Sequence[torch.Tensor], world: World) -> None:
+    """Average the gradients of `params` over all processes, in one all-reduce. Parameters
+    without a gradient stay without one (the optimizer skips them, as in a single process): every
+    process runs the same graph, a process without samples a zero-weighted one, so the set agrees."""
+    if not world.active:
+        return
+    import torch.distributed as dist
+
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    flat = torch.cat([p.grad.reshape(-1).float() for p in with_grad])
+    dist.all_reduce(flat)
+    flat /= world.size
+    at = 0
+    for p in with_grad:
+        n = p.grad.numel()
+        p.grad.copy_(flat[at:at + n].view_as(p.grad))
+        at += n
+
+
+def mean_over(value: torch.Tensor, world: World) -> torch.Tensor:
+    """The mean of a scalar over all processes (the logged loss, and its NaN check, agree)."""
+    if not world.active:
+        return value
+    import torch.distributed as dist
+
+    out = value.detach().clone().float()
+    dist.all_reduce(out)
+    return out / world.size
+
+
+def any_process(flag: bool, world: World, device: torch.device) -> bool:
+    """True on every process when `flag` is true on any (a stop signal received by one process)."""
+    if not world.active:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_parameters(params: Sequence[torch.Tensor], world: World) -> None:
+    """Rank 0's values of `params` on every process (the network's seeded init already agrees;
+    this makes it so whatever the init)."""
+    if not world.active:
+        return
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for p in params:
+            dist.broadcast(p.data, src=0)
+
+
+def barrier(world: World) -> None:
+    if world.active:
+        import torch.distributed as dist
+
+        dist.barrier()
