@@ -129,6 +129,20 @@ def test_cache_all_then_load_from_cache(mixed: Path, tmp_path: Path) -> None:
     assert batch.pixels is None
 
 
+def test_processes_cache_a_share_each_and_together_all(mixed: Path) -> None:
+    """`share`: two processes encode disjoint halves; adopting each other's, both hold every latent."""
+    data = _data(mixed)
+    alone = LatentCache("vae-test")
+    assert data.cache_all(_encode, alone, progress=False) == 8
+    first, second = LatentCache("vae-test"), LatentCache("vae-test")
+    done = [data.cache_all(_encode, first, progress=False, share=(0, 2)),
+            data.cache_all(_encode, second, progress=False, share=(1, 2))]
+    assert sum(done) == 8 and min(done) > 0
+    assert not first.held().keys() & second.held().keys()
+    first.adopt(second.held())
+    assert first.held().keys() == alone.held().keys()
+
+
 def test_flip_aug_caches_both_orientations(mixed: Path) -> None:
     data = _data(mixed, augment=AugmentOptions(flip_aug=True))
     cache = LatentCache("vae-test")

@@ -89,6 +89,8 @@ def test_two_processes_train_what_one_process_with_twice_the_batch_trains(tmp_pa
     assert two.stdout.count("LoRA written") == 1
     assert "2 processes: global batch = train_batch_size 1 × 2 processes × 1 accumulation = 2" in two.stdout
     assert "LoRA written" in one.stdout
+    # the 4 latents were encoded once across the run: 2 by process 0, 2 by process 1, then shared
+    assert "latents: 4 cached, 2 encoded by this process, the rest by the other 1" in two.stdout
 
 
 def _processes_tagged(tag: str) -> dict[str, int]:
@@ -143,6 +145,20 @@ def test_a_signal_to_one_process_stops_all_with_a_saved_state_that_resumes(tmp_p
     assert load_file(lora)  # a complete file
     step = max(e["step"] for e in stopped if e["event"] == "step")
     assert step < 40
+    # a copy of the run resumes on 1 process: it continues, and says the data order changed
+    import shutil
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("train", "out"):
+        shutil.copytree(tmp_path / name, copy / name)
+    shutil.copy(run, copy / "run.toml")
+    alone = subprocess.run([sys.executable, "-m", "lorakiln", "train", str(copy / "run.toml"), "--resume"],
+                           cwd=copy, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stdout[-3000:] + alone.stderr[-3000:]
+    assert "saved by a run on 2 process(es), this run has 1" in alone.stdout
+    assert "the data order from here differs" in alone.stdout
+    assert load_file(copy / "out" / "last.safetensors")
     # the same command with --resume continues on 2 processes to the end
     done = subprocess.run([*cmd, "--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

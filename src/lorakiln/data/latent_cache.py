@@ -145,6 +145,15 @@ class LatentCache:
             meta = {"vae": self.vae_fingerprint, "source": str(source or "")}
             write_bytes_atomic(self._disk_path(key), save({"latents": latent}, metadata=meta))
 
+    def held(self) -> dict[str, torch.Tensor]:
+        """The in-memory latents by key (what another process of the same run can adopt)."""
+        return dict(self._memory)
+
+    def adopt(self, latents: dict[str, torch.Tensor]) -> None:
+        """Take latents another process encoded (same VAE, same keys); those held already stay."""
+        for key, latent in latents.items():
+            self._memory.setdefault(key, latent)
+
     def get_or_encode(self, item: ImageItem, bucket: tuple[int, int], encode_fn: EncodeFn, *,
                       flip: bool = False) -> torch.Tensor:
         """The latent of `item` centre-cropped into `bucket` (optionally flipped)."""

@@ -245,7 +245,8 @@ class TrainData:
 
     def cache_all(self, encode_fn: EncodeFn, cache: LatentCache, *, progress: bool = True,
                   encode_batch_size: int | None = None,
-                  on_progress: Callable[[int, int], None] | None = None) -> int:
+                  on_progress: Callable[[int, int], None] | None = None,
+                  share: tuple[int, int] = (0, 1)) -> int:
         """Encode every (image, bucket[, flip]) once; return how many were newly encoded.
 
         Repeats are not re-encoded (same key). With `flip_aug` both orientations are cached,
@@ -256,6 +257,10 @@ class TrainData:
         `on_progress(done, total)` is called with ``(0, total)`` first and after every encoded
         chunk, so a watcher that is not the console (the web UI, through the trainer's events)
         can show how far caching is; it is called often, so it should be cheap or throttle itself.
+
+        `share = (index, count)` encodes only every count-th chunk from `index` on: one of `count`
+        processes caching one dataset together, each its share (the trainer then gathers them,
+        training/distributed.py); progress then counts this share.
         """
         from tqdm.auto import tqdm
 
@@ -264,21 +269,24 @@ class TrainData:
         variants = [False, True] if self.augment.flip_aug else [False]
         before = cache.misses
         class_items = self.prior.items if self.prior is not None else []
-        total = (len(self.items) + len(class_items) * len(self._by_bucket)) * len(variants)
+        chunks = []
+        for bucket in sorted(self._by_bucket):
+            bucket_items = [self.items[i] for i in self._by_bucket[bucket]] + class_items
+            chunks += [(bucket, flip, bucket_items[j:j + chunk])
+                       for flip in variants for j in range(0, len(bucket_items), chunk)]
+        index, count = share
+        mine = chunks[index::count]
+        total = sum(len(items) for _, _, items in mine)
         done = 0
         if on_progress is not None:
             on_progress(done, total)
         with tqdm(total=total, desc="caching latents", unit="img", disable=not progress) as bar:
-            for bucket in sorted(self._by_bucket):
-                bucket_items = [self.items[i] for i in self._by_bucket[bucket]] + class_items
-                for flip in variants:
-                    for j in range(0, len(bucket_items), chunk):
-                        items = bucket_items[j:j + chunk]
-                        cache.get_or_encode_many(items, bucket, encode_fn, flips=[flip] * len(items))
-                        bar.update(len(items))
-                        done += len(items)
-                        if on_progress is not None:
-                            on_progress(done, total)
+            for bucket, flip, items in mine:
+                cache.get_or_encode_many(items, bucket, encode_fn, flips=[flip] * len(items))
+                bar.update(len(items))
+                done += len(items)
+                if on_progress is not None:
+                    on_progress(done, total)
         return cache.misses - before
 
     # -- reporting -------------------------------------------------------------------------

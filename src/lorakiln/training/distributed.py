@@ -33,7 +33,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -168,6 +168,20 @@ def broadcast_parameters(params: Sequence[torch.Tensor], world: World) -> None:
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=0)
+
+
+def gather_latents(cache: Any, world: World) -> int:
+    """Every process's newly cached latents to every process (`LatentCache` keeps them by content
+    key), so the dataset is encoded once across the run instead of once per process; returns how
+    many latents this process now holds. With a disk cache the files are shared as well, but the
+    in-memory copies still travel here: no process has to read the others' files."""
+    import torch.distributed as dist
+
+    everyone: list[dict[str, torch.Tensor] | None] = [None] * world.size
+    dist.all_gather_object(everyone, cache.held())
+    for part in everyone:
+        cache.adopt(part or {})
+    return len(cache.held())
 
 
 def barrier(world: World) -> None:

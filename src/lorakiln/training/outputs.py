@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -163,6 +164,13 @@ def save_training_state(ctx: TrainContext) -> Path:
         optimizer=ctx.optimizer,
         schedule=ctx.schedule,
         scaler=ctx.scaler,
-        position=ctx.position,
+        position=replace(ctx.position, processes=ctx.world.size, samples_in_epoch=_samples_consumed(ctx)),
         config=ctx.cfg.model_dump(mode="json"),
     )
+
+
+def _samples_consumed(ctx: TrainContext) -> int:
+    """Samples of the current epoch's global batches already trained (for a resume on another
+    number of processes, state.py)."""
+    pos = ctx.position
+    return sum(len(b) for b in ctx.data.epoch_batches(pos.epoch)[:pos.batch_in_epoch])

@@ -109,7 +109,16 @@ def _finish(ctx: TrainContext, data: TrainData, log: Log, phase: Phase = None) -
         if log:
             log("caching latents")
         hook = _throttled(phase, "caching latents") if phase is not None else None
-        data.cache_all(ctx.encode_fn, ctx.cache, progress=log is not None, on_progress=hook)
+        world = ctx.world
+        encoded = data.cache_all(ctx.encode_fn, ctx.cache, progress=log is not None, on_progress=hook,
+                                 share=(world.rank, world.size))
+        if world.active:  # each process encoded its share; now every process holds them all
+            from lorakiln.training.distributed import gather_latents
+
+            held = gather_latents(ctx.cache, world)
+            if log:
+                log(f"latents: {held} cached, {encoded} encoded by this process, the rest by the other "
+                    f"{world.size - 1}")
     if cfg.train.resume:
         from lorakiln.training.state import restore_into
 

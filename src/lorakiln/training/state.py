@@ -47,6 +47,11 @@ class LoopPosition:
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     #: Output numbering already used, so a resumed run continues it.
     saved_epochs: list[int] = field(default_factory=list)
+    #: Processes of the run that saved this position (distributed.py) and the samples of `epoch`
+    #: its `batch_in_epoch` global batches held: a resume on another process count maps the
+    #: position onto its own batches by samples consumed.
+    processes: int = 1
+    samples_in_epoch: int = 0
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:
@@ -244,13 +249,39 @@ def restore_into(ctx: TrainContext, log: Callable[[str], None] | None) -> None:
         ctx.scaler.load_state_dict(state.scaler_state)
     restore_rng(state)
     ctx.position = state.position
+    regrouped = _onto_processes(ctx, state.position)
     changed = changed_keys(state.config, ctx.cfg.model_dump(mode="json"))
     if log:
         log(f"resumed from {state.folder} at step {state.position.global_step} "
             f"(epoch {state.position.epoch + 1}, batch {state.position.batch_in_epoch})")
+        if regrouped:
+            log(regrouped)
         if changed:
             log("warning: these settings differ from the saved run, so the result will not match an "
                 "uninterrupted run exactly: " + ", ".join(changed))
+
+
+def _onto_processes(ctx: TrainContext, position: LoopPosition) -> str | None:
+    """Map a position saved by a run on another number of processes onto this run's batches.
+
+    The global batch (`train_batch_size × processes`) changed, so this epoch's batches are grouped
+    differently: the run continues at the first batch after the samples already consumed, with the
+    same global step and so the same point of the LR schedule. The data order from there differs
+    from an uninterrupted run's; the returned line says so (None when nothing changed)."""
+    world = ctx.world.size
+    saved = position.processes
+    if saved == world:
+        return None
+    consumed, seen, index = position.samples_in_epoch, 0, 0
+    batches = ctx.data.epoch_batches(position.epoch)
+    while index < len(batches) and seen + len(batches[index]) <= consumed:
+        seen += len(batches[index])
+        index += 1
+    position.batch_in_epoch, position.processes = index, world
+    return (f"the state was saved by a run on {saved} process(es), this run has {world}: the global batch is "
+            f"now {ctx.cfg.train.train_batch_size * world} samples (was {ctx.cfg.train.train_batch_size * saved}), "
+            f"so the data order from here differs from an uninterrupted run; continuing at step "
+            f"{position.global_step} after {seen} of the epoch's samples, with {ctx.plan.total_steps} steps in all")
 
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
