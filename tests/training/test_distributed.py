@@ -165,3 +165,30 @@ def test_a_signal_to_one_process_stops_all_with_a_saved_state_that_resumes(tmp_p
     assert (tmp_path / "out" / "last.safetensors").is_file()
     resumed = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
     assert [e["step"] for e in resumed if e["event"] == "step"][-1] == 40
+
+
+def test_pivotal_tuning_and_prior_preservation_on_two_processes(tmp_path: Path) -> None:
+    """Both on 2 processes give loadable files; class images are drawn once (by process 0)."""
+    draw_dataset(tmp_path / "train")
+    extra = """
+[pivotal]
+train_text_encoder_ti = true
+token_abstraction = "zwx"
+initializer_concept = "toy"
+[prior]
+with_prior_preservation = true
+class_data_dir = "class"
+class_prompt = "a toy"
+num_class_images = 2
+class_inference_steps = 2
+"""
+    run = tmp_path / "run.toml"
+    run.write_text(RUN_TOML.format(batch=1, out="out") + extra, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert load_file(tmp_path / "out" / "last.safetensors")
+    emb = load_file(tmp_path / "out" / "last_emb.safetensors")
+    assert emb and all(torch.isfinite(t).all() for t in emb.values())
+    assert len(list((tmp_path / "class").glob("*.png"))) == 2
+    assert done.stdout.count("Loading weights") <= 1  # process 1 draws no loading bars

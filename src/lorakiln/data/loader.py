@@ -159,17 +159,19 @@ class TrainData:
         return sum(self._bucket_samples(b) for b in self._by_bucket)
 
     def _batch_offset(self, epoch: int, batch_refs: list[SampleRef]) -> int:
-        """Sample position of `batch_refs` within `epoch_batches(epoch)` (memoized per epoch)."""
+        """Sample position of `batch_refs` within `epoch_batches(epoch)` (memoized per epoch): a
+        whole batch, or one process's contiguous slice of one (training/distributed.py)."""
         if self._offsets is None or self._offsets[0] != epoch:
             table: dict[SampleRef, int] = {}
             position = 0
             for refs in self.epoch_batches(epoch):
-                table[refs[0]] = position
-                position += len(refs)
+                for ref in refs:
+                    table[ref] = position
+                    position += 1
             self._offsets = (epoch, table)
         offset = self._offsets[1].get(batch_refs[0])
         if offset is None:
-            raise ValueError(f"with prior preservation a batch must be one of epoch_batches({epoch})")
+            raise ValueError(f"with prior preservation a batch must be (a slice of) one of epoch_batches({epoch})")
         return offset
 
     def _class_items(self, batch_refs: list[SampleRef], epoch: int) -> list[ImageItem]:

@@ -52,7 +52,11 @@ def ensure_tiny_model(name: str) -> Path:
     try:
         builders[name](tmp, seed=0)
         if not folder.exists():
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except OSError:  # another process (of a multi-process run) put the same model there first
+                if not (folder / "model_index.json").is_file():
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -72,6 +72,15 @@ def _warn_long_captions(dataset: Dataset, bundle: ModelBundle, log: Log,
             + (" …" if len(long) > 3 else "") + "; shorten them or move key words to the front")
 
 
+def _quiet_libraries() -> None:
+    """No loading bars from diffusers and transformers on the processes other than rank 0."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def _load_frozen_model(cfg: RunConfig, device: torch.device, autocast_dtype: torch.dtype | None) -> ModelBundle:
     """The configured base model, frozen and on `device` in its training dtype."""
     from lorakiln.models.configured import load_configured_model
@@ -145,6 +154,7 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
     distributed.init(world, device)
     if not world.is_main:  # rank 0 alone talks to the user and writes (distributed.py)
         log, phase = None, None
+        _quiet_libraries()
     dataset, data, plan = describe_plan(cfg, log, processes=world.size)
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
     if log:  # the line `--dry-run` printed, now from torch itself
@@ -155,6 +165,10 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
         phase("loading model")
     bundle = _load_frozen_model(cfg, device, autocast_dtype)
     if cfg.prior.with_prior_preservation:  # before any LoRA exists: class images show the base model
+        if world.active:  # rank 0 draws the missing ones into the shared folder, the others wait
+            if world.is_main:
+                class_images(cfg, bundle, log)
+            distributed.barrier(world)
         dataset, data = build_data(cfg, class_images(cfg, bundle, log), dataset, processes=world.size)
     pivotal = add_pivotal_tokens(cfg, bundle)
     _warn_long_captions(dataset, bundle, log, pivotal)
