@@ -192,3 +192,17 @@ class_inference_steps = 2
     assert emb and all(torch.isfinite(t).all() for t in emb.values())
     assert len(list((tmp_path / "class").glob("*.png"))) == 2
     assert done.stdout.count("Loading weights") <= 1  # process 1 draws no loading bars
+
+
+def test_a_bad_dataset_fails_once_before_any_process_starts(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from lorakiln.cli import main
+
+    started: list[object] = []
+    monkeypatch.setattr("lorakiln.training.launch.launch", lambda *a: started.append(a) or 0)
+    run = tmp_path / "run.toml"
+    run.write_text(RUN_TOML.format(batch=1, out="out"), encoding="utf-8")  # no train/ folder
+    assert main(["train", str(run), "--num-processes", "2"]) != 0
+    assert not started
+    err = capsys.readouterr().err
+    assert "data.train_data_dir" in err and "does not exist" in err and "Traceback" not in err

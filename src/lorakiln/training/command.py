@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
     processes = getattr(args, "num_processes", None)
     if processes and processes > 1 and not args.dry_run:
         from lorakiln.training.launch import launch
+        from lorakiln.training.plan import describe_plan
 
+        describe_plan(cfg, log=None, processes=processes)  # a bad dataset is one clear error, here, not N
         return launch(args, processes)
     if args.dry_run:
         from lorakiln.training.device_plan import choose_device, device_line
