@@ -45,18 +45,25 @@ def _without_resume(overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0].strip() != "train.resume"]
 
 
+def train_arguments(args: argparse.Namespace, overrides: list[str]) -> list[str]:
+    """`lorakiln train`'s arguments for this command's config, preset, `overrides` and events
+    file: what a resume command and each launched process (launch.py) repeat."""
+    parts = [str(args.config)]
+    if args.preset:
+        parts += ["--preset", args.preset]
+    for item in overrides:
+        parts += ["--set", item]
+    if args.events:
+        parts += ["--events", str(args.events)]
+    return parts
+
+
 def resume_command(args: argparse.Namespace, state: Path) -> str:
     """The command that continues this run from `state`: the same config, preset, overrides and
     events file, shell-quoted (shlex.quote), so pasting it resumes into the same output."""
     import shlex
 
-    parts = ["lorakiln", "train", str(args.config)]
-    if args.preset:
-        parts += ["--preset", args.preset]
-    for item in _without_resume(list(args.set or [])):
-        parts += ["--set", item]
-    if args.events:
-        parts += ["--events", str(args.events)]
+    parts = ["lorakiln", "train", *train_arguments(args, _without_resume(list(args.set or [])))]
     processes = getattr(args, "num_processes", None) or _local_processes()
     if processes and processes > 1:
         parts += ["--num-processes", str(processes)]

@@ -22,16 +22,10 @@ from lorakiln.errors import ConfigError
 
 def child_args(args: argparse.Namespace) -> list[str]:
     """The `lorakiln train` arguments every process runs: this command without --num-processes."""
-    parts = [str(args.config)]
-    if args.preset:
-        parts += ["--preset", args.preset]
-    for item in args.set or []:
-        parts += ["--set", item]
-    if args.resume is not None:
-        parts += ["--resume"] + ([args.resume] if args.resume else [])
-    if args.events:
-        parts += ["--events", str(args.events)]
-    return parts
+    from lorakiln.training.command import train_arguments
+
+    resume = [] if args.resume is None else ["--resume"] + ([args.resume] if args.resume else [])
+    return [*train_arguments(args, list(args.set or [])), *resume]
 
 
 def launch_command(args: argparse.Namespace, processes: int) -> list[str]:

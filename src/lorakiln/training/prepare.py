@@ -165,11 +165,12 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
         phase("loading model")
     bundle = _load_frozen_model(cfg, device, autocast_dtype)
     if cfg.prior.with_prior_preservation:  # before any LoRA exists: class images show the base model
-        if world.active:  # rank 0 draws the missing ones into the shared folder, the others wait
-            if world.is_main:
-                class_images(cfg, bundle, log)
-            distributed.barrier(world)
-        dataset, data = build_data(cfg, class_images(cfg, bundle, log), dataset, processes=world.size)
+        # Rank 0 draws the missing ones into the shared folder while the others wait, then scan it.
+        classes = class_images(cfg, bundle, log) if world.is_main else None
+        distributed.barrier(world)
+        if classes is None:
+            classes = class_images(cfg, bundle, log)
+        dataset, data = build_data(cfg, classes, dataset, processes=world.size)
     pivotal = add_pivotal_tokens(cfg, bundle)
     _warn_long_captions(dataset, bundle, log, pivotal)
     train_te = wants_text_encoder(cfg)

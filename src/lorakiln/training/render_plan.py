@@ -44,7 +44,9 @@ def job_size(prompts: Sequence[GenerationParams]) -> tuple[int, float]:
     return int(images), work
 
 
-def _every(n: int | None, value: int) -> bool:
+def every(n: int | None, value: int) -> bool:
+    """Whether a render set to run every `n` steps/epochs is due at `value` (unset or 0: never);
+    the rule `validation.due_jobs` applies as the run goes, and the plan below ahead of it."""
     return bool(n) and value % (n or 1) == 0
 
 
@@ -62,15 +64,15 @@ def render_schedule(cfg: RunConfig, plan: StepPlan, validation: Sequence[Generat
             jobs.append(RenderJob(step, *size))
 
     for step in range(1, plan.total_steps + 1):
-        if v.validation_prompt and _every(v.validation_steps, step):
+        if v.validation_prompt and every(v.validation_steps, step):
             add(step, val_size)
-        if v.sample_prompts and _every(v.sample_every_n_steps, step):
+        if v.sample_prompts and every(v.sample_every_n_steps, step):
             add(step, sample_size)
         epoch, rest = divmod(step, plan.steps_per_epoch)
         if rest == 0 and epoch < plan.num_epochs and step < plan.total_steps:
-            if v.validation_prompt and _every(v.validation_epochs, epoch):
+            if v.validation_prompt and every(v.validation_epochs, epoch):
                 add(step, val_size)
-            if v.sample_prompts and _every(v.sample_every_n_epochs, epoch):
+            if v.sample_prompts and every(v.sample_every_n_epochs, epoch):
                 add(step, sample_size)
     end = plan.total_steps
     if v.validation_prompt:
@@ -78,8 +80,7 @@ def render_schedule(cfg: RunConfig, plan: StepPlan, validation: Sequence[Generat
     if v.sample_prompts:
         add(end, sample_size)
     grid_prompts = list(samples if v.sample_prompts else validation) if v.final_grid else []
-    every = cfg.output.save_every_n_epochs
-    saved = sum(1 for e in range(1, plan.num_epochs) if every and e % every == 0)
+    saved = sum(1 for e in range(1, plan.num_epochs) if every(cfg.output.save_every_n_epochs, e))
     if grid_prompts and saved and cfg.train.mode != "full":
         files = saved + 1
         first = grid_prompts[0]

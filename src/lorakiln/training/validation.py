@@ -22,6 +22,7 @@ import torch
 
 from lorakiln.atomic import atomic_path
 from lorakiln.inference.infotext import GenerationParams, png_info
+from lorakiln.training.render_plan import every
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -30,20 +31,16 @@ if TYPE_CHECKING:
     from lorakiln.training.context import TrainContext
 
 
-def _every(n: int | None, value: int) -> bool:
-    return bool(n) and value % (n or 1) == 0
-
-
 def due_jobs(ctx: TrainContext, *, epoch_end: bool, final: bool) -> list[tuple[str, list[GenerationParams]]]:
     """(folder, prompts) to render now: validation every `validation_epochs` / `validation_steps`,
     samples every `sample_every_n_epochs` / `sample_every_n_steps`, both at the end."""
     v, pos = ctx.cfg.validation, ctx.position
     jobs = []
-    if v.validation_prompt and (final or (epoch_end and _every(v.validation_epochs, pos.epoch))
-                                or (not epoch_end and _every(v.validation_steps, pos.global_step))):
+    if v.validation_prompt and (final or (epoch_end and every(v.validation_epochs, pos.epoch))
+                                or (not epoch_end and every(v.validation_steps, pos.global_step))):
         jobs.append(("validation", validation_params(ctx)))
-    if v.sample_prompts and (final or (epoch_end and _every(v.sample_every_n_epochs, pos.epoch))
-                             or (not epoch_end and _every(v.sample_every_n_steps, pos.global_step))):
+    if v.sample_prompts and (final or (epoch_end and every(v.sample_every_n_epochs, pos.epoch))
+                             or (not epoch_end and every(v.sample_every_n_steps, pos.global_step))):
         jobs.append(("sample", sample_params(ctx)))
     return jobs
 
