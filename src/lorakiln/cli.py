@@ -40,6 +40,22 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_accelerate(args: argparse.Namespace) -> int:
+    from lorakiln.training import accelerate_config as ac
+
+    processes = args.num_processes
+    if processes is None:
+        import torch
+
+        processes = max(1, torch.cuda.device_count())
+    layout = ac.Layout(processes, args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port)
+    out = ac.write(layout, Path(args.output), force=args.force)
+    total = processes * args.num_machines
+    print(f"wrote {out}: {args.num_machines} machine(s) x {processes} process(es) = {total}\n"
+          f"  run: accelerate launch --config_file {out} -m lorakiln train run.toml")
+    return 0
+
+
 def _cmd_config_import(args: argparse.Namespace) -> int:
     from lorakiln.config.importers import import_config, read_source, source_file
 
@@ -119,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on N local processes (one per GPU; on CPUs they share the cores): the "
                    "global batch is train_batch_size × N. For several machines use accelerate launch "
                    "(README: Many GPUs and machines)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print each step's batch (its bucket and images); with several processes every "
+                   "process prints, each line starting [process R], instead of process 0 alone")
     p.set_defaults(func=_lazy("lorakiln.training.command", "run"))
 
     p = sub.add_parser("generate", help="text-to-image with A1111 prompt syntax, LoRAs and embeddings")
@@ -154,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source format (default: detected)")
     c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     c.set_defaults(func=_cmd_config_import)
+    c = csub.add_parser("accelerate", help="write an accelerate config for `accelerate launch --config_file FILE "
+                        "-m lorakiln train run.toml`: processes per machine, machines, the main machine's address")
+    c.add_argument("--num-processes", type=int, default=None, metavar="N",
+                   help="processes on each machine, one per GPU (default: this machine's GPUs, at least 1)")
+    c.add_argument("--num-machines", type=int, default=1, metavar="M")
+    c.add_argument("--machine-rank", type=int, default=0, metavar="R", help="this machine's number, 0 on the main one")
+    c.add_argument("--main-process-ip", metavar="ADDRESS", help="machine 0's address (with --num-machines > 1)")
+    c.add_argument("--main-process-port", type=int, default=29500, metavar="PORT")
+    c.add_argument("--output", "-o", default="accelerate.yaml", help="the file to write (default: accelerate.yaml)")
+    c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    c.set_defaults(func=_cmd_config_accelerate)
     _add_dataset_verbs(sub)
     from lorakiln.captioning import command as caption_cmd
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -93,6 +94,60 @@ def test_two_processes_train_what_one_process_with_twice_the_batch_trains(tmp_pa
     assert "latents: 4 cached, 2 encoded by this process, the rest by the other 1" in two.stdout
 
 
+def _draw_shapes(root: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    """One captioned image per name, of the given (width, height), in a repeat-1 kohya folder."""
+    from PIL import Image
+
+    sub = root / "1_zwx toy"
+    sub.mkdir(parents=True)
+    for i, (name, size) in enumerate(sizes.items()):
+        Image.new("RGB", size, (40 * i, 200 - 30 * i, 90)).save(sub / f"{name}.png")
+        (sub / f"{name}.txt").write_text(f"photo of zwx, a toy, {name}", encoding="utf-8")
+
+
+def test_buckets_of_different_shapes_are_shared_by_both_processes_and_each_image_is_seen_once(
+        tmp_path: Path) -> None:
+    """3 square, 2 wide and 1 tall image: every step's batches on both processes come from one
+    bucket, and each epoch trains each image once across the processes (`--verbose` prints each
+    process's batches); a bucket's odd last sample leaves process 1 a zero-weighted stand-in."""
+    import re
+
+    sizes = {"sq0": (64, 64), "sq1": (64, 64), "sq2": (64, 64), "wide0": (128, 64), "wide1": (128, 64),
+             "tall0": (64, 128)}
+    _draw_shapes(tmp_path / "train", sizes)
+    run = tmp_path / "run.toml"
+    text = RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", "max_train_epochs = 2")
+    text = text.replace("resolution = 64", 'resolution = "128,64"\nenable_bucket = true\nmin_bucket_reso = 64\n'
+                        "max_bucket_reso = 128\nbucket_reso_steps = 64")
+    run.write_text(text, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2", "--verbose"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = re.compile(r"^\[process (\d)\] step (\d+) \(epoch (\d+), micro-batch 1\): bucket (\d+)x(\d+): (.*)$")
+    seen: dict[int, dict[int, tuple[int, int, int, str]]] = {}  # step -> rank -> (epoch, w, h, images)
+    for found in filter(None, map(line.match, done.stdout.splitlines())):
+        rank, step, epoch, w, h, images = found.groups()
+        seen.setdefault(int(step), {})[int(rank)] = (int(epoch), int(w), int(h), images)
+    # global batch 2 from buckets of 3, 2 and 1 images: 4 steps an epoch, 2 epochs
+    assert sorted(seen) == list(range(1, 9)), done.stdout[-3000:]
+    per_epoch: dict[int, list[str]] = {1: [], 2: []}
+    for step, ranks in seen.items():
+        assert set(ranks) == {0, 1}, (step, ranks)
+        (e0, *bucket0, first), (e1, *bucket1, second) = ranks[0], ranks[1]
+        assert e0 == e1 and bucket0 == bucket1, (step, ranks)  # one bucket per step on both processes
+        for images in (first, second):
+            if not images.startswith("none"):
+                assert len(images.split(", ")) == 1  # batch 1 per process
+                name = Path(images).stem
+                expected = {(64, 64): "sq", (128, 64): "wide", (64, 128): "tall"}[tuple(bucket0)]
+                assert name.startswith(expected), (step, name, bucket0)
+                per_epoch[e0].append(name)
+    for names in per_epoch.values():
+        assert sorted(names) == sorted(sizes)  # each image once per epoch, none dropped or repeated
+    assert sum(images.startswith("none") for ranks in seen.values() for _, _, _, images in ranks.values()) == 4
+    assert load_file(tmp_path / "out" / "last.safetensors")
+
+
 def _processes_tagged(tag: str) -> dict[str, int]:
     """RANK → pid of the training processes started with LORAKILN_TEST_TAG=tag."""
     found = {}
@@ -165,6 +220,68 @@ def test_a_signal_to_one_process_stops_all_with_a_saved_state_that_resumes(tmp_p
     assert (tmp_path / "out" / "last.safetensors").is_file()
     resumed = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()]
     assert [e["step"] for e in resumed if e["event"] == "step"][-1] == 40
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' processes through /proc")
+def test_a_process_that_stops_answering_ends_the_run_with_a_saved_state_and_a_message(tmp_path: Path) -> None:
+    """Process 1 frozen (SIGSTOP) mid-run: process 0's next collective times out after
+    LORAKILN_DIST_TIMEOUT, it saves the last complete step's LoRA and state alone, and the run
+    ends with a message and the resume command instead of hanging; no traceback."""
+    import os
+    import signal
+    import time
+
+    from lorakiln.training.recovery import find_state
+
+    draw_dataset(tmp_path / "train")
+    run = tmp_path / "run.toml"
+    run.write_text(RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", "max_train_steps = 400"),
+                   encoding="utf-8")
+    events = tmp_path / "events.jsonl"
+    tag = f"lost-{os.getpid()}-{time.time_ns()}"
+    env = {**os.environ, "LORAKILN_TEST_TAG": tag, "LORAKILN_DIST_TIMEOUT": "8", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "3"}
+    cmd = [sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2", "--events", str(events)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ranks: dict[str, int] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+            if sum(json.loads(line).get("event") == "step" for line in lines) >= 2:
+                break
+            time.sleep(0.2)
+        ranks = _processes_tagged(tag)
+        assert set(ranks) == {"0", "1"}, ranks
+        os.kill(ranks["1"], signal.SIGSTOP)  # alive, but never answers again
+        started = time.monotonic()
+        out, _ = proc.communicate(timeout=240)
+        waited = time.monotonic() - started
+    finally:
+        for pid in ranks.values():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode not in (0, 130), out[-3000:]
+    assert waited < 120, waited  # the 8 s timeout, a save and the launcher's 3 s, not a hang
+    assert "another process of this run stopped answering" in out and "LORAKILN_DIST_TIMEOUT = 8 s" in out, out[-3000:]
+    assert "process 0: exited with status 2" in out and "resume: lorakiln train" in out, out[-3000:]
+    assert "Traceback" not in out and "ChildFailedError" not in out, out[-3000:]
+    error = [json.loads(line) for line in events.read_text(encoding="utf-8").splitlines()][-1]
+    assert error["event"] == "error" and error["kind"] == "ProcessLost"
+    assert load_file(error["lora"]) and find_state(Path(error["state"]))
+    step = max(json.loads(line).get("step") or 0 for line in events.read_text(encoding="utf-8").splitlines())
+    assert Path(error["lora"]).name == f"last-step{step:08d}.safetensors"  # the last complete step
+
+
+def test_the_launcher_reports_failed_processes_in_words() -> None:
+    from lorakiln.training.launch import failure_report
+
+    assert failure_report({0: (130, "<N/A>"), 1: (130, "<N/A>")}) == ([], 130)  # a stop, told by process 0
+    lines, status = failure_report({1: (-9, "SIGKILL"), 0: (2, "<N/A>")})
+    assert status == 2
+    assert lines[1:3] == ["  process 0: exited with status 2 (its error is printed above)",
+                          "  process 1: killed by SIGKILL (the system's out-of-memory killer sends SIGKILL)"]
 
 
 def test_pivotal_tuning_and_prior_preservation_on_two_processes(tmp_path: Path) -> None:

@@ -104,6 +104,32 @@ def test_stop_leaves_a_state_that_resume_continues(project: Path, tiny_sd1_dir: 
     assert losses[:stopped_at] == queue.progress(run.id)["losses"][:stopped_at]
 
 
+def test_a_run_on_two_processes_stops_with_a_state_and_resumes_on_two(project: Path, tiny_sd1_dir: Path) -> None:
+    """The "processes" field: the queue starts `lorakiln train --num-processes 2`; Stop's SIGINT
+    reaches both processes through the launcher, which save once and end as a stop (130), and
+    Resume runs on 2 processes again."""
+    queue = RunQueue(project / "queue")
+    run = queue.submit(write_run(project, "two", epochs=20, model=tiny_sd1_dir), processes=2)
+    queue.poll()
+    deadline = time.monotonic() + 300
+    while not any(e["event"] == "step" and e["step"] >= 2 for e in read_events(queue.events_path(run.id))):
+        assert queue.get(run.id).status == "running" and time.monotonic() < deadline, queue.log_tail(run.id)
+        time.sleep(0.1)
+    queue.stop(run.id)
+    stopped = queue.wait(run.id)
+    assert stopped.status == "stopped" and stopped.returncode == 130, queue.log_tail(run.id)
+    assert (Path(stopped.state) / "state.json").is_file() and Path(stopped.lora).is_file()
+    log = queue.log_tail(run.id, 400)
+    assert "2 processes: global batch" in log and "Traceback" not in log, log
+    assert [e["event"] for e in read_events(queue.events_path(run.id))].count("stopped") == 1
+    again = queue.resume(run.id)
+    assert again.processes == 2
+    finished = queue.wait(again.id)
+    assert finished.status == "done", queue.log_tail(again.id)
+    total = [e for e in read_events(queue.events_path(again.id)) if e["event"] == "step"][-1]
+    assert total["step"] == total["total_steps"]
+
+
 def test_a_restarted_ui_finds_its_running_run(project: Path, tiny_sd1_dir: Path) -> None:
     queue = RunQueue(project / "queue")
     run = queue.submit(write_run(project, "a", epochs=2, model=tiny_sd1_dir))

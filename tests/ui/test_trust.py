@@ -171,15 +171,15 @@ def test_paths_outside_the_allowed_folders_are_refused(served: Served) -> None:
             form[KEYS.index("model.pretrained_model")] = "tiny:sd1"
             form[KEYS.index(key)] = value
             for api in ("/save_form", "/total_steps"):
-                msg = c.predict("run.toml", *form, api_name=api)
+                msg = c.predict(*([1] if api == "/total_steps" else []), "run.toml", *form, api_name=api)
                 assert msg.startswith("error") and key in msg and "outside" in msg, (key, value, msg)
-            msg, errors = c.predict("run.toml", *form, api_name="/start_run")
+            msg, errors = c.predict(1, "run.toml", *form, api_name="/start_run")
             assert msg.startswith("error") and key in msg and errors, msg
     assert not (served.project / "run.toml").exists() and not (served.project / ".lorakiln-runs").exists()
     form = list(components)  # the control: built-in model, dataset and output inside the project
     form[KEYS.index("model.pretrained_model")] = "tiny:sd1"
     assert c.predict("run.toml", *form, api_name="/save_form").startswith("saved")
-    steps = c.predict("run.toml", *form, api_name="/total_steps")
+    steps = c.predict(1, "run.toml", *form, api_name="/total_steps")
     assert "total steps" in steps, steps
     (served.project / "run.toml").unlink()
     served.unchanged_outside(before)
@@ -194,11 +194,11 @@ def test_pickles_cannot_be_switched_on_from_the_browser(served: Served) -> None:
     msg, *components = c.predict("pickle.toml", api_name="/load_form")
     assert "model.allow_pickle = true, which the UI refuses" in msg  # said on load already
     components = _form(c, "pickle.toml")  # the TOML's allow_pickle travels in the session's State
-    msg, _errors = c.predict("pickle.toml", *components, api_name="/start_run")
+    msg, _errors = c.predict(1, "pickle.toml", *components, api_name="/start_run")
     assert msg.startswith("error") and "model.allow_pickle = true" in msg, msg
     (served.project / "pickle.toml").write_text(body.replace("allow_pickle = true\n", ""), encoding="utf-8")
     components = _form(c, "pickle.toml")
-    msg, _errors = c.predict("pickle.toml", *components, api_name="/start_run")
+    msg, _errors = c.predict(1, "pickle.toml", *components, api_name="/start_run")
     assert msg.startswith("error") and "pickle file" in msg, msg
     assert not (served.project / ".lorakiln-runs").exists()  # nothing was queued
     (served.project / "pickle.toml").unlink()

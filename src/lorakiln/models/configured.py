@@ -51,6 +51,11 @@ def ensure_tiny_model(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         builders[name](tmp, seed=0)
+        missing = [part for part in ("unet", "vae", "text_encoder") if not any((tmp / part).glob("*.safetensors"))]
+        if missing:  # transformers/diffusers skip writing on ranks other than 0 of a process group
+            raise ModelLoadError(f"tiny:{name}: building the model wrote no weights for {', '.join(missing)} "
+                                 "(was it built inside a multi-process run, on a process other than rank 0?); "
+                                 "build it once with `lorakiln train` on one process, then launch")
         if not folder.exists():
             try:
                 tmp.rename(folder)

@@ -55,6 +55,8 @@ def train_arguments(args: argparse.Namespace, overrides: list[str]) -> list[str]
         parts += ["--set", item]
     if args.events:
         parts += ["--events", str(args.events)]
+    if getattr(args, "verbose", False):
+        parts += ["--verbose"]
     return parts
 
 
@@ -127,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe_model(cfg))
         print(device_line(choose_device(), cfg.train.mixed_precision, cfg.train.mode))
         return 0
-    from lorakiln.training.distributed import world_from_env
+    from lorakiln.training.distributed import ProcessLost, world_from_env
     from lorakiln.training.loop import TrainingInterrupted, train
     from lorakiln.training.save_errors import SaveFailed
     from lorakiln.training.signals import StopSignal
@@ -141,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         events.write("start", config=str(args.config), output_dir=str(cfg.output.output_dir),
                      output_name=cfg.output.output_name)
     try:
-        result = train(cfg, [events] if events else None)
+        result = train(cfg, [events] if events else None, verbose=getattr(args, "verbose", False))
     except TrainingInterrupted as stop:
         if events:
             events.write("stopped", reason=str(stop), lora=stop.lora, state=stop.state)
@@ -155,6 +157,12 @@ def run(args: argparse.Namespace) -> int:
             events.write("stopped", reason=reason, lora=None, state=None)
         print(reason)
         return 130
+    except ProcessLost as lost:
+        if events:
+            events.write("error", message=str(lost), kind=type(lost).__name__, lora=lost.lora, state=lost.state)
+        if lost.state is None:
+            raise
+        raise ProcessLost(f"{lost}\n  resume: {resume_command(args, lost.state)}", lost.lora, lost.state) from lost
     except SaveFailed as err:
         if events:
             events.write("error", message=str(err), kind=type(err).__name__)

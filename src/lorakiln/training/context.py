@@ -69,6 +69,9 @@ class TrainContext:
     preservation: OutputPreservation | None = None
     #: This process's place in a multi-process run (distributed.py); one process by default.
     world: World = field(default_factory=World)
+    #: `lorakiln train --verbose`: where each micro-batch's bucket and images are printed
+    #: (every process, prefixed with its rank), None otherwise.
+    trace: Callable[[str], None] | None = None
 
     @property
     def full(self) -> bool:

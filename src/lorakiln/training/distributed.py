@@ -23,24 +23,61 @@ What many processes mean here (the README's "Many GPUs and machines"):
   still averages to the global batch's mean.
 * **Only rank 0 writes**: LoRAs, states, samples, TensorBoard, the events file and the console
   progress; the other processes stay quiet.
-* **Collectives time out** (``LORAKILN_DIST_TIMEOUT`` seconds, 1800 by default), so a dead
-  process stops the run with torch's error instead of a hang.
+* **A lost process stops the run, with a state**: collectives time out
+  (``LORAKILN_DIST_TIMEOUT`` seconds, 1800 by default) and fail at once when a peer's
+  connection closes; either becomes `ProcessLost`. The trained weights are the same on every
+  process after each optimizer step, so rank 0 alone saves the LoRA and state of the last
+  complete step, and the run ends with a message and the resume command instead of a hang.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from lorakiln.errors import TrainingError
 
 T = TypeVar("T")
 
 #: Seconds a collective may wait for the other processes (renders on rank 0 included).
 DEFAULT_TIMEOUT_S = 1800
+
+
+class ProcessLost(TrainingError):
+    """Another process of the run died or stopped answering within the collective timeout.
+    `lora`/`state` are what rank 0 saved at the last complete step (None elsewhere, or when
+    nothing was trained yet)."""
+
+    def __init__(self, message: str, lora: Path | None = None, state: Path | None = None) -> None:
+        super().__init__(message)
+        self.lora, self.state = lora, state
+
+
+def timeout_s() -> float:
+    """How long a collective waits for the other processes (``LORAKILN_DIST_TIMEOUT``)."""
+    return float(os.environ.get("LORAKILN_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
+
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a failed collective (gloo/NCCL: a peer's connection closed, or the timeout passed)
+    into `ProcessLost`, naming what the run was doing and what to do."""
+    try:
+        yield
+    except RuntimeError as err:  # torch.distributed.DistError and the backends' errors are RuntimeErrors
+        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ProcessLost(
+            f"another process of this run stopped answering during {what}: it died (out of memory, "
+            f"killed) or took longer than LORAKILN_DIST_TIMEOUT = {timeout_s():g} s (torch: {detail}). "
+            "Its own error, if it printed one, is above; raise LORAKILN_DIST_TIMEOUT if a process "
+            "is only slow (a long render on process 0)") from err
 
 
 @dataclass(frozen=True)
@@ -87,7 +124,7 @@ def init(world: World, device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    timeout = timedelta(seconds=float(os.environ.get("LORAKILN_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
+    timeout = timedelta(seconds=timeout_s())
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank,
                             world_size=world.size, timeout=timeout)
 
@@ -127,7 +164,8 @@ def average_gradients(params: Sequence[torch.Tensor], world: World) -> None:
     if not with_grad:
         return
     flat = torch.cat([p.grad.reshape(-1).float() for p in with_grad])
-    dist.all_reduce(flat)
+    with _collective("the gradient average"):
+        dist.all_reduce(flat)
     flat /= world.size
     at = 0
     for p in with_grad:
@@ -143,7 +181,8 @@ def mean_over(value: torch.Tensor, world: World) -> torch.Tensor:
     import torch.distributed as dist
 
     out = value.detach().clone().float()
-    dist.all_reduce(out)
+    with _collective("the loss average"):
+        dist.all_reduce(out)
     return out / world.size
 
 
@@ -154,8 +193,9 @@ def any_process(flag: bool, world: World, device: torch.device) -> bool:
     import torch.distributed as dist
 
     value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    with _collective("the stop-signal check"):
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
 
 def broadcast_parameters(params: Sequence[torch.Tensor], world: World) -> None:
@@ -165,7 +205,7 @@ def broadcast_parameters(params: Sequence[torch.Tensor], world: World) -> None:
         return
     import torch.distributed as dist
 
-    with torch.no_grad():
+    with torch.no_grad(), _collective("the start (sharing process 0's initial weights)"):
         for p in params:
             dist.broadcast(p.data, src=0)
 
@@ -178,14 +218,16 @@ def gather_latents(cache: Any, world: World) -> int:
     import torch.distributed as dist
 
     everyone: list[dict[str, torch.Tensor] | None] = [None] * world.size
-    dist.all_gather_object(everyone, cache.held())
+    with _collective("latent caching (sharing the encoded latents)"):
+        dist.all_gather_object(everyone, cache.held())
     for part in everyone:
         cache.adopt(part or {})
     return len(cache.held())
 
 
-def barrier(world: World) -> None:
+def barrier(world: World, what: str = "a wait for process 0") -> None:
     if world.active:
         import torch.distributed as dist
 
-        dist.barrier()
+        with _collective(what):
+            dist.barrier()

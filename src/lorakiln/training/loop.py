@@ -68,17 +68,22 @@ class TrainResult:
     prompts_grid_path: Path | None = None
 
 
-def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: bool = True) -> TrainResult:
+def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: bool = True,
+          verbose: bool = False) -> TrainResult:
     """Run a whole training as the config says; the CLI and the UI both call this.
 
     A signal before the first step (loading, caching) raises `StopSignal`: nothing is saved
-    because nothing was trained yet."""
+    because nothing was trained yet. `verbose` (`lorakiln train --verbose`) lets every process
+    of a multi-process run print, prefixed ``[process R]``, and prints each micro-batch's bucket
+    and images (`TrainContext.trace`), so how the data was split can be read off the console."""
     from lorakiln.training.prepare import prepare
 
     world = distributed.world_from_env()
     if not world.is_main:  # rank 0 alone holds the lock, cleans up, reports and writes events
         progress, callbacks = False, []
     log = print if progress else None
+    if verbose and world.active and not world.is_main:
+        log = _prefixed(world.rank)
     callbacks = callbacks or []
     flag = StopFlag()
     out = cfg.output
@@ -94,8 +99,21 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
 
         with flag.raising():
             ctx = prepare(cfg, log=log, phase=phase)
+        if verbose:  # every process's batches, each line naming its process
+            ctx.trace = _prefixed(world.rank) if world.active else print
         _emit(callbacks, "phase", name="training")
         return run_loop(ctx, flag, callbacks, progress=progress)
+
+
+def _prefixed(rank: int) -> Callable[[str], None]:
+    """A log that says which process speaks."""
+
+    def log(text: str) -> None:
+        # One write per call, newline included: the processes share the terminal (or pipe), and a
+        # write this small is atomic there, so lines from two processes never run together.
+        print("".join(f"[process {rank}] {line}\n" for line in str(text).splitlines()), end="", flush=True)
+
+    return log
 
 
 @contextlib.contextmanager
@@ -145,6 +163,8 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
             per_sample = len(batch) // len(refs)  # 2 with prior preservation's class rows
             batch.global_rows = (per_sample * first, per_sample * len(group[micro]))
         paths += [str(p) for p in batch.paths]
+        if ctx.trace is not None:
+            _trace_batch(ctx, batch, step, epoch, micro, empty=world.active and not share)
         loss = compute_loss(ctx, batch, step, micro) / divisor
         ctx.scaler.scale(loss).backward()
         total += loss.detach()
@@ -172,6 +192,15 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     ctx.schedule.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return value
+
+
+def _trace_batch(ctx: TrainContext, batch: Any, step: int, epoch: int, micro: int, *, empty: bool) -> None:
+    """`--verbose`'s line for one micro-batch: the step, the bucket and this process's images
+    (what a user checks when two processes must share buckets and see each image once)."""
+    assert ctx.trace is not None
+    w, h = batch.bucket
+    images = "none (a zero-weighted stand-in)" if empty else ", ".join(str(p) for p in batch.paths[:batch.num_instance])
+    ctx.trace(f"step {step + 1} (epoch {epoch + 1}, micro-batch {micro + 1}): bucket {w}x{h}: {images}")
 
 
 def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
@@ -366,5 +395,20 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 logger.write(f"{kind} grid: {path}")
         _emit(callbacks, "done", path=final, step=pos.global_step, grid=grid, prompts_grid=sheet)
         return TrainResult(final, state, pos.global_step, pos.epoch, last_loss, grid, sheet)
+    except distributed.ProcessLost as lost:
+        raise _saved_after_loss(ctx, lost, logger) from lost
     finally:
         logger.close()
+
+
+def _saved_after_loss(ctx: TrainContext, lost: distributed.ProcessLost, logger: TrainLogger) -> distributed.ProcessLost:
+    """Another process is gone: rank 0 saves the LoRA and state of the last complete step on
+    its own (no collective: the trained weights agree on every process after each optimizer
+    step, and a step whose gradient average failed was not applied), so the run resumes."""
+    step = ctx.position.global_step
+    if not ctx.world.is_main or step == 0:
+        return lost
+    lora = _save_lora(ctx, outputs.step_name(ctx, step))
+    state = _save_state(ctx)
+    logger.write(f"saved {lora} and state {state} at step {step}")
+    return distributed.ProcessLost(f"{lost}\n  saved at step {step}: {lora} and state {state}", lora, state)

@@ -139,6 +139,7 @@ def _finish(ctx: TrainContext, data: TrainData, log: Log, phase: Phase = None) -
 def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainContext:
     """Everything before the first step (see the module docstring for the order); `phase` hears
     of the slow parts as they begin (`training.loop.train` turns them into ``phase`` events)."""
+    from lorakiln.models.configured import TINY_PREFIX, ensure_tiny_model
     from lorakiln.training import distributed
     from lorakiln.training.class_generation import class_images
     from lorakiln.training.model_setup import (
@@ -151,9 +152,13 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
 
     world = distributed.world_from_env()
     device = distributed.device_for(world) if world.active else pick_device()
+    if world.active and cfg.model.pretrained_model.startswith(TINY_PREFIX):
+        # Built before the process group exists: once it does, transformers' save_pretrained
+        # writes weights on global rank 0 only, and every machine needs its own copy.
+        ensure_tiny_model(cfg.model.pretrained_model[len(TINY_PREFIX):])
     distributed.init(world, device)
-    if not world.is_main:  # rank 0 alone talks to the user and writes (distributed.py)
-        log, phase = None, None
+    if not world.is_main:  # rank 0 alone talks to the user and writes (distributed.py); its
+        phase = None       # log is None here unless `--verbose` asked every process to print
         _quiet_libraries()
     dataset, data, plan = describe_plan(cfg, log, processes=world.size)
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)

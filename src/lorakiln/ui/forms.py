@@ -168,9 +168,10 @@ def save_run_toml(path: str | Path, values: dict[str, Any]) -> Path:
     return path
 
 
-def step_summary(values: dict[str, Any], base_dir: str | Path) -> str:
+def step_summary(values: dict[str, Any], base_dir: str | Path, processes: int = 1) -> str:
     """The trainer's own step arithmetic for `values` (what `lorakiln train --dry-run` prints),
-    for the form's live total-steps line; a config or dataset problem comes back as its message."""
+    for the form's live total-steps line; a config or dataset problem comes back as its message.
+    `processes` > 1: the global batch of a run on that many processes (`--num-processes`)."""
     from lorakiln.config.load import build_config
     from lorakiln.errors import LorakilnError
     from lorakiln.training.plan import build_data, plan_lines, plan_steps
@@ -178,7 +179,7 @@ def step_summary(values: dict[str, Any], base_dir: str | Path) -> str:
     try:
         cfg = build_config(json.loads(json.dumps(raw_from_values(values))), source="the form",
                            base_dir=Path(base_dir))
-        _, data = build_data(cfg)
-        return "\n".join(plan_lines(cfg, data, plan_steps(cfg, data.num_batches_per_epoch)))
+        _, data = build_data(cfg, processes=processes)
+        return "\n".join(plan_lines(cfg, data, plan_steps(cfg, data.num_batches_per_epoch), processes))
     except LorakilnError as err:
         return f"error: {err}"

@@ -73,6 +73,7 @@ class Run:
     lora: str | None = None  # the final LoRA (done) or the one saved on stop
     state: str | None = None  # the state folder a stopped/interrupted run resumes from
     stop_requested: float | None = None  # when Stop was pressed on the running run (time.time())
+    processes: int = 1  # `lorakiln train --num-processes N` when more than 1 (one per GPU)
 
 
 class RunQueue:
@@ -135,8 +136,11 @@ class RunQueue:
     # -- commands ---------------------------------------------------------------------------
 
     def submit(self, config: str | Path, overrides: list[str] | None = None, *,
-               resume_of: str | None = None) -> Run:
-        """Queue a training of `config` (a run TOML) with `--set` overrides."""
+               resume_of: str | None = None, processes: int = 1) -> Run:
+        """Queue a training of `config` (a run TOML) with `--set` overrides, on `processes`
+        local processes (`--num-processes`; a Stop's SIGINT reaches all of them through it)."""
+        if not isinstance(processes, int) or processes < 1:
+            raise LorakilnError(f"processes: {processes!r}; give a whole number, at least 1")
         config = Path(config).resolve()
         if not config.is_file():
             raise LorakilnError(f"{config}: no such run config; save the settings first")
@@ -145,7 +149,8 @@ class RunQueue:
         run_id = f"{len(self._runs) + 1:04d}-{config.stem}"
         while run_id in self._runs:  # never reuse an id, even after edits to queue.json
             run_id = f"{run_id}-x"
-        run = Run(run_id, str(config), list(overrides or []), created=time.time(), resume_of=resume_of)
+        run = Run(run_id, str(config), list(overrides or []), created=time.time(), resume_of=resume_of,
+                  processes=processes)
         self._runs[run_id] = run
         self._save()
         return run
@@ -180,7 +185,7 @@ class RunQueue:
         if run.status not in ("stopped", "interrupted", "failed") or not state:
             raise LorakilnError(f"run {run_id} ({run.status}) has no saved state to resume from")
         return self.submit(run.config, [*_without_resume(run.overrides), f"train.resume={json.dumps(state)}"],
-                           resume_of=run_id)
+                           resume_of=run_id, processes=run.processes)
 
     # -- the worker -------------------------------------------------------------------------
 
@@ -219,6 +224,8 @@ class RunQueue:
         cmd = [self.python, "-m", "lorakiln", "train", run.config, "--events", str(self.events_path(run.id))]
         for item in run.overrides:
             cmd += ["--set", item]
+        if run.processes > 1:
+            cmd += ["--num-processes", str(run.processes)]
         with self.log_path(run.id).open("ab") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     cwd=str(Path(run.config).parent), start_new_session=True,

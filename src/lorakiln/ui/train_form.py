@@ -230,13 +230,29 @@ def _saved_values(file: Path) -> dict[str, Any] | None:
         return None  # an unreadable file: everything counts as changed
 
 
-def total_steps(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> str:
-    """The trainer's step arithmetic for the form as it is now (relative paths from the TOML's folder);
-    the dataset is only counted when the sandbox allows its folder."""
+def total_steps(box: Sandbox, path: str, extra: dict[str, Any], *components: Any, processes: Any = 1) -> str:
+    """The trainer's step arithmetic for the form as it is now (relative paths from the TOML's folder),
+    on `processes` processes; the dataset is only counted when the sandbox allows its folder."""
     try:
         file = toml_path(box, path)
         values = form_values(extra, components)
         check_values(box, values, file)
+        count = process_count(processes)
     except LorakilnError as err:
         return f"error: {err}"
-    return step_summary(values, file.parent)
+    return step_summary(values, file.parent, count)
+
+
+#: The most processes the form accepts (one per GPU: 8 per machine is the usual most, 64 is generous).
+MAX_PROCESSES = 64
+
+
+def process_count(value: Any) -> int:
+    """The form's "processes" field as a whole number from 1 to `MAX_PROCESSES`, or a message."""
+    try:
+        count = float(1 if value in (None, "") else value)
+    except (TypeError, ValueError):
+        raise LorakilnError(f"processes: {value!r} is not a number; give 1 (one process) or one per GPU") from None
+    if count != int(count) or not 1 <= count <= MAX_PROCESSES:
+        raise LorakilnError(f"processes: {value!r} must be a whole number from 1 to {MAX_PROCESSES} (one per GPU)")
+    return int(count)

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from lorakiln.errors import LorakilnError
 from lorakiln.ui.forms import GROUP_ORDER, FieldSpec, field_specs
 from lorakiln.ui.labels import ESSENTIAL_ROWS
 from lorakiln.ui.sandbox import Sandbox
 from lorakiln.ui.style import SHOW_ERRORS
+from lorakiln.ui.train_form import MAX_PROCESSES
 
 #: Path keys offered as drop-downs of the server's folders (`Sandbox.listing`), by kind.
 PICKED: dict[str, str] = {"model.pretrained_model": "model", "model.vae": "vae", "network.network_weights": "lora",
@@ -131,6 +133,10 @@ def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
                 start = gr.Button("Start", variant="primary", min_width=170, elem_id="train-start")
                 stop = gr.Button("Stop", min_width=90, interactive=False, elem_id="train-stop")
                 resume = gr.Button("Resume", min_width=90, interactive=False, elem_id="train-resume")
+            processes = gr.Number(1, label="processes", precision=0, minimum=1, maximum=MAX_PROCESSES,
+                                  elem_id="train-processes", elem_classes=["lk-help"],
+                                  info="one per GPU: 2 or more train one run on that many processes "
+                                  "(global batch = batch size × processes)")
             status = gr.Markdown("no runs yet", elem_id="run-status")
     with gr.Row(equal_height=True):
         plot = gr.LinePlot(x="step", y="loss", title="loss", height=240, scale=1)
@@ -150,15 +156,16 @@ def build(box: Sandbox) -> list[tuple[Any, Any, Any]]:
     timer = gr.Timer(2.0)
     seen = gr.State("")
 
-    form = [path, extra, *components]
-    count_steps = bind(train_form.total_steps, box)
+    form = [processes, path, extra, *components]
+    count_steps = bind(total_steps, box)
     reload = bind(train_form.load_form, box)
     toast = _toasting
 
+    processes.input(count_steps, form, steps, trigger_mode="always_last")
     load.click(toast(reload, 1), [path], [extra, message, *components]).then(count_steps, form, steps)
     apply.click(toast(train_form.apply_preset, 1), [preset, extra, *components],
                 [extra, message, *components]).then(count_steps, form, steps)
-    save.click(toast(bind(train_form.save_form, box), 0), form, message).then(count_steps, form, steps)
+    save.click(toast(bind(train_form.save_form, box), 0), form[1:], message).then(count_steps, form, steps)
     gr.on([made[k].input for k in COUNTED], count_steps, form, steps, trigger_mode="always_last")
     # gradio's own `validator` marks would be reset by the next event's status update: the
     # page script (style.SHOW_ERRORS) keeps each message beside its field until it is edited
@@ -188,21 +195,34 @@ def picker_choices(box: Sandbox) -> list[Any]:
             for key, kind in PICKED.items()]
 
 
-def start_checked(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str, dict]:
+def total_steps(box: Sandbox, processes: Any, path: str, extra: dict[str, Any], *components: Any) -> str:
+    """The live step line for the form on `processes` processes (`train_form.total_steps`)."""
+    from lorakiln.ui.train_form import total_steps
+
+    return total_steps(box, path, extra, *components, processes=processes)
+
+
+def start_checked(box: Sandbox, processes: Any, path: str, extra: dict[str, Any],
+                  *components: Any) -> tuple[str, str, dict]:
     """Start as the button runs it: what `lorakiln train --dry-run` would refuse comes back as
     {element id: message} for the page script to show beside each field (the message, with all
     of them, is also a toast: `_toasting`); nothing is saved or queued then. Otherwise
-    `train_tab.queue_form` (the checks are not made twice)."""
-    from lorakiln.ui.train_form import start_problems
+    `train_tab.queue_form` on `processes` processes (the checks are not made twice)."""
+    from lorakiln.ui.train_form import process_count, start_problems
     from lorakiln.ui.train_tab import queue_form
     from lorakiln.ui.wording import ui_words
 
     problems = {k: ui_words(v) for k, v in start_problems(box, path, extra, *components).items()}
+    try:
+        count = process_count(processes)
+    except LorakilnError as err:
+        problems["processes"] = str(err)
     if problems:
         keys = {s.key for s in field_specs()}
+        where = {"processes": "train-processes"}
         return "", "error: Start refused (the fields are marked): " + "; ".join(problems.values()), {
-            (elem_id(k) if k in keys else "train-toml"): v for k, v in problems.items()}
-    run_id, message = queue_form(box, path, extra, *components)
+            (elem_id(k) if k in keys else where.get(k, "train-toml")): v for k, v in problems.items()}
+    run_id, message = queue_form(box, path, extra, *components, processes=count)
     return run_id, message, {}
 
 

@@ -53,22 +53,25 @@ def start_run(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) 
     return queue_form(box, path, extra, *components)
 
 
-def queue_form(box: Sandbox, path: str, extra: dict[str, Any], *components: Any) -> tuple[str, str]:
-    """Save the form and queue it (started at once if nothing else runs), for a caller that has
-    made `start_problems`' checks already: (run id, message). The queue checks its paths again."""
+def queue_form(box: Sandbox, path: str, extra: dict[str, Any], *components: Any,
+               processes: int = 1) -> tuple[str, str]:
+    """Save the form and queue it (started at once if nothing else runs) on `processes`
+    processes, for a caller that has made `start_problems`' checks already: (run id, message).
+    The queue checks its paths again."""
     queue = queue_for(box)
     live = next((r for r in queue.runs() if r.status == "running"), None)
     saved = save_form(box, path, extra, *components)
     if saved.startswith("error"):
         return "", saved
     try:
-        run = queue.submit(toml_path(box, path))
+        run = queue.submit(toml_path(box, path), processes=processes)
     except LorakilnError as err:
         return "", f"error: {err}"
     queue.poll()
     status = queue.get(run.id).status
     after = f" after {live.id}" if live is not None and status == "queued" else ""
-    return run.id, f"{saved}; run {run.id} {status}{after}"
+    on = f" on {processes} processes" if processes > 1 else ""
+    return run.id, f"{saved}; run {run.id} {status}{on}{after}"
 
 
 def current_run(queue: RunQueue, run_id: str | None) -> Run | None:
@@ -210,7 +213,8 @@ def queue_table(box: Sandbox) -> Any:
         # only a running run's events file is read on each 2 s tick: finished runs keep their record
         last = queue.progress(run.id)["last"] if queue and run.status == "running" else None
         step = f"{last['step']}/{last.get('total_steps', '?')}" if last else ""
-        rows.append([run.id, run.status, Path(run.config).name, step, _clock(run.started), _clock(run.ended),
+        config = Path(run.config).name + (f" ({run.processes} processes)" if run.processes > 1 else "")
+        rows.append([run.id, run.status, config, step, _clock(run.started), _clock(run.ended),
                      Path(run.lora).name if run.lora else "", run.message or ""])
     return pd.DataFrame(rows, columns=QUEUE_COLUMNS)
 
