@@ -9,4 +9,14 @@ bash scripts/setup-venv.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
 bash scripts/setup-browser.sh
 .venv/bin/python -m ruff check src tests bench examples
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist), each test file on one of them, one torch thread each: the two cores
+# stay busy through the many tests that wait on imports, subprocesses and files, and never
+# oversubscribe (two processes of two OpenMP threads each spin against each other).
+# LORAKILN_TEST_WORKERS=0 runs the suite in this one process.
+workers="${LORAKILN_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+    .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+else
+    OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" \
+        .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@"
+fi

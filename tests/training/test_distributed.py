@@ -163,29 +163,38 @@ def _processes_tagged(tag: str) -> dict[str, int]:
     return found
 
 
+def _start_two_processes(cmd: list[str], cwd: Path, events: Path, steps: int,
+                         env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """Start `cmd` (a `--num-processes 2` training) and wait for `steps` step events: the
+    launcher and RANK → pid of its two training processes."""
+    import os
+    import time
+
+    tag = f"run-{os.getpid()}-{time.time_ns()}"
+    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **(env or {}), "LORAKILN_TEST_TAG": tag},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+        if sum(json.loads(line).get("event") == "step" for line in lines) >= steps:
+            break
+        time.sleep(0.2)
+    return proc, _processes_tagged(tag)
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the ranks' processes through /proc")
 def test_a_signal_to_one_process_stops_all_with_a_saved_state_that_resumes(tmp_path: Path) -> None:
     import os
     import signal
-    import time
 
     draw_dataset(tmp_path / "train")
     run = tmp_path / "run.toml"
     run.write_text(RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", "max_train_steps = 40"),
                    encoding="utf-8")
     events = tmp_path / "events.jsonl"
-    tag = f"sig-{os.getpid()}-{time.time_ns()}"
     cmd = [sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2", "--events", str(events)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env={**os.environ, "LORAKILN_TEST_TAG": tag},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, ranks = _start_two_processes(cmd, tmp_path, events, steps=1)
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
-            if any(json.loads(line).get("event") == "step" for line in lines):
-                break
-            time.sleep(0.2)
-        ranks = _processes_tagged(tag)
         assert set(ranks) == {"0", "1"}, ranks
         os.kill(ranks["1"], signal.SIGINT)  # the second process only
         out, _ = proc.communicate(timeout=300)
@@ -238,19 +247,10 @@ def test_a_process_that_stops_answering_ends_the_run_with_a_saved_state_and_a_me
     run.write_text(RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", "max_train_steps = 400"),
                    encoding="utf-8")
     events = tmp_path / "events.jsonl"
-    tag = f"lost-{os.getpid()}-{time.time_ns()}"
-    env = {**os.environ, "LORAKILN_TEST_TAG": tag, "LORAKILN_DIST_TIMEOUT": "8", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "3"}
     cmd = [sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2", "--events", str(events)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    ranks: dict[str, int] = {}
+    proc, ranks = _start_two_processes(cmd, tmp_path, events, steps=2,
+                                       env={"LORAKILN_DIST_TIMEOUT": "8", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "3"})
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
-            if sum(json.loads(line).get("event") == "step" for line in lines) >= 2:
-                break
-            time.sleep(0.2)
-        ranks = _processes_tagged(tag)
         assert set(ranks) == {"0", "1"}, ranks
         os.kill(ranks["1"], signal.SIGSTOP)  # alive, but never answers again
         started = time.monotonic()
