@@ -163,6 +163,17 @@ def _processes_tagged(tag: str) -> dict[str, int]:
     return found
 
 
+def _two_process_run(root: Path, steps: int) -> tuple[Path, Path, list[str]]:
+    """A dataset, a `steps`-step run TOML and its `--num-processes 2` command with an events file."""
+    draw_dataset(root / "train")
+    run = root / "run.toml"
+    run.write_text(RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", f"max_train_steps = {steps}"),
+                   encoding="utf-8")
+    events = root / "events.jsonl"
+    return run, events, [sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2",
+                         "--events", str(events)]
+
+
 def _start_two_processes(cmd: list[str], cwd: Path, events: Path, steps: int,
                          env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], dict[str, int]]:
     """Start `cmd` (a `--num-processes 2` training) and wait for `steps` step events: the
@@ -187,12 +198,7 @@ def test_a_signal_to_one_process_stops_all_with_a_saved_state_that_resumes(tmp_p
     import os
     import signal
 
-    draw_dataset(tmp_path / "train")
-    run = tmp_path / "run.toml"
-    run.write_text(RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", "max_train_steps = 40"),
-                   encoding="utf-8")
-    events = tmp_path / "events.jsonl"
-    cmd = [sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2", "--events", str(events)]
+    run, events, cmd = _two_process_run(tmp_path, steps=40)
     proc, ranks = _start_two_processes(cmd, tmp_path, events, steps=1)
     try:
         assert set(ranks) == {"0", "1"}, ranks
@@ -242,12 +248,7 @@ def test_a_process_that_stops_answering_ends_the_run_with_a_saved_state_and_a_me
 
     from lorakiln.training.recovery import find_state
 
-    draw_dataset(tmp_path / "train")
-    run = tmp_path / "run.toml"
-    run.write_text(RUN_TOML.format(batch=1, out="out").replace("max_train_steps = 4", "max_train_steps = 400"),
-                   encoding="utf-8")
-    events = tmp_path / "events.jsonl"
-    cmd = [sys.executable, "-m", "lorakiln", "train", str(run), "--num-processes", "2", "--events", str(events)]
+    _, events, cmd = _two_process_run(tmp_path, steps=400)
     proc, ranks = _start_two_processes(cmd, tmp_path, events, steps=2,
                                        env={"LORAKILN_DIST_TIMEOUT": "8", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "3"})
     try:
