@@ -73,6 +73,38 @@ def test_dop_keeps_the_class_prompt_near_the_base(run_config, tmp_path: Path) ->
     assert drift_dop < 0.5 * drift_plain
 
 
+#: Other things the LoRA should leave alone (preservation.preservation_prompts).
+OTHERS = ["a red ball on a table", "a blue car in the street", "a green tree"]
+
+
+def test_preservation_prompts_keep_their_prediction_near_the_base(run_config, tmp_path: Path) -> None:
+    plain = _trained_context(run_config, tmp_path, "plain")
+    kept = _trained_context(run_config, tmp_path, "prompts", preservation__preservation_prompts=OTHERS,
+                            preservation__preservation_prompts_weight=4.0)
+    drift_plain, drift_kept = _class_prompt_drift(plain, OTHERS), _class_prompt_drift(kept, OTHERS)
+    print(f"preservation-prompt drift: without {drift_plain:.3e}, with {drift_kept:.3e}")
+    assert drift_kept < 0.5 * drift_plain
+    # each image of each step met one prompt in turn, and their base conditioning was cached
+    assert {caption for caption, _ in kept.preservation.base_cache.entries} == set(OTHERS)
+
+
+def test_preservation_prompts_come_in_turn_and_never_hold_the_trigger(run_config) -> None:
+    from types import SimpleNamespace
+
+    from lorakiln.training.preservation import OutputPreservation
+
+    pres = OutputPreservation({}, class_prompts=False, blank=False, class_weight=1.0, blank_weight=1.0,
+                              cache_class=False, prompts=OTHERS, prompts_weight=2.0)
+    batch = SimpleNamespace(num_instance=2, paths=[Path("a"), Path("b")], captions=["", ""])
+    assert pres.rows(batch, 0) == ([0, 1], OTHERS[:2], [1.0, 1.0])
+    assert pres.rows(batch, 1)[1] == [OTHERS[2], OTHERS[0]]  # the next step goes on where it stopped
+    with pytest.raises(ConfigError, match="holds the trigger 'zwx'"):
+        prepare(run_config(preservation__preservation_prompts=["a zwx on a table"]), log=None)
+    cfg = run_config(preservation__preservation_prompts="a red ball")  # one string is a list of one
+    assert cfg.preservation.preservation_prompts == ["a red ball"] and cfg.preservation.enabled
+    assert "1 preservation prompts in turn" in cost_line(cfg)
+
+
 #: The resume runs' options besides the preservation ones.
 RESUMED = dict(train__max_train_epochs=2, output__save_state=True, data__shuffle_caption=True,
                data__keep_tokens=1, network__network_dropout=0.1)
@@ -85,7 +117,10 @@ def without_preservation(tmp_path_factory, config_maker) -> dict[str, torch.Tens
     return load_file(str(result.lora_path))
 
 
-@pytest.mark.parametrize("options", [DOP, BOTH], ids=["dop", "dop+blank"])
+PROMPTS = dict(preservation__preservation_prompts=OTHERS)
+
+
+@pytest.mark.parametrize("options", [DOP, BOTH, PROMPTS], ids=["dop", "dop+blank", "prompts"])
 def test_preservation_resume_is_exact(run_config, tmp_path: Path, options: dict, without_preservation) -> None:
     common = dict(**RESUMED, **options)
     full = train(run_config(output__output_dir=str(tmp_path / "full"), **common), progress=False)

@@ -11,7 +11,9 @@ latents and timesteps as the training step.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lorakiln.config.signals_schema import one_or_many
 
 
 class PreservationConfig(BaseModel):
@@ -48,7 +50,18 @@ class PreservationConfig(BaseModel):
                                        "preservation loss, separate from preservation_weight (ai-toolkit "
                                        "also keeps its own `blank_prompt_preservation_multiplier`).")
 
+    preservation_prompts: list[str] = Field(
+        default_factory=list, description="Prompts of other things the LoRA should leave alone, e.g. "
+        "[\"an orange square\", \"an orange circle\"] when the concept's colour bleeds onto other shapes in "
+        "the grids: the same preservation on them, one prompt per image per step in turn (each is met "
+        "every len(prompts) images), with the LoRA off for the target and on for the prediction. They must "
+        "not hold the trigger word. Shares the extra passes with the class and blank prompts.")
+    preservation_prompts_weight: float = Field(1.0, ge=0.0, description="Weight of the "
+                                               "preservation_prompts loss, separate from the other two.")
+
+    _one_or_many_prompts = field_validator("preservation_prompts", mode="before")(one_or_many)
+
     @property
     def enabled(self) -> bool:
         """Any output preservation is on (then the extra forward passes run)."""
-        return self.diff_output_preservation or self.blank_prompt_preservation
+        return self.diff_output_preservation or self.blank_prompt_preservation or bool(self.preservation_prompts)

@@ -7,7 +7,9 @@ for every instance image whose caption holds the trigger word, the *class prompt
 with the trigger replaced by the class word, `preservation_plan.ClassWords`) is predicted on the
 step's own noisy latents and timesteps, once with the network off — the base model, the target,
 no gradients — and once with it on; their mean-squared difference × `preservation_weight` is a
-second loss. Blank prompt preservation (ai-toolkit's BPP) does the same with the empty prompt.
+second loss. Blank prompt preservation (ai-toolkit's BPP) does the same with the empty prompt, and
+`preservation_prompts` with the user's prompts of other things to leave alone, one per image per
+step in turn.
 Unlike DreamBooth's prior preservation (Ruiz et al. 2023) no class images are generated: the base
 model's prediction on the training latents is the prior.
 
@@ -17,8 +19,11 @@ Rules, and why:
   of seed, step and micro-batch): no random number is drawn here, so the run's random streams are
   those of a run without preservation and a resumed run repeats them exactly.
 * **Instance rows only**: class-image rows (prior preservation) already have their own loss.
-* **Both prompts share the passes**: with DOP and BPP on, the rows are concatenated into one
-  batch of twice the size, so the launch overheads are paid once.
+* **The prompts share the passes**: with DOP and BPP (and user prompts) on, the rows are
+  concatenated into one batch of two (three) times the size, so the launch overheads are paid once.
+* **User prompts in turn**: image row i of data step s gets prompt (s × rows + i) mod len(prompts),
+  a pure function of the step, so resume repeats it; their base conditioning is cached like the
+  blank prompt's (fixed prompts).
 * **Text encoders.** The target is the base model all the way through: the text-encoder LoRA is
   off for its conditioning too, since what must not change is the output of the whole model
   without the LoRA. The prediction has the LoRA on in both (the file is applied to both in every
@@ -70,16 +75,21 @@ class OutputPreservation:
     """The preservation loss of one run: which rows and prompts, and the base-conditioning cache."""
 
     def __init__(self, words: dict[Path, ClassWords], *, class_prompts: bool, blank: bool,
-                 class_weight: float, blank_weight: float, cache_class: bool) -> None:
+                 class_weight: float, blank_weight: float, cache_class: bool,
+                 prompts: list[str] | None = None, prompts_weight: float = 1.0) -> None:
         self.words, self.class_prompts, self.blank = words, class_prompts, blank
         self.class_weight, self.blank_weight = class_weight, blank_weight
         self.cache_class = cache_class
+        self.prompts, self.prompts_weight = list(prompts or []), prompts_weight
+        #: Prompts whose base conditioning never changes: cached for the run.
+        self.fixed = {"", *self.prompts}
         #: Base-model (network off) text outputs per prompt: valid for the whole run.
         self.base_cache = TextCache()
 
-    def rows(self, batch: Batch) -> tuple[list[int], list[str], list[float]]:
+    def rows(self, batch: Batch, data_step: int = 0) -> tuple[list[int], list[str], list[float]]:
         """(batch row, prompt, weight) of every preservation row: the class prompts first, then
-        the blank prompts; each kind's weight is spread over its rows (a mean per kind)."""
+        the blank prompts, then the user's prompts in turn (`data_step` picks them); each kind's
+        weight is spread over its rows (a mean per kind)."""
         idx: list[int] = []
         prompts: list[str] = []
         weights: list[float] = []
@@ -95,13 +105,17 @@ class OutputPreservation:
             idx += list(instance)
             prompts += [""] * len(instance)
             weights += [self.blank_weight / len(instance)] * len(instance)
+        if self.prompts:
+            n = len(instance)
+            idx += list(instance)
+            prompts += [self.prompts[(data_step * n + i) % len(self.prompts)] for i in instance]
+            weights += [self.prompts_weight / n] * n
         return idx, prompts, weights
 
     def _encode(self, ctx: TrainContext, prompts: list[str], cached: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Base-model text outputs (the caller switches the network off), from the cache when allowed."""
         bundle, clip_skip = ctx.bundle, ctx.cfg.model.clip_skip
-        blanks = [p for p in prompts if p == ""]
-        use_cache = cached or len(blanks) == len(prompts)
+        use_cache = cached or all(p in self.fixed for p in prompts)
         if use_cache:
             return self.base_cache.encode(bundle, prompts, clip_skip)
         return encode_text(bundle, prompts, clip_skip)
@@ -134,7 +148,7 @@ class OutputPreservation:
         """The weighted preservation loss of one micro-batch, or None when no row qualifies."""
         from lorakiln.training.step import noisy_inputs
 
-        rows, prompts, weights = self.rows(batch)
+        rows, prompts, weights = self.rows(batch, step * ctx.cfg.train.gradient_accumulation_steps + micro)
         if not rows:
             return None
         noisy, timesteps, _ = noisy_inputs(ctx, batch, step, micro)
@@ -166,7 +180,8 @@ def build_preservation(ctx: TrainContext) -> OutputPreservation | None:
     return OutputPreservation(class_words(ctx.cfg, ctx.dataset), class_prompts=p.diff_output_preservation,
                               blank=p.blank_prompt_preservation, class_weight=p.preservation_weight,
                               blank_weight=p.blank_prompt_weight,
-                              cache_class=d.cache_text_encoder_outputs and not random_captions)
+                              cache_class=d.cache_text_encoder_outputs and not random_captions,
+                              prompts=p.preservation_prompts, prompts_weight=p.preservation_prompts_weight)
 
 
 def backward_preservation(ctx: TrainContext, batch: Batch, step: int, micro: int,

@@ -103,6 +103,17 @@ def check_preservation(cfg: RunConfig, dataset: Dataset, log: Callable[[str], No
         raise ConfigError("output preservation needs the LoRA switched off for the base prediction; "
                           "with train.mode = 'full' there is no base model left: use mode = 'lora'")
     words = class_words(cfg, dataset)
+    triggers = {t.lower() for t in (*_default_triggers(cfg), *_split(p.preservation_trigger),
+                                    *(s.token for s in dataset.subsets if s.token))}
+    for prompt in p.preservation_prompts:
+        held = [t for t in triggers if t and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", prompt.lower())]
+        if held:
+            raise ConfigError(f"preservation.preservation_prompts: {prompt!r} holds the trigger {held[0]!r}; these "
+                              "prompts are what the LoRA must leave alone — write other subjects (\"an orange "
+                              "square\"), and leave the trigger's own class to diff_output_preservation")
+        if not prompt.strip():
+            raise ConfigError("preservation.preservation_prompts: an empty prompt; use "
+                              "blank_prompt_preservation = true for the empty prompt")
     if log is None:
         return
     if p.diff_output_preservation:
@@ -119,8 +130,10 @@ def cost_line(cfg: RunConfig) -> str:
     the estimate counts FLOPs, not the text encoders or the launch overheads of small batches)."""
     p = cfg.preservation
     prompts = [n for n, on in (("class prompt", p.diff_output_preservation),
-                               ("blank prompt", p.blank_prompt_preservation)) if on]
-    rows = len(prompts)  # both prompts share the two passes as a batch of twice the rows
+                               ("blank prompt", p.blank_prompt_preservation),
+                               (f"{len(p.preservation_prompts)} preservation prompts in turn",
+                                bool(p.preservation_prompts))) if on]
+    rows = len(prompts)  # the prompts share the two passes as one batch of that many times the rows
     extra = rows * (1.0 + _STEP_UNITS) / _STEP_UNITS
     return (f"output preservation ({' + '.join(prompts)}): +2 U-Net forward passes per step, one without "
             f"and one with gradients, on {rows}× the batch rows (≈ +{extra * 100:.0f} % step time)")

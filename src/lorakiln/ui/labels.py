@@ -69,7 +69,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
                                           "prior.class_inference_steps", "prior.sample_batch_size"),
     "Output preservation": ("preservation.diff_output_preservation", "preservation.preservation_class",
                             "preservation.preservation_trigger", "preservation.preservation_weight",
-                            "preservation.blank_prompt_preservation", "preservation.blank_prompt_weight"),
+                            "preservation.blank_prompt_preservation", "preservation.blank_prompt_weight",
+                            "preservation.preservation_prompts", "preservation.preservation_prompts_weight"),
     "Advanced": ("train.noise_offset", "train.min_snr_gamma", "train.gradient_checkpointing", "train.sdpa",
                  "model.clip_skip", "model.config_dir", "train.detect_anomaly_every"),
 }
@@ -166,6 +167,8 @@ LABELS: dict[str, str] = {
     "preservation.preservation_trigger": "Preservation trigger",
     "preservation.preservation_weight": "Preservation weight",
     "preservation.blank_prompt_preservation": "Blank prompt preservation",
+    "preservation.preservation_prompts": "Prompts to leave alone",
+    "preservation.preservation_prompts_weight": "Their preservation weight",
     "preservation.blank_prompt_weight": "Blank prompt weight",
     "validation.sample_prompts": "Sample prompts file",
     "validation.signals": "Validation loss and drift per file",

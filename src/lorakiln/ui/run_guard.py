@@ -53,7 +53,7 @@ TEXT_KEYS: frozenset[str] = frozenset({
     "preset", "data.caption_column", "data.image_column", "data.instance_prompt", "data.caption_extension",
     "train.optimizer_type", "train.optimizer_args", "train.lr_scheduler", "output.output_name",
     "output.trigger_phrase", "pivotal.token_abstraction", "pivotal.initializer_concept", "prior.class_prompt",
-    "preservation.preservation_class", "preservation.preservation_trigger",
+    "preservation.preservation_class", "preservation.preservation_trigger", "preservation.preservation_prompts",
     "validation.validation_prompt", "validation.validation_negative_prompt", "validation.sample_sampler",
     "validation.drift_prompts", "network.target_modules", "network.target_include", "network.target_exclude",
 })
