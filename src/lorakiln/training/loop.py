@@ -30,7 +30,7 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import distributed, file_signals, outputs, recovery, validation
+from lorakiln.training import distributed, file_signals, outputs, recovery, trace, validation
 from lorakiln.training.lock import OutputLock
 from lorakiln.training.preservation import backward_preservation
 from lorakiln.training.progress import TrainLogger
@@ -83,7 +83,7 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
         progress, callbacks = False, []
     log = print if progress else None
     if verbose and world.active and not world.is_main:
-        log = _prefixed(world.rank)
+        log = trace.prefixed(world.rank)
     callbacks = callbacks or []
     flag = StopFlag()
     out = cfg.output
@@ -100,20 +100,9 @@ def train(cfg: RunConfig, callbacks: list[Callback] | None = None, *, progress: 
         with flag.raising():
             ctx = prepare(cfg, log=log, phase=phase)
         if verbose:  # every process's batches, each line naming its process
-            ctx.trace = _prefixed(world.rank) if world.active else print
+            ctx.trace = trace.prefixed(world.rank) if world.active else print
         _emit(callbacks, "phase", name="training")
         return run_loop(ctx, flag, callbacks, progress=progress)
-
-
-def _prefixed(rank: int) -> Callable[[str], None]:
-    """A log that says which process speaks."""
-
-    def log(text: str) -> None:
-        # One write per call, newline included: the processes share the terminal (or pipe), and a
-        # write this small is atomic there, so lines from two processes never run together.
-        print("".join(f"[process {rank}] {line}\n" for line in str(text).splitlines()), end="", flush=True)
-
-    return log
 
 
 @contextlib.contextmanager
@@ -163,8 +152,8 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
             per_sample = len(batch) // len(refs)  # 2 with prior preservation's class rows
             batch.global_rows = (per_sample * first, per_sample * len(group[micro]))
         paths += [str(p) for p in batch.paths]
-        if ctx.trace is not None:
-            _trace_batch(ctx, batch, step, epoch, micro, empty=world.active and not share)
+        if ctx.trace is not None:  # `--verbose` (trace.py)
+            ctx.trace(trace.batch_line(batch, step, epoch, micro, empty=world.active and not share))
         loss = compute_loss(ctx, batch, step, micro) / divisor
         ctx.scaler.scale(loss).backward()
         total += loss.detach()
@@ -192,15 +181,6 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     ctx.schedule.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return value
-
-
-def _trace_batch(ctx: TrainContext, batch: Any, step: int, epoch: int, micro: int, *, empty: bool) -> None:
-    """`--verbose`'s line for one micro-batch: the step, the bucket and this process's images
-    (what a user checks when two processes must share buckets and see each image once)."""
-    assert ctx.trace is not None
-    w, h = batch.bucket
-    images = "none (a zero-weighted stand-in)" if empty else ", ".join(str(p) for p in batch.paths[:batch.num_instance])
-    ctx.trace(f"step {step + 1} (epoch {epoch + 1}, micro-batch {micro + 1}): bucket {w}x{h}: {images}")
 
 
 def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
