@@ -19,6 +19,13 @@ on CPUs the processes share the cores (`OMP_NUM_THREADS` = cores ÷ N).
 
     python bench/train_speed.py --cases tiny --cache on --processes 1 2
 
+`--mode full fsdp` measures full fine-tunes (`train.mode = "full"`, the text encoder too), and
+`fsdp` the same with `train.fsdp` (the U-Net sharded over the processes); the "held MiB" column is
+what process 0 holds of the trained weights and their optimizer state (its shards under FSDP),
+and on a GPU "peak GPU MiB" is its allocator's peak.
+
+    python bench/train_speed.py --cases sd15 --cache on --mode full fsdp --processes 2
+
 `--preservation` measures `[preservation]`'s extra U-Net passes (ai-toolkit's differential output
 preservation `dop`, blank prompt preservation `blank`, or `both`) against `none`; the trainer prints
 its estimate of that cost before training.
@@ -58,6 +65,8 @@ def worker(args: argparse.Namespace) -> None:
     """One case: train `--steps` steps and print a JSON line of timings."""
     import resource
 
+    import torch
+
     from lorakiln.config.load import build_config
     from lorakiln.training.loop import run_loop
     from lorakiln.training.prepare import prepare
@@ -82,7 +91,8 @@ def worker(args: argparse.Namespace) -> None:
             "network": {"network_dim": args.dim, "network_alpha": args.dim},
             "train": {"train_batch_size": args.batch, "max_train_steps": args.steps,
                       "unet_lr": 1e-4, "text_encoder_lr": 5e-5, "seed": 0,
-                      "detect_anomaly_every": args.steps},
+                      "detect_anomaly_every": args.steps,
+                      "mode": "lora" if args.mode[0] == "lora" else "full", "fsdp": args.mode[0] == "fsdp"},
             "output": {"output_dir": out, "output_name": "bench"},
             "preservation": PRESERVATION[args.preservation[0]],
         }
@@ -90,6 +100,7 @@ def worker(args: argparse.Namespace) -> None:
 
         ctx = prepare(build_config(raw), log=None)
         run_loop(ctx, StopFlag(), [on_event], progress=False)
+        held = held_bytes(ctx)
         distributed.barrier(ctx.world)
         distributed.shutdown(ctx.world)
         if not ctx.world.is_main:
@@ -97,7 +108,9 @@ def worker(args: argparse.Namespace) -> None:
         flops = step_flops(ctx)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup:]
     print(json.dumps({
-        "case": args.case, "cache": args.cache, "preservation": args.preservation[0],
+        "case": args.case, "cache": args.cache, "preservation": args.preservation[0], "mode": args.mode[0],
+        "held_mib": held / 2**20,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
         "processes": ctx.world.size,
         "median_s_per_step": statistics.median(gaps) if gaps else float("nan"),
         "time_to_first_step_s": first[0] if first else float("nan"),
@@ -105,6 +118,22 @@ def worker(args: argparse.Namespace) -> None:
         "steps_timed": len(gaps),
         "gflop_per_step": flops / 1e9,
     }))
+
+
+def held_bytes(ctx) -> int:  # type: ignore[no-untyped-def]
+    """Bytes of the trained weights and their optimizer state on this process (its slices of
+    sharded ones: `to_local`)."""
+    import torch
+
+    def local(t):  # type: ignore[no-untyped-def]
+        return t.to_local() if hasattr(t, "to_local") else t
+
+    params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+    total = sum(local(p).numel() * local(p).element_size() for p in params)
+    for moments in ctx.optimizer.state.values():
+        total += sum(local(v).numel() * local(v).element_size() for v in moments.values()
+                     if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return total
 
 
 def step_flops(ctx) -> float:  # type: ignore[no-untyped-def]
@@ -135,6 +164,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--dim", type=int, default=16)
     parser.add_argument("--preservation", nargs="+", default=["none"], choices=list(PRESERVATION))
+    parser.add_argument("--mode", nargs="+", default=["lora"], choices=["lora", "full", "fsdp"],
+                        help="LoRA, a full fine-tune, or a full fine-tune sharded over the processes")
     parser.add_argument("--processes", nargs="+", type=int, default=[1],
                         help="processes per run (several values: one run each)")
     parser.add_argument("--worker", metavar="CASE", help=argparse.SUPPRESS)
@@ -147,10 +178,12 @@ def main() -> None:
     rows = []
     for case in args.cases:
         for cache in args.cache:
-            for keep, processes in [(k, n) for k in args.preservation for n in args.processes]:
+            for keep, processes, mode in [(k, n, m) for k in args.preservation for n in args.processes
+                                          for m in args.mode]:
                 cmd = [__file__, "--worker", case, "--cache", cache, "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--resolution", str(args.resolution),
-                       "--batch", str(args.batch), "--dim", str(args.dim), "--preservation", keep]
+                       "--batch", str(args.batch), "--dim", str(args.dim), "--preservation", keep,
+                       "--mode", mode]
                 run_env = env
                 if processes > 1:
                     cmd = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *cmd]
@@ -160,20 +193,23 @@ def main() -> None:
                                       check=False)
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
                 if proc.returncode or not lines:
-                    print(f"{case}/{cache}/{keep}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    print(f"{case}/{cache}/{keep}/{mode}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                     continue
                 rows.append(json.loads(lines[-1]))
     print(f"\nresolution {args.resolution}px, batch {args.batch}, rank {args.dim}, {args.steps} steps "
           f"(first {args.warmup} intervals dropped), torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
-    print(f"{'model':8} {'latent cache':13} {'preserve':9} {'procs':>5} {'median s/step':>14} {'first step s':>13} "
-          f"{'peak RSS MiB':>13} {'GFLOP/step':>11} {'GFLOP/s':>8} {'samples/s/proc':>15} {'samples/s':>10}")
+    print(f"{'model':8} {'latent cache':13} {'preserve':9} {'mode':5} {'procs':>5} {'median s/step':>14} "
+          f"{'first step s':>13} {'peak RSS MiB':>13} {'held MiB':>9} {'peak GPU MiB':>13} {'GFLOP/step':>11} "
+          f"{'GFLOP/s':>8} {'samples/s/proc':>15} {'samples/s':>10}")
     for r in rows:
         rate = r["gflop_per_step"] / r["median_s_per_step"]
         per_proc = args.batch / r["median_s_per_step"]
-        print(f"{r['case']:8} {r['cache']:13} {r['preservation']:9} {r['processes']:5d} {r['median_s_per_step']:14.4f} "
-              f"{r['time_to_first_step_s']:13.1f} {r['peak_rss_mib']:13.0f} {r['gflop_per_step']:11.1f} {rate:8.1f} "
+        gpu = f"{r['peak_gpu_mib']:13.0f}" if r["peak_gpu_mib"] is not None else f"{'-':>13}"
+        print(f"{r['case']:8} {r['cache']:13} {r['preservation']:9} {r['mode']:5} {r['processes']:5d} "
+              f"{r['median_s_per_step']:14.4f} {r['time_to_first_step_s']:13.1f} {r['peak_rss_mib']:13.0f} "
+              f"{r['held_mib']:9.0f} {gpu} {r['gflop_per_step']:11.1f} {rate:8.1f} "
               f"{per_proc:15.2f} {per_proc * r['processes']:10.2f}")
-    rows1 = [r for r in rows if r["processes"] == 1]
+    rows1 = [r for r in rows if r["processes"] == 1 and r["mode"] == "lora"]
     by = {(r["case"], r["cache"]): r["median_s_per_step"] for r in rows1 if r["preservation"] == "none"}
     base = {(r["case"], r["cache"]): r for r in rows1 if r["preservation"] == "none"}
     for r in rows1:

@@ -48,10 +48,12 @@ def _cmd_config_accelerate(args: argparse.Namespace) -> int:
         import torch
 
         processes = max(1, torch.cuda.device_count())
-    layout = ac.Layout(processes, args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port)
+    layout = ac.Layout(processes, args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port,
+                       fsdp=args.fsdp)
     out = ac.write(layout, Path(args.output), force=args.force)
     total = processes * args.num_machines
-    print(f"wrote {out}: {args.num_machines} machine(s) x {processes} process(es) = {total}\n"
+    how = ", full fine-tunes sharded (FSDP)" if args.fsdp else ""
+    print(f"wrote {out}: {args.num_machines} machine(s) x {processes} process(es) = {total}{how}\n"
           f"  run: accelerate launch --config_file {out} -m lorakiln train run.toml")
     return 0
 
@@ -181,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--machine-rank", type=int, default=0, metavar="R", help="this machine's number, 0 on the main one")
     c.add_argument("--main-process-ip", metavar="ADDRESS", help="machine 0's address (with --num-machines > 1)")
     c.add_argument("--main-process-port", type=int, default=29500, metavar="PORT")
+    c.add_argument("--fsdp", action="store_true", help="shard full fine-tunes (train.mode = 'full') over the "
+                   "processes with FSDP, as train.fsdp = true does; LoRA runs stay data-parallel")
     c.add_argument("--output", "-o", default="accelerate.yaml", help="the file to write (default: accelerate.yaml)")
     c.add_argument("--force", action="store_true", help="overwrite --output if it exists")
     c.set_defaults(func=_cmd_config_accelerate)

@@ -69,3 +69,11 @@ def test_accelerate_launch_runs_a_two_process_training_from_the_written_file(tmp
     assert "2 processes: global batch = train_batch_size 1 × 2 processes" in done.stdout
     assert done.stdout.count("LoRA written") == 1
     assert load_file(tmp_path / "out" / "last.safetensors")
+
+
+def test_an_fsdp_layout_asks_accelerate_for_fsdp() -> None:
+    config = config_dict(Layout(4, fsdp=True))
+    assert config["distributed_type"] == "FSDP"  # accelerate launch then sets ACCELERATE_USE_FSDP
+    assert config["fsdp_config"]["fsdp_version"] == 2
+    assert config_dict(Layout(1, fsdp=True))["distributed_type"] == "NO"  # one process: nothing to shard
+    assert "fsdp_config" not in config_dict(Layout(4))

@@ -45,6 +45,22 @@ def test_world_from_the_launcher_environment() -> None:
         world_from_env({"WORLD_SIZE": "4", "RANK": "4"})
 
 
+def test_only_a_lost_peer_reads_as_a_lost_process() -> None:
+    from lorakiln.training.distributed import ProcessLost, collective
+
+    closed = "[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:7563"
+    with pytest.raises(ProcessLost, match="during the gradient average.*Connection closed by peer"), \
+            collective("the gradient average"):
+        raise RuntimeError(closed)
+    with pytest.raises(torch.OutOfMemoryError), collective("the gradient average"):  # stays itself
+        raise torch.OutOfMemoryError("CUDA out of memory")
+    # narrow (FSDP's collectives inside a training step): the model's own errors pass through
+    with pytest.raises(RuntimeError, match="mat1 and mat2"), collective("a training step", narrow=True):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)")
+    with pytest.raises(ProcessLost), collective("a training step", narrow=True):
+        raise RuntimeError(closed)
+
+
 def test_shards_cover_a_global_batch_once_in_order() -> None:
     for total in range(0, 9):
         for size in (1, 2, 3):

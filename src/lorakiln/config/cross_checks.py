@@ -42,6 +42,9 @@ def check_run(cfg: RunConfig) -> None:
         if cfg.network.dora_wd:
             raise ValueError("network.dora_wd is a LoRA option; train.mode = 'full' trains every weight "
                              "directly")
+    elif cfg.train.fsdp:
+        raise ValueError("train.fsdp shards a full fine-tune (train.mode = 'full'); a LoRA's trained weights "
+                         "are small, and its processes run data-parallel: drop fsdp or set mode = 'full'")
     elif cfg.output.save_diffusers and cfg.network.network_module in ("loha", "lokr"):
         raise ValueError(f"output.save_diffusers: diffusers cannot load {cfg.network.network_module} "
                          "files (no LoHa/LoKr loader in diffusers/PEFT); use the kohya file in AUTOMATIC1111/ComfyUI, or set "

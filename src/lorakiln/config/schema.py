@@ -130,6 +130,11 @@ class TrainConfig(Section):
                                          "text_encoder_lr = 0), like sd-scripts' fine_tune.py, and writes a "
                                          "whole model (single file, plus a diffusers folder with "
                                          "save_diffusers). `full` also pretrains from scratch (the toy world).")
+    fsdp: bool = Field(False, description="With train.mode = 'full' on several processes: shard the "
+                       "U-Net's weights, gradients and optimizer state over the processes (PyTorch FSDP, "
+                       "fully_shard per U-Net block; ZeRO-3), so a model that does not fit one GPU trains "
+                       "on several. `accelerate launch` with an FSDP config turns it on too. Needs AdamW, "
+                       "SGD or SGDNesterov and mixed_precision 'bf16' or 'no'; LoRA runs are data-parallel.")
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0, description="Keep an exponential moving average "
                                     "of the trained weights with this decay (e.g. 0.999) and save it instead "
                                     "of the last weights; helps most when pretraining.")

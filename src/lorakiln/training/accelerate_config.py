@@ -9,8 +9,11 @@ so the same file also runs on a machine without GPUs: the processes then use glo
 
 Precision is not the launcher's to choose: ``mixed_precision: 'no'`` here, and the run config's
 ``train.mixed_precision`` decides (accelerate's value would only set an environment variable
-lorakiln does not read). FSDP/DeepSpeed layouts are not written: a LoRA run's trained weights are
-small, and every process holds the whole frozen model (the README's "Many GPUs and machines").
+lorakiln does not read). With ``fsdp`` the file says ``distributed_type: FSDP``: accelerate then
+sets ``ACCELERATE_USE_FSDP`` for the processes, and a full fine-tune shards its U-Net over them
+(training/sharding.py, as ``train.fsdp = true`` does); how it shards is lorakiln's (one FSDP unit
+per U-Net block), not the file's other FSDP keys. LoRA runs stay data-parallel either way: their
+trained weights are small. DeepSpeed layouts are not written.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ class Layout:
     machine_rank: int = 0
     main_process_ip: str | None = None
     main_process_port: int = 29500
+    #: Shard full fine-tunes (FSDP) instead of plain data parallelism.
+    fsdp: bool = False
 
     def check(self) -> None:
         """Refuse a layout accelerate would refuse later, or that would wait forever."""
@@ -55,7 +60,7 @@ def config_dict(layout: Layout) -> dict[str, Any]:
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         # one process: accelerate's simple launcher (no process group); more: torch.distributed.run
-        "distributed_type": "MULTI_GPU" if total > 1 else "NO",
+        "distributed_type": ("FSDP" if layout.fsdp else "MULTI_GPU") if total > 1 else "NO",
         "num_processes": total,  # accelerate counts the processes of all machines together
         "num_machines": layout.num_machines,
         "machine_rank": layout.machine_rank,
@@ -72,6 +77,10 @@ def config_dict(layout: Layout) -> dict[str, Any]:
         "tpu_use_cluster": False,
         "tpu_use_sudo": False,
     }
+    if layout.fsdp and total > 1:  # read by accelerate's launcher; lorakiln shards per U-Net block itself
+        config["fsdp_config"] = {"fsdp_version": 2, "fsdp_reshard_after_forward": True,
+                                 "fsdp_state_dict_type": "FULL_STATE_DICT", "fsdp_offload_params": False,
+                                 "fsdp_cpu_ram_efficient_loading": False}
     if layout.num_machines > 1:
         config["main_process_ip"] = layout.main_process_ip
         config["main_process_port"] = layout.main_process_port
@@ -86,7 +95,8 @@ def render(layout: Layout) -> str:
     header = [
         "# accelerate config for lorakiln, written by `lorakiln config accelerate`.",
         f"# {layout.num_machines} machine(s) x {layout.processes_per_machine} process(es) = {total} "
-        "process(es), data-parallel: the global batch is train_batch_size x processes.",
+        "process(es), data-parallel: the global batch is train_batch_size x processes"
+        + (" (full fine-tunes shard their U-Net over them: FSDP)." if layout.fsdp else "."),
         "#   accelerate launch --config_file THIS_FILE -m lorakiln train run.toml",
     ]
     if layout.num_machines > 1:

@@ -9,9 +9,14 @@ ComfyUI and diffusers — lives here, next to the loop it drives.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lorakiln.errors import LorakilnError
+
+if TYPE_CHECKING:
+    from lorakiln.config.schema import RunConfig
 
 
 def resume_override(args: argparse.Namespace, overrides: list[str]) -> list[str]:
@@ -103,6 +108,15 @@ def client_lines(lora: Path) -> list[str]:
     return out
 
 
+def _check_sharding(cfg: RunConfig, processes: int, log: Callable[[str], None] | None) -> bool:
+    """What FSDP cannot run (training/sharding.py) refused once, before any process starts;
+    True when the run will shard."""
+    from lorakiln.training.distributed import World
+    from lorakiln.training.sharding import wanted
+
+    return wanted(cfg, World(0, processes), log)
+
+
 def run(args: argparse.Namespace) -> int:
     """`lorakiln train RUN.toml [--dry-run] [--resume [STATE]] [--events FILE]`."""
     from lorakiln.config.load import load_config
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         from lorakiln.training.plan import describe_plan
 
         describe_plan(cfg, log=None, processes=processes)  # a bad dataset is one clear error, here, not N
+        _check_sharding(cfg, processes, None)
         return launch(args, processes)
     if args.dry_run:
         from lorakiln.training.device_plan import choose_device, device_line
@@ -124,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         from lorakiln.training.preflight import describe_model
 
         describe_plan(cfg, log=print, processes=processes or 1)
+        if processes and processes > 1 and _check_sharding(cfg, processes, print):
+            print(f"FSDP: the U-Net will be sharded over the {processes} processes (train.fsdp)")
         # What the run will load and where it will run: device detection stays torch-free here
         # (`device_plan`), so the dry run stays instant.
         print(describe_model(cfg))

@@ -69,6 +69,9 @@ class TrainContext:
     preservation: OutputPreservation | None = None
     #: This process's place in a multi-process run (distributed.py); one process by default.
     world: World = field(default_factory=World)
+    #: The U-Net is sharded over the processes (FSDP, sharding.py): every process takes part in
+    #: each use of it (steps, renders, signals, saves), rank 0 alone writes.
+    sharded: bool = False
     #: `lorakiln train --verbose`: where each micro-batch's bucket and images are printed
     #: (every process, prefixed with its rank), None otherwise.
     trace: Callable[[str], None] | None = None

@@ -65,14 +65,27 @@ def timeout_s() -> float:
     return float(os.environ.get("LORAKILN_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
 
 
+#: Words in a backend's error that mean a peer is gone (gloo's "Connection closed by peer", NCCL's
+#: and the store's timeouts), for the errors raised inside FSDP's own collectives (`collective(narrow=True)`).
+_LOST_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe")
+
+
 @contextlib.contextmanager
-def _collective(what: str) -> Iterator[None]:
+def collective(what: str, *, narrow: bool = False) -> Iterator[None]:
     """Turn a failed collective (gloo/NCCL: a peer's connection closed, or the timeout passed)
-    into `ProcessLost`, naming what the run was doing and what to do."""
+    into `ProcessLost`, naming what the run was doing and what to do. Out of memory stays itself.
+    `narrow`: for code that also does other work (the sharded U-Net's forward and backward, whose
+    collectives FSDP runs), only errors that name the backend or a lost connection are converted."""
     try:
         yield
+    except torch.OutOfMemoryError:
+        raise
     except RuntimeError as err:  # torch.distributed.DistError and the backends' errors are RuntimeErrors
-        detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if narrow and not (isinstance(err, torch.distributed.DistError)
+                           or any(w in text.lower() for w in _LOST_WORDS)):
+            raise
+        detail = text.splitlines()[0][:300] if text else type(err).__name__
         raise ProcessLost(
             f"another process of this run stopped answering during {what}: it died (out of memory, "
             f"killed) or took longer than LORAKILN_DIST_TIMEOUT = {timeout_s():g} s (torch: {detail}). "
@@ -159,12 +172,14 @@ def average_gradients(params: Sequence[torch.Tensor], world: World) -> None:
     if not world.active:
         return
     import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
 
-    with_grad = [p for p in params if p.grad is not None]
+    # FSDP's sharded weights (sharding.py) were averaged by their own reduce-scatter in backward
+    with_grad = [p for p in params if p.grad is not None and not isinstance(p, DTensor)]
     if not with_grad:
         return
     flat = torch.cat([p.grad.reshape(-1).float() for p in with_grad])
-    with _collective("the gradient average"):
+    with collective("the gradient average"):
         dist.all_reduce(flat)
     flat /= world.size
     at = 0
@@ -181,7 +196,7 @@ def mean_over(value: torch.Tensor, world: World) -> torch.Tensor:
     import torch.distributed as dist
 
     out = value.detach().clone().float()
-    with _collective("the loss average"):
+    with collective("the loss average"):
         dist.all_reduce(out)
     return out / world.size
 
@@ -193,7 +208,7 @@ def any_process(flag: bool, world: World, device: torch.device) -> bool:
     import torch.distributed as dist
 
     value = torch.tensor([1.0 if flag else 0.0], device=device)
-    with _collective("the stop-signal check"):
+    with collective("the stop-signal check"):
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
 
@@ -204,10 +219,12 @@ def broadcast_parameters(params: Sequence[torch.Tensor], world: World) -> None:
     if not world.active:
         return
     import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
 
-    with torch.no_grad(), _collective("the start (sharing process 0's initial weights)"):
+    with torch.no_grad(), collective("the start (sharing process 0's initial weights)"):
         for p in params:
-            dist.broadcast(p.data, src=0)
+            if not isinstance(p, DTensor):  # a sharded weight's slices come from the same file on every process
+                dist.broadcast(p.data, src=0)
 
 
 def gather_latents(cache: Any, world: World) -> int:
@@ -218,7 +235,7 @@ def gather_latents(cache: Any, world: World) -> int:
     import torch.distributed as dist
 
     everyone: list[dict[str, torch.Tensor] | None] = [None] * world.size
-    with _collective("latent caching (sharing the encoded latents)"):
+    with collective("latent caching (sharing the encoded latents)"):
         dist.all_gather_object(everyone, cache.held())
     for part in everyone:
         cache.adopt(part or {})
@@ -229,5 +246,5 @@ def barrier(world: World, what: str = "a wait for process 0") -> None:
     if world.active:
         import torch.distributed as dist
 
-        with _collective(what):
+        with collective(what):
             dist.barrier()

@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 import torch
 
+from lorakiln.training import sharding
+
 
 class EMA:
     """`shadow = decay·shadow + (1 − decay)·param` after every optimizer step.
@@ -51,7 +53,8 @@ class EMA:
                 p.copy_(b)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"ema.{i}": s for i, s in enumerate(self.shadow)}
+        """Whole tensors: a sharded run's processes must all call this (sharding.whole gathers)."""
+        out = {f"ema.{i}": sharding.whole(s) for i, s in enumerate(self.shadow)}
         out["ema.steps"] = torch.tensor(self.steps)
         return out
 
@@ -59,5 +62,5 @@ class EMA:
         if len([k for k in state if k != "ema.steps"]) != len(self.shadow):
             raise ValueError("the saved EMA does not match the trained parameters")
         for i, s in enumerate(self.shadow):
-            s.copy_(state[f"ema.{i}"])
+            s.copy_(sharding.slice_like(state[f"ema.{i}"], s))  # a sharded shadow takes its slice
         self.steps = int(state["ema.steps"])

@@ -74,6 +74,8 @@ class FileSignalsRecorder:
         loss, drift = self.measure(ctx)
         row = FileSignals(path.name, step, loss, drift)
         self.rows = [r for r in self.rows if r.file != row.file] + [row]
+        if not ctx.world.is_main:  # a sharded run's other processes measured along (sharding.py)
+            return row
         write_text_atomic(signals_path(ctx), json.dumps({"rows": [r.to_json() for r in self.rows]}, indent=1))
         held = f"{len(self.val.items)} held-out" if self.val else "no held-out images"
         shown = f"{loss:.5f}" if loss is not None else "-"
@@ -92,6 +94,8 @@ class FileSignalsRecorder:
 
     def summary(self, ctx: TrainContext, emit: Emit) -> None:
         """Print the table and the recommendation; emit it as a ``recommended`` event."""
+        if not ctx.world.is_main:
+            return
         threshold = ctx.cfg.validation.drift_threshold
         pres = ctx.cfg.preservation
         rec = recommend(self.rows, threshold, pres.diff_output_preservation or pres.blank_prompt_preservation)

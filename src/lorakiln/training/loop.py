@@ -30,7 +30,16 @@ import torch
 
 from lorakiln.config.schema import RunConfig
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import distributed, file_signals, outputs, recovery, trace, validation
+from lorakiln.training import (
+    distributed,
+    file_signals,
+    outputs,
+    recovery,
+    saving,
+    sharding,
+    trace,
+    validation,
+)
 from lorakiln.training.lock import OutputLock
 from lorakiln.training.preservation import backward_preservation
 from lorakiln.training.progress import TrainLogger
@@ -154,8 +163,9 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
         paths += [str(p) for p in batch.paths]
         if ctx.trace is not None:  # `--verbose` (trace.py)
             ctx.trace(trace.batch_line(batch, step, epoch, micro, empty=world.active and not share))
-        loss = compute_loss(ctx, batch, step, micro) / divisor
-        ctx.scaler.scale(loss).backward()
+        with _sharded_use(ctx, "a training step"):  # FSDP gathers and reduce-scatters in here
+            loss = compute_loss(ctx, batch, step, micro) / divisor
+            ctx.scaler.scale(loss).backward()
         total += loss.detach()
         kept = backward_preservation(ctx, batch, step, micro, divisor)  # preservation.py
         if kept is not None:
@@ -163,7 +173,10 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     distributed.average_gradients(params, world)  # once per optimizer step: no sync on micro-steps
     ctx.scaler.unscale_(ctx.optimizer)
     max_norm = ctx.cfg.train.max_grad_norm or math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if ctx.sharded:
+        grad_norm = sharding.clip_grad_norm(params, max_norm)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     value = None
     if check:
         value = float(distributed.mean_over(total, world))  # every process checks the same value
@@ -181,6 +194,12 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     ctx.schedule.step()
     ctx.optimizer.zero_grad(set_to_none=True)
     return value
+
+
+def _sharded_use(ctx: TrainContext, what: str) -> contextlib.AbstractContextManager[None]:
+    """A lost process inside FSDP's own collectives (a sharded run's forward and backward) ends the
+    run as `ProcessLost`, as one in the loop's collectives does; nothing for other runs."""
+    return distributed.collective(what, narrow=True) if ctx.sharded else contextlib.nullcontext()
 
 
 def _apply_pivots(ctx: TrainContext, logger: TrainLogger) -> None:
@@ -210,8 +229,11 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
     many prompts is minutes on a slow machine. The event is written outside `flag.raising()`, so
     a stop never cuts a line of the events file.
     """
-    if not ctx.world.is_main:
+    if not saving.takes_part(ctx):
         return
+    # A sharded U-Net renders on every process in step, so no process may stop mid-render: a
+    # signal then takes effect at the next step (sharding.py).
+    stoppable = flag.raising if not ctx.sharded else contextlib.nullcontext
     jobs = validation.due_jobs(ctx, epoch_end=epoch_end, final=final)
     total, done = sum(len(prompts) for _, prompts in jobs), 0
     for folder, prompts in jobs:
@@ -222,7 +244,7 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
                     _emit(callbacks, "phase", name="rendering samples", done=done, total=total, folder=folder,
                           step=ctx.position.global_step)
                     started = time.perf_counter()
-                    with flag.raising():
+                    with stoppable(), _sharded_use(ctx, "a sample render"):
                         images = validation.render(ctx, [prompts[i] for i in group])
                     logger.rendered(job_size([prompts[i] for i in group])[1], time.perf_counter() - started)
                     for i, drawn in zip(group, images, strict=True):
@@ -232,49 +254,14 @@ def _validate(ctx: TrainContext, logger: TrainLogger, callbacks: list[Callback],
         except StopSignal:
             logger.write(f"{flag.name}: {folder} renders stopped")
             return
+        if not ctx.world.is_main:  # a sharded run's other processes rendered along; rank 0 writes
+            continue
         with reported(ctx, ctx.output_dir / folder):
             paths = validation.save(ctx, folder, rendered)
         for i, (params, images) in enumerate(zip(prompts, rendered, strict=True)):
             logger.images(f"{folder}/{i}: {params.prompt[:60]}", validation.as_batch([g.image for g in images]),
                           ctx.position.global_step)
         _emit(callbacks, folder, paths=paths, step=ctx.position.global_step)
-
-
-def _checkpoint(ctx: TrainContext, name: str, callbacks: list[Callback]) -> None:
-    """Save an intermediate LoRA and, with `output.save_state`, the state beside it.
-
-    The schema promises state with every saved LoRA, so a resume can start from any saved epoch.
-    """
-    if not ctx.world.is_main:  # rank 0 alone writes (distributed.py)
-        return
-    _emit(callbacks, "phase", name="saving", step=ctx.position.global_step)
-    path = _save_lora(ctx, name)
-    if ctx.cfg.output.save_state:
-        _save_state(ctx)
-    _emit(callbacks, "save", path=path)
-    _signals(ctx, path, callbacks)
-
-
-def _signals(ctx: TrainContext, path: Path, callbacks: list[Callback]) -> None:
-    """Validation loss and drift of the file just saved (file_signals.py), when enabled."""
-    if ctx.signals is not None:
-        ctx.signals.after_save(ctx, path, lambda event, **info: _emit(callbacks, event, **info))
-
-
-def _save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
-    """`outputs.save_lora`, with a full disk reported as one message (save_errors.py); on a
-    process other than rank 0, only the path rank 0 writes."""
-    if not ctx.world.is_main:
-        return ctx.output_dir / f"{stem}.safetensors"
-    with reported(ctx, ctx.output_dir / f"{stem}.safetensors"):
-        return outputs.save_lora(ctx, stem, final=final)
-
-
-def _save_state(ctx: TrainContext) -> Path:
-    if not ctx.world.is_main:
-        return outputs.state_dir(ctx)
-    with reported(ctx, outputs.state_dir(ctx)):
-        return outputs.save_training_state(ctx)
 
 
 def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
@@ -285,8 +272,8 @@ def _stop_if_requested(ctx: TrainContext, flag: StopFlag, logger: TrainLogger,
         return
     step = ctx.position.global_step
     _emit(callbacks, "phase", name="saving", step=step)
-    lora = _save_lora(ctx, outputs.step_name(ctx, step))
-    state = _save_state(ctx)
+    lora = saving.save_lora(ctx, outputs.step_name(ctx, step))
+    state = saving.save_state(ctx)
     logger.write(f"{flag.name}: saved {lora} and state {state}; continue with --resume {state}")
     raise TrainingInterrupted(f"training interrupted by {flag.name} at step {step}", lora, state)
 
@@ -323,7 +310,11 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                          eta=_eta_clock(ctx), quiet=not main)
     last_loss: float | None = None
     ctx.network.train()
-    ctx.signals = file_signals.start(ctx, logger) if main else None
+    ctx.signals = file_signals.start(ctx, logger) if saving.takes_part(ctx) else None
+
+    def emit(event: str, **info: Any) -> None:
+        _emit(callbacks, event, **info)
+
     _apply_pivots(ctx, logger)  # a resumed run may already be past a pivot
     try:
         while pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
@@ -345,7 +336,7 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                       total_steps=plan.total_steps, time_left=logger.time_left, renders_left=logger.renders_left)
                 _validate(ctx, logger, callbacks, flag)
                 if cfg.output.save_every_n_steps and pos.global_step % cfg.output.save_every_n_steps == 0:
-                    _checkpoint(ctx, outputs.step_name(ctx, pos.global_step), callbacks)
+                    saving.checkpoint(ctx, outputs.step_name(ctx, pos.global_step), emit)
                 _stop_if_requested(ctx, flag, logger, callbacks)
             if pos.batch_in_epoch >= len(batches):
                 logger.epoch_end(pos.epoch, pos.global_step,
@@ -358,17 +349,17 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
                 every = cfg.output.save_every_n_epochs
                 if every and pos.epoch % every == 0 and pos.epoch < plan.num_epochs:
                     pos.saved_epochs.append(pos.epoch)
-                    _checkpoint(ctx, outputs.epoch_name(ctx, pos.epoch), callbacks)
+                    saving.checkpoint(ctx, outputs.epoch_name(ctx, pos.epoch), emit)
                 if pos.epoch < plan.num_epochs and pos.global_step < plan.total_steps:
                     _stop_if_requested(ctx, flag, logger, callbacks)  # a signal during the epoch-end renders
         # Training is complete: a signal from here on only skips the remaining renders.
         _validate(ctx, logger, callbacks, flag, final=True)
         _emit(callbacks, "phase", name="saving", step=pos.global_step)
-        final = _save_lora(ctx, outputs.final_name(ctx), final=True)
-        state = _save_state(ctx) if cfg.output.save_state else None
-        _signals(ctx, final, callbacks)
+        final = saving.save_lora(ctx, outputs.final_name(ctx), final=True)
+        state = saving.save_state(ctx) if cfg.output.save_state else None
+        saving.signals(ctx, final, emit)
         if ctx.signals is not None:
-            ctx.signals.summary(ctx, lambda event, **info: _emit(callbacks, event, **info))
+            ctx.signals.summary(ctx, emit)
         grid, sheet = _final_grids(ctx, flag, logger, callbacks)
         for kind, path in (("epochs × strengths", grid), ("epochs × prompts", sheet)):
             if path is not None:
@@ -376,19 +367,6 @@ def run_loop(ctx: TrainContext, flag: StopFlag, callbacks: list[Callback], progr
         _emit(callbacks, "done", path=final, step=pos.global_step, grid=grid, prompts_grid=sheet)
         return TrainResult(final, state, pos.global_step, pos.epoch, last_loss, grid, sheet)
     except distributed.ProcessLost as lost:
-        raise _saved_after_loss(ctx, lost, logger) from lost
+        raise saving.after_loss(ctx, lost, logger) from lost
     finally:
         logger.close()
-
-
-def _saved_after_loss(ctx: TrainContext, lost: distributed.ProcessLost, logger: TrainLogger) -> distributed.ProcessLost:
-    """Another process is gone: rank 0 saves the LoRA and state of the last complete step on
-    its own (no collective: the trained weights agree on every process after each optimizer
-    step, and a step whose gradient average failed was not applied), so the run resumes."""
-    step = ctx.position.global_step
-    if not ctx.world.is_main or step == 0:
-        return lost
-    lora = _save_lora(ctx, outputs.step_name(ctx, step))
-    state = _save_state(ctx)
-    logger.write(f"saved {lora} and state {state} at step {step}")
-    return distributed.ProcessLost(f"{lost}\n  saved at step {step}: {lora} and state {state}", lora, state)

@@ -287,6 +287,13 @@ def build_optimizer(
         raise ConfigError(f"Optimizer '{spec.name}' rejected its settings: {exc}") from exc
 
 
+def works_on_shards(name: str) -> bool:
+    """True for torch's own optimizers (AdamW, SGD), whose updates run on FSDP's sharded weights
+    (DTensors) unchanged; the others (bitsandbytes' 8-bit states, Prodigy's and D-Adaptation's
+    sums over all weights, Adafactor's factored moments) are untested on shards (sharding.py)."""
+    return _lookup(name).package == "torch"
+
+
 def is_adaptive(name: str, args: OptimArgs = None) -> bool:
     """True when the optimizer sets its own step size, so ``lr`` should be ~1.0 (or is unused).
 

@@ -17,6 +17,7 @@ import torch
 
 from lorakiln.atomic import write_text_atomic
 from lorakiln.config.load import dump_config
+from lorakiln.training import sharding
 from lorakiln.training.state import save_state
 
 if TYPE_CHECKING:
@@ -127,10 +128,15 @@ def save_model(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
     Stable-diffusion`), and at the end as a diffusers folder when `save_diffusers` is set."""
     from lorakiln.models.save import save_bundle_diffusers, save_bundle_single_file
 
-    path = save_bundle_single_file(ctx.bundle, ctx.output_dir / f"{stem}.safetensors",
-                                   dtype=SAVE_DTYPES[ctx.cfg.output.save_precision])
+    path, bundle = ctx.output_dir / f"{stem}.safetensors", ctx.bundle
+    if ctx.sharded:  # every process gathers the sharded U-Net; rank 0 writes a whole copy
+        unet = sharding.gathered_unet(bundle.unet)
+        if unet is None:
+            return path
+        bundle = replace(bundle, unet=unet)
+    save_bundle_single_file(bundle, path, dtype=SAVE_DTYPES[ctx.cfg.output.save_precision])
     if final and ctx.cfg.output.save_diffusers:
-        save_bundle_diffusers(ctx.bundle, ctx.output_dir / stem)
+        save_bundle_diffusers(bundle, ctx.output_dir / stem)
     ctx.last_saved = path
     return path
 
@@ -156,12 +162,20 @@ def _save_lora(ctx: TrainContext, stem: str, *, final: bool = False) -> Path:
 
 
 def save_training_state(ctx: TrainContext) -> Path:
-    """Write `<output_name>-state/` (adapter, optimizer, schedule, RNGs, loop position)."""
+    """Write `<output_name>-state/` (adapter, optimizer, schedule, RNGs, loop position). A sharded
+    run's processes all gather (whole weights, and the optimizer state keyed by parameter name,
+    sharding.py); rank 0 writes."""
+    ema = ctx.ema.state_dict() if ctx.ema else {}
+    if ctx.sharded:
+        network, optimizer = sharding.full_state(ctx.network), sharding.full_optimizer_state(ctx.network, ctx.optimizer)
+        if not ctx.world.is_main:
+            return state_dir(ctx)
+    else:
+        network, optimizer = ctx.network.state_dict(), ctx.optimizer.state_dict()
     return save_state(
         state_dir(ctx),
-        network_state=ctx.network.state_dict() | (ctx.pivotal.state_dict() if ctx.pivotal else {})
-        | (ctx.ema.state_dict() if ctx.ema else {}),
-        optimizer=ctx.optimizer,
+        network_state=network | (ctx.pivotal.state_dict() if ctx.pivotal else {}) | ema,
+        optimizer_state=optimizer,
         schedule=ctx.schedule,
         scaler=ctx.scaler,
         position=replace(ctx.position, processes=ctx.world.size, samples_in_epoch=_samples_consumed(ctx)),

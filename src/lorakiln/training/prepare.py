@@ -140,7 +140,7 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
     """Everything before the first step (see the module docstring for the order); `phase` hears
     of the slow parts as they begin (`training.loop.train` turns them into ``phase`` events)."""
     from lorakiln.models.configured import TINY_PREFIX, ensure_tiny_model
-    from lorakiln.training import distributed
+    from lorakiln.training import distributed, sharding
     from lorakiln.training.class_generation import class_images
     from lorakiln.training.model_setup import (
         add_pivotal_tokens,
@@ -161,6 +161,7 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
         phase = None       # log is None here unless `--verbose` asked every process to print
         _quiet_libraries()
     dataset, data, plan = describe_plan(cfg, log, processes=world.size)
+    sharded = sharding.wanted(cfg, world, log)  # refuses an optimizer or precision FSDP cannot run
     autocast_dtype = autocast_dtype_for(cfg.train.mixed_precision, device)
     if log:  # the line `--dry-run` printed, now from torch itself
         from lorakiln.training.device_plan import choose_device, device_line
@@ -181,6 +182,10 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
     train_te = wants_text_encoder(cfg)
     network = build_network(cfg, bundle, train_te, device, log)
     enable_memory_options(cfg, bundle, train_te or pivotal is not None)
+    if sharded:  # before the optimizer, which must hold the sharded weights
+        shards = sharding.shard(bundle.unet, world, device)
+        if log:
+            log(shards)
 
     lrs = resolve_lrs(cfg, train_te)
     opt = build_optimization(cfg, param_groups(cfg, network, pivotal, lrs), lrs, plan, log)
@@ -192,7 +197,7 @@ def prepare(cfg: RunConfig, log: Log = print, phase: Phase = None) -> TrainConte
                        cache=_latent_cache(cfg, bundle, output_dir), device=device,
                        autocast_dtype=autocast_dtype, train_text_encoder=train_te, output_dir=output_dir,
                        encode_fn=encode_fn(bundle.vae), lrs=lrs, optimizer_desc=opt.description,
-                       warmup_steps=opt.warmup_steps, pivotal=pivotal, world=world)
+                       warmup_steps=opt.warmup_steps, pivotal=pivotal, world=world, sharded=sharded)
     distributed.broadcast_parameters([p for g in ctx.optimizer.param_groups for p in g["params"]], world)
     from lorakiln.training.preservation import build_preservation
 

@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from lorakiln.atomic import temp_folder_beside
 from lorakiln.errors import LorakilnError, TrainingError
-from lorakiln.training import recovery
+from lorakiln.training import recovery, sharding
 
 if TYPE_CHECKING:
     from lorakiln.training.context import TrainContext
@@ -101,13 +101,13 @@ _rename: Callable[[Path, Path], None] = os.rename
 _remove_tree: Callable[[Path], None] = shutil.rmtree
 
 
-def _write_files(folder: Path, tmp: Path, network_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+def _write_files(folder: Path, tmp: Path, network_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any],
                  schedule: Any, scaler: Any, meta: dict[str, Any]) -> None:
     """Write every state file of `folder` into `tmp`, `state.json` last, each flushed to disk."""
     writers: list[tuple[str, Callable[[Path], None]]] = [
         ("network.safetensors", lambda p: save_file(
             {k: v.detach().float().cpu().contiguous() for k, v in network_state.items()}, str(p))),
-        ("optimizer.pt", lambda p: torch.save(optimizer.state_dict(), p)),
+        ("optimizer.pt", lambda p: torch.save(optimizer_state, p)),
         ("schedule.pt", lambda p: torch.save({"schedule": schedule.state_dict(),
                                               "scaler": scaler.state_dict() if scaler is not None else None}, p)),
         ("rng.safetensors", lambda p: save_file(_rng_tensors(), str(p))),
@@ -134,7 +134,7 @@ def save_state(
     folder: Path,
     *,
     network_state: dict[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     schedule: Any,
     scaler: Any,
     position: LoopPosition,
@@ -146,7 +146,7 @@ def save_state(
     tmp = temp_folder_beside(folder, suffix=".tmp")
     try:
         meta = {"version": STATE_VERSION, "position": asdict(position), "config": config, "rng": _rng_json()}
-        _write_files(folder, tmp, network_state, optimizer, schedule, scaler, meta)
+        _write_files(folder, tmp, network_state, optimizer_state, schedule, scaler, meta)
         old = folder.with_name(f".{folder.name}.old")
         if old.exists():
             _remove_tree(old)
@@ -235,15 +235,25 @@ def restore_into(ctx: TrainContext, log: Callable[[str], None] | None) -> None:
     state = load_state(ctx.cfg.train.resume or "")
     pivotal_state = {k: v for k, v in state.network_state.items() if k.startswith("pivotal.")}
     ema_state = {k: v for k, v in state.network_state.items() if k.startswith("ema.")}
-    ctx.network.load_kohya_state_dict({k: v for k, v in state.network_state.items()
-                                       if k not in pivotal_state and k not in ema_state})
+    weights = {k: v for k, v in state.network_state.items() if k not in pivotal_state and k not in ema_state}
+    if ctx.sharded:  # whole weights into each process's slices (sharding.py)
+        sharding.load_state(ctx.network, weights)
+    else:
+        ctx.network.load_kohya_state_dict(weights)
     if ctx.pivotal is not None:
         ctx.pivotal.load_state_dict(pivotal_state)
     if ctx.ema is not None:
         if not ema_state:
             raise LorakilnError(f"{state.folder} was saved without train.ema_decay; resume with the same setting")
         ctx.ema.load_state_dict(ema_state)
-    ctx.optimizer.load_state_dict(state.optimizer_state)
+    if ctx.sharded or sharding.named_state(state.optimizer_state):  # a sharded run's state, or for one
+        try:
+            sharding.load_optimizer_state(ctx.network, ctx.optimizer, state.optimizer_state, ctx.sharded)
+        except (KeyError, ValueError, RuntimeError) as err:
+            raise LorakilnError(f"{state.folder}/optimizer.pt does not fit this run's optimizer ({err}); "
+                                "resume with the model, train.mode and optimizer_type it was saved with") from None
+    else:
+        ctx.optimizer.load_state_dict(state.optimizer_state)
     ctx.schedule.load_state_dict(state.schedule_state)
     if state.scaler_state:
         ctx.scaler.load_state_dict(state.scaler_state)
