@@ -11,12 +11,14 @@ bash scripts/setup-browser.sh
 .venv/bin/python -m ruff check src tests bench examples
 # Two workers (pytest-xdist), each test file on one of them, one torch thread each: the two cores
 # stay busy through the many tests that wait on imports, subprocesses and files, and never
-# oversubscribe (two processes of two OpenMP threads each spin against each other).
+# oversubscribe (two processes of two OpenMP threads each spin against each other). Files go out
+# in collection order, the longest first (tests/conftest.py: SLOW_FIRST), not xdist's default of
+# files with the most tests first, which left the few long ones to the end.
 # LORAKILN_TEST_WORKERS=0 runs the suite in this one process.
 workers="${LORAKILN_TEST_WORKERS:-2}"
 if [ "$workers" = 0 ]; then
     .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 else
     OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}" \
-        .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@"
+        .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
 fi

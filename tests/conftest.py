@@ -14,6 +14,28 @@ import torch
 torch.set_num_threads(1)
 
 
+#: Files that run for minutes, longest first, those that start several training processes
+#: (test_distributed, test_sharding, test_runs) between those that do not, so the two workers
+#: rarely both run several processes at once. scripts/test.sh runs two pytest-xdist workers, a file
+#: at a time each (`--dist loadfile --no-loadscope-reorder`), in collection order: starting with
+#: these keeps one worker from ending alone on a long file while the other has finished.
+SLOW_FIRST = (
+    "tests/training/test_distributed.py",
+    "tests/ui/test_browser_e2e.py",
+    "tests/training/test_sharding.py",
+    "tests/training/test_preservation.py",
+    "tests/ui/test_runs.py",
+    "tests/training/test_file_signals.py",
+    "tests/ui/test_train_tab.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The files of `SLOW_FIRST` first, in its order; the rest keep their order (a stable sort)."""
+    rank = {path: i for i, path in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
+
+
 @pytest.fixture(scope="session")
 def tiny_sd1_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD 1.x diffusers folder (`model_index.json` layout), seed 0. Treat as read-only."""

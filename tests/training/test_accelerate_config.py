@@ -77,3 +77,17 @@ def test_an_fsdp_layout_asks_accelerate_for_fsdp() -> None:
     assert config["fsdp_config"]["fsdp_version"] == 2
     assert config_dict(Layout(1, fsdp=True))["distributed_type"] == "NO"  # one process: nothing to shard
     assert "fsdp_config" not in config_dict(Layout(4))
+
+
+def test_accelerate_reads_the_fsdp_file_as_fsdp_for_the_processes(tmp_path: Path) -> None:
+    """What `accelerate launch --config_file` makes of an `--fsdp` file, without starting anything:
+    its FSDP launcher, which tells the processes ACCELERATE_USE_FSDP (training/sharding.py reads it)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    config = tmp_path / "fsdp.yaml"
+    assert main(["config", "accelerate", "--num-processes", "2", "--fsdp", "-o", str(config)]) == 0
+    args = launch_command_parser().parse_args(["--config_file", str(config), "-m", "lorakiln", "train", "run.toml"])
+    args, _, _ = _validate_launch_command(args)
+    assert args.use_fsdp and args.num_processes == 2
+    assert prepare_multi_gpu_env(args)["ACCELERATE_USE_FSDP"] == "true"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lorakiln.training import distributed, outputs
 from lorakiln.training.save_errors import reported
@@ -79,9 +79,9 @@ def after_loss(ctx: TrainContext, lost: distributed.ProcessLost, logger: TrainLo
     if not ctx.world.is_main or step == 0:
         return lost
     if ctx.sharded:
-        state = outputs.state_dir(ctx)
-        saved: Any = state if state.is_dir() else None
-        last = (f"the last saved file is {ctx.last_saved}" + (f" and state {state}" if saved else "")
+        folder = outputs.state_dir(ctx)
+        saved = folder if folder.is_dir() else None
+        last = (f"the last saved file is {ctx.last_saved}" + (f" and state {saved}" if saved else "")
                 if ctx.last_saved else "nothing was saved yet")
         return distributed.ProcessLost(
             f"{lost}\n  the U-Net is sharded over the processes (FSDP), so step {step} cannot be gathered "

@@ -100,6 +100,19 @@ def shard(unet: nn.Module, world: World, device: torch.device) -> str:
             f"{len([b for b in blocks if b is not None])} blocks are gathered one at a time")
 
 
+def reshard(module: nn.Module) -> None:
+    """Free the whole weights FSDP keeps after a forward without a backward (a render, the
+    validation loss: the U-Net's own top-level layers stay gathered, as FSDP keeps the root unit
+    gathered for the backward that usually follows). No communication. Without this, weights
+    copied into the shards meanwhile (the EMA swapped in and out) would not be seen: the next
+    forward would reuse the stale gathered copy."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for part in module.modules():
+        if isinstance(part, FSDPModule):
+            part.reshard()
+
+
 def clip_grad_norm(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_` over sharded and whole parameters together: torch's own
     refuses a list that mixes them, so the two norms are taken apart (the sharded one over all

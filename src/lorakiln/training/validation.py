@@ -22,6 +22,7 @@ import torch
 
 from lorakiln.atomic import atomic_path
 from lorakiln.inference.infotext import GenerationParams, png_info
+from lorakiln.training import sharding
 from lorakiln.training.render_plan import every
 
 if TYPE_CHECKING:
@@ -118,11 +119,15 @@ def evaluating(ctx: TrainContext, devices: list[int] | None = None) -> Iterator[
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
+    if ctx.sharded:  # whole weights left from a forward would hide the EMA swap (sharding.reshard)
+        sharding.reshard(ctx.bundle.unet)
     averaged = ctx.ema.applied() if ctx.ema is not None else contextlib.nullcontext()
     try:
         with torch.random.fork_rng(devices=devices or []), torch.no_grad(), averaged:
             yield
     finally:
+        if ctx.sharded:  # the next training step gathers the live weights again
+            sharding.reshard(ctx.bundle.unet)
         for m, mode in zip(modules, modes, strict=True):
             m.train(mode)
 
