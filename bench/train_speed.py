@@ -101,11 +101,12 @@ def worker(args: argparse.Namespace) -> None:
         ctx = prepare(build_config(raw), log=None)
         run_loop(ctx, StopFlag(), [on_event], progress=False)
         held = held_bytes(ctx)
+        # a sharded U-Net runs only with every process: all of them count (each its own batch)
+        flops = step_flops(ctx) if ctx.world.is_main or ctx.sharded else 0.0
         distributed.barrier(ctx.world)
         distributed.shutdown(ctx.world)
         if not ctx.world.is_main:
             return
-        flops = step_flops(ctx)
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][args.warmup:]
     print(json.dumps({
         "case": args.case, "cache": args.cache, "preservation": args.preservation[0], "mode": args.mode[0],
