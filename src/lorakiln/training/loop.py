@@ -46,7 +46,7 @@ from lorakiln.training.progress import TrainLogger
 from lorakiln.training.render_plan import EtaClock, job_size, render_schedule
 from lorakiln.training.save_errors import reported
 from lorakiln.training.signals import StopFlag, StopSignal, stop_on_signals
-from lorakiln.training.step import compute_loss
+from lorakiln.training.step import compute_loss, data_step
 
 if TYPE_CHECKING:
     from lorakiln.training.context import TrainContext
@@ -147,15 +147,14 @@ def _optimizer_step(ctx: TrainContext, group: list[Any], epoch: int, step: int, 
     paths: list[str] = []
     world = ctx.world
     for micro, refs in enumerate(group):
-        # A distinct data step per micro-batch, so caption shuffle/dropout differ between them.
-        data_step = step * ctx.cfg.train.gradient_accumulation_steps + micro
+        at = data_step(ctx, step, micro)  # one data step per micro-batch (step.data_step)
         divisor: float = len(group)
         if world.active:  # this process's slice of the global batch (distributed.py)
             mine, first = distributed.shard(refs, world)
             share = distributed.loss_share(len(mine), len(refs), world)
             refs, first = (mine, first) if mine else (refs[:1], 0)  # no sample: a zero-weighted one
             divisor = len(group) / share if share else math.inf
-        batch = ctx.data.load_batch(refs, epoch=epoch, step=data_step, cache=ctx.cache,
+        batch = ctx.data.load_batch(refs, epoch=epoch, step=at, cache=ctx.cache,
                                     encode_fn=ctx.encode_fn)
         if world.active:
             per_sample = len(batch) // len(refs)  # 2 with prior preservation's class rows

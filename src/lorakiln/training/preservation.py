@@ -146,9 +146,9 @@ class OutputPreservation:
 
     def loss(self, ctx: TrainContext, batch: Batch, step: int, micro: int) -> torch.Tensor | None:
         """The weighted preservation loss of one micro-batch, or None when no row qualifies."""
-        from lorakiln.training.step import noisy_inputs
+        from lorakiln.training.step import data_step, noisy_inputs
 
-        rows, prompts, weights = self.rows(batch, step * ctx.cfg.train.gradient_accumulation_steps + micro)
+        rows, prompts, weights = self.rows(batch, data_step(ctx, step, micro))
         if not rows:
             return None
         noisy, timesteps, _ = noisy_inputs(ctx, batch, step, micro)

@@ -15,6 +15,13 @@ if TYPE_CHECKING:
     from lorakiln.training.context import TrainContext
 
 
+def data_step(ctx: TrainContext, step: int, micro: int) -> int:
+    """The data layer's step of micro-batch `micro` of optimizer step `step`: one per micro-batch,
+    so caption shuffle/dropout differ between them, and output preservation's user prompts take
+    their turn by it (preservation.py)."""
+    return step * ctx.cfg.train.gradient_accumulation_steps + micro
+
+
 def noisy_inputs(ctx: TrainContext, batch: Batch, step: int,
                  micro: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(noisy latents, timesteps, target) of one micro-batch. A pure function of (seed, step, micro):
